@@ -13,6 +13,10 @@ export type RuntimeErrorCode =
   | 'TEMPLATE_NOT_FOUND'
   | 'TEMPLATE_EXISTS'
   | 'SNAPSHOT_NOT_FOUND'
+  | 'SNAPSHOT_EXISTS'
+  | 'VOLUME_NOT_FOUND'
+  | 'VOLUME_EXISTS'
+  | 'TEMPLATE_IN_USE'
   | 'WRONG_STATE'
   | 'UNSAFE_ARCHIVE'
   | 'UNSUPPORTED'
@@ -21,7 +25,10 @@ export type RuntimeErrorCode =
   | 'KERNEL_ERROR'
   | 'COMMAND_FAILED'
   | 'TIMEOUT'
-  | 'NO_ADDRESS';
+  | 'NO_ADDRESS'
+  | 'CGROUP_NOT_FOUND'
+  | 'CGROUP_BUSY'
+  | 'CGROUP_LIMIT_REJECTED';
 
 export class RuntimeError extends Error {
   constructor(
