@@ -27,6 +27,7 @@ export type RuntimeErrorCode =
   | 'COMMAND_FAILED'
   | 'TIMEOUT'
   | 'NO_ADDRESS'
+  | 'ADDRESS_IN_USE'
   | 'CGROUP_NOT_FOUND'
   | 'CGROUP_BUSY'
   | 'CGROUP_LIMIT_REJECTED';
