@@ -34,7 +34,7 @@ export interface BuiltTemplate {
 
 /**
  * PID 1 of a busybox container. A shell script rather than busybox init: busybox init's clean shutdown
- * sleeps about 2 s, while this one traps TERM/INT/HUP, stops its services and exits within ~100 ms (the
+ * sleeps about 2 s, while this one traps TERM/INT/HUP, stops its services and exits within ~150 ms (the
  * kernel then SIGKILLs whatever is left in the pid namespace). It mounts nothing: the launcher mounts
  * /proc, /sys and /dev and sets the hostname in the container's UTS namespace.
  */
@@ -50,19 +50,13 @@ start() {
 
 shutdown() {
   trap '' TERM INT HUP
-  [ -n "$services" ] && kill -TERM $services 2>/dev/null
-  # Up to ~100 ms for services to exit on TERM; when PID 1 exits the kernel SIGKILLs the rest of the
-  # pid namespace, so a stop never waits longer than that.
-  i=0
-  while [ "$i" -lt 10 ]; do
-    alive=""
-    for p in $services; do
-      if [ -d "/proc/$p" ] && ! grep -q '^State:.Z' "/proc/$p/status" 2>/dev/null; then alive=1; fi
-    done
-    [ -z "$alive" ] && break
-    sleep 0.01
-    i=$((i + 1))
-  done
+  if [ -n "$services" ]; then
+    kill -TERM $services 2>/dev/null
+    # A service that ignores TERM gets 150 ms, then KILL; once PID 1 exits the kernel SIGKILLs the rest
+    # of the pid namespace, so a stop never waits longer than that.
+    ( sleep 0.15; kill -KILL $services 2>/dev/null ) &
+    wait $services
+  fi
   exit 0
 }
 trap shutdown TERM INT HUP
