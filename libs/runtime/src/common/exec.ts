@@ -40,7 +40,9 @@ export function run(command: string, args: readonly string[], options: RunOption
     child.on('error', (e: NodeJS.ErrnoException) => {
       if (timer) clearTimeout(timer);
       if (e.code === 'ENOENT') {
-        reject(new DependencyMissingError(command, 'run scripts/services.sh ensure to install the host packages'));
+        reject(
+          new DependencyMissingError(command, 'run scripts/services.sh ensure to install the host packages'),
+        );
       } else reject(e);
     });
     child.on('close', (code, signal) => {

@@ -1,0 +1,65 @@
+import { hostname } from 'node:os';
+import { z } from 'zod';
+
+/**
+ * Every environment variable Berth reads, declared once. Defaults are for local mode (scripts/services.sh).
+ * Nothing else in the code base reads process.env.
+ */
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const url = (protocols: string[]) =>
+  z.string().refine(
+    (v) => {
+      try {
+        return protocols.includes(new URL(v).protocol);
+      } catch {
+        return false;
+      }
+    },
+    `must be a URL with protocol ${protocols.join(' or ')}`,
+  );
+
+export const envSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  DATABASE_URL: url(['postgres:', 'postgresql:']).default('postgres://berth:berth@127.0.0.1:5433/berth'),
+  REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6380'),
+  API_HOST: z.string().min(1).default('127.0.0.1'),
+  API_PORT: int(1, 65535).default(8080),
+  BERTH_HOST_NAME: z
+    .string()
+    .regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be a lowercase DNS name')
+    .default(hostname().toLowerCase()),
+  BERTH_DATA_ROOT: z
+    .string()
+    .refine((v) => v.startsWith('/') && !v.split('/').includes('..'), 'must be an absolute path without ..')
+    .default('/var/lib/berth'),
+  BERTH_CGROUP_PARENT: z
+    .string()
+    .regex(/^berth[a-z0-9_.-]*$/, 'must start with "berth" (everything Berth owns carries that prefix)')
+    .default('berth'),
+  BERTH_STORAGE_DRIVER: z.enum(['auto', 'btrfs', 'overlay', 'dir']).default('auto'),
+  BERTH_NETWORK_MODE: z.enum(['none', 'bridge']).default('none'),
+  BERTH_BRIDGE: z
+    .string()
+    .regex(/^berth[a-z0-9]{0,10}$/, 'must be "berth" + up to 10 lowercase letters/digits')
+    .default('berth0'),
+  BERTH_BRIDGE_CIDR: z
+    .string()
+    .regex(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, 'must be an IPv4 CIDR like 10.88.0.0/24')
+    .default('10.88.0.0/24'),
+  BERTH_HOST_NETNS: z
+    .string()
+    .regex(/^berth[a-z0-9_.-]*$/, 'must be a berth-prefixed netns name')
+    .optional(),
+  /** Operator opt-in only: Berth never turns on forwarding/NAT by itself. */
+  BERTH_ALLOW_IP_FORWARD: bool.default(false),
+  HEARTBEAT_INTERVAL_MS: int(100, 600_000).default(5_000),
+  HOST_OFFLINE_AFTER_MS: int(1_000, 3_600_000).default(30_000),
+  WORKER_CONCURRENCY: int(1, 256).default(4),
+  SHUTDOWN_GRACE_MS: int(0, 600_000).default(30_000),
+});
+
+export type Env = z.infer<typeof envSchema>;

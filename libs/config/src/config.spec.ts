@@ -1,0 +1,36 @@
+import { ConfigError, loadConfig } from './config';
+
+describe('loadConfig', () => {
+  it('gives local-mode defaults for an empty environment', () => {
+    const c = loadConfig({});
+    expect(c.database.url).toBe('postgres://berth:berth@127.0.0.1:5433/berth');
+    expect(c.redis.url).toBe('redis://127.0.0.1:6380');
+    expect(c.api.port).toBe(8080);
+    expect(c.runtime.network.mode).toBe('none');
+    expect(c.runtime.network.allowIpForward).toBe(false);
+  });
+
+  it('maps variables into the nested object with types', () => {
+    const c = loadConfig({ API_PORT: '9000', WORKER_CONCURRENCY: '8', BERTH_ALLOW_IP_FORWARD: 'true' });
+    expect(c.api.port).toBe(9000);
+    expect(c.worker.concurrency).toBe(8);
+    expect(c.runtime.network.allowIpForward).toBe(true);
+  });
+
+  it('names every bad variable', () => {
+    let err: unknown;
+    try {
+      loadConfig({ API_PORT: 'http', REDIS_URL: 'localhost:6379', BERTH_DATA_ROOT: 'relative/dir' });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const vars = (err as ConfigError).problems.map((p) => p.variable).sort();
+    expect(vars).toEqual(['API_PORT', 'BERTH_DATA_ROOT', 'REDIS_URL']);
+    expect((err as Error).message).toContain('REDIS_URL: must be a URL with protocol redis: or rediss:');
+  });
+
+  it('refuses a cgroup parent that Berth would not recognise as its own', () => {
+    expect(() => loadConfig({ BERTH_CGROUP_PARENT: 'system.slice' })).toThrow(/BERTH_CGROUP_PARENT/);
+  });
+});

@@ -1,0 +1,73 @@
+import { envSchema, type Env } from './config.schema';
+
+/** The typed, nested configuration object that every app and library receives. */
+export interface BerthConfig {
+  env: Env['NODE_ENV'];
+  logLevel: Env['LOG_LEVEL'];
+  database: { url: string };
+  redis: { url: string };
+  api: { host: string; port: number };
+  host: {
+    name: string;
+    heartbeatIntervalMs: number;
+    offlineAfterMs: number;
+  };
+  worker: { concurrency: number; shutdownGraceMs: number };
+  runtime: {
+    dataRoot: string;
+    cgroupParent: string;
+    storageDriver: Env['BERTH_STORAGE_DRIVER'];
+    network: {
+      mode: Env['BERTH_NETWORK_MODE'];
+      bridge: string;
+      cidr: string;
+      hostNetns?: string;
+      allowIpForward: boolean;
+    };
+  };
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: { variable: string; message: string }[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  ${p.variable}: ${p.message}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Validates the environment once; throws ConfigError naming every bad variable. */
+export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig {
+  // Empty strings mean "unset" (a blank line in an env file must not override a default).
+  const env = Object.fromEntries(Object.entries(source).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((i) => ({ variable: String(i.path[0] ?? '?'), message: i.message })),
+    );
+  }
+  const e = parsed.data;
+  return {
+    env: e.NODE_ENV,
+    logLevel: e.LOG_LEVEL,
+    database: { url: e.DATABASE_URL },
+    redis: { url: e.REDIS_URL },
+    api: { host: e.API_HOST, port: e.API_PORT },
+    host: {
+      name: e.BERTH_HOST_NAME,
+      heartbeatIntervalMs: e.HEARTBEAT_INTERVAL_MS,
+      offlineAfterMs: e.HOST_OFFLINE_AFTER_MS,
+    },
+    worker: { concurrency: e.WORKER_CONCURRENCY, shutdownGraceMs: e.SHUTDOWN_GRACE_MS },
+    runtime: {
+      dataRoot: e.BERTH_DATA_ROOT,
+      cgroupParent: e.BERTH_CGROUP_PARENT,
+      storageDriver: e.BERTH_STORAGE_DRIVER,
+      network: {
+        mode: e.BERTH_NETWORK_MODE,
+        bridge: e.BERTH_BRIDGE,
+        cidr: e.BERTH_BRIDGE_CIDR,
+        hostNetns: e.BERTH_HOST_NETNS,
+        allowIpForward: e.BERTH_ALLOW_IP_FORWARD,
+      },
+    },
+  };
+}

@@ -1,0 +1,21 @@
+import { Module } from '@nestjs/common';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
+import { dataSourceOptions } from './data-source';
+
+/** TypeORM for the apps, configured from BerthConfig. Migrations are run by `npm run migrate`, not here. */
+@Module({
+  imports: [
+    TypeOrmModule.forRootAsync({
+      inject: [BERTH_CONFIG],
+      useFactory: (config: BerthConfig) => ({
+        ...dataSourceOptions(config.database.url),
+        migrationsRun: false,
+        // Let the app boot while Postgres is down: readiness reports it, the pool reconnects when back.
+        retryAttempts: 0,
+      }),
+    }),
+  ],
+  exports: [TypeOrmModule],
+})
+export class DbModule {}

@@ -1,0 +1,5 @@
+export * from './entities';
+export * from './data-source';
+export * from './audit';
+export * from './db.module';
+export { migrations } from './migrations';

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Local services for Berth: installs what is missing (Debian/Ubuntu, as root) and runs a project-local Redis
+# and PostgreSQL on loopback, with their data under .berth/ in the checkout.
+#
+#   scripts/services.sh ensure   install packages, build the native helper, start Redis + PostgreSQL (idempotent)
+#   scripts/services.sh status   say what runs where
+#   scripts/services.sh stop     stop the project-local Redis + PostgreSQL
+#
+# When REDIS_URL / DATABASE_URL are set, that service is used as it is: nothing is installed or started
+# for it, only checked for reachability.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${BERTH_STATE_DIR:-$ROOT/.berth}
+REDIS_PORT=${BERTH_REDIS_PORT:-6380}
+PG_PORT=${BERTH_PG_PORT:-5433}
+PG_DATA=$STATE/postgres
+PG_RUN=$STATE/postgres-run
+[ -L "$PG_RUN" ] && PG_RUN=$(readlink -f "$PG_RUN")
+REDIS_DIR=$STATE/redis
+
+# Host packages Berth needs: services, the kernel tools the runtime drives, and a C compiler for the helper.
+PACKAGES=(redis-server postgresql btrfs-progs busybox-static iproute2 util-linux kmod e2fsprogs tar zstd
+  xz-utils gcc libc6-dev musl-tools procps iputils-ping)
+
+say() { printf 'services: %s\n' "$*" >&2; }
+die() {
+  printf 'services: error: %s\n' "$*" >&2
+  exit 1
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pg_bin() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$d" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)"
+  echo "$d"
+}
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+install_packages() {
+  local missing=() p
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ -f /etc/debian_version ] || die "missing packages (${missing[*]}) and this is not Debian/Ubuntu: install them by hand"
+  [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}): run this script as root to install them"
+  say "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # The packages' own start scripts cannot start services here (no systemd): we start our own instances.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+redis_ping() { redis-cli -p "$REDIS_PORT" -h 127.0.0.1 ping 2>/dev/null | grep -q PONG; }
+
+ensure_redis() {
+  if [ -n "${REDIS_URL:-}" ]; then
+    say "REDIS_URL is set: using it, not starting a local Redis"
+    return 0
+  fi
+  if [ -f "$REDIS_DIR/redis.pid" ] && kill -0 "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null && redis_ping; then
+    return 0
+  fi
+  port_busy "$REDIS_PORT" && die "port $REDIS_PORT is taken by another program: set BERTH_REDIS_PORT or REDIS_URL"
+  command -v redis-server >/dev/null || die "redis-server is not installed: run this script as root"
+  mkdir -p "$REDIS_DIR"
+  # AOF for durability of queued jobs; noeviction because BullMQ must never lose keys to eviction.
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
+    --appendonly yes --maxmemory-policy noeviction --dir "$REDIS_DIR" \
+    --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" --save ''
+  for _ in $(seq 1 50); do
+    redis_ping && { say "redis up on 127.0.0.1:$REDIS_PORT"; return 0; }
+    sleep 0.1
+  done
+  die "redis did not start: see $REDIS_DIR/redis.log"
+}
+
+pg_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
+
+ensure_postgres() {
+  if [ -n "${DATABASE_URL:-}" ]; then
+    say "DATABASE_URL is set: using it, not starting a local PostgreSQL"
+    return 0
+  fi
+  local bin
+  bin=$(pg_bin)
+  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+    [ "$(id -u)" -eq 0 ] || die "no local PostgreSQL cluster yet: run this script as root once to create it"
+    mkdir -p "$STATE"
+    rm -rf "$PG_DATA"
+    if ! runuser -u postgres -- test -x "$STATE"; then
+      # PostgreSQL runs as the postgres user, which cannot reach a checkout under e.g. /root: keep the
+      # cluster in a postgres-reachable place, named after this checkout, and link it from .berth/.
+      local real
+      real=/var/lib/postgresql/berth-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+      mkdir -p "$real"
+      ln -sfn "$real" "$PG_DATA"
+      PG_RUN=$real-run
+      ln -sfn "$PG_RUN" "$STATE/postgres-run"
+    fi
+    say "creating PostgreSQL cluster in $PG_DATA"
+    mkdir -p "$PG_DATA/" "$PG_RUN"
+    chown postgres:postgres "$PG_DATA" "$PG_RUN"
+    chmod 700 "$PG_DATA"
+    as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    {
+      echo "listen_addresses = '127.0.0.1'"
+      echo "port = $PG_PORT"
+      echo "unix_socket_directories = '$PG_RUN'"
+      echo "max_connections = 200"
+      echo "fsync = on"
+    } >>"$PG_DATA/postgresql.conf"
+    # Loopback only, password auth for the app role; local socket trust for the postgres superuser.
+    cat >"$PG_DATA/pg_hba.conf" <<EOF
+local all postgres trust
+host  all all 127.0.0.1/32 scram-sha-256
+EOF
+  fi
+  mkdir -p "$PG_RUN"
+  chown postgres:postgres "$PG_RUN"
+  if ! as_postgres "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+    port_busy "$PG_PORT" && die "port $PG_PORT is taken by another program: set BERTH_PG_PORT or DATABASE_URL"
+    as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 start >/dev/null ||
+      die "PostgreSQL did not start: see $PG_DATA/server.log"
+    say "postgres up on 127.0.0.1:$PG_PORT"
+  fi
+  local psql=("$bin/psql" -h "$PG_RUN" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA)
+  if [ "$(as_postgres "${psql[@]}" -c "select 1 from pg_roles where rolname='berth'")" != 1 ]; then
+    as_postgres "${psql[@]}" -c "create role berth login password 'berth' createdb"
+  fi
+  if [ "$(as_postgres "${psql[@]}" -c "select 1 from pg_database where datname='berth'")" != 1 ]; then
+    as_postgres "${psql[@]}" -c "create database berth owner berth"
+  fi
+}
+
+build_native() {
+  if [ -x "$ROOT/scripts/build-native.sh" ] || [ -f "$ROOT/scripts/build-native.sh" ]; then
+    bash "$ROOT/scripts/build-native.sh"
+  fi
+}
+
+stop_all() {
+  if [ -f "$REDIS_DIR/redis.pid" ] && kill -0 "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null; then
+    redis-cli -p "$REDIS_PORT" -h 127.0.0.1 shutdown >/dev/null 2>&1 || kill "$(cat "$REDIS_DIR/redis.pid")"
+    say "redis stopped"
+  fi
+  if [ -f "$PG_DATA/PG_VERSION" ] && as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+    as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null
+    say "postgres stopped"
+  fi
+}
+
+status() {
+  if [ -n "${REDIS_URL:-}" ]; then echo "redis: external ($REDIS_URL)"
+  elif redis_ping; then echo "redis: running on 127.0.0.1:$REDIS_PORT (data $REDIS_DIR)"
+  else echo "redis: stopped"; fi
+  if [ -n "${DATABASE_URL:-}" ]; then echo "postgres: external"
+  elif pg_ready 2>/dev/null; then echo "postgres: running on 127.0.0.1:$PG_PORT (data $PG_DATA)"
+  else echo "postgres: stopped"; fi
+}
+
+case "${1:-}" in
+  ensure)
+    install_packages
+    ensure_redis
+    ensure_postgres
+    build_native
+    ;;
+  stop) stop_all ;;
+  status) status ;;
+  *)
+    echo "usage: $0 ensure|status|stop" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The full test suite (README's second command): ensures host packages, services and npm deps, then runs
+# every jest project (unit, integration, kernel, e2e) and ends with one line: `N passed, N failed[, N skipped]`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/lib.sh
+
+bash scripts/services.sh ensure
+ensure_node_modules
+mkdir -p .berth
+results=.berth/jest-results.json
+rm -f "$results"
+set +e
+# One jest run over all projects, serially: integration tests share one database and kernel tests share
+# the host's cgroups, mounts and loop devices.
+npx jest --ci --runInBand --json --outputFile="$results" "$@"
+set -e
+node test/support/summary.js "$results"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Brings the whole system up locally (README's first command): host packages, Redis + PostgreSQL, npm deps,
+# migrations, build, then the API and one worker for this host in the background. Idempotent: what already
+# runs is left running.  `scripts/up.sh stop` stops the API and worker (services: scripts/services.sh stop).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/lib.sh
+RUN=.berth/run
+LOGS=.berth/logs
+mkdir -p "$RUN" "$LOGS"
+
+running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+stop_one() {
+  if running "$1"; then
+    kill -TERM "$(cat "$RUN/$1.pid")"
+    for _ in $(seq 1 100); do running "$1" || break; sleep 0.1; done
+    echo "up: $1 stopped" >&2
+  fi
+  rm -f "$RUN/$1.pid"
+}
+
+if [ "${1:-}" = stop ]; then
+  stop_one worker
+  stop_one api
+  exit 0
+fi
+
+bash scripts/services.sh ensure
+ensure_node_modules
+npm run -s migrate -- up
+# Rebuild when any source is newer than the last build.
+if [ ! -f dist/.built ] || [ -n "$(find apps libs -name '*.ts' -newer dist/.built -print -quit)" ]; then
+  npx nest build api
+  npx nest build worker
+  touch dist/.built
+fi
+
+start_one() {
+  local name=$1 entry=$2
+  if running "$name"; then
+    echo "up: $name already running (pid $(cat "$RUN/$name.pid"))" >&2
+    return 0
+  fi
+  setsid node "$entry" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+  echo "up: $name started (pid $!, log $LOGS/$name.log)" >&2
+}
+start_one api dist/apps/api/apps/api/src/main.js
+start_one worker dist/apps/worker/apps/worker/src/main.js
+
+port=$(node -e "console.log(require('./dist/apps/api/libs/config/src').loadConfig().api.port)")
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then break; fi
+  running api || { tail -n 20 "$LOGS/api.log" >&2; echo "up: the API exited" >&2; exit 1; }
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "up: API not ready, see $LOGS/api.log" >&2; exit 1; }
+echo "up: Berth is up: API http://127.0.0.1:$port (healthz, readyz), worker log $LOGS/worker.log"
