@@ -63,6 +63,18 @@ export function procCgroups(pid: number): Map<string, string> {
   return out;
 }
 
+/**
+ * Waits until the child has joined every hierarchy and exec'd `program` (its comm), so a test never acts
+ * on the join script half-way through its writes.
+ */
+export async function waitForExec(p: GroupProcess, program: string): Promise<void> {
+  await eventually(
+    () => readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === program,
+    5000,
+    `${program} to start`,
+  );
+}
+
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
