@@ -1,0 +1,787 @@
+/*
+ * berth-launch: starts one Berth container in a single exec from Node (DESIGN.md §10).
+ *
+ * Node must never call unshare/setns itself (it is multithreaded) and must never stay the container's
+ * parent, so this helper does the whole start and detaches:
+ *
+ *   P0 launcher (spawned by Node) -- fork --> P1 (setsid) -- fork --> P2 supervisor, P1 exits at once
+ *   P2 supervisor: subreaper, parent of init, writes init.pid / exit.status, exits when init exits
+ *   P2 -- fork --> P3: joins the cgroups, unshare()s, forks init (P4) and exits, so P4 is
+ *                      reparented to the subreaper P2
+ *   P4 init: PID 1 of the new pid namespace; mounts, pivot_root, exec of the container's init
+ *
+ * P0 waits on a close-on-exec pipe for the outcome and prints exactly one JSON line on stdout:
+ *   {"pid":<init host pid>,"startTime":<ticks>,"supervisorPid":<pid>,"warnings":[...]}
+ * or {"error":"<step>","errno":<n>,"message":"..."} with exit code 1 (2 for bad arguments).
+ *
+ * Written for a tiny resident size: static (musl preferred), no stdio, no heap.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h> /* renameat only: no stdio streams are used */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef PR_SET_CHILD_SUBREAPER
+#define PR_SET_CHILD_SUBREAPER 36
+#endif
+#ifndef CLONE_NEWCGROUP
+#define CLONE_NEWCGROUP 0x02000000
+#endif
+
+#define MAX_CGROUPS 16
+#define MAX_WARNINGS 4
+#define OLDROOT ".berth-oldroot"
+
+/* ---------- small output helpers (no stdio: keeps the supervisor's RSS tiny) ---------- */
+
+struct buf {
+    char b[2048];
+    size_t n;
+};
+
+static void b_str(struct buf *o, const char *s) {
+    while (*s && o->n < sizeof(o->b) - 1) o->b[o->n++] = *s++;
+}
+
+static void b_num(struct buf *o, long long v) {
+    char t[24];
+    int i = 0;
+    unsigned long long u = v < 0 ? (unsigned long long)(-v) : (unsigned long long)v;
+    if (v < 0) b_str(o, "-");
+    do {
+        t[i++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    while (i && o->n < sizeof(o->b) - 1) o->b[o->n++] = t[--i];
+}
+
+/* JSON string body: escapes quotes, backslashes and control characters. */
+static void b_json(struct buf *o, const char *s) {
+    static const char hex[] = "0123456789abcdef";
+    b_str(o, "\"");
+    for (; *s && o->n < sizeof(o->b) - 8; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            o->b[o->n++] = '\\';
+            o->b[o->n++] = (char)c;
+        } else if (c < 0x20) {
+            b_str(o, "\\u00");
+            o->b[o->n++] = hex[c >> 4];
+            o->b[o->n++] = hex[c & 15];
+        } else {
+            o->b[o->n++] = (char)c;
+        }
+    }
+    b_str(o, "\"");
+}
+
+static int write_all(int fd, const void *p, size_t n) {
+    const char *c = p;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src) {
+    size_t i = 0;
+    for (; src && src[i] && i < cap - 1; i++) dst[i] = src[i];
+    dst[i] = 0;
+}
+
+/* ---------- messages between the processes (fixed size: one pipe write is atomic) ---------- */
+
+enum { M_ERROR = 1, M_UNSHARED, M_INITPID, M_WARN, M_READY, M_OK };
+
+struct msg {
+    int type;
+    int err;
+    int pid;
+    int spid;
+    long long start;
+    char step[24];
+    char text[200];
+};
+
+/* ---------- configuration and shared state ---------- */
+
+static struct {
+    const char *rootfs, *hostname, *log, *state_dir, *fifo;
+    const char *cgroups[MAX_CGROUPS];
+    int ncgroups;
+    int userns;
+    unsigned long map_uid, map_count;
+    const char *ov_lower, *ov_upper, *ov_work;
+    int netns; /* 1: own network namespace (none/new), 0: host */
+    char **argv;
+} cfg;
+
+static char overlay_spec[4096];
+
+static int log_fd = -1, null_fd = -1, state_fd = -1, fifo_fd = -1;
+static int cg_fd[MAX_CGROUPS];
+
+static void log_line(const char *step, int err, const char *text) {
+    struct buf o = {.n = 0};
+    if (log_fd < 0) return;
+    b_str(&o, "berth-launch[");
+    b_num(&o, getpid());
+    b_str(&o, "]: ");
+    b_str(&o, step);
+    b_str(&o, ": ");
+    if (err) {
+        b_str(&o, strerror(err));
+        if (text && *text) b_str(&o, ": ");
+    }
+    if (text) b_str(&o, text);
+    b_str(&o, "\n");
+    write_all(log_fd, o.b, o.n);
+}
+
+static void send_msg(int fd, int type, const char *step, int err, const char *text) {
+    struct msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = type;
+    m.err = err;
+    copy_str(m.step, sizeof(m.step), step);
+    copy_str(m.text, sizeof(m.text), text);
+    write_all(fd, &m, sizeof(m));
+}
+
+/* Reports a failed step to the process above, logs it, and exits: nothing is left half started. */
+static void fail(int fd, const char *step, int err, const char *detail) {
+    log_line(step, err, detail);
+    send_msg(fd, M_ERROR, step, err, detail);
+    _exit(1);
+}
+
+/* Closes every descriptor >= 3 except those listed (close_range over the gaps). */
+static void close_except(const int *keep, int n) {
+    int sorted[32], k = 0, i, j;
+    for (i = 0; i < n && k < 32; i++)
+        if (keep[i] >= 3) sorted[k++] = keep[i];
+    for (i = 1; i < k; i++)
+        for (j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
+            int t = sorted[j];
+            sorted[j] = sorted[j - 1];
+            sorted[j - 1] = t;
+        }
+    unsigned int from = 3;
+    for (i = 0; i <= k; i++) {
+        unsigned int to = i < k ? (unsigned int)sorted[i] : ~0U;
+        if (to > from) {
+            unsigned int last = i < k ? to - 1 : ~0U;
+            if (syscall(SYS_close_range, from, last, 0) < 0) {
+                unsigned int f, stop = last > 4096 ? 4096 : last;
+                for (f = from; f <= stop; f++) close((int)f);
+            }
+        }
+        if (i < k) from = to + 1;
+    }
+}
+
+/* Field 22 of /proc/<pid>/stat: start time in clock ticks since boot (identifies a pid incarnation). */
+static long long read_start_time(int pid) {
+    char path[48], data[1024];
+    struct buf p = {.n = 0};
+    b_str(&p, "/proc/");
+    b_num(&p, pid);
+    b_str(&p, "/stat");
+    p.b[p.n] = 0;
+    copy_str(path, sizeof(path), p.b);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, data, sizeof(data) - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    data[n] = 0;
+    char *s = strrchr(data, ')');
+    if (!s) return -1;
+    s++;
+    /* after ")" come fields 3, 4, ...: skip 19 of them to reach field 22 */
+    for (int field = 3; field < 22; field++) {
+        while (*s == ' ') s++;
+        while (*s && *s != ' ') s++;
+    }
+    while (*s == ' ') s++;
+    long long v = 0;
+    if (*s < '0' || *s > '9') return -1;
+    while (*s >= '0' && *s <= '9') v = v * 10 + (*s++ - '0');
+    return v;
+}
+
+/* Writes a small file in the state dir atomically (tmp + rename), so readers never see half of it. */
+static int write_state(const char *name, const char *tmp, struct buf *o) {
+    int fd = openat(state_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    int r = write_all(fd, o->b, o->n);
+    close(fd);
+    if (r < 0) return -1;
+    return renameat(state_fd, tmp, state_fd, name);
+}
+
+/* ---------- P4: becomes the container's PID 1 ---------- */
+
+static void mount_or_fail(int fd, const char *step, const char *src, const char *dst, const char *type,
+                          unsigned long flags, const char *data) {
+    if (mount(src, dst, type, flags, data) < 0) fail(fd, step, errno, dst);
+}
+
+static void bring_up_loopback(int fd) {
+    struct ifreq ifr;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        send_msg(fd, M_WARN, "loopback", errno, "lo stays down");
+        return;
+    }
+    memset(&ifr, 0, sizeof(ifr));
+    copy_str(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0 || (ifr.ifr_flags |= IFF_UP, ioctl(s, SIOCSIFFLAGS, &ifr) < 0))
+        send_msg(fd, M_WARN, "loopback", errno, "lo stays down");
+    close(s);
+}
+
+static void setup_dev(int fd) {
+    static const char *nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+    char host[32], inner[32];
+    mount_or_fail(fd, "mount-dev", "tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k");
+    for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++) {
+        struct buf h = {.n = 0}, c = {.n = 0};
+        b_str(&h, "/dev/");
+        b_str(&h, nodes[i]);
+        h.b[h.n] = 0;
+        b_str(&c, "dev/");
+        b_str(&c, nodes[i]);
+        c.b[c.n] = 0;
+        copy_str(host, sizeof(host), h.b);
+        copy_str(inner, sizeof(inner), c.b);
+        /* Bind the host's node onto an empty file: works inside a user namespace, mknod would not. */
+        int f = open(inner, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+        if (f < 0) fail(fd, "mount-dev", errno, inner);
+        close(f);
+        mount_or_fail(fd, "mount-dev", host, inner, NULL, MS_BIND, NULL);
+    }
+    if (mkdir("dev/pts", 0755) < 0) fail(fd, "mount-devpts", errno, "dev/pts");
+    mount_or_fail(fd, "mount-devpts", "devpts", "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                  "newinstance,ptmxmode=0666,mode=0620");
+    if (symlink("pts/ptmx", "dev/ptmx") < 0) fail(fd, "mount-devpts", errno, "dev/ptmx");
+    if (mkdir("dev/shm", 01777) < 0) fail(fd, "mount-shm", errno, "dev/shm");
+    mount_or_fail(fd, "mount-shm", "tmpfs", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    /* conventional links; failures here are harmless */
+    if (symlink("/proc/self/fd", "dev/fd") < 0 || symlink("/proc/self/fd/0", "dev/stdin") < 0 ||
+        symlink("/proc/self/fd/1", "dev/stdout") < 0 || symlink("/proc/self/fd/2", "dev/stderr") < 0)
+        send_msg(fd, M_WARN, "dev-links", errno, "some /dev links are missing");
+}
+
+static void run_init(int fd) {
+    struct stat st;
+    setsid();
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) fail(fd, "mount-private", errno, "/");
+    if (cfg.ov_lower) mount_or_fail(fd, "mount-overlay", "overlay", cfg.rootfs, "overlay", 0, overlay_spec);
+    mount_or_fail(fd, "bind-rootfs", cfg.rootfs, cfg.rootfs, NULL, MS_BIND | MS_REC, NULL);
+    if (chdir(cfg.rootfs) < 0) fail(fd, "chdir-rootfs", errno, cfg.rootfs);
+
+    if (stat("proc", &st) < 0 && mkdir("proc", 0555) < 0) fail(fd, "mount-proc", errno, "proc");
+    mount_or_fail(fd, "mount-proc", "proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+
+    if (stat("sys", &st) < 0 && mkdir("sys", 0555) < 0) fail(fd, "mount-sys", errno, "sys");
+    if (mount("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+        /* Under a user namespace sysfs needs a network namespace of its own: go on without /sys. */
+        if (cfg.userns && (errno == EPERM || errno == EACCES)) {
+            log_line("mount-sys", errno, "/sys not mounted (user namespace without its own netns)");
+            send_msg(fd, M_WARN, "mount-sys", errno, "/sys not mounted");
+        } else {
+            fail(fd, "mount-sys", errno, "sys");
+        }
+    }
+
+    if (stat("dev", &st) < 0 && mkdir("dev", 0755) < 0) fail(fd, "mount-dev", errno, "dev");
+    setup_dev(fd);
+
+    if (cfg.netns) bring_up_loopback(fd);
+    if (cfg.hostname && sethostname(cfg.hostname, strlen(cfg.hostname)) < 0)
+        fail(fd, "sethostname", errno, cfg.hostname);
+
+    if (mkdir(OLDROOT, 0700) < 0 && errno != EEXIST) fail(fd, "pivot_root", errno, "mkdir " OLDROOT);
+    if (syscall(SYS_pivot_root, ".", OLDROOT) < 0) fail(fd, "pivot_root", errno, cfg.rootfs);
+    if (chdir("/") < 0) fail(fd, "pivot_root", errno, "chdir /");
+    if (umount2("/" OLDROOT, MNT_DETACH) < 0) fail(fd, "umount-oldroot", errno, OLDROOT);
+    if (rmdir("/" OLDROOT) < 0) send_msg(fd, M_WARN, "rmdir-oldroot", errno, OLDROOT);
+
+    /* stdio of init: stdin from /dev/null, stdout and stderr to the log */
+    if (dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0) fail(fd, "stdio", errno, NULL);
+
+    if (fifo_fd >= 0) {
+        /* The host configures the network now; tell the caller we are up, then wait for its byte. */
+        send_msg(fd, M_READY, "ready", 0, NULL);
+        close(fd);
+        fd = -1;
+        char c;
+        ssize_t r;
+        do r = read(fifo_fd, &c, 1);
+        while (r < 0 && errno == EINTR);
+        if (r != 1) {
+            log_line("sync-fifo", r < 0 ? errno : 0, "no byte from the host; not starting init");
+            _exit(126);
+        }
+    }
+    int keep[1] = {fd};
+    close_except(keep, fd >= 0 ? 1 : 0);
+    /* the pipe to the supervisor is close-on-exec: a successful exec is seen as EOF */
+    execv(cfg.argv[0], cfg.argv);
+    int e = errno;
+    log_line("exec", e, cfg.argv[0]);
+    if (fd >= 0) send_msg(fd, M_ERROR, "exec", e, cfg.argv[0]);
+    _exit(127);
+}
+
+/* ---------- P3: cgroups, namespaces, fork of init ---------- */
+
+static void run_setup(int to_sup, int from_sup) {
+    char pidtxt[24];
+    struct buf p = {.n = 0};
+    b_num(&p, getpid());
+    b_str(&p, "\n");
+    copy_str(pidtxt, sizeof(pidtxt), p.b);
+    /* join every cgroup before unsharing: the container never runs an instruction outside its cgroup */
+    for (int i = 0; i < cfg.ncgroups; i++) {
+        if (write_all(cg_fd[i], pidtxt, strlen(pidtxt)) < 0) fail(to_sup, "cgroup", errno, cfg.cgroups[i]);
+        close(cg_fd[i]);
+    }
+    int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC;
+    if (cfg.netns) flags |= CLONE_NEWNET;
+    if (cfg.userns) flags |= CLONE_NEWUSER;
+    if (unshare(flags) < 0) fail(to_sup, "unshare", errno, NULL);
+    if (cfg.userns) {
+        int status = -1;
+        send_msg(to_sup, M_UNSHARED, "unshared", 0, NULL);
+        if (read(from_sup, &status, sizeof(status)) != sizeof(status) || status != 0) _exit(1);
+        if (setresgid(0, 0, 0) < 0) fail(to_sup, "setresgid", errno, NULL);
+        if (setresuid(0, 0, 0) < 0) fail(to_sup, "setresuid", errno, NULL);
+    }
+    close(from_sup);
+    pid_t child = fork();
+    if (child < 0) fail(to_sup, "fork-init", errno, NULL);
+    if (child == 0) run_init(to_sup);
+    struct msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = M_INITPID;
+    m.pid = child;
+    write_all(to_sup, &m, sizeof(m));
+    _exit(0); /* init is reparented to the supervisor (subreaper) */
+}
+
+/* ---------- P2: the supervisor ---------- */
+
+static int write_id_maps(int pid) {
+    static const char *files[] = {"setgroups", "uid_map", "gid_map"};
+    struct buf map = {.n = 0};
+    b_str(&map, "0 ");
+    b_num(&map, (long long)cfg.map_uid);
+    b_str(&map, " ");
+    b_num(&map, (long long)cfg.map_count);
+    b_str(&map, "\n");
+    for (int i = 0; i < 3; i++) {
+        struct buf path = {.n = 0};
+        b_str(&path, "/proc/");
+        b_num(&path, pid);
+        b_str(&path, "/");
+        b_str(&path, files[i]);
+        path.b[path.n] = 0;
+        int fd = open(path.b, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) return errno;
+        int r = i == 0 ? write_all(fd, "deny", 4) : write_all(fd, map.b, map.n);
+        int e = errno;
+        close(fd);
+        if (r < 0) return e ? e : EIO;
+    }
+    return 0;
+}
+
+static void run_supervisor(int report) {
+    struct msg warns[MAX_WARNINGS], err;
+    int nwarn = 0, have_err = 0, initpid = 0, toup[2], down[2];
+    memset(&err, 0, sizeof(err));
+
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    unlinkat(state_fd, "exit.status", 0);
+    unlinkat(state_fd, "init.pid", 0);
+
+    if (pipe2(toup, O_CLOEXEC) < 0 || pipe2(down, O_CLOEXEC) < 0) fail(report, "pipe", errno, NULL);
+    pid_t setup = fork();
+    if (setup < 0) fail(report, "fork-setup", errno, NULL);
+    if (setup == 0) {
+        close(report);
+        close(toup[0]);
+        close(down[1]);
+        run_setup(toup[1], down[0]);
+    }
+    close(toup[1]);
+    close(down[0]);
+    for (int i = 0; i < cfg.ncgroups; i++) close(cg_fd[i]);
+
+    struct msg m;
+    ssize_t r;
+    while ((r = read(toup[0], &m, sizeof(m))) != 0) {
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (r != (ssize_t)sizeof(m)) break;
+        if (m.type == M_UNSHARED) {
+            int e = write_id_maps(setup);
+            if (e && !have_err) {
+                log_line("userns-map", e, NULL);
+                err = m;
+                err.type = M_ERROR;
+                err.err = e;
+                copy_str(err.step, sizeof(err.step), "userns-map");
+                copy_str(err.text, sizeof(err.text), "writing uid_map/gid_map");
+                have_err = 1;
+            }
+            write_all(down[1], &e, sizeof(e));
+        } else if (m.type == M_INITPID) {
+            initpid = m.pid;
+        } else if (m.type == M_WARN) {
+            if (nwarn < MAX_WARNINGS) warns[nwarn++] = m;
+        } else if (m.type == M_ERROR && !have_err) {
+            err = m;
+            have_err = 1;
+        }
+    }
+    close(toup[0]);
+    close(down[1]);
+
+    if (!have_err && initpid <= 0) {
+        have_err = 1;
+        err.type = M_ERROR;
+        err.err = ECHILD;
+        copy_str(err.step, sizeof(err.step), "setup");
+        copy_str(err.text, sizeof(err.text), "setup process exited without starting init");
+    }
+    if (have_err) {
+        if (initpid > 0) kill(initpid, SIGKILL);
+        while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) {
+        }
+        write_all(report, &err, sizeof(err));
+        _exit(1);
+    }
+
+    long long start = read_start_time(initpid);
+    struct buf o = {.n = 0};
+    b_str(&o, "{\"pid\":");
+    b_num(&o, initpid);
+    b_str(&o, ",\"startTime\":");
+    b_num(&o, start);
+    b_str(&o, ",\"supervisorPid\":");
+    b_num(&o, getpid());
+    b_str(&o, "}\n");
+    if (write_state("init.pid", "init.pid.tmp", &o) < 0) log_line("state-dir", errno, "init.pid not written");
+
+    for (int i = 0; i < nwarn; i++) write_all(report, &warns[i], sizeof(warns[i]));
+    memset(&m, 0, sizeof(m));
+    m.type = M_OK;
+    m.pid = initpid;
+    m.start = start;
+    m.spid = getpid();
+    write_all(report, &m, sizeof(m));
+    close(report);
+    if (fifo_fd >= 0) close(fifo_fd);
+
+    for (;;) {
+        int st;
+        pid_t w = waitpid(-1, &st, 0);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            break; /* ECHILD: nothing left to supervise */
+        }
+        if (w != initpid) continue;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        struct buf s = {.n = 0};
+        b_str(&s, "{\"pid\":");
+        b_num(&s, initpid);
+        b_str(&s, ",\"startTime\":");
+        b_num(&s, start);
+        if (WIFEXITED(st)) {
+            b_str(&s, ",\"code\":");
+            b_num(&s, WEXITSTATUS(st));
+            b_str(&s, ",\"signal\":null");
+        } else {
+            b_str(&s, ",\"code\":null,\"signal\":");
+            b_num(&s, WTERMSIG(st));
+        }
+        b_str(&s, ",\"exitedAtMs\":");
+        b_num(&s, (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+        b_str(&s, "}\n");
+        if (write_state("exit.status", "exit.status.tmp", &s) < 0)
+            log_line("state-dir", errno, "exit.status not written");
+        break;
+    }
+    _exit(0);
+}
+
+/* ---------- P0: argument parsing and the one JSON line for the caller ---------- */
+
+static void usage_error(const char *text) {
+    struct buf o = {.n = 0};
+    b_str(&o, "{\"error\":\"args\",\"errno\":22,\"message\":");
+    b_json(&o, text);
+    b_str(&o, "}\n");
+    write_all(1, o.b, o.n);
+    _exit(2);
+}
+
+static void early_error(const char *step, int err, const char *detail) {
+    struct buf o = {.n = 0};
+    b_str(&o, "{\"error\":");
+    b_json(&o, step);
+    b_str(&o, ",\"errno\":");
+    b_num(&o, err);
+    b_str(&o, ",\"message\":");
+    struct buf t = {.n = 0};
+    b_str(&t, step);
+    b_str(&t, ": ");
+    b_str(&t, strerror(err));
+    if (detail) {
+        b_str(&t, " (");
+        b_str(&t, detail);
+        b_str(&t, ")");
+    }
+    t.b[t.n] = 0;
+    b_json(&o, t.b);
+    b_str(&o, "}\n");
+    write_all(1, o.b, o.n);
+    log_line(step, err, detail);
+    _exit(1);
+}
+
+static int parse_ulong(const char *s, unsigned long *out) {
+    unsigned long v = 0;
+    if (!*s) return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > 0xffffffffUL / 10) return -1;
+        v = v * 10 + (unsigned long)(*s - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static void parse_args(int argc, char **argv) {
+    int i;
+    cfg.netns = 1;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--")) {
+            i++;
+            break;
+        }
+        if (!v) usage_error("option without a value");
+        if (!strcmp(a, "--rootfs")) cfg.rootfs = v;
+        else if (!strcmp(a, "--hostname")) cfg.hostname = v;
+        else if (!strcmp(a, "--log")) cfg.log = v;
+        else if (!strcmp(a, "--state-dir")) cfg.state_dir = v;
+        else if (!strcmp(a, "--sync-fifo")) cfg.fifo = v;
+        else if (!strcmp(a, "--cgroup-procs")) {
+            if (cfg.ncgroups == MAX_CGROUPS) usage_error("too many --cgroup-procs");
+            cfg.cgroups[cfg.ncgroups++] = v;
+        } else if (!strcmp(a, "--userns-map")) {
+            char num[24];
+            const char *c = strchr(v, ':');
+            if (!c || (size_t)(c - v) >= sizeof(num)) usage_error("--userns-map wants HOSTUID:COUNT");
+            memcpy(num, v, (size_t)(c - v));
+            num[c - v] = 0;
+            if (parse_ulong(num, &cfg.map_uid) < 0 || parse_ulong(c + 1, &cfg.map_count) < 0 ||
+                cfg.map_count == 0 || cfg.map_uid == 0)
+                usage_error("--userns-map wants HOSTUID:COUNT with HOSTUID > 0 and COUNT > 0");
+            cfg.userns = 1;
+        } else if (!strcmp(a, "--overlay")) {
+            /* lowerdir:upperdir:workdir; a ',' would smuggle extra mount options in */
+            if (strchr(v, ',')) usage_error("--overlay paths must not contain ','");
+            const char *c1 = strchr(v, ':');
+            const char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+            if (!c1 || !c2 || strchr(c2 + 1, ':') || c1 == v || c2 == c1 + 1 || !c2[1])
+                usage_error("--overlay wants LOWER:UPPER:WORK");
+            struct buf o = {.n = 0};
+            b_str(&o, "lowerdir=");
+            for (const char *p = v; p < c1 && o.n < sizeof(o.b) - 1; p++) o.b[o.n++] = *p;
+            b_str(&o, ",upperdir=");
+            for (const char *p = c1 + 1; p < c2 && o.n < sizeof(o.b) - 1; p++) o.b[o.n++] = *p;
+            b_str(&o, ",workdir=");
+            b_str(&o, c2 + 1);
+            o.b[o.n] = 0;
+            copy_str(overlay_spec, sizeof(overlay_spec), o.b);
+            cfg.ov_lower = v;
+        } else if (!strcmp(a, "--net")) {
+            if (!strcmp(v, "none") || !strcmp(v, "new")) cfg.netns = 1;
+            else if (!strcmp(v, "host")) cfg.netns = 0;
+            else usage_error("--net wants none, new or host");
+        } else {
+            usage_error("unknown option");
+        }
+        i++;
+    }
+    if (i >= argc) usage_error("missing -- /sbin/init [args...]");
+    cfg.argv = argv + i;
+    if (!cfg.rootfs || cfg.rootfs[0] != '/') usage_error("--rootfs must be an absolute path");
+    if (!cfg.state_dir || cfg.state_dir[0] != '/') usage_error("--state-dir must be an absolute path");
+    if (cfg.argv[0][0] != '/') usage_error("the init path must be absolute");
+    if (cfg.hostname && (strlen(cfg.hostname) == 0 || strlen(cfg.hostname) > 64))
+        usage_error("--hostname must be 1 to 64 characters");
+}
+
+int main(int argc, char **argv) {
+    int report[2];
+    struct stat st;
+
+    parse_args(argc, argv);
+
+    null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null_fd < 0) early_error("open", errno, "/dev/null");
+    if (cfg.log) {
+        log_fd = open(cfg.log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (log_fd < 0) early_error("log", errno, cfg.log);
+    } else {
+        log_fd = null_fd;
+    }
+    /* everything that can be checked before forking is checked here: a failure leaves no process */
+    if (stat(cfg.rootfs, &st) < 0) early_error("rootfs", errno, cfg.rootfs);
+    if (!S_ISDIR(st.st_mode)) early_error("rootfs", ENOTDIR, cfg.rootfs);
+    state_fd = open(cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (state_fd < 0) early_error("state-dir", errno, cfg.state_dir);
+    for (int i = 0; i < cfg.ncgroups; i++) {
+        cg_fd[i] = open(cfg.cgroups[i], O_WRONLY | O_CLOEXEC);
+        if (cg_fd[i] < 0) early_error("cgroup", errno, cfg.cgroups[i]);
+    }
+    if (cfg.fifo) {
+        /* O_RDWR: opening never blocks, and read() waits for the host's byte instead of seeing EOF */
+        fifo_fd = open(cfg.fifo, O_RDWR | O_CLOEXEC);
+        if (fifo_fd < 0) early_error("sync-fifo", errno, cfg.fifo);
+        if (fstat(fifo_fd, &st) < 0 || !S_ISFIFO(st.st_mode)) early_error("sync-fifo", EINVAL, cfg.fifo);
+    }
+    if (pipe2(report, O_CLOEXEC) < 0) early_error("pipe", errno, NULL);
+
+    pid_t p1 = fork();
+    if (p1 < 0) early_error("fork", errno, NULL);
+    if (p1 == 0) {
+        /* P1: drop everything of the caller, new session, fork the supervisor, exit */
+        int keep[4 + MAX_CGROUPS], n = 0;
+        keep[n++] = report[1];
+        keep[n++] = null_fd;
+        keep[n++] = state_fd;
+        if (log_fd != null_fd) keep[n++] = log_fd;
+        if (fifo_fd >= 0) keep[n++] = fifo_fd;
+        for (int i = 0; i < cfg.ncgroups; i++) keep[n++] = cg_fd[i];
+        close(report[0]);
+        if (dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0 || dup2(null_fd, 2) < 0)
+            fail(report[1], "stdio", errno, NULL);
+        close_except(keep, n);
+        if (chdir("/") < 0) fail(report[1], "chdir", errno, "/");
+        if (setsid() < 0) fail(report[1], "setsid", errno, NULL);
+        pid_t p2 = fork();
+        if (p2 < 0) fail(report[1], "fork", errno, NULL);
+        if (p2 == 0) run_supervisor(report[1]);
+        _exit(0);
+    }
+    close(report[1]);
+
+    struct msg m, warns[MAX_WARNINGS], result;
+    int nwarn = 0, have = 0;
+    ssize_t r;
+    memset(&result, 0, sizeof(result));
+    while ((r = read(report[0], &m, sizeof(m))) != 0) {
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (r != (ssize_t)sizeof(m)) break;
+        if (m.type == M_WARN && nwarn < MAX_WARNINGS) warns[nwarn++] = m;
+        else if ((m.type == M_OK || m.type == M_ERROR) && !have) {
+            result = m;
+            have = 1;
+        }
+    }
+    while (waitpid(p1, NULL, 0) < 0 && errno == EINTR) {
+    }
+
+    struct buf o = {.n = 0};
+    if (!have) {
+        result.type = M_ERROR;
+        result.err = EPIPE;
+        copy_str(result.step, sizeof(result.step), "supervisor");
+        copy_str(result.text, sizeof(result.text), "the supervisor exited without reporting");
+    }
+    if (result.type == M_OK) {
+        b_str(&o, "{\"pid\":");
+        b_num(&o, result.pid);
+        b_str(&o, ",\"startTime\":");
+        b_num(&o, result.start);
+        b_str(&o, ",\"supervisorPid\":");
+        b_num(&o, result.spid);
+        b_str(&o, ",\"warnings\":[");
+        for (int i = 0; i < nwarn; i++) {
+            struct buf w = {.n = 0};
+            b_str(&w, warns[i].step);
+            b_str(&w, ": ");
+            if (warns[i].err) b_str(&w, strerror(warns[i].err));
+            if (warns[i].text[0]) {
+                b_str(&w, " (");
+                b_str(&w, warns[i].text);
+                b_str(&w, ")");
+            }
+            w.b[w.n] = 0;
+            if (i) b_str(&o, ",");
+            b_json(&o, w.b);
+        }
+        b_str(&o, "]}\n");
+        write_all(1, o.b, o.n);
+        return 0;
+    }
+    struct buf t = {.n = 0};
+    b_str(&t, result.step);
+    b_str(&t, ": ");
+    b_str(&t, result.err ? strerror(result.err) : "failed");
+    if (result.text[0]) {
+        b_str(&t, " (");
+        b_str(&t, result.text);
+        b_str(&t, ")");
+    }
+    t.b[t.n] = 0;
+    b_str(&o, "{\"error\":");
+    b_json(&o, result.step);
+    b_str(&o, ",\"errno\":");
+    b_num(&o, result.err);
+    b_str(&o, ",\"message\":");
+    b_json(&o, t.b);
+    b_str(&o, "}\n");
+    write_all(1, o.b, o.n);
+    return 1;
+}
