@@ -124,7 +124,9 @@ export interface CgroupDriver {
 
   /**
    * Sends `signal` to every process in the group and its descendants (v2 SIGKILL: atomically via
-   * cgroup.kill). Does not wait for them to exit: poll `pids` for that. No-op when the group is missing.
+   * cgroup.kill). Otherwise it freezes the group, signals each pid and thaws it, so no fork escapes and
+   * the signal is delivered: a paused (frozen) group is left thawed. Does not wait for the processes to
+   * exit: poll `pids` for that. No-op when the group is missing.
    */
   killAll(path: string, signal: NodeJS.Signals): Promise<void>;
 
