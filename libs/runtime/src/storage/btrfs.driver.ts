@@ -21,7 +21,7 @@ import { isDirectory } from './directory-templates';
  * (O(1), one `btrfs` spawn), snapshots are read-only snapshots, rollback swaps in a writable snapshot of one.
  * The pool is either a directory on an existing btrfs filesystem (`btrfsPath`) or a sparse image under the
  * root, loop-mounted at `<root>/pool`. Layout inside the pool: templates/<id>, containers/<id>,
- * snapshots/<container>/<name> (subvolumes), meta/ (plain files).
+ * snapshots/<container>/<name> (subvolumes); bookkeeping in `<root>/meta/`.
  */
 export class BtrfsStorageDriver implements StorageDriver {
   private readonly root: string;
@@ -42,7 +42,9 @@ export class BtrfsStorageDriver implements StorageDriver {
         sizeBytes: options.poolSizeBytes,
       });
     }
-    this.meta = new VolumeMeta(join(this.pool, 'meta'));
+    // Bookkeeping lives outside the pool: a file dirtied on btrfs right before a snapshot makes the snapshot's
+    // transaction commit flush it too (measured ≈ 2 ms more per clone).
+    this.meta = new VolumeMeta(join(this.root, 'meta'));
   }
 
   info(): StorageDriverInfo {

@@ -165,6 +165,33 @@ describe.each(cases)('storage driver conformance: $name', ({ name, needs }) => {
       expect(await driver.list()).toEqual(['ct-a', 'ct-b']);
     });
 
+    if (name === 'btrfs') {
+      it('a clone that fails half way leaves nothing behind (no volume, no origin record)', async () => {
+        // A "sealed" template that is a plain directory, not a subvolume: the snapshot step fails.
+        const pool = (driver as BtrfsStorageDriver).poolPath();
+        await mkdir(join(pool, 'templates', 'broken-tpl'));
+        await writeFile(join(root, 'meta', 'templates', 'broken-tpl.sealed'), '');
+        const before = await tree(root);
+        await expectCode(driver.clone('broken-tpl', 'ct-broken'), 'COMMAND_FAILED');
+        expect(await tree(root)).toEqual(before);
+        expect(await driver.list()).not.toContain('ct-broken');
+        await rm(join(root, 'meta', 'templates', 'broken-tpl.sealed'));
+        await rm(join(pool, 'templates', 'broken-tpl'), { recursive: true });
+      });
+
+      it('prepare after the pool was unmounted reuses the attached loop device', async () => {
+        const pool = (driver as BtrfsStorageDriver).poolPath();
+        const [device] = loopDevicesUnder(dataRoot);
+        await run('umount', ['--', pool]);
+        expect(await mountAt(pool)).toBeUndefined();
+        await createStorageDriver(name, { root, poolSizeBytes: POOL_SIZE }).prepare();
+        expect(loopDevicesUnder(dataRoot)).toEqual([device]);
+        expect((await mountAt(pool))?.fsType).toBe('btrfs');
+        expect(await driver.list()).toEqual(['ct-a', 'ct-b']);
+        expect(await readText(join(driver.rootfsPath('ct-a'), 'etc/hostname'))).toBe('ct-a\n');
+      });
+    }
+
     it('clone is idempotent for the same template and refuses another template or a missing one', async () => {
       expect(await driver.clone(tpl, 'ct-a')).toEqual({ rootfs: driver.rootfsPath('ct-a') });
       expect(await readText(join(driver.rootfsPath('ct-a'), 'etc/hostname'))).toBe('ct-a\n');
