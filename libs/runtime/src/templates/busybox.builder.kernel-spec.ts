@@ -6,6 +6,9 @@ import { describeKernel } from '@test/support/kernel';
 import { run } from '../common/exec';
 import { BUSYBOX_BUILDER, buildBusyboxTemplate, readTemplateMarker } from './busybox.builder';
 
+// Under a full parallel kernel run these spawn many processes on 2 cores: allow more than 5 s.
+jest.setTimeout(30_000);
+
 describeKernel(
   'buildBusyboxTemplate',
   { root: true, programs: ['chroot', 'unshare', 'nsenter'], paths: ['/bin/busybox'] },
