@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { CommandFailedError, RuntimeError } from '../common/errors';
 import { LoopPool, runBtrfsTool } from './loop-pool';
 import { mountAt } from './mount-table';
-import { withReverter } from './reverter';
+import { withReverter } from '../common/reverter';
 import {
   CloneResult,
   MountSpec,

@@ -1,7 +1,7 @@
 import { rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { run } from '../common/exec';
-import { withReverter } from './reverter';
+import { withReverter } from '../common/reverter';
 import { removeTree } from './volume-files';
 
 /*

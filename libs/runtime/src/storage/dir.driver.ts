@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { RuntimeError } from '../common/errors';
 import { copyTreeAtomic, replaceWithCopy } from './copy-tree';
 import { DirectoryTemplates, isDirectory } from './directory-templates';
-import { withReverter } from './reverter';
+import { withReverter } from '../common/reverter';
 import {
   CloneResult,
   MountSpec,

@@ -4,7 +4,6 @@ export * from './btrfs.driver';
 export * from './overlay.driver';
 export * from './dir.driver';
 export * from './loop-pool';
-export * from './reverter';
 export * from './volume-id';
 export { parseMountInfo, readMounts, mountAt, mountsUnder } from './mount-table';
 export type { MountEntry } from './mount-table';

@@ -2,7 +2,7 @@ import { mkdir, open, readFile, readdir, rm } from 'node:fs/promises';
 import { run } from '../common/exec';
 import { DependencyMissingError, RuntimeError } from '../common/errors';
 import { mountAt } from './mount-table';
-import { withReverter } from './reverter';
+import { withReverter } from '../common/reverter';
 import { pathExists } from './volume-files';
 
 export const DEFAULT_POOL_SIZE_BYTES = 20 * 1024 ** 3;

@@ -5,7 +5,7 @@ import { RuntimeError } from '../common/errors';
 import { copyTreeAtomic, replaceWithCopy } from './copy-tree';
 import { DirectoryTemplates, isDirectory } from './directory-templates';
 import { mountAt } from './mount-table';
-import { withReverter } from './reverter';
+import { withReverter } from '../common/reverter';
 import {
   CloneResult,
   MountSpec,

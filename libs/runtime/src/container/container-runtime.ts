@@ -1,0 +1,551 @@
+import { chown, open, readFile } from 'node:fs/promises';
+import { run } from '../common/exec';
+import { RuntimeError } from '../common/errors';
+import { assertContainerName, assertCpus, assertPidsMax } from '../common/validation';
+import type { CgroupDriver } from '../cgroups/cgroup.driver';
+import { cgroupPath } from '../cgroups/cgroup.paths';
+import type { StorageDriver } from '../storage/storage.driver';
+import { Reverter } from '../common/reverter';
+import { isAlive, stopInit, waitForExit, type InitRef } from '../namespaces/init-process';
+import { launchContainer, type LaunchOptions } from '../namespaces/launcher';
+import { execInContainer, type ExecResult } from '../namespaces/container-exec';
+import { ensureBridge } from '../network/bridge';
+import { Ipam } from '../network/ipam';
+import { attachContainer, detachContainer, listVeths, vethNameFor } from '../network/veth';
+import { parseCidr, formatIpv4 } from '../network/ipv4';
+import { assertContainerId, ContainerStore } from './container-store';
+import type {
+  ContainerConfig,
+  ContainerInfo,
+  ContainerResources,
+  ContainerSpec,
+  ContainerStatus,
+  OperationResult,
+  ReconcileReport,
+} from './container.types';
+
+export interface NetworkSettings {
+  /** Host bridge for `bridge` mode (default `berth0`). */
+  bridge: string;
+  /** Address pool, e.g. `10.88.0.0/24`; the bridge takes the first host address as the gateway. */
+  cidr: string;
+  /** Named network namespace that plays the host (simulated hosts, tests). */
+  hostNetns?: string;
+}
+
+export interface ContainerRuntimeOptions {
+  dataRoot: string;
+  cgroups: CgroupDriver;
+  storage: StorageDriver;
+  /** cgroup parent of this host's containers (default `berth`). */
+  cgroupParent?: string;
+  network?: NetworkSettings;
+  /** Host uid/gid that container root maps to in unprivileged mode (default 100000, 65536 ids). */
+  usernsHostUid?: number;
+  /** Whether the kernel lets us use user namespaces (detected when omitted). */
+  usernsSupported?: boolean;
+  /** SIGTERM → SIGKILL grace for stop (default 10 s). */
+  stopGraceMs?: number;
+  /** berth-launch binary (default: the build output, see helperPath()). */
+  helper?: string;
+  /** Host limits for validation of resources. */
+  hostCpus?: number;
+  hostMemoryBytes?: number;
+}
+
+export const USERNS_RANGE = 65536;
+
+/** Reads whether unprivileged user namespaces are available on this kernel. */
+export async function detectUserns(): Promise<boolean> {
+  try {
+    return Number((await readFile('/proc/sys/user/max_user_namespaces', 'utf8')).trim()) > 0;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Lifecycle of system containers on one host: create (clone + cgroup + config), start, stop, restart,
+ * pause/resume, live resize, snapshot/rollback, exec, destroy, and `list`/`reconcile` that rebuild the
+ * truth from disk + /proc + cgroupfs after a restart of the calling process. Every operation is
+ * idempotent: asking for the state a container is already in succeeds with `changed: false`.
+ *
+ * Nothing here keeps a process handle: a container is found through its record (init pid + start time)
+ * and its cgroup, so the worker may die and come back at any moment.
+ */
+export class ContainerRuntime {
+  readonly store: ContainerStore;
+  private readonly cgroupParent: string;
+  private readonly stopGraceMs: number;
+  private readonly usernsHostUid: number;
+  private readonly ipam?: Ipam;
+  private usernsSupported?: boolean;
+
+  constructor(private readonly opts: ContainerRuntimeOptions) {
+    this.store = new ContainerStore(opts.dataRoot);
+    this.cgroupParent = opts.cgroupParent ?? 'berth';
+    this.stopGraceMs = opts.stopGraceMs ?? 10_000;
+    this.usernsHostUid = opts.usernsHostUid ?? 100_000;
+    this.usernsSupported = opts.usernsSupported;
+    if (opts.network) this.ipam = new Ipam(opts.dataRoot, { cidr: opts.network.cidr });
+  }
+
+  get storage(): StorageDriver {
+    return this.opts.storage;
+  }
+  get cgroups(): CgroupDriver {
+    return this.opts.cgroups;
+  }
+
+  /** Host uid that container root maps to in unprivileged mode; templates are shifted to it at import. */
+  get usernsBase(): number {
+    return this.usernsHostUid;
+  }
+
+  private cg(id: string): string {
+    return cgroupPath(id, this.cgroupParent);
+  }
+
+  private async userns(): Promise<boolean> {
+    this.usernsSupported ??= await detectUserns();
+    return this.usernsSupported;
+  }
+
+  /** Validates a spec; throws a typed error before anything is touched. */
+  validateSpec(spec: ContainerSpec): void {
+    assertContainerId(spec.id);
+    assertContainerName(spec.hostname);
+    this.validateResources(spec.resources);
+    if (!['none', 'bridge'].includes(spec.network?.mode)) {
+      throw new RuntimeError(
+        'INVALID_ARGUMENT',
+        `unknown network mode ${JSON.stringify(spec.network?.mode)}`,
+      );
+    }
+    if (spec.network.mode === 'bridge' && !this.opts.network) {
+      throw new RuntimeError('UNSUPPORTED', 'bridge networking is not configured on this host');
+    }
+  }
+
+  private validateResources(r: Partial<ContainerResources>): void {
+    if (r.cpus !== undefined) assertCpus(r.cpus, this.opts.hostCpus);
+    if (r.pidsMax !== undefined) assertPidsMax(r.pidsMax);
+    if (r.memoryBytes !== undefined) {
+      const host = this.opts.hostMemoryBytes ?? Number.MAX_SAFE_INTEGER;
+      if (!Number.isSafeInteger(r.memoryBytes) || r.memoryBytes < 4 * 1024 * 1024 || r.memoryBytes > host) {
+        throw new RuntimeError('INVALID_SIZE', `memory must be between 4 MiB and the host's ${host} bytes`, {
+          memoryBytes: r.memoryBytes,
+        });
+      }
+    }
+  }
+
+  /**
+   * Creates a stopped container: clones the template, creates its cgroup with the limits, writes its
+   * record. Idempotent for the same spec (a retried job step); a different spec under an existing id is
+   * refused with CONTAINER_EXISTS. A failure leaves nothing behind.
+   */
+  async create(spec: ContainerSpec): Promise<OperationResult> {
+    this.validateSpec(spec);
+    const existing = await this.store.readConfig(spec.id);
+    if (existing && !existing.creating) {
+      if (JSON.stringify(existing.spec) !== JSON.stringify(spec)) {
+        throw new RuntimeError('CONTAINER_EXISTS', `container ${spec.id} exists with another configuration`, {
+          id: spec.id,
+        });
+      }
+      return { changed: false, info: await this.get(spec.id) };
+    }
+    if (!(await this.storage.hasTemplate(spec.template))) {
+      throw new RuntimeError('TEMPLATE_NOT_FOUND', `template ${spec.template} does not exist on this host`, {
+        template: spec.template,
+      });
+    }
+    const usernsHostUid = !spec.privileged && (await this.userns()) ? this.usernsHostUid : null;
+    const config: ContainerConfig = {
+      spec,
+      storageDriver: this.storage.info().name,
+      usernsHostUid,
+      createdAt: existing?.createdAt ?? new Date().toISOString(),
+      creating: true,
+    };
+    const revert = new Reverter();
+    try {
+      await this.store.writeConfig(spec.id, config);
+      revert.add('remove record', () => this.store.remove(spec.id));
+      await this.storage.clone(spec.template, spec.id);
+      revert.add('delete volume', () => this.storage.delete(spec.id));
+      if (usernsHostUid !== null) await this.prepareUnprivilegedRootfs(spec.id, usernsHostUid);
+      await this.cgroups.create(this.cg(spec.id), this.limitsOf(spec.resources));
+      revert.add('destroy cgroup', () => this.cgroups.destroy(this.cg(spec.id)));
+      if (spec.network.mode === 'bridge' && this.ipam) {
+        await this.ipam.allocate(spec.id, spec.network.address);
+        revert.add('release address', () => this.ipam?.release(spec.id));
+      }
+      delete config.creating;
+      await this.store.writeConfig(spec.id, config);
+      revert.success();
+    } catch (e) {
+      await revert.fail();
+      throw e;
+    }
+    return { changed: true, info: await this.get(spec.id) };
+  }
+
+  /** Overlay upper dirs are created by host root: hand them to container root so `/` stays writable. */
+  private async prepareUnprivilegedRootfs(id: string, hostUid: number): Promise<void> {
+    const spec = await this.storage.mountSpec(id);
+    const upper = spec?.options.match(/(?:^|,)upperdir=([^,]+)/)?.[1];
+    if (upper) await chown(upper, hostUid, hostUid);
+  }
+
+  private limitsOf(r: ContainerResources) {
+    return { cpus: r.cpus, memoryBytes: r.memoryBytes, pidsMax: r.pidsMax };
+  }
+
+  private async requireConfig(id: string): Promise<ContainerConfig> {
+    assertContainerId(id);
+    const config = await this.store.readConfig(id);
+    if (!config || config.creating) {
+      throw new RuntimeError('CONTAINER_NOT_FOUND', `container ${id} does not exist`, { id });
+    }
+    return config;
+  }
+
+  /** The container's live init, or null when it is not running. */
+  private async liveInit(id: string): Promise<InitRef | null> {
+    const ref = await this.store.readInit(id);
+    return ref && (await isAlive(ref)) ? ref : null;
+  }
+
+  /** The truth about one container, from its record, /proc and cgroupfs. Throws CONTAINER_NOT_FOUND. */
+  async get(id: string): Promise<ContainerInfo> {
+    const config = await this.requireConfig(id);
+    return this.infoOf(id, config);
+  }
+
+  private async infoOf(id: string, config: ContainerConfig): Promise<ContainerInfo> {
+    const init = await this.liveInit(id);
+    let status: ContainerStatus = config.creating ? 'creating' : 'stopped';
+    if (init) status = (await this.cgroups.state(this.cg(id))) === 'frozen' ? 'paused' : 'running';
+    const ip = this.ipam ? await this.ipam.get(id) : null;
+    return {
+      id,
+      status,
+      spec: config.spec,
+      storageDriver: config.storageDriver,
+      init,
+      ipAddress: ip?.address ?? null,
+      createdAt: config.createdAt,
+    };
+  }
+
+  /** Every container with a record, rebuilt from disk + /proc + cgroupfs (no memory of the caller needed). */
+  async list(): Promise<ContainerInfo[]> {
+    const out: ContainerInfo[] = [];
+    for (const id of await this.store.ids()) {
+      const config = await this.store.readConfig(id);
+      if (config) out.push(await this.infoOf(id, config));
+    }
+    return out;
+  }
+
+  /**
+   * Starts the container's init in its own namespaces and cgroup, detached from the caller.
+   * Idempotent: a running container answers `changed: false`. Refuses a paused one (WRONG_STATE: resume).
+   */
+  async start(id: string): Promise<OperationResult> {
+    const config = await this.requireConfig(id);
+    const info = await this.infoOf(id, config);
+    if (info.status === 'running') return { changed: false, info };
+    if (info.status === 'paused') {
+      throw new RuntimeError('WRONG_STATE', `container ${id} is paused: resume it instead`, { id });
+    }
+    const { spec } = config;
+    await this.cgroups.create(this.cg(id), this.limitsOf(spec.resources));
+    // A previous init may have left processes behind only if it was killed abnormally: clear them.
+    await this.killRemaining(id);
+    await this.store.clearInit(id);
+    const mount = await this.storage.mountSpec(id);
+    const bridge = spec.network.mode === 'bridge' && this.opts.network;
+    let fifo: string | undefined;
+    if (bridge) {
+      fifo = this.store.fifoPath(id);
+      await run('mkfifo', ['-m', '0600', fifo], { okCodes: [0, 1] });
+    }
+    const launch: LaunchOptions = {
+      rootfs: this.storage.rootfsPath(id),
+      stateDir: this.store.stateDir(id),
+      hostname: spec.hostname,
+      cgroupProcs: this.cgroups.procsFiles(this.cg(id)),
+      logFile: this.store.logFile(id),
+      net: bridge ? 'new' : 'none',
+      syncFifo: fifo,
+      helper: this.opts.helper,
+    };
+    if (config.usernsHostUid !== null) launch.userns = { hostUid: config.usernsHostUid, count: USERNS_RANGE };
+    if (mount) {
+      const o = Object.fromEntries(mount.options.split(',').map((kv) => kv.split('=') as [string, string]));
+      launch.overlay = { lower: o.lowerdir, upper: o.upperdir, work: o.workdir };
+    } else {
+      await this.storage.mount(id);
+    }
+    const ref = await launchContainer(launch);
+    if (bridge && fifo) {
+      try {
+        await this.attachNetwork(id, ref.pid);
+      } finally {
+        // Release init whether or not the network came up: on failure we stop it right after.
+        const fh = await open(fifo, 'w');
+        await fh.write('g');
+        await fh.close();
+      }
+    }
+    return { changed: true, info: await this.get(id) };
+  }
+
+  private async attachNetwork(id: string, pid: number): Promise<void> {
+    const net = this.opts.network!;
+    const pool = parseCidr(net.cidr);
+    const gateway = formatIpv4(pool.network + 1);
+    await ensureBridge({ name: net.bridge, cidr: `${gateway}/${pool.prefixLen}`, hostNetns: net.hostNetns });
+    const alloc = await this.ipam!.allocate(id);
+    await attachContainer({
+      containerId: id,
+      pid,
+      bridge: net.bridge,
+      address: alloc.address,
+      prefixLen: pool.prefixLen,
+      gateway,
+      hostNetns: net.hostNetns,
+    });
+  }
+
+  /** SIGKILLs whatever is still in the container's cgroup and waits until it is empty. */
+  private async killRemaining(id: string, timeoutMs = 5_000): Promise<void> {
+    const path = this.cg(id);
+    if ((await this.cgroups.pids(path)).length === 0) return;
+    if ((await this.cgroups.state(path)) === 'frozen') await this.cgroups.thaw(path);
+    const end = Date.now() + timeoutMs;
+    while ((await this.cgroups.pids(path)).length > 0) {
+      if (Date.now() > end) throw new RuntimeError('TIMEOUT', `processes of ${id} survive SIGKILL`, { id });
+      await this.cgroups.killAll(path, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  /**
+   * Stops the container: SIGTERM to init, SIGKILL after `graceMs`, then waits until no process of the
+   * container is left. Idempotent: a stopped container answers `changed: false`. A paused container is
+   * thawed first (frozen processes cannot handle SIGTERM).
+   */
+  async stop(id: string, graceMs = this.stopGraceMs): Promise<OperationResult & { forced: boolean }> {
+    const config = await this.requireConfig(id);
+    const init = await this.liveInit(id);
+    if (!init) {
+      await this.killRemaining(id);
+      await this.cleanupAfterStop(id, config);
+      return { changed: false, forced: false, info: await this.get(id) };
+    }
+    if ((await this.cgroups.state(this.cg(id))) === 'frozen') await this.cgroups.thaw(this.cg(id));
+    const { forced } = await stopInit(init, graceMs);
+    await waitForExit(init, 5_000);
+    await this.killRemaining(id);
+    await this.cleanupAfterStop(id, config);
+    return { changed: true, forced, info: await this.get(id) };
+  }
+
+  private async cleanupAfterStop(id: string, config: ContainerConfig): Promise<void> {
+    if (config.spec.network.mode === 'bridge' && this.opts.network) {
+      await detachContainer(id, this.opts.network.hostNetns);
+    }
+  }
+
+  /** Stop then start. */
+  async restart(id: string): Promise<OperationResult> {
+    await this.stop(id);
+    return this.start(id);
+  }
+
+  /** Freezes every process of a running container (none can run until resume). Idempotent. */
+  async pause(id: string): Promise<OperationResult> {
+    const info = await this.get(id);
+    if (info.status === 'paused') return { changed: false, info };
+    if (info.status !== 'running') {
+      throw new RuntimeError('WRONG_STATE', `container ${id} is ${info.status}, not running`, { id });
+    }
+    await this.cgroups.freeze(this.cg(id));
+    return { changed: true, info: await this.get(id) };
+  }
+
+  /** Thaws a paused container. Idempotent on a running one. */
+  async resume(id: string): Promise<OperationResult> {
+    const info = await this.get(id);
+    if (info.status === 'running') return { changed: false, info };
+    if (info.status !== 'paused') {
+      throw new RuntimeError('WRONG_STATE', `container ${id} is ${info.status}, not paused`, { id });
+    }
+    await this.cgroups.thaw(this.cg(id));
+    return { changed: true, info: await this.get(id) };
+  }
+
+  /**
+   * Changes CPU, memory and pids limits; a running container gets them live (no restart). The record is
+   * updated only after the kernel accepted the limits.
+   */
+  async resize(id: string, resources: Partial<ContainerResources>): Promise<OperationResult> {
+    const config = await this.requireConfig(id);
+    this.validateResources(resources);
+    const next = { ...config.spec.resources, ...resources };
+    if (JSON.stringify(next) === JSON.stringify(config.spec.resources)) {
+      return { changed: false, info: await this.get(id) };
+    }
+    await this.cgroups.create(this.cg(id));
+    await this.cgroups.setLimits(this.cg(id), this.limitsOf(next));
+    config.spec = { ...config.spec, resources: next };
+    await this.store.writeConfig(id, config);
+    return { changed: true, info: await this.get(id) };
+  }
+
+  /** Takes a snapshot of the container's volume (any state; running containers get a crash-consistent one). */
+  async snapshot(id: string, name: string) {
+    await this.requireConfig(id);
+    return this.storage.snapshot(id, name);
+  }
+
+  async listSnapshots(id: string) {
+    await this.requireConfig(id);
+    return this.storage.listSnapshots(id);
+  }
+
+  /** Rolls the volume back to a snapshot; the container must be stopped (WRONG_STATE otherwise). */
+  async rollback(id: string, name: string): Promise<OperationResult> {
+    const info = await this.get(id);
+    if (info.status !== 'stopped') {
+      throw new RuntimeError('WRONG_STATE', `container ${id} must be stopped to roll back`, { id });
+    }
+    await this.storage.rollback(id, name);
+    return { changed: true, info: await this.get(id) };
+  }
+
+  /** Runs a command inside a running container; returns its exit code and output. */
+  async exec(
+    id: string,
+    argv: string[],
+    options: { input?: string; timeoutMs?: number } = {},
+  ): Promise<ExecResult> {
+    const config = await this.requireConfig(id);
+    const init = await this.liveInit(id);
+    if (!init) throw new RuntimeError('WRONG_STATE', `container ${id} is not running`, { id });
+    return execInContainer(init, argv, { ...options, userns: config.usernsHostUid !== null });
+  }
+
+  /** Usage counters (cgroup stats + disk). */
+  async stats(id: string) {
+    await this.requireConfig(id);
+    const [cgroup, diskBytes] = await Promise.all([
+      this.cgroups.stats(this.cg(id)),
+      this.storage.usage(id).catch(() => 0),
+    ]);
+    return { ...cgroup, diskBytes };
+  }
+
+  /**
+   * Removes everything of the container: processes, cgroup, veth, address, volume with snapshots, record.
+   * Idempotent: destroying a missing container succeeds with `changed: false`.
+   */
+  async destroy(id: string): Promise<{ changed: boolean }> {
+    assertContainerId(id);
+    const config = await this.store.readConfig(id);
+    const known =
+      config !== null || (await this.storage.list()).includes(id) || (await this.cgroups.exists(this.cg(id)));
+    if (!known) return { changed: false };
+    if (config && !config.creating && (await this.liveInit(id))) await this.stop(id, 2_000);
+    await this.killRemaining(id);
+    if (this.opts.network) {
+      await detachContainer(id, this.opts.network.hostNetns);
+      await this.ipam?.release(id);
+    }
+    await this.storage.delete(id);
+    await this.cgroups.destroy(this.cg(id));
+    await this.store.remove(id);
+    return { changed: true };
+  }
+
+  /**
+   * Compares what exists on the host under Berth's names with the container records: cgroups, volumes,
+   * veths and addresses without a record, containers whose creation never finished, and records whose
+   * init died (e.g. the host rebooted). With `remove`, orphans and half-created containers are removed.
+   */
+  async reconcile(options: { remove?: boolean } = {}): Promise<ReconcileReport> {
+    const ids = await this.store.ids();
+    const configs = new Map<string, ContainerConfig | null>();
+    for (const id of ids) configs.set(id, await this.store.readConfig(id));
+    const complete = new Set([...configs].filter(([, c]) => c && !c.creating).map(([id]) => id));
+    const halfCreated = [...configs].filter(([, c]) => !c || c.creating).map(([id]) => id);
+    const orphanCgroups = (await this.cgroups.list(this.cgroupParent)).filter((n) => !configs.has(n));
+    const orphanVolumes = (await this.storage.list()).filter((n) => !configs.has(n));
+    let orphanVeths: string[] = [];
+    let orphanAddresses: string[] = [];
+    if (this.opts.network) {
+      const expected = new Set([...configs.keys()].map((id) => vethNameFor(id)));
+      orphanVeths = (await listVeths(this.opts.network.hostNetns))
+        .map((v) => v.name)
+        .filter((n) => !expected.has(n));
+      orphanAddresses = (await this.ipam!.list())
+        .filter((a) => !configs.has(a.containerId))
+        .map((a) => a.containerId);
+    }
+    const deadInits: string[] = [];
+    for (const id of complete) {
+      const ref = await this.store.readInit(id);
+      if (ref && !(await isAlive(ref))) {
+        deadInits.push(id);
+        await this.store.clearInit(id);
+      }
+    }
+    if (options.remove) {
+      for (const id of halfCreated) await this.destroy(id);
+      for (const name of orphanCgroups) {
+        await this.cgroups.killAll(`${this.cgroupParent}/${name}`, 'SIGKILL');
+        await this.waitEmpty(`${this.cgroupParent}/${name}`);
+        await this.cgroups.destroy(`${this.cgroupParent}/${name}`);
+      }
+      for (const id of orphanVolumes) await this.storage.delete(id);
+      if (this.opts.network) {
+        for (const veth of orphanVeths) {
+          await run(
+            'ip',
+            [
+              ...(this.opts.network.hostNetns ? ['-n', this.opts.network.hostNetns] : []),
+              'link',
+              'del',
+              veth,
+            ],
+            {
+              okCodes: [0, 1],
+            },
+          );
+        }
+        for (const id of orphanAddresses) await this.ipam!.release(id);
+      }
+    }
+    return {
+      orphanCgroups,
+      orphanVolumes,
+      orphanVeths,
+      orphanAddresses,
+      halfCreated,
+      deadInits,
+      removed: !!options.remove,
+    };
+  }
+
+  private async waitEmpty(path: string, timeoutMs = 5_000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while ((await this.cgroups.pids(path)).length > 0 && Date.now() < end) {
+      await this.cgroups.killAll(path, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}

@@ -1,0 +1,97 @@
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { run } from '../common/exec';
+import { RuntimeError } from '../common/errors';
+import { withReverter } from '../common/reverter';
+import { assertTemplateName } from '../common/validation';
+import { shiftOwnership } from '../namespaces/ownership-shift';
+import type { StorageDriver } from '../storage/storage.driver';
+import { buildBusyboxTemplate } from '../templates/busybox.builder';
+import { importRootfsTarball } from '../templates/rootfs-import';
+import { removeTree } from '../templates/fs-util';
+import { USERNS_RANGE } from './container-runtime';
+
+export interface TemplateLibraryOptions {
+  dataRoot: string;
+  storage: StorageDriver;
+  /**
+   * Host uid that container root maps to. Templates are shifted to it once, at import, so unprivileged
+   * containers clone an already-shifted rootfs in O(1). null keeps host ownership (privileged-only hosts).
+   */
+  usernsHostUid: number | null;
+}
+
+export interface TemplateResult {
+  name: string;
+  /** False when the template already existed and was left as it was. */
+  changed: boolean;
+}
+
+/**
+ * The templates of one host, kept as sealed volumes of its storage driver. A template is built or
+ * extracted into a staging directory under the data root first, validated there, then copied into a
+ * fresh template volume (reflink where the filesystem can) and sealed: a crash or a refused archive
+ * leaves no half template that clones could use.
+ */
+export class TemplateLibrary {
+  constructor(private readonly opts: TemplateLibraryOptions) {}
+
+  private staging(name: string): string {
+    return join(this.opts.dataRoot, 'tmp', `template-${name}-${process.pid}-${Date.now()}`);
+  }
+
+  /** Builds the built-in busybox template offline from Debian's busybox-static. Idempotent. */
+  async ensureBusybox(name = 'busybox'): Promise<TemplateResult> {
+    assertTemplateName(name);
+    if (await this.opts.storage.hasTemplate(name)) return { name, changed: false };
+    return this.install(name, (dir) => buildBusyboxTemplate(dir, { name }).then(() => undefined));
+  }
+
+  /**
+   * Imports a rootfs tarball (.tar, .tar.gz, .tar.zst, .tar.xz) as a template; the archive is validated
+   * entry by entry before anything is extracted (UNSAFE_ARCHIVE). Refuses an existing name (TEMPLATE_EXISTS).
+   */
+  async importTarball(name: string, archivePath: string): Promise<TemplateResult> {
+    assertTemplateName(name);
+    if (await this.opts.storage.hasTemplate(name)) {
+      throw new RuntimeError('TEMPLATE_EXISTS', `template ${name} already exists`, { name });
+    }
+    return this.install(name, (dir) => importRootfsTarball(archivePath, dir, { name }).then(() => undefined));
+  }
+
+  private async install(name: string, fill: (dir: string) => Promise<void>): Promise<TemplateResult> {
+    const staging = this.staging(name);
+    await mkdir(join(this.opts.dataRoot, 'tmp'), { recursive: true, mode: 0o700 });
+    try {
+      const rootfs = join(staging, 'rootfs');
+      await mkdir(staging, { mode: 0o700 });
+      await fill(rootfs);
+      if (this.opts.usernsHostUid !== null)
+        await shiftOwnership(rootfs, this.opts.usernsHostUid, USERNS_RANGE);
+      await withReverter(async (revert) => {
+        const volume = await this.opts.storage.createTemplateVolume(name);
+        revert.add('delete template volume', () => this.opts.storage.deleteTemplate(name));
+        // `/.` copies the content into the existing (possibly subvolume) directory, owners and modes kept.
+        await run('cp', ['-a', '--reflink=auto', `${rootfs}/.`, `${volume}/`]);
+        await this.opts.storage.sealTemplate(name);
+      });
+    } finally {
+      await removeTree(staging);
+    }
+    return { name, changed: true };
+  }
+
+  async list(): Promise<string[]> {
+    return this.opts.storage.listTemplates();
+  }
+
+  async has(name: string): Promise<boolean> {
+    return this.opts.storage.hasTemplate(name);
+  }
+
+  /** Deletes a template; TEMPLATE_IN_USE while clones depend on it (overlay). No-op when missing. */
+  async delete(name: string): Promise<void> {
+    assertTemplateName(name);
+    await this.opts.storage.deleteTemplate(name);
+  }
+}

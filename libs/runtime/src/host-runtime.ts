@@ -1,0 +1,86 @@
+import { availableParallelism, totalmem } from 'node:os';
+import { RuntimeError } from './common/errors';
+import { detectCgroups } from './cgroups/cgroup.detect';
+import type { CgroupDriver } from './cgroups/cgroup.driver';
+import {
+  createStorageDriver,
+  detectStorageDrivers,
+  preferredStorageDriver,
+  storageRoot,
+} from './storage/registry';
+import type { StorageDriver, StorageDriverName } from './storage/storage.driver';
+import { ContainerRuntime, detectUserns, type NetworkSettings } from './container/container-runtime';
+import { TemplateLibrary } from './container/template-library';
+
+export interface HostRuntimeOptions {
+  dataRoot: string;
+  cgroupParent?: string;
+  /** `auto` picks btrfs (loop pool), else overlay, else dir. */
+  storageDriver?: StorageDriverName | 'auto';
+  /** Size of the sparse btrfs pool image when Berth creates one. */
+  btrfsPoolBytes?: number;
+  /** A directory on an existing btrfs filesystem to use instead of a loop pool. */
+  btrfsPath?: string;
+  network?: NetworkSettings;
+  /** Unprivileged containers by default when the kernel supports user namespaces (default true). */
+  userns?: boolean;
+  usernsHostUid?: number;
+  stopGraceMs?: number;
+  cgroupRoot?: string;
+  helper?: string;
+}
+
+export interface HostRuntime {
+  containers: ContainerRuntime;
+  templates: TemplateLibrary;
+  storage: StorageDriver;
+  cgroups: CgroupDriver;
+}
+
+/**
+ * Wires a host's runtime from detection: cgroup driver, storage driver (prepared: the btrfs loop pool is
+ * created or re-attached), containers and templates. Used by the worker, the CLI and the benchmarks.
+ */
+export async function openHostRuntime(options: HostRuntimeOptions): Promise<HostRuntime> {
+  const cgroups = detectCgroups(options.cgroupRoot);
+  let name = options.storageDriver ?? 'auto';
+  const detections = await detectStorageDrivers(options.dataRoot);
+  if (name === 'auto') name = preferredStorageDriver(detections);
+  const detection = detections.find((d) => d.name === name);
+  if (detection && !detection.usable) {
+    throw new RuntimeError(
+      'DEPENDENCY_MISSING',
+      `storage driver ${name} cannot run here: ${detection.reason}`,
+      {
+        driver: name,
+      },
+    );
+  }
+  const storage = createStorageDriver(name, {
+    root: storageRoot(options.dataRoot, name),
+    poolSizeBytes: options.btrfsPoolBytes,
+    btrfsPath: options.btrfsPath,
+  });
+  await storage.prepare();
+  const userns = (options.userns ?? true) && (await detectUserns());
+  const usernsHostUid = options.usernsHostUid ?? 100_000;
+  const containers = new ContainerRuntime({
+    dataRoot: options.dataRoot,
+    cgroups,
+    storage,
+    cgroupParent: options.cgroupParent,
+    network: options.network,
+    usernsHostUid,
+    usernsSupported: userns,
+    stopGraceMs: options.stopGraceMs,
+    helper: options.helper,
+    hostCpus: availableParallelism(),
+    hostMemoryBytes: totalmem(),
+  });
+  const templates = new TemplateLibrary({
+    dataRoot: options.dataRoot,
+    storage,
+    usernsHostUid: userns ? usernsHostUid : null,
+  });
+  return { containers, templates, storage, cgroups };
+}

@@ -1,0 +1,59 @@
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openHostRuntime, type HostRuntime, type HostRuntimeOptions } from '@berth/runtime';
+import type { ContainerSpec } from '@berth/runtime';
+
+/** A throwaway host runtime: its own data root and cgroup parent, removed again by `close()`. */
+export interface TestHost extends HostRuntime {
+  dataRoot: string;
+  cgroupParent: string;
+  close(): Promise<void>;
+}
+
+export function buildHelper(): void {
+  execFileSync('bash', [join(__dirname, '../../../scripts/build-native.sh')], { stdio: 'ignore' });
+}
+
+export async function openTestHost(
+  tag: string,
+  options: Partial<HostRuntimeOptions> = {},
+): Promise<TestHost> {
+  buildHelper();
+  const dataRoot = mkdtempSync(join(tmpdir(), `berth-${tag}-`));
+  // Unprivileged containers must be able to traverse the directories above their rootfs.
+  chmodSync(dataRoot, 0o711);
+  const cgroupParent = `berth-test-${tag}-${process.pid}`;
+  const rt = await openHostRuntime({ dataRoot, cgroupParent, stopGraceMs: 3_000, ...options });
+  return {
+    ...rt,
+    dataRoot,
+    cgroupParent,
+    async close() {
+      for (const c of await rt.containers.list().catch(() => []))
+        await rt.containers.destroy(c.id).catch(() => undefined);
+      await rt.containers.reconcile({ remove: true }).catch(() => undefined);
+      for (const t of await rt.templates.list().catch(() => []))
+        await rt.templates.delete(t).catch(() => undefined);
+      await rt.storage.release().catch(() => undefined);
+      for (const c of ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio']) {
+        if (existsSync(`/sys/fs/cgroup/${c}/${cgroupParent}`))
+          rmdirSync(`/sys/fs/cgroup/${c}/${cgroupParent}`);
+      }
+      rmSync(dataRoot, { recursive: true, force: true });
+    },
+  };
+}
+
+export function spec(id: string, overrides: Partial<ContainerSpec> = {}): ContainerSpec {
+  return {
+    id,
+    hostname: id,
+    template: 'busybox',
+    resources: { cpus: 1, memoryBytes: 128 * 1024 * 1024, pidsMax: 128 },
+    network: { mode: 'none' },
+    privileged: false,
+    ...overrides,
+  };
+}
