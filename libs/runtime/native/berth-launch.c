@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <grp.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -658,9 +659,168 @@ static void parse_args(int argc, char **argv) {
         usage_error("--hostname must be 1 to 64 characters");
 }
 
+/* ---------- exec mode: run a command inside a running container, counted in its cgroup ----------
+ *
+ *   berth-launch exec --target PID [--userns] [--cgroup-procs FILE]... -- PROGRAM [ARGS...]
+ *
+ * E0 (this process, stays outside the container): opens the target's namespaces, root and working
+ * directory, setns()es into its pid namespace (affects children only) and forks E1, then waits for it and
+ * exits with its status (128 + signal number when it was killed, as shells report it).
+ * E1: joins the container's cgroups *first* (so the command and all it forks count against the
+ * container's memory and pids limits, never the caller's), enters the mount, UTS, IPC and network
+ * namespaces (the user namespace last, as nsenter does: entering it first would drop host privileges),
+ * chroots into the container's root, takes init's working directory, becomes container root and execs.
+ * stdin/stdout/stderr are the caller's. A failure of the helper itself prints
+ * "berth-exec: <step>: <error>" on stderr and exits 125 (126/127 when the program cannot be run).
+ */
+
+static void exec_fail(const char *step, int err, const char *detail) {
+    struct buf o = {.n = 0};
+    b_str(&o, "berth-exec: ");
+    b_str(&o, step);
+    b_str(&o, ": ");
+    b_str(&o, strerror(err));
+    if (detail) {
+        b_str(&o, " (");
+        b_str(&o, detail);
+        b_str(&o, ")");
+    }
+    b_str(&o, "\n");
+    write_all(2, o.b, o.n);
+    _exit(125);
+}
+
+static int open_proc(int pid, const char *what, int flags) {
+    struct buf p = {.n = 0};
+    b_str(&p, "/proc/");
+    b_num(&p, pid);
+    b_str(&p, "/");
+    b_str(&p, what);
+    p.b[p.n] = 0;
+    int fd = open(p.b, flags | O_CLOEXEC);
+    if (fd < 0) exec_fail("open", errno, p.b);
+    return fd;
+}
+
+static pid_t exec_child = 0;
+
+static void forward_signal(int sig) {
+    if (exec_child > 0) kill(exec_child, sig);
+}
+
+static int exec_main(int argc, char **argv) {
+    static const char *ns_names[] = {"mnt", "uts", "ipc", "net"};
+    static const int ns_types[] = {CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET};
+    const char *cgroups[MAX_CGROUPS];
+    int ncg = 0, userns = 0, i;
+    unsigned long target = 0;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) {
+            i++;
+            break;
+        }
+        if (!strcmp(a, "--userns")) {
+            userns = 1;
+            continue;
+        }
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) exec_fail("args", EINVAL, "option without a value");
+        if (!strcmp(a, "--target")) {
+            if (parse_ulong(v, &target) < 0 || target <= 1 || target > 0x3fffffffUL)
+                exec_fail("args", EINVAL, "--target wants a pid > 1");
+        } else if (!strcmp(a, "--cgroup-procs")) {
+            if (ncg == MAX_CGROUPS) exec_fail("args", E2BIG, "too many --cgroup-procs");
+            if (v[0] != '/') exec_fail("args", EINVAL, "--cgroup-procs must be absolute");
+            cgroups[ncg++] = v;
+        } else {
+            exec_fail("args", EINVAL, a);
+        }
+        i++;
+    }
+    if (!target) exec_fail("args", EINVAL, "--target is required");
+    if (i >= argc) exec_fail("args", EINVAL, "missing -- PROGRAM [ARGS...]");
+    char **cmd = argv + i;
+    int pid = (int)target;
+
+    /* everything is opened before any setns: the paths are the host's */
+    int cg[MAX_CGROUPS], ns[4], user_fd = -1;
+    for (int k = 0; k < ncg; k++) {
+        cg[k] = open(cgroups[k], O_WRONLY | O_CLOEXEC);
+        if (cg[k] < 0) exec_fail("cgroup", errno, cgroups[k]);
+    }
+    for (int k = 0; k < 4; k++) {
+        char what[16] = "ns/";
+        copy_str(what + 3, sizeof(what) - 3, ns_names[k]);
+        ns[k] = open_proc(pid, what, O_RDONLY);
+    }
+    if (userns) user_fd = open_proc(pid, "ns/user", O_RDONLY);
+    int pid_fd = open_proc(pid, "ns/pid", O_RDONLY);
+    int root_fd = open_proc(pid, "root", O_RDONLY | O_DIRECTORY);
+    int cwd_fd = open_proc(pid, "cwd", O_RDONLY | O_DIRECTORY);
+    if (setns(pid_fd, CLONE_NEWPID) < 0) exec_fail("setns", errno, "pid");
+    close(pid_fd);
+
+    signal(SIGTERM, forward_signal);
+    signal(SIGINT, forward_signal);
+    signal(SIGHUP, forward_signal);
+    signal(SIGQUIT, forward_signal);
+    exec_child = fork();
+    if (exec_child < 0) exec_fail("fork", errno, NULL);
+    if (exec_child == 0) {
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        signal(SIGQUIT, SIG_DFL);
+        /* "0" is the writer itself, whatever its pid is called in the container's pid namespace */
+        for (int k = 0; k < ncg; k++) {
+            if (write_all(cg[k], "0\n", 2) < 0) exec_fail("cgroup", errno, cgroups[k]);
+            close(cg[k]);
+        }
+        /* drop the host's supplementary groups while still allowed to (setgroups is denied in the userns) */
+        if (userns && setgroups(0, NULL) < 0) exec_fail("setgroups", errno, NULL);
+        for (int k = 0; k < 4; k++) {
+            if (setns(ns[k], ns_types[k]) < 0) exec_fail("setns", errno, ns_names[k]);
+            close(ns[k]);
+        }
+        if (userns && setns(user_fd, CLONE_NEWUSER) < 0) exec_fail("setns", errno, "user");
+        if (fchdir(root_fd) < 0 || chroot(".") < 0) exec_fail("chroot", errno, NULL);
+        if (fchdir(cwd_fd) < 0 && chdir("/") < 0) exec_fail("chdir", errno, NULL);
+        close(root_fd);
+        close(cwd_fd);
+        if (userns) {
+            if (setresgid(0, 0, 0) < 0) exec_fail("setresgid", errno, NULL);
+            if (setresuid(0, 0, 0) < 0) exec_fail("setresuid", errno, NULL);
+        }
+        execvp(cmd[0], cmd);
+        int e = errno;
+        struct buf o = {.n = 0};
+        b_str(&o, "berth-exec: exec: ");
+        b_str(&o, strerror(e));
+        b_str(&o, " (");
+        b_str(&o, cmd[0]);
+        b_str(&o, ")\n");
+        write_all(2, o.b, o.n);
+        _exit(e == ENOENT ? 127 : 126);
+    }
+    for (int k = 0; k < ncg; k++) close(cg[k]);
+    for (;;) {
+        int st;
+        pid_t w = waitpid(exec_child, &st, 0);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            exec_fail("wait", errno, NULL);
+        }
+        if (WIFEXITED(st)) return WEXITSTATUS(st);
+        if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+    }
+}
+
 int main(int argc, char **argv) {
     int report[2];
     struct stat st;
+
+    if (argc > 1 && !strcmp(argv[1], "exec")) return exec_main(argc - 1, argv + 1);
 
     parse_args(argc, argv);
 

@@ -428,7 +428,11 @@ export class ContainerRuntime {
     return { changed: true, info: await this.get(id) };
   }
 
-  /** Runs a command inside a running container; returns its exit code and output. */
+  /**
+   * Runs a command inside a running container, in its namespaces, root and cgroups (so its limits
+   * apply); returns its exit code and output (128 + signal when the command was killed, e.g. 137 after
+   * an OOM kill). Throws CONTAINER_NOT_FOUND, WRONG_STATE when not running, TIMEOUT after timeoutMs.
+   */
   async exec(
     id: string,
     argv: string[],
@@ -437,7 +441,14 @@ export class ContainerRuntime {
     const config = await this.requireConfig(id);
     const init = await this.liveInit(id);
     if (!init) throw new RuntimeError('WRONG_STATE', `container ${id} is not running`, { id });
-    return execInContainer(init, argv, { ...options, userns: config.usernsHostUid !== null });
+    // the command joins the container's cgroups before it runs: it counts against the container's
+    // memory and pids limits (and an OOM kill hits the container, never the caller)
+    return execInContainer(init, argv, {
+      ...options,
+      userns: config.usernsHostUid !== null,
+      cgroupProcs: this.cgroups.procsFiles(this.cg(id)),
+      helper: this.opts.helper,
+    });
   }
 
   /** Usage counters (cgroup stats + disk). */
