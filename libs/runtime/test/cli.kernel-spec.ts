@@ -1,0 +1,136 @@
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describeKernel } from '@test/support/kernel';
+import type { ContainerInfo } from '@berth/runtime';
+import { openTestHost, type TestHost } from './runtime-harness';
+
+const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'nsenter', 'gcc'] };
+const repoRoot = join(__dirname, '../../..');
+
+interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs the CLI as the operator would (`npm run runtime -- …` runs exactly this), with an argument array
+ * and the test host's data root and cgroup parent.
+ */
+function cliIn(host: TestHost, args: string[]): Promise<CliRun> {
+  const argv = [
+    '-r',
+    'ts-node/register/transpile-only',
+    '-r',
+    'tsconfig-paths/register',
+    join(repoRoot, 'libs/runtime/src/cli/main.ts'),
+    '--data-root',
+    host.dataRoot,
+    '--cgroup-parent',
+    host.cgroupParent,
+    '--storage',
+    'btrfs',
+    ...args,
+  ];
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describeKernel('runtime CLI against the real kernel', needs, () => {
+  // The test host only provides a fresh data root + cgroup parent and the cleanup: every step under test
+  // goes through the CLI process.
+  let host: TestHost;
+  const cli = (...args: string[]): Promise<CliRun> => cliIn(host, args);
+
+  beforeAll(async () => {
+    host = await openTestHost('cli', { storageDriver: 'btrfs' });
+  }, 60_000);
+  afterAll(() => host?.close(), 60_000);
+
+  it('builds the busybox template, idempotently', async () => {
+    const first = await cli('template', 'build-busybox');
+    expect(first).toMatchObject({ code: 0, stderr: '' });
+    expect(first.stdout).toContain('template busybox built');
+    const again = await cli('template', 'build-busybox', '--json');
+    expect(again.code).toBe(0);
+    expect(JSON.parse(again.stdout)).toEqual({ name: 'busybox', changed: false });
+    const list = await cli('template', 'list', '--json');
+    expect(JSON.parse(list.stdout)).toEqual(['busybox']);
+  }, 120_000);
+
+  it('creates a container with the asked limits and starts it', async () => {
+    const created = await cli('create', 'web1', '--memory', '256M', '--cpus', '0.5', '--pids', '100');
+    expect(created).toMatchObject({ code: 0, stderr: '' });
+    const limit = `/sys/fs/cgroup/memory/${host.cgroupParent}/web1/memory.limit_in_bytes`;
+    expect(readFileSync(limit, 'utf8').trim()).toBe(String(256 * 1024 * 1024));
+    const started = await cli('start', 'web1', '--json');
+    expect(started.code).toBe(0);
+    const info = (JSON.parse(started.stdout) as { info: ContainerInfo }).info;
+    expect(info.status).toBe('running');
+    expect(existsSync(`/proc/${info.init!.pid}`)).toBe(true);
+  }, 60_000);
+
+  it('exec runs in the container (its init is PID 1) and passes the exit code through', async () => {
+    const ps = await cli('exec', 'web1', '--', 'ps', '-o', 'pid,comm');
+    expect(ps.code).toBe(0);
+    expect(ps.stdout).toMatch(/^\s*1\s+init$/m);
+    const seven = await cli('exec', 'web1', '--', 'sh', '-c', 'echo out; echo err >&2; exit 7');
+    expect(seven).toEqual({ code: 7, stdout: 'out\n', stderr: 'err\n' });
+  }, 60_000);
+
+  it('list shows the container running, as a table and as JSON', async () => {
+    const table = await cli('list');
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/^NAME\s+STATUS\s+INIT\s+IP\s+MEMORY$/m);
+    expect(table.stdout).toMatch(/^web1\s+running\s+\d+\s+-\s+\S+\/256M$/m);
+    const json = await cli('list', '--json');
+    const list = JSON.parse(json.stdout) as ContainerInfo[];
+    expect(list.map((c) => [c.id, c.status])).toEqual([['web1', 'running']]);
+  }, 60_000);
+
+  it('reports errors as one line with a stable code: 1 for runtime errors, 2 for usage errors', async () => {
+    const bad = await cli('create', 'Bad_Name');
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/^error: INVALID_NAME: .*Bad_Name.*\n$/);
+    expect(bad.stderr).not.toMatch(/\n\s+at /); // no stack trace
+    const missing = await cli('stop', 'nope');
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^error: CONTAINER_NOT_FOUND: /);
+    const size = await cli('create', 'web2', '--memory', 'lots');
+    expect(size.code).toBe(1);
+    expect(size.stderr).toMatch(/^error: INVALID_SIZE: /);
+    const usage = await cli('create', 'web2', '--network', 'wifi');
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toMatch(/^error: USAGE: /);
+    expect((await cli('frobnicate')).code).toBe(2);
+    // none of the refused commands created anything
+    expect(await host.storage.list()).toEqual(['web1']);
+  }, 60_000);
+
+  it('stops and destroys the container, leaving nothing', async () => {
+    const stopped = await cli('stop', 'web1', '--json');
+    expect(stopped.code).toBe(0);
+    expect((JSON.parse(stopped.stdout) as { info: ContainerInfo }).info.status).toBe('stopped');
+    expect((await cli('destroy', 'web1')).code).toBe(0);
+    expect(existsSync(`/sys/fs/cgroup/memory/${host.cgroupParent}/web1`)).toBe(false);
+    expect(await host.storage.list()).toEqual([]);
+    const again = await cli('destroy', 'web1', '--json');
+    expect(JSON.parse(again.stdout)).toEqual({ changed: false });
+    expect(JSON.parse((await cli('list', '--json')).stdout)).toEqual([]);
+    const reconcile = await cli('reconcile', '--json');
+    expect(JSON.parse(reconcile.stdout)).toMatchObject({
+      orphanCgroups: [],
+      orphanVolumes: [],
+      halfCreated: [],
+      deadInits: [],
+    });
+  }, 60_000);
+});
