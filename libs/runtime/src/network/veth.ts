@@ -21,6 +21,16 @@ function peerNameFor(containerId: string): string {
   return VETH_PEER_PREFIX + createHash('sha256').update(containerId).digest('hex').slice(0, 13);
 }
 
+/**
+ * The container's eth0 MAC address, stable per container id (locally administered unicast, `02:` +
+ * 5 bytes of sha256): a restarted container gets a new veth pair, and with a random MAC its peers' ARP
+ * caches would point at the old one for seconds (unreachable until the entries time out).
+ */
+export function containerMacFor(containerId: string): string {
+  const h = createHash('sha256').update(`berth-mac:${containerId}`).digest('hex');
+  return ['02', ...(h.slice(0, 10).match(/../g) ?? [])].join(':');
+}
+
 export interface AttachOptions {
   containerId: string;
   /** Pid of a process in the container's network namespace (its init). */
@@ -117,7 +127,22 @@ export async function attachContainer(options: AttachOptions): Promise<AttachRes
   // Half-built or stale (e.g. the container restarted: new netns, old host end): rebuild from scratch.
   if (host) await ip(['link', 'del', 'dev', hostVeth], hostNetns).catch(ignoreNoDevice);
   try {
-    await ip(['link', 'add', 'name', hostVeth, 'type', 'veth', 'peer', 'name', peer], hostNetns);
+    await ip(
+      [
+        'link',
+        'add',
+        'name',
+        hostVeth,
+        'type',
+        'veth',
+        'peer',
+        'name',
+        peer,
+        'address',
+        containerMacFor(containerId),
+      ],
+      hostNetns,
+    );
     await ip(['link', 'set', 'dev', hostVeth, 'master', bridge], hostNetns);
     await ip(['link', 'set', 'dev', hostVeth, 'up'], hostNetns);
     await ip(['link', 'set', 'dev', peer, 'netns', String(pid)], hostNetns);
