@@ -3,6 +3,9 @@ import { LoggerModule } from 'nestjs-pino';
 import { ConfigModule, loggerParams, type BerthConfig } from '@berth/config';
 import { DbModule } from '@berth/db';
 import { HostRegistrationService } from './host/host-registration.service';
+import { JobRunner } from './jobs/job-runner.service';
+import { JobStore } from './jobs/job-store';
+import { HostRuntimeService } from './runtime/host-runtime.service';
 
 @Module({})
 export class WorkerModule {
@@ -10,8 +13,8 @@ export class WorkerModule {
     return {
       module: WorkerModule,
       imports: [ConfigModule.forRoot(config), LoggerModule.forRoot(loggerParams(config, 'worker')), DbModule],
-      providers: [HostRegistrationService],
-      exports: [HostRegistrationService],
+      providers: [HostRegistrationService, HostRuntimeService, JobStore, JobRunner],
+      exports: [HostRegistrationService, HostRuntimeService, JobRunner],
     };
   }
 }

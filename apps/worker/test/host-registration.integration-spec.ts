@@ -1,4 +1,5 @@
 import type { INestApplicationContext } from '@nestjs/common';
+import { rmSync } from 'node:fs';
 import type { DataSource } from 'typeorm';
 import { createDataSource } from '@berth/db';
 import { testConfig } from '@test/support/config';
@@ -7,6 +8,13 @@ import { HostRegistrationService } from '../src/host/host-registration.service';
 
 describe('worker host registration and heartbeat', () => {
   const name = `test-host-${process.pid}`;
+  const env = {
+    BERTH_HOST_NAME: name,
+    BERTH_DATA_ROOT: `/tmp/berth-hosttest-${process.pid}`,
+    BERTH_STORAGE_DRIVER: 'dir',
+    BERTH_CGROUP_PARENT: `berth-hosttest-${process.pid}`,
+    BULLMQ_PREFIX: `hosttest-${process.pid}`,
+  };
   let ds: DataSource;
   let worker: INestApplicationContext | undefined;
 
@@ -17,6 +25,7 @@ describe('worker host registration and heartbeat', () => {
   afterAll(async () => {
     await worker?.close();
     await ds.destroy();
+    rmSync(env.BERTH_DATA_ROOT, { recursive: true, force: true });
   });
 
   const host = async () => (await ds.query(`SELECT * FROM hosts WHERE name = $1`, [name]))[0];

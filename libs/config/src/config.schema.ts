@@ -26,8 +26,24 @@ export const envSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   DATABASE_URL: url(['postgres:', 'postgresql:']).default('postgres://berth:berth@127.0.0.1:5433/berth'),
   REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6380'),
+  /** Key prefix of every BullMQ queue (separates deployments, or test runs, sharing one Redis). */
+  BULLMQ_PREFIX: z
+    .string()
+    .regex(/^[a-z0-9_-]{1,32}$/, 'must be 1-32 of a-z 0-9 _ -')
+    .default('berth'),
   API_HOST: z.string().min(1).default('127.0.0.1'),
   API_PORT: int(1, 65535).default(8080),
+  /** Where the API writes the admin key it creates on first start (0600). */
+  ADMIN_KEY_FILE: z
+    .string()
+    .refine((v) => v.startsWith('/'), 'must be an absolute path')
+    .default('/var/lib/berth/admin.key'),
+  /** Largest accepted request body. */
+  API_BODY_LIMIT_BYTES: int(1_024, 10_485_760).default(65_536),
+  /** Outbox relay safety-net poll (it is woken by LISTEN/NOTIFY first). */
+  OUTBOX_POLL_MS: int(50, 600_000).default(2_000),
+  /** How long Idempotency-Key answers are kept. */
+  IDEMPOTENCY_TTL_HOURS: int(24, 24 * 30).default(24),
   BERTH_HOST_NAME: z
     .string()
     .regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be a lowercase DNS name')
@@ -59,6 +75,8 @@ export const envSchema = z.object({
   HEARTBEAT_INTERVAL_MS: int(100, 600_000).default(5_000),
   HOST_OFFLINE_AFTER_MS: int(1_000, 3_600_000).default(30_000),
   WORKER_CONCURRENCY: int(1, 256).default(4),
+  /** BullMQ job lock (renewed while a job runs); a crashed worker's jobs are retried after it expires. */
+  WORKER_LOCK_MS: int(1_000, 600_000).default(30_000),
   SHUTDOWN_GRACE_MS: int(0, 600_000).default(30_000),
 });
 

@@ -5,14 +5,21 @@ export interface BerthConfig {
   env: Env['NODE_ENV'];
   logLevel: Env['LOG_LEVEL'];
   database: { url: string };
-  redis: { url: string };
-  api: { host: string; port: number };
+  redis: { url: string; bullPrefix: string };
+  api: {
+    host: string;
+    port: number;
+    adminKeyFile: string;
+    bodyLimitBytes: number;
+    idempotencyTtlHours: number;
+  };
+  outbox: { pollMs: number };
   host: {
     name: string;
     heartbeatIntervalMs: number;
     offlineAfterMs: number;
   };
-  worker: { concurrency: number; shutdownGraceMs: number };
+  worker: { concurrency: number; shutdownGraceMs: number; lockMs: number };
   runtime: {
     dataRoot: string;
     cgroupParent: string;
@@ -49,14 +56,25 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig
     env: e.NODE_ENV,
     logLevel: e.LOG_LEVEL,
     database: { url: e.DATABASE_URL },
-    redis: { url: e.REDIS_URL },
-    api: { host: e.API_HOST, port: e.API_PORT },
+    redis: { url: e.REDIS_URL, bullPrefix: e.BULLMQ_PREFIX },
+    api: {
+      host: e.API_HOST,
+      port: e.API_PORT,
+      adminKeyFile: e.ADMIN_KEY_FILE,
+      bodyLimitBytes: e.API_BODY_LIMIT_BYTES,
+      idempotencyTtlHours: e.IDEMPOTENCY_TTL_HOURS,
+    },
+    outbox: { pollMs: e.OUTBOX_POLL_MS },
     host: {
       name: e.BERTH_HOST_NAME,
       heartbeatIntervalMs: e.HEARTBEAT_INTERVAL_MS,
       offlineAfterMs: e.HOST_OFFLINE_AFTER_MS,
     },
-    worker: { concurrency: e.WORKER_CONCURRENCY, shutdownGraceMs: e.SHUTDOWN_GRACE_MS },
+    worker: {
+      concurrency: e.WORKER_CONCURRENCY,
+      shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+      lockMs: e.WORKER_LOCK_MS,
+    },
     runtime: {
       dataRoot: e.BERTH_DATA_ROOT,
       cgroupParent: e.BERTH_CGROUP_PARENT,

@@ -1,8 +1,10 @@
 import { Controller, Get } from '@nestjs/common';
+import { Public } from '../auth/principal';
 import { HealthCheck, HealthCheckService } from '@nestjs/terminus';
 import { PostgresHealthIndicator } from './postgres-health.indicator';
 import { RedisHealthIndicator } from './redis-health.indicator';
 
+@Public()
 @Controller()
 export class HealthController {
   constructor(

@@ -14,6 +14,9 @@ import { detectHostFacts } from '@berth/runtime/host/host-facts';
 export class HostRegistrationService implements OnApplicationBootstrap, OnApplicationShutdown {
   private timer?: NodeJS.Timeout;
   private id?: string;
+  private resolveRegistered!: (id: string) => void;
+  /** Resolves with the host id once the host row is written (jobs start only then). */
+  readonly registered = new Promise<string>((resolve) => (this.resolveRegistered = resolve));
 
   constructor(
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
@@ -64,6 +67,7 @@ export class HostRegistrationService implements OnApplicationBootstrap, OnApplic
       });
     });
     this.log.info({ hostId: this.id, ...facts }, 'host registered');
+    this.resolveRegistered(this.id!);
     this.timer = setInterval(() => void this.heartbeat(), this.config.host.heartbeatIntervalMs);
   }
 

@@ -28,6 +28,8 @@ export class Container {
   @Column('uuid', { name: 'host_id', nullable: true }) hostId: string | null;
   @Column('uuid', { name: 'template_id', nullable: true }) templateId: string | null;
   @Column('text') state: ContainerState;
+  /** The state once every accepted job has run; requests are checked against it. */
+  @Column('text', { name: 'target_state' }) targetState: ContainerState;
   @Column('numeric', { precision: 6, scale: 2, transformer: numberTransformer }) cpus: number;
   @Column('bigint', { name: 'memory_bytes', transformer: numberTransformer }) memoryBytes: number;
   @Column('bigint', { name: 'disk_bytes', transformer: numberTransformer }) diskBytes: number;

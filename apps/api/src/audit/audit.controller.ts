@@ -1,0 +1,69 @@
+import { Controller, Get, Query } from '@nestjs/common';
+import { ApiBearerAuth, ApiOperation, ApiPropertyOptional, ApiTags } from '@nestjs/swagger';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { Type } from 'class-transformer';
+import { IsInt, IsOptional, IsUUID, Max, Min } from 'class-validator';
+import type { DataSource } from 'typeorm';
+
+export class AuditQuery {
+  @ApiPropertyOptional({ format: 'uuid', description: 'container, host, template or job id' })
+  @IsOptional()
+  @IsUUID()
+  subject?: string;
+  @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() job?: string;
+  @ApiPropertyOptional({ description: 'events after this id (for paging forward)' })
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(0)
+  after?: number;
+  @ApiPropertyOptional({ minimum: 1, maximum: 1000, default: 200 })
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(1000)
+  limit?: number;
+}
+
+@ApiTags('audit')
+@ApiBearerAuth()
+@Controller('v1/audit')
+export class AuditController {
+  constructor(@InjectDataSource() private readonly ds: DataSource) {}
+
+  @Get()
+  @ApiOperation({ summary: 'The append-only audit trail, oldest first: the full story of a subject' })
+  async list(@Query() q: AuditQuery) {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.subject) {
+      args.push(q.subject);
+      where.push(
+        `(subject_id = $${args.length} OR job_id IN (SELECT id FROM jobs WHERE container_id = $${args.length}))`,
+      );
+    }
+    if (q.job) {
+      args.push(q.job);
+      where.push(`job_id = $${args.length}`);
+    }
+    args.push(q.after ?? 0);
+    where.push(`id > $${args.length}`);
+    args.push(q.limit ?? 200);
+    const rows = await this.ds.query(
+      `SELECT * FROM audit_events WHERE ${where.join(' AND ')} ORDER BY id LIMIT $${args.length}`,
+      args,
+    );
+    return rows.map((r: Record<string, unknown>) => ({
+      id: r.id,
+      at: (r.occurred_at as Date).toISOString(),
+      actor: r.actor,
+      action: r.action,
+      subjectType: r.subject_type,
+      subjectId: r.subject_id,
+      jobId: r.job_id,
+      requestId: r.request_id,
+      data: r.data,
+    }));
+  }
+}

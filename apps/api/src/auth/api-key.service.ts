@@ -1,0 +1,72 @@
+import { Inject, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import type { DataSource } from 'typeorm';
+import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
+import { appendAudit } from '@berth/db';
+import { generateApiKey, parseApiKey, secretMatches } from './api-keys';
+import type { Principal } from './principal';
+
+/** Verifies API keys and, on the very first start, creates the admin key (local mode). */
+@Injectable()
+export class ApiKeyService implements OnApplicationBootstrap {
+  private readonly log = new Logger(ApiKeyService.name);
+
+  constructor(
+    @InjectDataSource() private readonly ds: DataSource,
+    @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
+  ) {}
+
+  /** The principal of a bearer token, or null when the token is unknown, malformed or revoked. */
+  async verify(token: string, requestId: string): Promise<Principal | null> {
+    const parsed = parseApiKey(token);
+    if (!parsed) return null;
+    const rows: { id: string; tenant_id: string | null; scopes: string[]; secret_hash: string }[] =
+      await this.ds.query(
+        `SELECT id, tenant_id, scopes, secret_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL`,
+        [parsed.prefix],
+      );
+    const row = rows[0];
+    if (!row || !secretMatches(parsed.secret, row.secret_hash)) return null;
+    return { keyId: row.id, tenantId: row.tenant_id, scopes: row.scopes, requestId };
+  }
+
+  /**
+   * First start: when no key exists, create an admin key and write it (0600) where the CLI, the README's
+   * commands and tests read it. Two APIs starting at once create one key (advisory lock).
+   */
+  async onApplicationBootstrap(): Promise<void> {
+    try {
+      await this.bootstrapAdminKey();
+    } catch (e) {
+      // Postgres may be down at boot; readiness says so. The key is created on a later start.
+      this.log.warn(`admin key bootstrap skipped: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+
+  async bootstrapAdminKey(): Promise<string | null> {
+    return this.ds.transaction(async (m) => {
+      await m.query(`SELECT pg_advisory_xact_lock(hashtext('berth.admin-key'))`);
+      const [{ count }] = await m.query(`SELECT count(*)::int AS count FROM api_keys`);
+      if (count > 0) return null;
+      const key = generateApiKey();
+      const [{ id }] = await m.query(
+        `INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES ('admin', $1, $2, '{admin}') RETURNING id`,
+        [key.prefix, key.secretHash],
+      );
+      await appendAudit(m, {
+        actor: 'system:api',
+        action: 'api_key.created',
+        subjectType: 'api_key',
+        subjectId: id,
+        data: { name: 'admin', scopes: ['admin'], bootstrap: true },
+      });
+      const file = this.config.api.adminKeyFile;
+      await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+      await writeFile(file, `${key.token}\n`, { mode: 0o600 });
+      this.log.log(`created the admin API key (first start); it is in ${file}`);
+      return key.token;
+    });
+  }
+}

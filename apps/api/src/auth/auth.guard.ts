@@ -1,0 +1,31 @@
+import { type CanActivate, type ExecutionContext, HttpStatus, Injectable } from '@nestjs/common';
+import { Reflector } from '@nestjs/core';
+import { ApiError } from '../common/api-error';
+import { ApiKeyService } from './api-key.service';
+import { type AuthedRequest, IS_PUBLIC } from './principal';
+
+/** Every endpoint needs `Authorization: Bearer <api key>`, except those marked @Public (health). */
+@Injectable()
+export class AuthGuard implements CanActivate {
+  constructor(
+    private readonly reflector: Reflector,
+    private readonly keys: ApiKeyService,
+  ) {}
+
+  async canActivate(ctx: ExecutionContext): Promise<boolean> {
+    if (this.reflector.getAllAndOverride<boolean>(IS_PUBLIC, [ctx.getHandler(), ctx.getClass()])) return true;
+    const req = ctx.switchToHttp().getRequest<AuthedRequest>();
+    const header = req.headers.authorization ?? '';
+    const m = /^Bearer\s+(\S+)$/i.exec(header);
+    const principal = m ? await this.keys.verify(m[1], String(req.id ?? '')) : null;
+    if (!principal) {
+      throw new ApiError(
+        HttpStatus.UNAUTHORIZED,
+        'UNAUTHORIZED',
+        'a valid API key is required (Authorization: Bearer …)',
+      );
+    }
+    req.principal = principal;
+    return true;
+  }
+}

@@ -1,0 +1,23 @@
+import { createParamDecorator, type ExecutionContext, SetMetadata } from '@nestjs/common';
+import type { Request } from 'express';
+
+/** Who is calling: the API key's id (the audit trail's actor), its tenant and scopes. */
+export interface Principal {
+  keyId: string;
+  tenantId: string | null;
+  scopes: string[];
+  /** The request id (X-Request-Id), for the audit trail. */
+  requestId: string;
+}
+
+export type AuthedRequest = Request & { principal?: Principal; id?: string };
+
+export const IS_PUBLIC = 'berth:public';
+/** Marks an endpoint that needs no API key (health only). */
+export const Public = () => SetMetadata(IS_PUBLIC, true);
+
+export const CurrentPrincipal = createParamDecorator((_: unknown, ctx: ExecutionContext): Principal => {
+  const req = ctx.switchToHttp().getRequest<AuthedRequest>();
+  if (!req.principal) throw new Error('no principal on an authenticated route');
+  return req.principal;
+});

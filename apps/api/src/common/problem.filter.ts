@@ -1,0 +1,131 @@
+import {
+  ArgumentsHost,
+  Catch,
+  type ExceptionFilter,
+  HttpException,
+  HttpStatus,
+  Logger,
+} from '@nestjs/common';
+import type { Request, Response } from 'express';
+import { ApiError } from './api-error';
+
+interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  code: string;
+  detail: string;
+  instance?: string;
+  [key: string]: unknown;
+}
+
+const CODE_BY_STATUS: Record<number, string> = {
+  400: 'BAD_REQUEST',
+  401: 'UNAUTHORIZED',
+  403: 'FORBIDDEN',
+  404: 'NOT_FOUND',
+  405: 'METHOD_NOT_ALLOWED',
+  409: 'CONFLICT',
+  413: 'PAYLOAD_TOO_LARGE',
+  415: 'UNSUPPORTED_MEDIA_TYPE',
+  422: 'UNPROCESSABLE',
+  429: 'TOO_MANY_REQUESTS',
+  503: 'UNAVAILABLE',
+};
+
+/** Runtime error codes that are the caller's fault, when they surface through the API. */
+const RUNTIME_CODES: Record<string, HttpStatus> = {
+  INVALID_ARGUMENT: HttpStatus.BAD_REQUEST,
+  INVALID_NAME: HttpStatus.BAD_REQUEST,
+  INVALID_SIZE: HttpStatus.BAD_REQUEST,
+  INVALID_PATH: HttpStatus.BAD_REQUEST,
+  UNSAFE_ARCHIVE: HttpStatus.BAD_REQUEST,
+};
+
+/**
+ * The one exception filter: every error leaves as RFC 9457 problem+json with a stable `code`. Unknown
+ * errors are logged and answered as 500 without internals.
+ */
+@Catch()
+export class ProblemFilter implements ExceptionFilter {
+  private readonly log = new Logger('ProblemFilter');
+
+  catch(exception: unknown, host: ArgumentsHost): void {
+    const ctx = host.switchToHttp();
+    const res = ctx.getResponse<Response>();
+    const req = ctx.getRequest<Request>();
+    const problem = this.toProblem(exception);
+    problem.instance = req.originalUrl;
+    if (problem.status >= 500 && !(exception instanceof ApiError)) this.log.error(exception);
+    if (res.headersSent) return;
+    res.status(problem.status).type('application/problem+json').send(JSON.stringify(problem));
+  }
+
+  private toProblem(e: unknown): Problem {
+    if (e instanceof ApiError) {
+      return {
+        type: `about:blank`,
+        title: e.code,
+        status: e.status,
+        code: e.code,
+        detail: e.message,
+        ...e.extra,
+      };
+    }
+    if (e instanceof HttpException) {
+      const status = e.getStatus();
+      const body = e.getResponse();
+      const fromBody = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
+      const message = Array.isArray(fromBody.message) ? fromBody.message : undefined;
+      return {
+        type: 'about:blank',
+        title: CODE_BY_STATUS[status] ?? 'ERROR',
+        status,
+        code:
+          (typeof fromBody.code === 'string' && fromBody.code) ||
+          (message ? 'VALIDATION_FAILED' : CODE_BY_STATUS[status]) ||
+          'ERROR',
+        detail: message
+          ? message.join('; ')
+          : typeof fromBody.message === 'string'
+            ? fromBody.message
+            : e.message,
+        ...(message ? { errors: message } : {}),
+      };
+    }
+    // body-parser errors (malformed JSON, too large) carry a status and a type.
+    const anyErr = e as { status?: number; type?: string; message?: string; code?: string };
+    if (typeof anyErr?.status === 'number' && anyErr.status >= 400 && anyErr.status < 500) {
+      const code =
+        anyErr.type === 'entity.parse.failed'
+          ? 'MALFORMED_JSON'
+          : anyErr.type === 'entity.too.large'
+            ? 'PAYLOAD_TOO_LARGE'
+            : (CODE_BY_STATUS[anyErr.status] ?? 'BAD_REQUEST');
+      return {
+        type: 'about:blank',
+        title: code,
+        status: anyErr.status,
+        code,
+        detail: anyErr.message ?? code,
+      };
+    }
+    if (typeof anyErr?.code === 'string' && RUNTIME_CODES[anyErr.code]) {
+      const status = RUNTIME_CODES[anyErr.code];
+      return {
+        type: 'about:blank',
+        title: anyErr.code,
+        status,
+        code: anyErr.code,
+        detail: anyErr.message ?? '',
+      };
+    }
+    return {
+      type: 'about:blank',
+      title: 'INTERNAL',
+      status: 500,
+      code: 'INTERNAL',
+      detail: 'internal error',
+    };
+  }
+}

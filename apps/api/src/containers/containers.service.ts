@@ -1,0 +1,196 @@
+import { HttpStatus, Injectable } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
+import type { DataSource } from 'typeorm';
+import { appendAudit } from '@berth/db';
+import { checkTransition, type ContainerState, type JobKind } from '@berth/jobs';
+import type { Principal } from '../auth/principal';
+import { ApiError, notFound } from '../common/api-error';
+import { decodeCursor, encodeCursor } from '../common/cursor';
+import { PlacementService } from '../hosts/placement.service';
+import { JobEnqueuer } from '../jobs/job-enqueuer';
+import { toJobView, type JobView } from '../jobs/job-view';
+import { CONTAINER_SELECT, toContainerView, type ContainerRow, type ContainerView } from './container-view';
+import type { CreateContainerDto, ListContainersQuery } from './containers.dto';
+
+export interface Accepted {
+  job: JobView;
+  container: ContainerView;
+}
+
+const GiB = 1024 * 1024 * 1024;
+
+/**
+ * Container requests: validated, checked against the container's state machine, placed, and written with
+ * their job, audit event and outbox row in one transaction. Never touches the kernel.
+ */
+@Injectable()
+export class ContainersService {
+  constructor(
+    @InjectDataSource() private readonly ds: DataSource,
+    private readonly placement: PlacementService,
+    private readonly enqueuer: JobEnqueuer,
+  ) {}
+
+  async create(dto: CreateContainerDto, principal: Principal): Promise<Accepted> {
+    return this.ds.transaction(async (m) => {
+      const [template] = await m.query(`SELECT id, name FROM templates WHERE name = $1`, [dto.template]);
+      if (!template) {
+        throw new ApiError(
+          HttpStatus.UNPROCESSABLE_ENTITY,
+          'TEMPLATE_NOT_FOUND',
+          `template ${dto.template} does not exist`,
+        );
+      }
+      const resources = {
+        cpus: dto.cpus,
+        memoryBytes: dto.memoryBytes,
+        diskBytes: dto.diskBytes ?? GiB,
+        pidsMax: dto.pidsMax ?? 512,
+      };
+      const host = await this.placement.place(m, { templateId: template.id, ...resources, hostId: dto.host });
+      const start = dto.start ?? true;
+      let row: ContainerRow;
+      try {
+        [row] = await m.query(
+          `INSERT INTO containers (tenant_id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
+                                   disk_bytes, pids_max, network_mode)
+           VALUES ($1, $2, $3, $4, 'creating', $5, $6, $7, $8, $9, $10) RETURNING *`,
+          [
+            principal.tenantId,
+            dto.name,
+            host.id,
+            template.id,
+            start ? 'running' : 'stopped',
+            resources.cpus,
+            resources.memoryBytes,
+            resources.diskBytes,
+            resources.pidsMax,
+            dto.network ?? 'none',
+          ],
+        );
+      } catch (e) {
+        if ((e as { code?: string }).code === '23505') {
+          throw new ApiError(
+            HttpStatus.CONFLICT,
+            'CONTAINER_NAME_TAKEN',
+            `a container named ${dto.name} exists`,
+          );
+        }
+        throw e;
+      }
+      await appendAudit(m, {
+        actor: principal.keyId,
+        action: 'container.create.requested',
+        subjectType: 'container',
+        subjectId: row.id,
+        requestId: principal.requestId,
+        data: { name: dto.name, template: dto.template, host: host.name, ...resources, start },
+      });
+      const job = await this.enqueuer.enqueue(m, {
+        kind: 'container.create',
+        hostId: host.id,
+        containerId: row.id,
+        tenantId: principal.tenantId,
+        principal,
+        payload: {
+          containerId: row.id,
+          name: dto.name,
+          template: dto.template,
+          resources: { cpus: resources.cpus, memoryBytes: resources.memoryBytes, pidsMax: resources.pidsMax },
+          network: { mode: dto.network ?? 'none' },
+          privileged: dto.privileged ?? false,
+          start,
+        },
+      });
+      row.template_name = template.name;
+      return { job: toJobView(job), container: toContainerView(row) };
+    });
+  }
+
+  /**
+   * Accepts an operation on an existing container: refused with 409 before any job exists when the
+   * container's state machine does not allow it from its target state.
+   */
+  async operate(
+    id: string,
+    kind: JobKind,
+    principal: Principal,
+    extra: Record<string, unknown> = {},
+  ): Promise<Accepted> {
+    return this.ds.transaction(async (m) => {
+      const [row]: ContainerRow[] = await m.query(`SELECT * FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+      if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId))
+        throw notFound('container', id);
+      const check = checkTransition(kind, row.target_state as ContainerState);
+      if (!check.allowed) {
+        throw new ApiError(HttpStatus.CONFLICT, 'INVALID_TRANSITION', check.reason!, {
+          state: row.state,
+          targetState: row.target_state,
+        });
+      }
+      const [[updated]]: [ContainerRow[], number] = await m.query(
+        `UPDATE containers SET target_state = $2, updated_at = now() WHERE id = $1 RETURNING *`,
+        [id, check.next],
+      );
+      await appendAudit(m, {
+        actor: principal.keyId,
+        action: `${kind}.requested`,
+        subjectType: 'container',
+        subjectId: id,
+        requestId: principal.requestId,
+        data: extra,
+      });
+      const job = await this.enqueuer.enqueue(m, {
+        kind,
+        hostId: row.host_id!,
+        containerId: id,
+        tenantId: row.tenant_id,
+        principal,
+        payload: { containerId: id, name: row.name, ...extra },
+      });
+      return { job: toJobView(job), container: toContainerView(updated) };
+    });
+  }
+
+  async get(id: string, principal: Principal): Promise<ContainerView> {
+    const [row]: ContainerRow[] = await this.ds.query(`${CONTAINER_SELECT} WHERE c.id = $1`, [id]);
+    if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId)) throw notFound('container', id);
+    return toContainerView(row);
+  }
+
+  async list(
+    q: ListContainersQuery,
+    principal: Principal,
+  ): Promise<{ items: ContainerView[]; nextCursor: string | null }> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    const add = (sql: string, v: unknown) => {
+      args.push(v);
+      where.push(sql.replace('?', `$${args.length}`));
+    };
+    if (principal.tenantId) add('c.tenant_id = ?', principal.tenantId);
+    else if (q.tenant) add('c.tenant_id = ?', q.tenant);
+    if (q.state) add('c.state = ?', q.state);
+    else where.push(`c.state <> 'destroyed'`);
+    if (q.host) add('c.host_id = ?', q.host);
+    if (q.name) add('c.name = ?', q.name);
+    if (q.cursor) {
+      const c = decodeCursor(q.cursor);
+      args.push(c.at, c.id);
+      where.push(`(c.created_at, c.id) < ($${args.length - 1}::timestamptz, $${args.length}::uuid)`);
+    }
+    const limit = q.limit ?? 50;
+    args.push(limit + 1);
+    const rows: ContainerRow[] = await this.ds.query(
+      `${CONTAINER_SELECT} ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+       ORDER BY c.created_at DESC, c.id DESC LIMIT $${args.length}`,
+      args,
+    );
+    const page = rows.slice(0, limit);
+    const last = page[page.length - 1];
+    return {
+      items: page.map(toContainerView),
+      nextCursor: rows.length > limit && last ? encodeCursor(last.created_at, last.id) : null,
+    };
+  }
+}

@@ -1,0 +1,90 @@
+import { Controller, Get, HttpCode, Inject, Injectable, Param, ParseUUIDPipe, Post } from '@nestjs/common';
+import { ApiBearerAuth, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { InjectDataSource } from '@nestjs/typeorm';
+import type { DataSource } from 'typeorm';
+import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
+import { appendAudit } from '@berth/db';
+import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { notFound } from '../common/api-error';
+
+@Injectable()
+export class HostsService {
+  constructor(
+    @InjectDataSource() private readonly ds: DataSource,
+    @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
+  ) {}
+
+  /** Hosts with capacity, reservations and liveness (offline = heartbeat older than the threshold). */
+  async list(id?: string) {
+    const rows = await this.ds.query(
+      `SELECT h.*, (h.state = 'online' AND h.last_heartbeat_at >= now() - make_interval(secs => $1::float / 1000)) AS live,
+              COALESCE(u.n, 0)::int AS containers, COALESCE(u.cpus, 0)::float AS cpus_reserved,
+              COALESCE(u.mem, 0) AS mem_reserved, COALESCE(u.disk, 0) AS disk_reserved
+       FROM hosts h
+       LEFT JOIN (SELECT host_id, count(*) AS n, sum(cpus) AS cpus, sum(memory_bytes) AS mem, sum(disk_bytes) AS disk
+                  FROM containers WHERE destroyed_at IS NULL GROUP BY host_id) u ON u.host_id = h.id
+       ${id ? 'WHERE h.id = $2' : ''} ORDER BY h.name`,
+      id ? [this.config.host.offlineAfterMs, id] : [this.config.host.offlineAfterMs],
+    );
+    return rows.map((h: Record<string, unknown>) => ({
+      id: h.id,
+      name: h.name,
+      state: h.live ? 'online' : 'offline',
+      draining: h.draining,
+      lastHeartbeatAt: (h.last_heartbeat_at as Date).toISOString(),
+      kernelVersion: h.kernel_version,
+      cgroupVersion: h.cgroup_version,
+      storageDrivers: h.storage_drivers,
+      capacity: { cpus: h.cpu_count, memoryBytes: Number(h.memory_bytes), diskBytes: Number(h.disk_bytes) },
+      reserved: {
+        containers: h.containers,
+        cpus: h.cpus_reserved,
+        memoryBytes: Number(h.mem_reserved),
+        diskBytes: Number(h.disk_reserved),
+      },
+    }));
+  }
+
+  async setDraining(id: string, draining: boolean, principal: Principal) {
+    await this.ds.transaction(async (m) => {
+      const r = await m.query(
+        `UPDATE hosts SET draining = $2, updated_at = now() WHERE id = $1 RETURNING id`,
+        [id, draining],
+      );
+      if (r[0].length === 0) throw notFound('host', id);
+      await appendAudit(m, {
+        actor: principal.keyId,
+        action: draining ? 'host.drain' : 'host.undrain',
+        subjectType: 'host',
+        subjectId: id,
+        requestId: principal.requestId,
+      });
+    });
+    return (await this.list(id))[0];
+  }
+}
+
+@ApiTags('hosts')
+@ApiBearerAuth()
+@Controller('v1/hosts')
+export class HostsController {
+  constructor(private readonly hosts: HostsService) {}
+
+  @Get()
+  list() {
+    return this.hosts.list();
+  }
+
+  @Post(':id/drain')
+  @HttpCode(200)
+  @ApiOperation({ summary: 'No new containers are placed on a draining host' })
+  drain(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+    return this.hosts.setDraining(id, true, p);
+  }
+
+  @Post(':id/undrain')
+  @HttpCode(200)
+  undrain(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+    return this.hosts.setDraining(id, false, p);
+  }
+}

@@ -1,0 +1,148 @@
+import {
+  type CallHandler,
+  type ExecutionContext,
+  HttpStatus,
+  Inject,
+  Injectable,
+  type NestInterceptor,
+} from '@nestjs/common';
+import { HTTP_CODE_METADATA } from '@nestjs/common/constants';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { createHash } from 'node:crypto';
+import type { Response } from 'express';
+import { from, lastValueFrom, type Observable } from 'rxjs';
+import type { DataSource } from 'typeorm';
+import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
+import type { AuthedRequest } from '../auth/principal';
+import { ApiError } from '../common/api-error';
+
+const KEY_RE = /^[\x21-\x7e]{1,255}$/;
+/** An in-flight key older than this belonged to a request that died with its process: it may be taken over. */
+const ABANDONED_AFTER_S = 120;
+
+/** Canonical JSON (sorted keys) so that the same body in another key order is the same request. */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v as object)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v ?? null);
+}
+
+/**
+ * `Idempotency-Key` on POST/PATCH/DELETE: the first request with a key runs and its answer is stored;
+ * the same key with the same request gets the stored answer again (Idempotent-Replayed: true); with a
+ * different request `422`; while the first is still running `409`. Keys are kept IDEMPOTENCY_TTL_HOURS
+ * (≥ 24 h). A request that fails releases its key, so a corrected retry can use it.
+ */
+@Injectable()
+export class IdempotencyInterceptor implements NestInterceptor {
+  constructor(
+    @InjectDataSource() private readonly ds: DataSource,
+    @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
+  ) {}
+
+  intercept(ctx: ExecutionContext, next: CallHandler): Observable<unknown> {
+    const req = ctx.switchToHttp().getRequest<AuthedRequest>();
+    const key = req.headers['idempotency-key'];
+    if (!['POST', 'PATCH', 'DELETE'].includes(req.method) || key === undefined || !req.principal) {
+      return next.handle();
+    }
+    return from(this.handle(ctx, next, req, String(key)));
+  }
+
+  private async handle(
+    ctx: ExecutionContext,
+    next: CallHandler,
+    req: AuthedRequest,
+    key: string,
+  ): Promise<unknown> {
+    if (!KEY_RE.test(key)) {
+      throw new ApiError(
+        HttpStatus.BAD_REQUEST,
+        'INVALID_IDEMPOTENCY_KEY',
+        'Idempotency-Key must be 1-255 printable ASCII characters',
+      );
+    }
+    const res = ctx.switchToHttp().getResponse<Response>();
+    const scope = req.principal!.keyId;
+    const path = req.originalUrl.split('?')[0];
+    const hash = createHash('sha256')
+      .update(`${req.method} ${req.originalUrl}\n${canonical(req.body)}`)
+      .digest('hex');
+    const claimed = await this.claim(scope, key, hash, req.method, path);
+    if (!claimed) {
+      const [row] = await this.ds.query(`SELECT * FROM idempotency_keys WHERE scope = $1 AND key = $2`, [
+        scope,
+        key,
+      ]);
+      if (!row) return this.handle(ctx, next, req, key); // released meanwhile: try again
+      if (row.request_hash !== hash) {
+        throw new ApiError(
+          HttpStatus.UNPROCESSABLE_ENTITY,
+          'IDEMPOTENCY_KEY_REUSED',
+          'this Idempotency-Key was used with a different request',
+        );
+      }
+      if (row.state === 'in_flight') {
+        throw new ApiError(
+          HttpStatus.CONFLICT,
+          'IDEMPOTENCY_KEY_IN_FLIGHT',
+          'a request with this Idempotency-Key is still being processed',
+        );
+      }
+      res.status(row.response_status);
+      for (const [h, v] of Object.entries((row.response_headers ?? {}) as Record<string, string>))
+        res.setHeader(h, v);
+      res.setHeader('Idempotent-Replayed', 'true');
+      return row.response_body;
+    }
+    try {
+      const body = await lastValueFrom(next.handle(), { defaultValue: undefined });
+      const status =
+        (Reflect.getMetadata(HTTP_CODE_METADATA, ctx.getHandler()) as number | undefined) ??
+        (req.method === 'POST' ? 201 : 200);
+      const location = res.getHeader('Location');
+      await this.ds.query(
+        `UPDATE idempotency_keys SET state = 'done', response_status = $3, response_headers = $4, response_body = $5
+         WHERE scope = $1 AND key = $2`,
+        [
+          scope,
+          key,
+          status,
+          JSON.stringify(location ? { Location: String(location) } : {}),
+          JSON.stringify(body ?? null),
+        ],
+      );
+      return body;
+    } catch (e) {
+      await this.ds.query(`DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2`, [scope, key]);
+      throw e;
+    }
+  }
+
+  /** Inserts the key as in flight; true when this request owns it. Expired or abandoned keys are replaced. */
+  private async claim(
+    scope: string,
+    key: string,
+    hash: string,
+    method: string,
+    path: string,
+  ): Promise<boolean> {
+    const rows = await this.ds.query(
+      `INSERT INTO idempotency_keys (scope, key, request_hash, method, path, state, expires_at)
+       VALUES ($1, $2, $3, $4, $5, 'in_flight', now() + make_interval(hours => $6))
+       ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, method = EXCLUDED.method,
+         path = EXCLUDED.path, state = 'in_flight', response_status = NULL, response_headers = NULL,
+         response_body = NULL, created_at = now(), expires_at = EXCLUDED.expires_at
+       WHERE idempotency_keys.expires_at < now()
+          OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.created_at < now() - make_interval(secs => $7))
+       RETURNING key`,
+      [scope, key, hash, method, path, this.config.api.idempotencyTtlHours, ABANDONED_AFTER_S],
+    );
+    return rows.length > 0;
+  }
+}

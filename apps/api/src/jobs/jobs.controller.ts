@@ -1,0 +1,103 @@
+import {
+  Controller,
+  Get,
+  HttpCode,
+  Param,
+  ParseUUIDPipe,
+  Post,
+  Query,
+  Sse,
+  type MessageEvent,
+} from '@nestjs/common';
+import { ApiBearerAuth, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { Observable } from 'rxjs';
+import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { FINAL_JOB_STATES } from './job-view';
+import { ListJobsQuery, WaitQuery } from './jobs.dto';
+import { JobsService } from './jobs.service';
+
+@ApiTags('jobs')
+@ApiBearerAuth()
+@Controller('v1/jobs')
+export class JobsController {
+  constructor(private readonly jobs: JobsService) {}
+
+  @Get()
+  @ApiOperation({ summary: 'List jobs, newest first, with filters and cursor pagination' })
+  list(@Query() q: ListJobsQuery) {
+    return this.jobs.list({ ...q, limit: q.limit ?? 50 });
+  }
+
+  @Get(':id')
+  @ApiOperation({ summary: 'A job with every event (transitions, steps, retries) from the audit trail' })
+  async get(@Param('id', ParseUUIDPipe) id: string) {
+    const [job, events] = await Promise.all([this.jobs.get(id), this.jobs.events(id)]);
+    return { ...job, events };
+  }
+
+  @Get(':id/wait')
+  @ApiOperation({ summary: 'Long-poll: answers as soon as the job has ended, or after `timeout` seconds' })
+  wait(@Param('id', ParseUUIDPipe) id: string, @Query() q: WaitQuery) {
+    return this.jobs.wait(id, (q.timeout ?? 30) * 1_000);
+  }
+
+  @Sse(':id/events')
+  @ApiOperation({
+    summary: 'Server-Sent Events: every event of the job as it happens; ends when the job ends',
+  })
+  async events(@Param('id', ParseUUIDPipe) id: string): Promise<Observable<MessageEvent>> {
+    await this.jobs.get(id); // 404 before the stream opens
+    return new Observable<MessageEvent>((sub) => {
+      let last = '0';
+      let busy = false;
+      let pending = false;
+      const pump = async () => {
+        if (busy) {
+          pending = true;
+          return;
+        }
+        busy = true;
+        try {
+          for (const e of await this.jobs.events(id, last)) {
+            last = e.id;
+            sub.next({ id: e.id, type: e.action, data: e });
+          }
+          const job = await this.jobs.get(id);
+          if (FINAL_JOB_STATES.includes(job.state)) {
+            sub.next({ type: 'end', data: job });
+            sub.complete();
+          }
+        } catch (e) {
+          sub.error(e);
+        } finally {
+          busy = false;
+          if (pending) {
+            pending = false;
+            void pump();
+          }
+        }
+      };
+      const unsubscribe = this.jobs.subscribe(id, () => void pump());
+      const safety = setInterval(() => void pump(), 2_000);
+      void pump();
+      return () => {
+        unsubscribe();
+        clearInterval(safety);
+      };
+    });
+  }
+
+  @Post(':id/retry')
+  @HttpCode(202)
+  @ApiOperation({ summary: 'Retry a failed or cancelled job (resumes after its finished steps)' })
+  retry(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+    return this.jobs.retry(id, p);
+  }
+
+  @Post(':id/cancel')
+  @HttpCode(200)
+  @ApiOperation({ summary: 'Cancel a job that has not started yet' })
+  cancel(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+    return this.jobs.cancel(id, p);
+  }
+}

@@ -1,0 +1,39 @@
+import { ApiPropertyOptional } from '@nestjs/swagger';
+import { Type } from 'class-transformer';
+import { IsIn, IsInt, IsISO8601, IsOptional, IsString, IsUUID, Max, Min } from 'class-validator';
+import { JOB_KINDS } from '@berth/jobs';
+
+export const JOB_STATE_VALUES = ['queued', 'active', 'waiting-retry', 'completed', 'failed', 'cancelled'];
+
+export class ListJobsQuery {
+  @ApiPropertyOptional({ enum: JOB_STATE_VALUES }) @IsOptional() @IsIn(JOB_STATE_VALUES) state?: string;
+  @ApiPropertyOptional({ enum: JOB_KINDS }) @IsOptional() @IsIn([...JOB_KINDS]) kind?: string;
+  @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() container?: string;
+  @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() host?: string;
+  @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() campaign?: string;
+  @ApiPropertyOptional({ description: 'ISO 8601 time: jobs created at or after it' })
+  @IsOptional()
+  @IsISO8601({ strict: true })
+  since?: string;
+  @ApiPropertyOptional({ minimum: 1, maximum: 500, default: 50 })
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(500)
+  limit?: number;
+  @ApiPropertyOptional({ description: 'nextCursor of the previous page' })
+  @IsOptional()
+  @IsString()
+  cursor?: string;
+}
+
+export class WaitQuery {
+  @ApiPropertyOptional({ minimum: 0, maximum: 120, default: 30, description: 'seconds' })
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(0)
+  @Max(120)
+  timeout?: number;
+}

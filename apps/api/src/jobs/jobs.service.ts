@@ -1,0 +1,229 @@
+import { HttpStatus, Inject, Injectable } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
+import type { DataSource } from 'typeorm';
+import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
+import { appendAudit } from '@berth/db';
+import { hostQueueName } from '@berth/jobs';
+import type { Principal } from '../auth/principal';
+import { ApiError, notFound } from '../common/api-error';
+import { decodeCursor, encodeCursor } from '../common/cursor';
+import { FINAL_JOB_STATES, toJobView, type JobRow, type JobView } from './job-view';
+import { JobNotifications } from './job-notifications';
+
+export interface JobFilters {
+  state?: string;
+  kind?: string;
+  container?: string;
+  host?: string;
+  campaign?: string;
+  since?: string;
+  limit: number;
+  cursor?: string;
+}
+
+export interface JobEventView {
+  id: string;
+  at: string;
+  action: string;
+  actor: string;
+  data: Record<string, unknown>;
+}
+
+@Injectable()
+export class JobsService {
+  constructor(
+    @InjectDataSource() private readonly ds: DataSource,
+    @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
+    private readonly notifications: JobNotifications,
+  ) {}
+
+  async get(id: string): Promise<JobView> {
+    const [row]: JobRow[] = await this.ds.query(`SELECT * FROM jobs WHERE id = $1`, [id]);
+    if (!row) throw notFound('job', id);
+    const view = toJobView(row);
+    if (row.state === 'queued' && row.host_id) {
+      const [host] = await this.ds.query(
+        `SELECT name, state, last_heartbeat_at,
+                (state = 'offline' OR last_heartbeat_at < now() - make_interval(secs => $2::float / 1000)) AS offline
+         FROM hosts WHERE id = $1`,
+        [row.host_id, this.config.host.offlineAfterMs],
+      );
+      if (host?.offline) {
+        view.waitingReason = `waiting for host ${host.name}: offline since ${new Date(host.last_heartbeat_at).toISOString()}`;
+      }
+    }
+    return view;
+  }
+
+  async events(id: string, afterId = '0'): Promise<JobEventView[]> {
+    const rows = await this.ds.query(
+      `SELECT id, occurred_at, action, actor, data FROM audit_events WHERE job_id = $1 AND id > $2 ORDER BY id`,
+      [id, afterId],
+    );
+    return rows.map(
+      (r: {
+        id: string;
+        occurred_at: Date;
+        action: string;
+        actor: string;
+        data: Record<string, unknown>;
+      }) => ({
+        id: r.id,
+        at: r.occurred_at.toISOString(),
+        action: r.action,
+        actor: r.actor,
+        data: r.data,
+      }),
+    );
+  }
+
+  async list(f: JobFilters): Promise<{ items: JobView[]; nextCursor: string | null }> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    const add = (sql: string, v: unknown) => {
+      args.push(v);
+      where.push(sql.replace('?', `$${args.length}`));
+    };
+    if (f.state) add('state = ?', f.state);
+    if (f.kind) add('kind = ?', f.kind);
+    if (f.container) add('container_id = ?', f.container);
+    if (f.host) add('host_id = ?', f.host);
+    if (f.campaign) add('campaign_id = ?', f.campaign);
+    if (f.since) add('created_at >= ?', f.since);
+    if (f.cursor) {
+      const c = decodeCursor(f.cursor);
+      args.push(c.at, c.id);
+      where.push(`(created_at, id) < ($${args.length - 1}::timestamptz, $${args.length}::uuid)`);
+    }
+    args.push(f.limit + 1);
+    const rows: JobRow[] = await this.ds.query(
+      `SELECT * FROM jobs ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+       ORDER BY created_at DESC, id DESC LIMIT $${args.length}`,
+      args,
+    );
+    const page = rows.slice(0, f.limit);
+    const last = page[page.length - 1];
+    return {
+      items: page.map(toJobView),
+      nextCursor: rows.length > f.limit && last ? encodeCursor(last.created_at, last.id) : null,
+    };
+  }
+
+  /** Resolves as soon as the job has ended, or after `timeoutMs` with its current state. */
+  async wait(id: string, timeoutMs: number): Promise<JobView> {
+    const first = await this.get(id);
+    if (FINAL_JOB_STATES.includes(first.state)) return first;
+    return new Promise<JobView>((resolve, reject) => {
+      let done = false;
+      const finish = (v: Promise<JobView>) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        clearInterval(safety);
+        unsubscribe();
+        v.then(resolve, reject);
+      };
+      const check = () => {
+        void this.get(id).then(
+          (j) => FINAL_JOB_STATES.includes(j.state) && finish(Promise.resolve(j)),
+          (e: unknown) => finish(Promise.reject(e)),
+        );
+      };
+      const unsubscribe = this.notifications.subscribe(id, check);
+      // Safety net for a lost notification (LISTEN connection re-established in between).
+      const safety = setInterval(check, 1_000);
+      const timer = setTimeout(() => finish(this.get(id)), timeoutMs);
+      check();
+    });
+  }
+
+  subscribe(id: string, fn: () => void): () => void {
+    return this.notifications.subscribe(id, fn);
+  }
+
+  /**
+   * Retries a failed (or cancelled) job: the same job row goes back to `queued` and is published again
+   * under a new BullMQ job id; the steps it finished before stay done (the worker resumes after them).
+   */
+  async retry(id: string, principal: Principal): Promise<JobView> {
+    await this.ds.transaction(async (m) => {
+      const [job]: JobRow[] = await m.query(`SELECT * FROM jobs WHERE id = $1 FOR UPDATE`, [id]);
+      if (!job) throw notFound('job', id);
+      if (job.state !== 'failed' && job.state !== 'cancelled') {
+        throw new ApiError(
+          HttpStatus.CONFLICT,
+          'JOB_NOT_RETRYABLE',
+          `job ${id} is ${job.state}; only failed or cancelled jobs can be retried`,
+        );
+      }
+      if (job.container_id) {
+        const [c] = await m.query(`SELECT state FROM containers WHERE id = $1 FOR UPDATE`, [
+          job.container_id,
+        ]);
+        if (c?.state === 'destroyed') {
+          throw new ApiError(
+            HttpStatus.CONFLICT,
+            'CONTAINER_DESTROYED',
+            'the container of this job is destroyed',
+          );
+        }
+      }
+      const [{ n }] = await m.query(
+        `SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = 'job.retry.requested'`,
+        [id],
+      );
+      await m.query(
+        `UPDATE jobs SET state = 'queued', attempts = 0, error_code = NULL, error_message = NULL, error_step = NULL,
+                finished_at = NULL, updated_at = now() WHERE id = $1`,
+        [id],
+      );
+      await appendAudit(m, {
+        actor: principal.keyId,
+        action: 'job.retry.requested',
+        subjectType: job.container_id ? 'container' : 'job',
+        subjectId: job.container_id ?? id,
+        jobId: id,
+        requestId: principal.requestId,
+      });
+      await m.query(`INSERT INTO outbox (queue, job_name, job_id, payload) VALUES ($1, $2, $3, $4)`, [
+        hostQueueName(job.host_id!),
+        job.kind,
+        id,
+        JSON.stringify({ jobId: id, kind: job.kind, payload: job.params, bullJobId: `${id}-r${n + 1}` }),
+      ]);
+    });
+    return this.get(id);
+  }
+
+  /** Cancels a job that has not started (queued or waiting to retry). The worker skips cancelled jobs. */
+  async cancel(id: string, principal: Principal): Promise<JobView> {
+    await this.ds.transaction(async (m) => {
+      const [job]: JobRow[] = await m.query(`SELECT * FROM jobs WHERE id = $1 FOR UPDATE`, [id]);
+      if (!job) throw notFound('job', id);
+      if (job.state !== 'queued' && job.state !== 'waiting-retry') {
+        throw new ApiError(
+          HttpStatus.CONFLICT,
+          'JOB_NOT_CANCELLABLE',
+          `job ${id} is ${job.state}; only queued jobs can be cancelled`,
+        );
+      }
+      await m.query(
+        `UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now() WHERE id = $1`,
+        [id],
+      );
+      if (job.container_id) {
+        // What was projected for the container no longer happens: its target is its present state again.
+        await m.query(`UPDATE containers SET target_state = state WHERE id = $1`, [job.container_id]);
+      }
+      await appendAudit(m, {
+        actor: principal.keyId,
+        action: 'job.cancelled',
+        subjectType: job.container_id ? 'container' : 'job',
+        subjectId: job.container_id ?? id,
+        jobId: id,
+        requestId: principal.requestId,
+      });
+    });
+    return this.get(id);
+  }
+}

@@ -1,0 +1,157 @@
+import { Body, Controller, Get, HttpCode, HttpStatus, Injectable, Post, Res } from '@nestjs/common';
+import { ApiBearerAuth, ApiOperation, ApiProperty, ApiPropertyOptional, ApiTags } from '@nestjs/swagger';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { IsIn, IsOptional, IsString, IsUUID, Matches, MaxLength } from 'class-validator';
+import type { Response } from 'express';
+import type { DataSource } from 'typeorm';
+import { appendAudit } from '@berth/db';
+import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { ApiError } from '../common/api-error';
+import { JobEnqueuer } from '../jobs/job-enqueuer';
+import { toJobView } from '../jobs/job-view';
+
+export class ImportTemplateDto {
+  @ApiProperty({ example: 'busybox' })
+  @IsString()
+  @MaxLength(63)
+  @Matches(/^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/, {
+    message: 'name: a-z 0-9 . _ -, starting and ending alphanumeric',
+  })
+  name: string;
+
+  @ApiProperty({
+    enum: ['builtin:busybox', 'tarball'],
+    description: 'the built-in busybox builder, or a tarball',
+  })
+  @IsIn(['builtin:busybox', 'tarball'])
+  source: 'builtin:busybox' | 'tarball';
+
+  @ApiPropertyOptional({
+    description: 'absolute path of a rootfs tarball on the host(s), for source=tarball',
+  })
+  @IsOptional()
+  @IsString()
+  @MaxLength(4096)
+  @Matches(/^\/(?!.*(^|\/)\.\.(\/|$))[^\0]*$/, { message: 'path must be absolute, without ..' })
+  path?: string;
+
+  @ApiPropertyOptional({ description: 'import on this host only; default: every online host' })
+  @IsOptional()
+  @IsUUID()
+  host?: string;
+}
+
+@Injectable()
+export class TemplatesService {
+  constructor(
+    @InjectDataSource() private readonly ds: DataSource,
+    private readonly enqueuer: JobEnqueuer,
+  ) {}
+
+  async list() {
+    const rows = await this.ds.query(
+      `SELECT t.id, t.name, t.source, t.size_bytes, t.created_at,
+              COALESCE(json_agg(json_build_object('hostId', r.host_id, 'state', r.state, 'storageDriver', r.storage_driver))
+                FILTER (WHERE r.host_id IS NOT NULL), '[]') AS replicas
+       FROM templates t LEFT JOIN template_replicas r ON r.template_id = t.id
+       GROUP BY t.id ORDER BY t.name`,
+    );
+    return rows.map((r: Record<string, unknown>) => ({
+      id: r.id,
+      name: r.name,
+      source: r.source,
+      sizeBytes: Number(r.size_bytes),
+      createdAt: (r.created_at as Date).toISOString(),
+      replicas: r.replicas,
+    }));
+  }
+
+  /** One template.import job per target host; the template row is shared. */
+  async import(dto: ImportTemplateDto, principal: Principal) {
+    if (dto.source === 'tarball' && !dto.path) {
+      throw new ApiError(HttpStatus.BAD_REQUEST, 'VALIDATION_FAILED', 'path is required for source=tarball');
+    }
+    const source = dto.source === 'tarball' ? `tarball:${dto.path}` : dto.source;
+    return this.ds.transaction(async (m) => {
+      await m.query(`INSERT INTO templates (name, source) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`, [
+        dto.name,
+        source,
+      ]);
+      const [tpl] = await m.query(`SELECT id, source FROM templates WHERE name = $1 FOR UPDATE`, [dto.name]);
+      if (tpl.source !== source) {
+        throw new ApiError(
+          HttpStatus.CONFLICT,
+          'TEMPLATE_EXISTS',
+          `template ${dto.name} exists with source ${tpl.source}`,
+        );
+      }
+      const hosts: { id: string }[] = dto.host
+        ? await m.query(`SELECT id FROM hosts WHERE id = $1`, [dto.host])
+        : await m.query(`SELECT id FROM hosts WHERE state = 'online' AND NOT draining ORDER BY name`);
+      if (hosts.length === 0) {
+        throw new ApiError(
+          HttpStatus.SERVICE_UNAVAILABLE,
+          'NO_CAPACITY',
+          dto.host ? `host ${dto.host} does not exist` : 'no online host',
+        );
+      }
+      const jobs = [];
+      for (const h of hosts) {
+        await m.query(
+          `INSERT INTO template_replicas (template_id, host_id, state) VALUES ($1, $2, 'importing')
+           ON CONFLICT (template_id, host_id) DO UPDATE SET state = CASE WHEN template_replicas.state = 'ready'
+             THEN 'ready' ELSE 'importing' END, updated_at = now()`,
+          [tpl.id, h.id],
+        );
+        const job = await this.enqueuer.enqueue(m, {
+          kind: 'template.import',
+          hostId: h.id,
+          principal,
+          payload: {
+            templateId: tpl.id,
+            name: dto.name,
+            source:
+              dto.source === 'tarball'
+                ? { type: 'tarball', path: dto.path! }
+                : { type: 'builtin', builder: 'busybox' },
+          },
+        });
+        jobs.push(toJobView(job));
+      }
+      await appendAudit(m, {
+        actor: principal.keyId,
+        action: 'template.import.requested',
+        subjectType: 'template',
+        subjectId: tpl.id,
+        requestId: principal.requestId,
+        data: { name: dto.name, source, hosts: hosts.map((h) => h.id) },
+      });
+      return { template: { id: tpl.id, name: dto.name, source }, jobs };
+    });
+  }
+}
+
+@ApiTags('templates')
+@ApiBearerAuth()
+@Controller('v1/templates')
+export class TemplatesController {
+  constructor(private readonly templates: TemplatesService) {}
+
+  @Get()
+  list() {
+    return this.templates.list();
+  }
+
+  @Post()
+  @HttpCode(202)
+  @ApiOperation({ summary: 'Import a template on one host or on every online host (one job per host)' })
+  async import(
+    @Body() dto: ImportTemplateDto,
+    @CurrentPrincipal() p: Principal,
+    @Res({ passthrough: true }) res: Response,
+  ) {
+    const r = await this.templates.import(dto, p);
+    res.setHeader('Location', `/v1/jobs/${r.jobs[0].id}`);
+    return r;
+  }
+}

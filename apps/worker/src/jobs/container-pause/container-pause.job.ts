@@ -1,0 +1,3 @@
+import { lifecycleJob } from '../shared/lifecycle-job';
+
+export const containerPauseJob = lifecycleJob('container.pause', (rt, id) => rt.containers.pause(id));

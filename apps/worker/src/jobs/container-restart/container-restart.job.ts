@@ -1,0 +1,3 @@
+import { lifecycleJob } from '../shared/lifecycle-job';
+
+export const containerRestartJob = lifecycleJob('container.restart', (rt, id) => rt.containers.restart(id));

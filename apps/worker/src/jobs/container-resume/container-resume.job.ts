@@ -1,0 +1,3 @@
+import { lifecycleJob } from '../shared/lifecycle-job';
+
+export const containerResumeJob = lifecycleJob('container.resume', (rt, id) => rt.containers.resume(id));

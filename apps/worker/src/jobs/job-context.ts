@@ -1,0 +1,33 @@
+import type { HostRuntime } from '@berth/runtime';
+import type { JobKind, JobPayload } from '@berth/jobs';
+import type { EntityManager } from 'typeorm';
+import type { StoredJob } from './job-store';
+
+/** What a job handler gets: its payload, the host runtime, and idempotent, recorded steps. */
+export interface JobContext<K extends JobKind = JobKind> {
+  job: StoredJob;
+  payload: JobPayload<K>;
+  runtime: HostRuntime;
+  hostId: string;
+  /**
+   * Runs `fn` as a named step unless an earlier attempt finished it (recorded in the job's events), so a
+   * retry resumes after the last finished step. Each step must itself be idempotent: a crash between the
+   * step and its record repeats it.
+   */
+  step<T>(name: string, fn: () => Promise<T>): Promise<T | undefined>;
+  progress(stage: string, percent: number): Promise<void>;
+}
+
+/** A handler's answer: the job result and the database changes that go with completing it. */
+export interface JobOutcome {
+  result: Record<string, unknown>;
+  apply?: (m: EntityManager) => Promise<void>;
+}
+
+/** One handler per job kind (apps/worker/src/jobs/<kind>/). */
+export interface JobHandler<K extends JobKind = JobKind> {
+  kind: K;
+  run(ctx: JobContext<K>): Promise<JobOutcome>;
+  /** Database changes when the job fails for good (e.g. the container goes to `error`). */
+  onFailed?(ctx: JobContext<K>, m: EntityManager, error: { code: string }): Promise<void>;
+}

@@ -1,0 +1,51 @@
+import type { JobKind } from './job-kinds';
+
+export type ContainerState =
+  'creating' | 'stopped' | 'running' | 'paused' | 'suspended' | 'destroying' | 'destroyed' | 'error';
+
+/**
+ * Which container jobs may be accepted in which state, and the state the container is in once the job
+ * has run (DESIGN.md §5: creating → stopped ⇄ running ⇄ paused; any → destroying → destroyed; failures →
+ * error). The API checks requests against the container's *target* state (after every job it already
+ * accepted), so create + start + stop + destroy fired back to back are all accepted and run in order.
+ */
+const TRANSITIONS: Partial<
+  Record<JobKind, { from: readonly ContainerState[]; to: ContainerState | 'same' }>
+> = {
+  'container.start': { from: ['stopped', 'error'], to: 'running' },
+  'container.stop': { from: ['running', 'paused', 'error'], to: 'stopped' },
+  'container.restart': { from: ['running'], to: 'running' },
+  'container.pause': { from: ['running'], to: 'paused' },
+  'container.resume': { from: ['paused'], to: 'running' },
+  'container.resize': { from: ['stopped', 'running', 'paused'], to: 'same' },
+  'container.snapshot': { from: ['stopped', 'running', 'paused'], to: 'same' },
+  'container.destroy': {
+    from: ['creating', 'stopped', 'running', 'paused', 'suspended', 'error'],
+    to: 'destroyed',
+  },
+};
+
+export interface TransitionCheck {
+  allowed: boolean;
+  next: ContainerState;
+  reason?: string;
+}
+
+/** Whether a job of `kind` may be accepted for a container whose target state is `from`. */
+export function checkTransition(kind: JobKind, from: ContainerState): TransitionCheck {
+  const t = TRANSITIONS[kind];
+  if (!t) return { allowed: false, next: from, reason: `${kind} is not a container operation` };
+  if (!t.from.includes(from)) {
+    return {
+      allowed: false,
+      next: from,
+      reason: `cannot ${kind.split('.')[1]} a container that is (or will be) ${from}; allowed from: ${t.from.join(', ')}`,
+    };
+  }
+  return { allowed: true, next: t.to === 'same' ? from : t.to };
+}
+
+/** The state the runtime reports maps onto the API's states (suspension etc. are API-level only). */
+export function stateFromRuntime(status: 'creating' | 'stopped' | 'running' | 'paused'): ContainerState {
+  return status;
+}

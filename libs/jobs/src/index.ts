@@ -1,0 +1,4 @@
+export * from './job-kinds';
+export * from './job-options';
+export * from './container-state-machine';
+export * from './bull-connection';

@@ -1,0 +1,109 @@
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { describeKernel } from '@test/support/kernel';
+import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
+
+const MiB = 1024 * 1024;
+
+describeKernel(
+  'pipeline: API → outbox → BullMQ → worker → kernel',
+  { root: true, programs: ['busybox', 'nsenter'] },
+  () => {
+    let p: Pipeline;
+    let id: string;
+    const cg = (c: string, f: string) => `/sys/fs/cgroup/${c}/${p.cgroupParent}/${id}/${f}`;
+
+    beforeAll(async () => {
+      p = await startPipeline('main');
+      const res = await p
+        .http()
+        .post('/v1/templates')
+        .set(p.auth())
+        .send({ name: 'busybox', source: 'builtin:busybox' });
+      expect(res.status).toBe(202);
+      for (const j of res.body.jobs) expect((await waitJob(p, j.id)).state).toBe('completed');
+    }, 120_000);
+    afterAll(() => p?.close(), 60_000);
+
+    async function accepted(res: {
+      status: number;
+      body: { job: { id: string } };
+      headers: Record<string, string>;
+    }) {
+      expect(res.status).toBe(202);
+      expect(res.headers.location).toBe(`/v1/jobs/${res.body.job.id}`);
+      const job = await waitJob(p, res.body.job.id);
+      expect(job).toMatchObject({ state: 'completed' });
+      return job;
+    }
+
+    it('creates and starts a container that really runs on the host', async () => {
+      const res = await p
+        .http()
+        .post('/v1/containers')
+        .set(p.auth())
+        .send({ name: 'web1', template: 'busybox', cpus: 1, memoryBytes: 128 * MiB, pidsMax: 128 });
+      id = res.body.container.id;
+      const job = await accepted(res);
+      const pid = (job.result as { initPid: number }).initPid;
+      const c = await p.http().get(`/v1/containers/${id}`).set(p.auth());
+      expect(c.body).toMatchObject({ state: 'running', targetState: 'running', name: 'web1' });
+      expect(readlinkSync(`/proc/${pid}/ns/pid`)).not.toBe(readlinkSync('/proc/self/ns/pid'));
+      expect(readFileSync(cg('pids', 'cgroup.procs'), 'utf8')).toContain(String(pid));
+    }, 60_000);
+
+    it('stops and starts, checked against the kernel', async () => {
+      await accepted(await p.http().post(`/v1/containers/${id}/stop`).set(p.auth()).send({}));
+      expect(readFileSync(cg('pids', 'cgroup.procs'), 'utf8').trim()).toBe('');
+      expect((await p.http().get(`/v1/containers/${id}`).set(p.auth())).body.state).toBe('stopped');
+      const job = await accepted(await p.http().post(`/v1/containers/${id}/start`).set(p.auth()).send({}));
+      const pid = (job.result as { initPid: number }).initPid;
+      expect(readFileSync(cg('pids', 'cgroup.procs'), 'utf8')).toContain(String(pid));
+    }, 60_000);
+
+    it('resizes live and pauses/resumes, checked in the cgroup', async () => {
+      await accepted(
+        await p
+          .http()
+          .patch(`/v1/containers/${id}`)
+          .set(p.auth())
+          .send({ memoryBytes: 96 * MiB, cpus: 0.5 }),
+      );
+      expect(readFileSync(cg('memory', 'memory.limit_in_bytes'), 'utf8').trim()).toBe(String(96 * MiB));
+      expect(readFileSync(cg('cpu', 'cpu.cfs_quota_us'), 'utf8').trim()).toBe('50000');
+      const c = (await p.http().get(`/v1/containers/${id}`).set(p.auth())).body;
+      expect(c.resources).toMatchObject({ memoryBytes: 96 * MiB, cpus: 0.5 });
+      await accepted(await p.http().post(`/v1/containers/${id}/pause`).set(p.auth()).send({}));
+      expect(readFileSync(cg('freezer', 'freezer.state'), 'utf8').trim()).toBe('FROZEN');
+      await accepted(await p.http().post(`/v1/containers/${id}/resume`).set(p.auth()).send({}));
+      expect(readFileSync(cg('freezer', 'freezer.state'), 'utf8').trim()).toBe('THAWED');
+    }, 60_000);
+
+    it('refuses a transition the state machine does not allow with 409 and no job', async () => {
+      const before = (
+        await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id])
+      )[0].n;
+      const res = await p.http().post(`/v1/containers/${id}/resume`).set(p.auth()).send({});
+      expect(res.status).toBe(409);
+      expect(res.headers['content-type']).toMatch(/application\/problem\+json/);
+      expect(res.body.code).toBe('INVALID_TRANSITION');
+      const after = (await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id]))[0]
+        .n;
+      expect(after).toBe(before);
+    });
+
+    it('destroys: nothing left on the host, the audit trail tells the whole story', async () => {
+      await accepted(await p.http().delete(`/v1/containers/${id}`).set(p.auth()));
+      expect(existsSync(`/sys/fs/cgroup/pids/${p.cgroupParent}/${id}`)).toBe(false);
+      expect((await p.http().get(`/v1/containers/${id}`).set(p.auth())).body.state).toBe('destroyed');
+      const audit = (await p.http().get(`/v1/audit?subject=${id}`).set(p.auth())).body as {
+        action: string;
+      }[];
+      const actions = audit.map((a) => a.action);
+      expect(actions[0]).toBe('container.create.requested');
+      expect(actions).toEqual(
+        expect.arrayContaining(['job.queued', 'job.active', 'job.step.done', 'job.completed']),
+      );
+      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(7); // create, stop, start, resize, pause, resume, destroy
+    });
+  },
+);

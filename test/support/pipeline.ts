@@ -1,0 +1,105 @@
+import type { INestApplication, INestApplicationContext } from '@nestjs/common';
+import { mkdtempSync, chmodSync, rmSync, existsSync, rmdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import request from 'supertest';
+import type { DataSource } from 'typeorm';
+import { createDataSource } from '@berth/db';
+import { createApiApp } from '../../apps/api/src/bootstrap';
+import { generateApiKey } from '../../apps/api/src/auth/api-keys';
+import { createWorker } from '../../apps/worker/src/bootstrap';
+import { HostRuntimeService } from '../../apps/worker/src/runtime/host-runtime.service';
+import { testConfig } from './config';
+
+/**
+ * The whole system in one test process: the API (with its outbox relay), one worker for a simulated host
+ * (own host name, data root, cgroup parent, BullMQ prefix), a real Postgres and Redis, the real kernel.
+ */
+export interface Pipeline {
+  api: INestApplication;
+  worker: INestApplicationContext;
+  ds: DataSource;
+  token: string;
+  hostName: string;
+  dataRoot: string;
+  cgroupParent: string;
+  env: Record<string, string>;
+  http(): ReturnType<typeof request>;
+  auth(): { Authorization: string };
+  close(): Promise<void>;
+}
+
+export async function createTestKey(ds: DataSource, scopes = ['admin']): Promise<string> {
+  const key = generateApiKey();
+  await ds.query(`INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES ('test', $1, $2, $3)`, [
+    key.prefix,
+    key.secretHash,
+    scopes,
+  ]);
+  return key.token;
+}
+
+export async function startPipeline(tag: string, extraEnv: Record<string, string> = {}): Promise<Pipeline> {
+  const dataRoot = mkdtempSync(join(tmpdir(), `berth-e2e-${tag}-`));
+  chmodSync(dataRoot, 0o711);
+  const hostName = `e2e-${tag}-${process.pid}`;
+  const cgroupParent = `berth-e2e-${tag}-${process.pid}`;
+  const env = {
+    BERTH_HOST_NAME: hostName,
+    BERTH_DATA_ROOT: dataRoot,
+    BERTH_CGROUP_PARENT: cgroupParent,
+    BULLMQ_PREFIX: `e2e-${tag}-${process.pid}`,
+    ADMIN_KEY_FILE: join(dataRoot, 'admin.key'),
+    OUTBOX_POLL_MS: '500',
+    HEARTBEAT_INTERVAL_MS: '1000',
+    WORKER_CONCURRENCY: '4',
+    WORKER_LOCK_MS: '5000',
+    SHUTDOWN_GRACE_MS: '5000',
+    ...extraEnv,
+  };
+  const config = testConfig(env);
+  const ds = createDataSource(config.database.url);
+  await ds.initialize();
+  const worker = await createWorker(config);
+  await worker.init();
+  const api = await createApiApp(config);
+  await api.init();
+  const token = await createTestKey(ds);
+  return {
+    api,
+    worker,
+    ds,
+    token,
+    hostName,
+    dataRoot,
+    cgroupParent,
+    env,
+    http: () => request(api.getHttpServer()),
+    auth: () => ({ Authorization: `Bearer ${token}` }),
+    async close() {
+      await api.close();
+      const rt = await worker.get(HostRuntimeService).get();
+      await worker.close();
+      for (const c of await rt.containers.list()) await rt.containers.destroy(c.id);
+      for (const t of await rt.templates.list()) await rt.templates.delete(t).catch(() => undefined);
+      await rt.storage.release();
+      await ds.destroy();
+      for (const c of ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio']) {
+        const p = `/sys/fs/cgroup/${c}/${cgroupParent}`;
+        if (existsSync(p)) rmdirSync(p);
+      }
+      rmSync(dataRoot, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Waits for a job to end through the API's long-poll and returns it. */
+export async function waitJob(
+  p: Pipeline,
+  jobId: string,
+  timeoutS = 60,
+): Promise<{ state: string; [k: string]: unknown }> {
+  const res = await p.http().get(`/v1/jobs/${jobId}/wait?timeout=${timeoutS}`).set(p.auth());
+  if (res.status !== 200) throw new Error(`wait ${jobId}: ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body;
+}
