@@ -156,6 +156,11 @@ export class ContainerRuntime {
       }
       return { changed: false, info: await this.get(spec.id) };
     }
+    if (existing?.creating) {
+      // A create of this id died half way (the process crashed): its leftovers (volume, cgroup,
+      // address) would make this attempt fail, so clear them first and start over.
+      await this.destroy(spec.id);
+    }
     if (!(await this.storage.hasTemplate(spec.template))) {
       throw new RuntimeError('TEMPLATE_NOT_FOUND', `template ${spec.template} does not exist on this host`, {
         template: spec.template,
@@ -173,11 +178,14 @@ export class ContainerRuntime {
     try {
       await this.store.writeConfig(spec.id, config);
       revert.add('remove record', () => this.store.remove(spec.id));
-      await this.storage.clone(spec.template, spec.id);
+      // Undo steps are registered before their step: a step that fails half way (a cgroup made in some
+      // hierarchies, limits refused) leaves a partial result, and both undos are idempotent. Nothing but
+      // this container can own a volume or cgroup of its id.
       revert.add('delete volume', () => this.storage.delete(spec.id));
+      await this.storage.clone(spec.template, spec.id);
       if (usernsHostUid !== null) await this.prepareUnprivilegedRootfs(spec.id, usernsHostUid);
-      await this.cgroups.create(this.cg(spec.id), this.limitsOf(spec.resources));
       revert.add('destroy cgroup', () => this.cgroups.destroy(this.cg(spec.id)));
+      await this.cgroups.create(this.cg(spec.id), this.limitsOf(spec.resources));
       if (spec.network.mode === 'bridge' && this.ipam) {
         await this.ipam.allocate(spec.id, spec.network.address);
         revert.add('release address', () => this.ipam?.release(spec.id));
@@ -359,6 +367,9 @@ export class ContainerRuntime {
     if (config.spec.network.mode === 'bridge' && this.opts.network) {
       await detachContainer(id, this.opts.network.hostNetns);
     }
+    // A stopped container keeps no init record: reconcile's deadInits then means "died behind Berth's
+    // back", not "was stopped cleanly".
+    await this.store.clearInit(id);
   }
 
   /** Stop then start. */
@@ -468,8 +479,13 @@ export class ContainerRuntime {
   async destroy(id: string): Promise<{ changed: boolean }> {
     assertContainerId(id);
     const config = await this.store.readConfig(id);
+    // A state directory without config.json (a crash before the first record write) counts too, so
+    // reconcile can remove it.
     const known =
-      config !== null || (await this.storage.list()).includes(id) || (await this.cgroups.exists(this.cg(id)));
+      config !== null ||
+      (await this.store.ids()).includes(id) ||
+      (await this.storage.list()).includes(id) ||
+      (await this.cgroups.exists(this.cg(id)));
     if (!known) return { changed: false };
     if (config && !config.creating && (await this.liveInit(id))) await this.stop(id, 2_000);
     await this.killRemaining(id);
