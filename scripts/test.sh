@@ -13,6 +13,7 @@ rm -f "$results"
 set +e
 # One jest run over all projects, serially: integration tests share one database and kernel tests share
 # the host's cgroups, mounts and loop devices.
-npx jest --ci --runInBand --json --outputFile="$results" "$@"
+# --forceExit: a library handle left open (a reconnect timer) must never hang CI after the results are in.
+npx jest --ci --runInBand --forceExit --json --outputFile="$results" "$@"
 set -e
 node test/support/summary.js "$results"

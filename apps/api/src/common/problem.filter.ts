@@ -91,6 +91,12 @@ export class ProblemFilter implements ExceptionFilter {
             ? fromBody.message
             : e.message,
         ...(message ? { errors: message } : {}),
+        // Structured details some exceptions carry (e.g. readiness: which dependency is down).
+        ...Object.fromEntries(
+          Object.entries(fromBody).filter(
+            ([k, v]) => !['message', 'statusCode', 'status', 'code'].includes(k) && typeof v === 'object',
+          ),
+        ),
       };
     }
     // body-parser errors (malformed JSON, too large) carry a status and a type.
