@@ -823,6 +823,16 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "exec")) return exec_main(argc - 1, argv + 1);
 
     parse_args(argc, argv);
+    /* An overlay mounted inside a user namespace cannot write trusted.overlay.* xattrs (opaque
+     * directories, redirects): userxattr makes it use user.overlay.* instead (kernel >= 5.11). */
+    if (cfg.ov_lower && cfg.userns) {
+        struct buf o = {.n = 0};
+        b_str(&o, overlay_spec);
+        b_str(&o, ",userxattr");
+        if (o.n >= sizeof(o.b) - 1) usage_error("--overlay paths are too long");
+        o.b[o.n] = 0;
+        copy_str(overlay_spec, sizeof(overlay_spec), o.b);
+    }
 
     null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (null_fd < 0) early_error("open", errno, "/dev/null");

@@ -200,11 +200,17 @@ export class ContainerRuntime {
     return { changed: true, info: await this.get(spec.id) };
   }
 
-  /** Overlay upper dirs are created by host root: hand them to container root so `/` stays writable. */
+  /**
+   * Overlay upper and work dirs are created by host root: hand them to container root, which mounts the
+   * overlay inside its user namespace (a work dir it cannot write makes the kernel mount `/` read-only).
+   * Run at create and at every start (a rollback or an older create may have left them root's).
+   */
   private async prepareUnprivilegedRootfs(id: string, hostUid: number): Promise<void> {
     const spec = await this.storage.mountSpec(id);
-    const upper = spec?.options.match(/(?:^|,)upperdir=([^,]+)/)?.[1];
-    if (upper) await chown(upper, hostUid, hostUid);
+    for (const key of ['upperdir', 'workdir']) {
+      const dir = spec?.options.match(new RegExp(`(?:^|,)${key}=([^,]+)`))?.[1];
+      if (dir) await chown(dir, hostUid, hostUid);
+    }
   }
 
   private limitsOf(r: ContainerResources) {
@@ -293,6 +299,7 @@ export class ContainerRuntime {
     };
     if (config.usernsHostUid !== null) launch.userns = { hostUid: config.usernsHostUid, count: USERNS_RANGE };
     if (mount) {
+      if (config.usernsHostUid !== null) await this.prepareUnprivilegedRootfs(id, config.usernsHostUid);
       const o = Object.fromEntries(mount.options.split(',').map((kv) => kv.split('=') as [string, string]));
       launch.overlay = { lower: o.lowerdir, upper: o.upperdir, work: o.workdir };
     } else {
