@@ -21,7 +21,7 @@ REDIS_DIR=$STATE/redis
 
 # Host packages Berth needs: services, the kernel tools the runtime drives, and a C compiler for the helper.
 PACKAGES=(redis-server postgresql btrfs-progs busybox-static iproute2 util-linux kmod e2fsprogs tar zstd
-  xz-utils gcc libc6-dev musl-tools procps iputils-ping)
+  xz-utils gcc libc6-dev musl-tools procps iputils-ping curl)
 
 say() { printf 'services: %s\n' "$*" >&2; }
 die() {

@@ -8,6 +8,8 @@ source scripts/lib.sh
 RUN=.berth/run
 LOGS=.berth/logs
 mkdir -p "$RUN" "$LOGS"
+# Local mode: the admin key the API creates on its first start lands here (0600).
+export ADMIN_KEY_FILE=${ADMIN_KEY_FILE:-$PWD/.berth/admin.key}
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
@@ -56,4 +58,7 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "up: API not ready, see $LOGS/api.log" >&2; exit 1; }
-echo "up: Berth is up: API http://127.0.0.1:$port (healthz, readyz), worker log $LOGS/worker.log"
+echo "up: Berth is up: API http://127.0.0.1:$port (docs: /docs), logs in $LOGS/, admin key in $ADMIN_KEY_FILE"
+[ -s "$ADMIN_KEY_FILE" ] || { echo "up: no admin key in $ADMIN_KEY_FILE (the database already had keys: set ADMIN_KEY_FILE to yours)" >&2; exit 1; }
+# The main job: default template + one running container, through the API.
+node scripts/main-job.js "http://127.0.0.1:$port" "$ADMIN_KEY_FILE" "${BERTH_DEMO_CONTAINER:-hello}"
