@@ -138,6 +138,16 @@ describeKernel('isolation of unprivileged containers (btrfs)', needs, () => {
       expect(inGroup).toContain('sleep 1');
       expect((await run).code).toBe(0);
     });
+
+    it('refuses exec into a paused container (it would freeze on joining the group) and runs it after resume', async () => {
+      await host.containers.pause('iso-b');
+      try {
+        await expect(host.containers.exec('iso-b', ['true'])).rejects.toMatchObject({ code: 'WRONG_STATE' });
+      } finally {
+        await host.containers.resume('iso-b');
+      }
+      expect((await host.containers.exec('iso-b', ['true'])).code).toBe(0);
+    });
   });
 
   it("OOM-kills a memory hog started by exec at the container's limit, leaving init and the host alone", async () => {

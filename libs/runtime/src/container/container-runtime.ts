@@ -449,7 +449,8 @@ export class ContainerRuntime {
   /**
    * Runs a command inside a running container, in its namespaces, root and cgroups (so its limits
    * apply); returns its exit code and output (128 + signal when the command was killed, e.g. 137 after
-   * an OOM kill). Throws CONTAINER_NOT_FOUND, WRONG_STATE when not running, TIMEOUT after timeoutMs.
+   * an OOM kill). Throws CONTAINER_NOT_FOUND, WRONG_STATE when not running or paused, TIMEOUT after
+   * timeoutMs.
    */
   async exec(
     id: string,
@@ -459,6 +460,10 @@ export class ContainerRuntime {
     const config = await this.requireConfig(id);
     const init = await this.liveInit(id);
     if (!init) throw new RuntimeError('WRONG_STATE', `container ${id} is not running`, { id });
+    // a command joining a frozen group would freeze before its first instruction and hang the caller
+    if ((await this.cgroups.state(this.cg(id))) === 'frozen') {
+      throw new RuntimeError('WRONG_STATE', `container ${id} is paused: resume it first`, { id });
+    }
     // the command joins the container's cgroups before it runs: it counts against the container's
     // memory and pids limits (and an OOM kill hits the container, never the caller)
     return execInContainer(init, argv, {
