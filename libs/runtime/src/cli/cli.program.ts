@@ -1,6 +1,5 @@
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { Command, CommanderError, Option } from 'commander';
 import { assertContainerName, parseSize } from '../common/validation';
 import { assertContainerId } from '../container/container-store';
 import type {
@@ -11,7 +10,8 @@ import type {
 } from '../container/container.types';
 import { openHostRuntime, type HostRuntime } from '../host-runtime';
 import type { StorageDriverName } from '../storage/storage.driver';
-import { CliUsageError, describeFailure, EXIT_OK, EXIT_USAGE, formatBytes, formatTable } from './cli.format';
+import { CliUsageError, describeFailure, EXIT_OK, formatBytes, formatTable } from './cli.format';
+import { parseCommandLine, type CommandSpec, type OptionSpec, type OptionValues } from './cli.parser';
 
 /** Options every command understands (flags only: the CLI reads no environment variable). */
 export interface CliGlobalOptions {
@@ -50,26 +50,378 @@ export const openRuntimeForCli: RuntimeOpener = async (o) => {
   });
 };
 
-function parseNumber(what: string): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (value.trim() === '' || !Number.isFinite(n))
-      throw new CliUsageError(`${what} must be a number, got ${value}`);
-    return n;
-  };
+const GLOBAL_OPTIONS: readonly OptionSpec[] = [
+  {
+    name: 'data-root',
+    type: 'string',
+    value: 'dir',
+    description: 'data root of this host',
+    default: '/var/lib/berth',
+  },
+  {
+    name: 'cgroup-parent',
+    type: 'string',
+    value: 'name',
+    description: 'cgroup parent of the containers',
+    default: 'berth',
+  },
+  {
+    name: 'storage',
+    type: 'string',
+    value: 'driver',
+    description: 'storage driver',
+    choices: ['auto', 'btrfs', 'overlay', 'dir'],
+    default: 'auto',
+  },
+  { name: 'json', type: 'boolean', description: 'print one JSON document on stdout' },
+  {
+    name: 'bridge',
+    type: 'string',
+    value: 'name',
+    description: 'host bridge for --network bridge',
+    default: 'berth0',
+  },
+  {
+    name: 'bridge-cidr',
+    type: 'string',
+    value: 'cidr',
+    description: 'address pool of the bridge, e.g. 10.88.0.0/24 (enables --network bridge)',
+  },
+  {
+    name: 'host-netns',
+    type: 'string',
+    value: 'name',
+    description: 'named netns that plays the host for the bridge',
+  },
+];
+
+/** What a command's `run` gets: its parsed input and the ways to answer. */
+interface CommandContext {
+  args: Record<string, string | string[] | undefined>;
+  options: OptionValues;
+  globals: CliGlobalOptions;
+  /** Opens the host runtime (only once the input was validated, so a typo touches nothing). */
+  runtime(): Promise<HostRuntime>;
+  /** Prints `value` as JSON with --json, else the human text. */
+  print(value: unknown, human: string): void;
+  io: CliIo;
+  setExitCode(code: number): void;
 }
 
-const parseCpus = parseNumber('--cpus');
-const parsePids = parseNumber('--pids');
+type Run = (ctx: CommandContext) => Promise<void>;
+
+const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+
+function num(options: OptionValues, name: string): number | undefined {
+  const raw = str(options[name]);
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (raw.trim() === '' || !Number.isFinite(n))
+    throw new CliUsageError(`--${name} must be a number, got ${raw}`);
+  return n;
+}
+
+/** The container named by the first argument, validated as an id (UUIDs from the API included). */
+function containerId(ctx: CommandContext): string {
+  const id = ctx.args.name;
+  assertContainerId(id);
+  return id;
+}
 
 function summary(info: ContainerInfo): string {
   return `${info.id}: ${info.status}${info.init ? ` (init pid ${info.init.pid})` : ''}`;
 }
 
+const unchanged = (changed: boolean, text: string): string => (changed ? text : `${text} (unchanged)`);
+
+/** A command on one container with no options: `<verb> <name>`. */
+function lifecycle(
+  verb: string,
+  description: string,
+  op: (rt: HostRuntime, id: string) => Promise<{ changed: boolean; info?: ContainerInfo }>,
+): CommandSpec<Run> {
+  return {
+    name: verb,
+    args: '<name>',
+    description,
+    async run(ctx) {
+      const id = containerId(ctx);
+      const r = await op(await ctx.runtime(), id);
+      ctx.print(
+        r,
+        unchanged(
+          r.changed,
+          r.info ? summary(r.info) : `${id}: ${r.changed ? 'destroyed' : 'did not exist'}`,
+        ),
+      );
+    },
+  };
+}
+
+const COMMANDS: readonly CommandSpec<Run>[] = [
+  {
+    name: 'template build-busybox',
+    args: '[name]',
+    description: 'build the built-in busybox template offline (idempotent)',
+    async run(ctx) {
+      const r = await (await ctx.runtime()).templates.ensureBusybox(str(ctx.args.name) ?? 'busybox');
+      ctx.print(r, `template ${r.name} ${r.changed ? 'built' : 'already exists'}`);
+    },
+  },
+  {
+    name: 'template import',
+    args: '<name> <archive>',
+    description: 'import a rootfs tarball (.tar, .tar.gz, .tar.zst, .tar.xz) as a template',
+    async run(ctx) {
+      const rt = await ctx.runtime();
+      const r = await rt.templates.importTarball(str(ctx.args.name)!, resolve(str(ctx.args.archive)!));
+      ctx.print(r, `template ${r.name} imported`);
+    },
+  },
+  {
+    name: 'template list',
+    args: '',
+    description: 'list templates',
+    async run(ctx) {
+      const names = await (await ctx.runtime()).templates.list();
+      ctx.print(names, names.join('\n'));
+    },
+  },
+  {
+    name: 'template rm',
+    args: '<name>',
+    description: 'delete a template (refused while containers depend on it)',
+    async run(ctx) {
+      const name = str(ctx.args.name)!;
+      await (await ctx.runtime()).templates.delete(name);
+      ctx.print({ name, removed: true }, `template ${name} removed`);
+    },
+  },
+  {
+    name: 'create',
+    args: '<name>',
+    description: 'create a stopped container (the name is its id and hostname)',
+    options: [
+      {
+        name: 'template',
+        type: 'string',
+        value: 'name',
+        description: 'template to clone',
+        default: 'busybox',
+      },
+      { name: 'cpus', type: 'string', value: 'n', description: 'CPU cores, fractions allowed', default: '1' },
+      {
+        name: 'memory',
+        type: 'string',
+        value: 'size',
+        description: 'memory limit, e.g. 256M',
+        default: '256M',
+      },
+      {
+        name: 'pids',
+        type: 'string',
+        value: 'n',
+        description: 'maximum number of processes',
+        default: '256',
+      },
+      { name: 'privileged', type: 'boolean', description: 'container root is host root (no user namespace)' },
+      {
+        name: 'network',
+        type: 'string',
+        value: 'mode',
+        description: 'network',
+        choices: ['none', 'bridge'],
+        default: 'none',
+      },
+    ],
+    async run(ctx) {
+      const id = ctx.args.name;
+      // A container created here must be a DNS label: it is also the hostname.
+      assertContainerName(id);
+      const o = ctx.options;
+      const spec: ContainerSpec = {
+        id,
+        hostname: id,
+        template: str(o.template)!,
+        resources: { cpus: num(o, 'cpus')!, memoryBytes: parseSize(o.memory), pidsMax: num(o, 'pids')! },
+        network: { mode: str(o.network) as NetworkMode },
+        privileged: o.privileged === true,
+      };
+      const r = await (await ctx.runtime()).containers.create(spec);
+      ctx.print(r, r.changed ? `created ${summary(r.info)}` : `${id} already exists with this configuration`);
+    },
+  },
+  lifecycle('start', 'start the container (idempotent)', (rt, id) => rt.containers.start(id)),
+  {
+    name: 'stop',
+    args: '<name>',
+    description: 'SIGTERM the init, SIGKILL after the grace period (idempotent)',
+    options: [
+      { name: 'grace', type: 'string', value: 'seconds', description: 'seconds before SIGKILL (default 10)' },
+    ],
+    async run(ctx) {
+      const id = containerId(ctx);
+      const grace = num(ctx.options, 'grace');
+      const rt = await ctx.runtime();
+      const r = await rt.containers.stop(id, grace === undefined ? undefined : Math.round(grace * 1000));
+      ctx.print(
+        r,
+        unchanged(r.changed, `${summary(r.info)}${r.forced ? ' (killed after the grace period)' : ''}`),
+      );
+    },
+  },
+  lifecycle('restart', 'stop then start the container', (rt, id) => rt.containers.restart(id)),
+  lifecycle('pause', 'freeze every process of the container', (rt, id) => rt.containers.pause(id)),
+  lifecycle('resume', 'thaw a paused container', (rt, id) => rt.containers.resume(id)),
+  lifecycle('destroy', 'remove the container and all it owns (idempotent)', (rt, id) =>
+    rt.containers.destroy(id),
+  ),
+  {
+    name: 'resize',
+    args: '<name>',
+    description: 'change limits, live when running',
+    options: [
+      { name: 'cpus', type: 'string', value: 'n', description: 'CPU cores' },
+      { name: 'memory', type: 'string', value: 'size', description: 'memory limit, e.g. 512M' },
+      { name: 'pids', type: 'string', value: 'n', description: 'maximum number of processes' },
+    ],
+    async run(ctx) {
+      const id = containerId(ctx);
+      const o = ctx.options;
+      const resources: Partial<ContainerResources> = {};
+      if (o.cpus !== undefined) resources.cpus = num(o, 'cpus');
+      if (o.memory !== undefined) resources.memoryBytes = parseSize(o.memory);
+      if (o.pids !== undefined) resources.pidsMax = num(o, 'pids');
+      if (Object.keys(resources).length === 0)
+        throw new CliUsageError('resize wants --cpus, --memory or --pids');
+      const r = await (await ctx.runtime()).containers.resize(id, resources);
+      const res = r.info.spec.resources;
+      ctx.print(
+        r,
+        unchanged(
+          r.changed,
+          `${id}: cpus ${res.cpus}, memory ${formatBytes(res.memoryBytes)}, pids ${res.pidsMax}`,
+        ),
+      );
+    },
+  },
+  {
+    name: 'snapshot',
+    args: '<name> <snap>',
+    description: "snapshot the container's volume",
+    async run(ctx) {
+      const id = containerId(ctx);
+      const s = await (await ctx.runtime()).containers.snapshot(id, str(ctx.args.snap)!);
+      ctx.print(s, `snapshot ${id}@${s.name} created`);
+    },
+  },
+  {
+    name: 'rollback',
+    args: '<name> <snap>',
+    description: 'roll a stopped container back to a snapshot',
+    async run(ctx) {
+      const id = containerId(ctx);
+      const r = await (await ctx.runtime()).containers.rollback(id, str(ctx.args.snap)!);
+      ctx.print(r, `${id} rolled back to ${str(ctx.args.snap)}`);
+    },
+  },
+  {
+    name: 'exec',
+    args: '<name> <command...>',
+    description: 'run a command in a running container, its exit code becomes ours: exec web1 -- ps -o pid',
+    options: [
+      { name: 'timeout', type: 'string', value: 'seconds', description: 'kill the command after this long' },
+    ],
+    async run(ctx) {
+      const id = containerId(ctx);
+      const timeout = num(ctx.options, 'timeout');
+      const r = await (
+        await ctx.runtime()
+      ).containers.exec(id, ctx.args.command as string[], {
+        timeoutMs: timeout === undefined ? undefined : Math.round(timeout * 1000),
+      });
+      if (ctx.globals.json) ctx.print(r, '');
+      else {
+        ctx.io.stdout(r.stdout);
+        ctx.io.stderr(r.stderr);
+      }
+      ctx.setExitCode(r.code);
+    },
+  },
+  {
+    name: 'list',
+    args: '',
+    description: 'list containers: name, status, init pid, ip, memory (used/limit)',
+    async run(ctx) {
+      const rt = await ctx.runtime();
+      const infos = await rt.containers.list();
+      const rows = [['NAME', 'STATUS', 'INIT', 'IP', 'MEMORY']];
+      for (const c of infos) {
+        const limit = formatBytes(c.spec.resources.memoryBytes);
+        let memory = limit;
+        if (c.status === 'running' || c.status === 'paused') {
+          const used = await rt.containers.stats(c.id).then(
+            (s) => s.memoryCurrentBytes,
+            () => null,
+          );
+          memory = `${formatBytes(used)}/${limit}`;
+        }
+        rows.push([c.id, c.status, c.init ? String(c.init.pid) : '-', c.ipAddress ?? '-', memory]);
+      }
+      ctx.print(infos, infos.length === 0 ? 'no containers' : formatTable(rows));
+    },
+  },
+  {
+    name: 'stats',
+    args: '<name>',
+    description: 'usage counters: cpu, memory, pids, OOM kills, disk',
+    async run(ctx) {
+      const s = await (await ctx.runtime()).containers.stats(containerId(ctx));
+      ctx.print(
+        s,
+        formatTable([
+          ['cpu', `${(s.cpuUsageNs / 1e9).toFixed(3)} s`],
+          ['memory', formatBytes(s.memoryCurrentBytes)],
+          ['memory peak', formatBytes(s.memoryPeakBytes)],
+          ['pids', String(s.pidsCurrent)],
+          ['oom kills', String(s.oomKills)],
+          ['disk', formatBytes(s.diskBytes)],
+        ]),
+      );
+    },
+  },
+  {
+    name: 'reconcile',
+    args: '',
+    description: 'report orphans, half-created containers and dead inits (--remove: remove them)',
+    options: [{ name: 'remove', type: 'boolean', description: 'remove orphans and half-created containers' }],
+    async run(ctx) {
+      const report = await (
+        await ctx.runtime()
+      ).containers.reconcile({ remove: ctx.options.remove === true });
+      const sections: [string, string[]][] = [
+        ['orphan cgroups', report.orphanCgroups],
+        ['orphan volumes', report.orphanVolumes],
+        ['orphan veths', report.orphanVeths],
+        ['orphan addresses', report.orphanAddresses],
+        ['half-created containers', report.halfCreated],
+        ['dead inits (now stopped)', report.deadInits],
+      ];
+      const lines = sections
+        .filter(([, items]) => items.length)
+        .map(([t, items]) => `${t}: ${items.join(', ')}`);
+      if (lines.length === 0) lines.push('nothing to reconcile');
+      else if (report.removed) lines.push('removed');
+      ctx.print(report, lines.join('\n'));
+    },
+  },
+];
+
 /**
  * Runs one CLI invocation (`argv` without node and the script) and resolves its exit code: 0 on success,
- * 1 with `error: <CODE>: <message>` on stderr for a failure, 2 for a usage error, and for `exec` the
- * command's own exit code. Never throws and never calls process.exit, so output is always flushed.
+ * 1 with `error: <CODE>: <message>` on stderr for a failure, 2 with `error: USAGE: …` for a usage error,
+ * and for `exec` the command's own exit code. Never throws and never calls process.exit, so output is
+ * always flushed.
  */
 export async function runCli(
   argv: readonly string[],
@@ -77,355 +429,39 @@ export async function runCli(
   open: RuntimeOpener = openRuntimeForCli,
 ): Promise<number> {
   let exitCode = EXIT_OK;
-  const program = buildProgram(io, open, (code) => (exitCode = code));
   try {
-    await program.parseAsync([...argv], { from: 'user' });
+    const parsed = parseCommandLine(argv, GLOBAL_OPTIONS, COMMANDS);
+    if (parsed.kind === 'help') {
+      io.stdout(parsed.text);
+      return EXIT_OK;
+    }
+    const o = parsed.options;
+    const globals: CliGlobalOptions = {
+      dataRoot: resolve(str(o['data-root'])!),
+      cgroupParent: str(o['cgroup-parent'])!,
+      storage: str(o.storage) as CliGlobalOptions['storage'],
+      json: o.json === true,
+      bridge: str(o.bridge)!,
+      bridgeCidr: str(o['bridge-cidr']),
+      hostNetns: str(o['host-netns']),
+    };
+    let runtime: Promise<HostRuntime> | undefined;
+    await parsed.command.run({
+      args: parsed.args,
+      options: o,
+      globals,
+      runtime: () => (runtime ??= open(globals)),
+      print(value, human) {
+        if (globals.json) io.stdout(`${JSON.stringify(value, null, 2)}\n`);
+        else if (human) io.stdout(human.endsWith('\n') ? human : `${human}\n`);
+      },
+      io,
+      setExitCode: (code) => (exitCode = code),
+    });
     return exitCode;
   } catch (e) {
-    if (e instanceof CommanderError) {
-      // Commander already printed its message (see outputError); help and --version exit 0.
-      return e.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
-    }
     const { line, exitCode: code } = describeFailure(e);
     io.stderr(`${line}\n`);
     return code;
   }
-}
-
-function buildProgram(io: CliIo, open: RuntimeOpener, setExitCode: (code: number) => void): Command {
-  const program = new Command('berth-runtime')
-    .description('Operate the containers of this host directly through libs/runtime (no API, no worker).')
-    .addOption(new Option('--data-root <dir>', 'data root of this host').default('/var/lib/berth'))
-    .addOption(new Option('--cgroup-parent <name>', 'cgroup parent of the containers').default('berth'))
-    .addOption(
-      new Option('--storage <driver>', 'storage driver')
-        .choices(['auto', 'btrfs', 'overlay', 'dir'])
-        .default('auto'),
-    )
-    .option('--json', 'print one JSON document on stdout', false)
-    .option('--bridge <name>', 'host bridge for --network bridge', 'berth0')
-    .option(
-      '--bridge-cidr <cidr>',
-      'address pool of the bridge (enables --network bridge), e.g. 10.88.0.0/24',
-    )
-    .option('--host-netns <name>', 'named network namespace that plays the host for the bridge')
-    .showSuggestionAfterError(true);
-
-  const configure = (cmd: Command): Command =>
-    cmd.exitOverride().configureOutput({
-      writeOut: (s) => io.stdout(s),
-      writeErr: (s) => io.stderr(s),
-      // Commander's own usage errors in the CLI's one-line format.
-      outputError: (s, write) => write(`error: USAGE: ${s.replace(/^error:\s*/, '')}`),
-    });
-  configure(program);
-
-  const globals = (cmd: Command): CliGlobalOptions => {
-    const o = cmd.optsWithGlobals<Omit<CliGlobalOptions, 'dataRoot'> & { dataRoot: string }>();
-    return { ...o, dataRoot: resolve(o.dataRoot), json: !!o.json };
-  };
-  /** Prints `value` as JSON with --json, else the human text. */
-  const print = (cmd: Command, value: unknown, human: string): void => {
-    if (globals(cmd).json) io.stdout(`${JSON.stringify(value, null, 2)}\n`);
-    else if (human) io.stdout(human.endsWith('\n') ? human : `${human}\n`);
-  };
-  const withRuntime =
-    <A extends unknown[]>(fn: (rt: HostRuntime, cmd: Command, ...args: A) => Promise<void>) =>
-    async (...args: unknown[]): Promise<void> => {
-      // Commander passes the declared arguments, then the options object, then the command itself.
-      const cmd = args[args.length - 1] as Command;
-      const rt = await open(globals(cmd));
-      await fn(rt, cmd, ...(args.slice(0, -2) as A));
-    };
-  /** Validates a container name before the runtime is opened, so a typo touches nothing. */
-  const containerAction = <A extends unknown[]>(
-    fn: (rt: HostRuntime, cmd: Command, name: string, ...rest: A) => Promise<void>,
-  ) => {
-    const inner = withRuntime(fn);
-    return async (...args: unknown[]): Promise<void> => {
-      assertContainerId(args[0]);
-      await inner(...args);
-    };
-  };
-
-  // --- templates -------------------------------------------------------------------------------------
-  const template = configure(program.command('template').description('manage templates'));
-  configure(
-    template
-      .command('build-busybox [name]')
-      .description('build the built-in busybox template offline (idempotent)')
-      .action(
-        withRuntime(async (rt, cmd, name?: string) => {
-          const r = await rt.templates.ensureBusybox(name ?? 'busybox');
-          print(cmd, r, `template ${r.name} ${r.changed ? 'built' : 'already exists'}`);
-        }),
-      ),
-  );
-  configure(
-    template
-      .command('import <name> <archive>')
-      .description('import a rootfs tarball (.tar, .tar.gz, .tar.zst, .tar.xz) as a template')
-      .action(
-        withRuntime(async (rt, cmd, name: string, archive: string) => {
-          const r = await rt.templates.importTarball(name, resolve(archive));
-          print(cmd, r, `template ${r.name} imported`);
-        }),
-      ),
-  );
-  configure(
-    template
-      .command('list')
-      .description('list templates')
-      .action(
-        withRuntime(async (rt, cmd) => {
-          const names = await rt.templates.list();
-          print(cmd, names, names.join('\n'));
-        }),
-      ),
-  );
-  configure(
-    template
-      .command('rm <name>')
-      .description('delete a template (refused while containers depend on it)')
-      .action(
-        withRuntime(async (rt, cmd, name: string) => {
-          await rt.templates.delete(name);
-          print(cmd, { name, removed: true }, `template ${name} removed`);
-        }),
-      ),
-  );
-
-  // --- container lifecycle ---------------------------------------------------------------------------
-  configure(
-    program
-      .command('create <name>')
-      .description('create a stopped container (the name is its id and hostname)')
-      .option('--template <name>', 'template to clone', 'busybox')
-      .option('--cpus <n>', 'CPU cores (fractions allowed)', parseCpus, 1)
-      .option('--memory <size>', 'memory limit, e.g. 256M', '256M')
-      .option('--pids <n>', 'maximum number of processes', parsePids, 256)
-      .option('--privileged', 'run container root as host root (no user namespace)', false)
-      .addOption(new Option('--network <mode>', 'network mode').choices(['none', 'bridge']).default('none'))
-      .action(async (name: unknown, ...rest: unknown[]) => {
-        // A container created here must be a DNS label: it is also the hostname.
-        assertContainerName(name);
-        await withRuntime(async (rt, cmd, id: string) => {
-          const o = cmd.opts<{
-            template: string;
-            cpus: number;
-            memory: string;
-            pids: number;
-            privileged: boolean;
-            network: NetworkMode;
-          }>();
-          const spec: ContainerSpec = {
-            id,
-            hostname: id,
-            template: o.template,
-            resources: { cpus: o.cpus, memoryBytes: parseSize(o.memory), pidsMax: o.pids },
-            network: { mode: o.network },
-            privileged: !!o.privileged,
-          };
-          const r = await rt.containers.create(spec);
-          print(
-            cmd,
-            r,
-            r.changed ? `created ${summary(r.info)}` : `${id} already exists with this configuration`,
-          );
-        })(name, ...rest);
-      }),
-  );
-
-  const simple: [
-    string,
-    string,
-    (rt: HostRuntime, id: string) => Promise<{ changed: boolean; info?: ContainerInfo }>,
-  ][] = [
-    ['start', 'start the container (idempotent)', (rt, id) => rt.containers.start(id)],
-    ['restart', 'stop then start the container', (rt, id) => rt.containers.restart(id)],
-    ['pause', 'freeze every process of the container', (rt, id) => rt.containers.pause(id)],
-    ['resume', 'thaw a paused container', (rt, id) => rt.containers.resume(id)],
-    [
-      'destroy',
-      'remove the container and everything it owns (idempotent)',
-      (rt, id) => rt.containers.destroy(id),
-    ],
-  ];
-  for (const [verb, description, op] of simple) {
-    configure(
-      program
-        .command(`${verb} <name>`)
-        .description(description)
-        .action(
-          containerAction(async (rt, cmd, id) => {
-            const r = await op(rt, id);
-            const human = r.info ? summary(r.info) : `${id}: ${r.changed ? 'destroyed' : 'did not exist'}`;
-            print(cmd, r, r.changed ? human : `${human} (unchanged)`);
-          }),
-        ),
-    );
-  }
-
-  configure(
-    program
-      .command('stop <name>')
-      .description('SIGTERM the init, SIGKILL after the grace period (idempotent)')
-      .option('--grace <seconds>', 'seconds before SIGKILL', parseNumber('--grace'))
-      .action(
-        containerAction(async (rt, cmd, id) => {
-          const grace = cmd.opts<{ grace?: number }>().grace;
-          const r = await rt.containers.stop(id, grace === undefined ? undefined : Math.round(grace * 1000));
-          const human = `${summary(r.info)}${r.forced ? ' (killed after the grace period)' : ''}`;
-          print(cmd, r, r.changed ? human : `${human} (unchanged)`);
-        }),
-      ),
-  );
-
-  configure(
-    program
-      .command('resize <name>')
-      .description('change limits, live when running')
-      .option('--cpus <n>', 'CPU cores', parseCpus)
-      .option('--memory <size>', 'memory limit, e.g. 512M')
-      .option('--pids <n>', 'maximum number of processes', parsePids)
-      .action(
-        containerAction(async (rt, cmd, id) => {
-          const o = cmd.opts<{ cpus?: number; memory?: string; pids?: number }>();
-          const resources: Partial<ContainerResources> = {};
-          if (o.cpus !== undefined) resources.cpus = o.cpus;
-          if (o.memory !== undefined) resources.memoryBytes = parseSize(o.memory);
-          if (o.pids !== undefined) resources.pidsMax = o.pids;
-          if (Object.keys(resources).length === 0)
-            throw new CliUsageError('resize wants --cpus, --memory or --pids');
-          const r = await rt.containers.resize(id, resources);
-          const res = r.info.spec.resources;
-          print(
-            cmd,
-            r,
-            `${id}: cpus ${res.cpus}, memory ${formatBytes(res.memoryBytes)}, pids ${res.pidsMax}${r.changed ? '' : ' (unchanged)'}`,
-          );
-        }),
-      ),
-  );
-
-  configure(
-    program
-      .command('snapshot <name> <snap>')
-      .description("snapshot the container's volume")
-      .action(
-        containerAction(async (rt, cmd, id, snap: string) => {
-          const s = await rt.containers.snapshot(id, snap);
-          print(cmd, s, `snapshot ${id}@${s.name} created`);
-        }),
-      ),
-  );
-  configure(
-    program
-      .command('rollback <name> <snap>')
-      .description('roll a stopped container back to a snapshot')
-      .action(
-        containerAction(async (rt, cmd, id, snap: string) => {
-          const r = await rt.containers.rollback(id, snap);
-          print(cmd, r, `${id} rolled back to ${snap}`);
-        }),
-      ),
-  );
-
-  configure(
-    program
-      .command('exec <name> <command...>')
-      .description('run a command in a running container; its exit code becomes ours (use -- before it)')
-      .option('--timeout <seconds>', 'kill the command after this long', parseNumber('--timeout'))
-      .action(
-        containerAction(async (rt, cmd, id, argv: string[]) => {
-          const timeout = cmd.opts<{ timeout?: number }>().timeout;
-          const r = await rt.containers.exec(id, argv, {
-            timeoutMs: timeout === undefined ? undefined : Math.round(timeout * 1000),
-          });
-          if (globals(cmd).json) io.stdout(`${JSON.stringify(r, null, 2)}\n`);
-          else {
-            io.stdout(r.stdout);
-            io.stderr(r.stderr);
-          }
-          setExitCode(r.code);
-        }),
-      ),
-  );
-
-  // --- inspection --------------------------------------------------------------------------------------
-  configure(
-    program
-      .command('list')
-      .description('list containers: name, status, init pid, ip, memory (used/limit)')
-      .action(
-        withRuntime(async (rt, cmd) => {
-          const infos = await rt.containers.list();
-          const rows = [['NAME', 'STATUS', 'INIT', 'IP', 'MEMORY']];
-          for (const c of infos) {
-            const limit = formatBytes(c.spec.resources.memoryBytes);
-            let memory = limit;
-            if (c.status === 'running' || c.status === 'paused') {
-              const used = await rt.containers.stats(c.id).then(
-                (s) => s.memoryCurrentBytes,
-                () => null,
-              );
-              memory = `${formatBytes(used)}/${limit}`;
-            }
-            rows.push([c.id, c.status, c.init ? String(c.init.pid) : '-', c.ipAddress ?? '-', memory]);
-          }
-          print(cmd, infos, infos.length === 0 ? 'no containers' : formatTable(rows));
-        }),
-      ),
-  );
-
-  configure(
-    program
-      .command('stats <name>')
-      .description('usage counters: cpu, memory, pids, OOM kills, disk')
-      .action(
-        containerAction(async (rt, cmd, id) => {
-          const s = await rt.containers.stats(id);
-          print(
-            cmd,
-            s,
-            formatTable([
-              ['cpu', `${(s.cpuUsageNs / 1e9).toFixed(3)} s`],
-              ['memory', formatBytes(s.memoryCurrentBytes)],
-              ['memory peak', formatBytes(s.memoryPeakBytes)],
-              ['pids', String(s.pidsCurrent)],
-              ['oom kills', String(s.oomKills)],
-              ['disk', formatBytes(s.diskBytes)],
-            ]),
-          );
-        }),
-      ),
-  );
-
-  configure(
-    program
-      .command('reconcile')
-      .description('report (and with --remove, remove) orphans, half-created containers and dead inits')
-      .option('--remove', 'remove orphans and half-created containers', false)
-      .action(
-        withRuntime(async (rt, cmd) => {
-          const report = await rt.containers.reconcile({ remove: !!cmd.opts<{ remove: boolean }>().remove });
-          const lines: string[] = [];
-          const sections: [string, string[]][] = [
-            ['orphan cgroups', report.orphanCgroups],
-            ['orphan volumes', report.orphanVolumes],
-            ['orphan veths', report.orphanVeths],
-            ['orphan addresses', report.orphanAddresses],
-            ['half-created containers', report.halfCreated],
-            ['dead inits (now stopped)', report.deadInits],
-          ];
-          for (const [title, items] of sections)
-            if (items.length) lines.push(`${title}: ${items.join(', ')}`);
-          if (lines.length === 0) lines.push('nothing to reconcile');
-          else if (report.removed) lines.push('removed');
-          print(cmd, report, lines.join('\n'));
-        }),
-      ),
-  );
-
-  return program;
 }
