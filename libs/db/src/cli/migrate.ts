@@ -1,40 +1,39 @@
-import { Command } from 'commander';
+import { parseArgs } from 'node:util';
 import { loadConfig } from '@berth/config';
 import { createDataSource } from '../data-source';
 
+const USAGE = 'usage: npm run migrate -- [up|down|status]';
+
 /** `npm run migrate -- up|down|status`: applies, reverts (one step) or lists the schema migrations. */
-async function main(): Promise<void> {
-  const program = new Command('migrate').description('Berth database migrations');
-  const withDs = async (fn: (ds: ReturnType<typeof createDataSource>) => Promise<void>) => {
-    const ds = createDataSource(loadConfig().database.url);
-    await ds.initialize();
-    try {
-      await fn(ds);
-    } finally {
-      await ds.destroy();
-    }
-  };
-  program.command('up', { isDefault: true }).action(() =>
-    withDs(async (ds) => {
+async function main(): Promise<number> {
+  const { positionals } = parseArgs({ allowPositionals: true, options: {} });
+  const command = positionals[0] ?? 'up';
+  if (positionals.length > 1 || !['up', 'down', 'status'].includes(command)) {
+    console.error(USAGE);
+    return 2;
+  }
+  const ds = createDataSource(loadConfig().database.url);
+  await ds.initialize();
+  try {
+    if (command === 'up') {
       const done = await ds.runMigrations({ transaction: 'each' });
       console.log(done.length ? `applied: ${done.map((m) => m.name).join(', ')}` : 'schema is up to date');
-    }),
-  );
-  program.command('down').action(() =>
-    withDs(async (ds) => {
+    } else if (command === 'down') {
       await ds.undoLastMigration({ transaction: 'each' });
       console.log('reverted the last migration');
-    }),
-  );
-  program.command('status').action(() =>
-    withDs(async (ds) => {
+    } else {
       console.log((await ds.showMigrations()) ? 'pending migrations' : 'schema is up to date');
-    }),
-  );
-  await program.parseAsync(process.argv);
+    }
+  } finally {
+    await ds.destroy();
+  }
+  return 0;
 }
 
-main().catch((e: unknown) => {
-  console.error(e instanceof Error ? e.message : e);
-  process.exit(1);
-});
+main().then(
+  (code) => (process.exitCode = code),
+  (e: unknown) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exitCode = 1;
+  },
+);

@@ -43,7 +43,7 @@ export function formatTable(rows: readonly (readonly string[])[]): string {
   );
 }
 
-/** A usage mistake found by the CLI itself (not by commander): reported like commander's, exit code 2. */
+/** A usage mistake (unknown command or option, missing argument): exit code 2. */
 export class CliUsageError extends Error {
   constructor(message: string) {
     super(message);
