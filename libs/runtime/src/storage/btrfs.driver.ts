@@ -13,7 +13,7 @@ import {
   StorageDriverOptions,
 } from './storage.driver';
 import { validateVolumeId } from './volume-id';
-import { VolumeMeta, listIds, listSnapshotEntries, pathExists, validateDriverRoot } from './volume-files';
+import { VolumeMeta, listIds, listSnapshotEntries, pathExists, validateDriverRoot, requireVolumeDir, snapshotPathIn } from './volume-files';
 import { isDirectory } from './directory-templates';
 
 /**
@@ -275,25 +275,7 @@ export class BtrfsStorageDriver implements StorageDriver {
     return listIds(join(this.pool, 'containers'));
   }
 
-  private snapshotPath(containerId: string, snapshotName: string): string {
-    return join(
-      this.pool,
-      'snapshots',
-      validateVolumeId(containerId, 'container'),
-      validateVolumeId(snapshotName, 'snapshot'),
-    );
-  }
 
-  private async requireVolume(containerId: string): Promise<string> {
-    const path = this.rootfsPath(containerId);
-    if (!(await isDirectory(path))) {
-      throw new RuntimeError('VOLUME_NOT_FOUND', `container ${containerId} has no volume`, {
-        containerId,
-        path,
-      });
-    }
-    return path;
-  }
 
   /** Deletes the subvolumes that exist, in one spawn; missing ones are skipped. */
   private async deleteSubvolumes(paths: string[]): Promise<void> {
@@ -308,5 +290,13 @@ export class BtrfsStorageDriver implements StorageDriver {
       // 4.18 root may rmdir empty subvolumes, so a recursive remove clears the nest.
       for (const p of present) if (await pathExists(p)) await rm(p, { recursive: true, force: true });
     }
+  }
+
+  private snapshotPath(containerId: string, snapshotName: string): string {
+    return snapshotPathIn(this.pool, containerId, snapshotName);
+  }
+
+  private requireVolume(containerId: string): Promise<string> {
+    return requireVolumeDir(this.rootfsPath(containerId), containerId);
   }
 }

@@ -13,15 +13,7 @@ import {
   StorageDriverOptions,
 } from './storage.driver';
 import { validateVolumeId } from './volume-id';
-import {
-  VolumeMeta,
-  allocatedBytes,
-  listIds,
-  listSnapshotEntries,
-  pathExists,
-  removeTree,
-  validateDriverRoot,
-} from './volume-files';
+import { VolumeMeta, allocatedBytes, listIds, listSnapshotEntries, pathExists, removeTree, validateDriverRoot, requireVolumeDir, snapshotPathIn, requireSnapshotDir } from './volume-files';
 
 /**
  * Plain directories: a clone is `cp -a --reflink=auto` of the template (extents shared on btrfs/xfs, a full
@@ -168,38 +160,18 @@ export class DirStorageDriver implements StorageDriver {
     return listIds(join(this.root, 'containers'));
   }
 
+
+
+
   private snapshotPath(containerId: string, snapshotName: string): string {
-    return join(
-      this.root,
-      'snapshots',
-      validateVolumeId(containerId, 'container'),
-      validateVolumeId(snapshotName, 'snapshot'),
-    );
+    return snapshotPathIn(this.root, containerId, snapshotName);
   }
 
-  private async requireVolume(containerId: string): Promise<string> {
-    const path = this.rootfsPath(containerId);
-    if (!(await isDirectory(path))) {
-      throw new RuntimeError('VOLUME_NOT_FOUND', `container ${containerId} has no volume`, {
-        containerId,
-        path,
-      });
-    }
-    return path;
+  private requireVolume(containerId: string): Promise<string> {
+    return requireVolumeDir(this.rootfsPath(containerId), containerId);
   }
 
-  private async requireSnapshot(containerId: string, snapshotName: string): Promise<string> {
-    const path = this.snapshotPath(containerId, snapshotName);
-    if (!(await isDirectory(path))) {
-      throw new RuntimeError(
-        'SNAPSHOT_NOT_FOUND',
-        `snapshot ${snapshotName} of ${containerId} does not exist`,
-        {
-          containerId,
-          snapshotName,
-        },
-      );
-    }
-    return path;
+  private requireSnapshot(containerId: string, snapshotName: string): Promise<string> {
+    return requireSnapshotDir(this.snapshotPath(containerId, snapshotName), containerId, snapshotName);
   }
 }

@@ -15,15 +15,7 @@ import {
   StorageDriverOptions,
 } from './storage.driver';
 import { validateVolumeId } from './volume-id';
-import {
-  VolumeMeta,
-  allocatedBytes,
-  listIds,
-  listSnapshotEntries,
-  pathExists,
-  removeTree,
-  validateDriverRoot,
-} from './volume-files';
+import { VolumeMeta, allocatedBytes, listIds, listSnapshotEntries, pathExists, removeTree, validateDriverRoot, requireVolumeDir, snapshotPathIn } from './volume-files';
 
 /** Source name of every overlay mount Berth makes, so reconcile can tell them from anyone else's. */
 export const OVERLAY_MOUNT_SOURCE = 'berth-overlay';
@@ -222,25 +214,7 @@ export class OverlayStorageDriver implements StorageDriver {
     return join(this.root, 'containers', validateVolumeId(containerId, 'container'));
   }
 
-  private snapshotPath(containerId: string, snapshotName: string): string {
-    return join(
-      this.root,
-      'snapshots',
-      validateVolumeId(containerId, 'container'),
-      validateVolumeId(snapshotName, 'snapshot'),
-    );
-  }
 
-  private async requireVolume(containerId: string): Promise<string> {
-    const dir = this.volumeDir(containerId);
-    if (!(await isDirectory(join(dir, 'upper')))) {
-      throw new RuntimeError('VOLUME_NOT_FOUND', `container ${containerId} has no volume`, {
-        containerId,
-        path: dir,
-      });
-    }
-    return dir;
-  }
 
   private async buildMountSpec(containerId: string): Promise<MountSpec> {
     const dir = await this.requireVolume(containerId);
@@ -257,5 +231,14 @@ export class OverlayStorageDriver implements StorageDriver {
       target: join(dir, 'rootfs'),
       options: `lowerdir=${this.templatePath(templateId)},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`,
     };
+  }
+
+  private snapshotPath(containerId: string, snapshotName: string): string {
+    return snapshotPathIn(this.root, containerId, snapshotName);
+  }
+
+  private requireVolume(containerId: string): Promise<string> {
+    const dir = this.volumeDir(containerId);
+    return requireVolumeDir(dir, containerId, join(dir, 'upper'));
   }
 }
