@@ -1,10 +1,45 @@
-import { ValidationPipe } from '@nestjs/common';
+import { HttpStatus, ValidationPipe } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
+import type { NextFunction, Request, Response } from 'express';
 import { Logger } from 'nestjs-pino';
 import type { BerthConfig } from '@berth/config';
 import { AppModule } from './app.module';
+import { ApiError } from './common/api-error';
+
+function hasBody(req: Request): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/** body-parser's errors as problems with a stable code (anything else passes on unchanged). */
+function bodyParserProblem(err: unknown): unknown {
+  const e = err as { type?: string; status?: number; message?: string };
+  switch (e?.type) {
+    case 'entity.parse.failed':
+      return new ApiError(
+        HttpStatus.BAD_REQUEST,
+        'MALFORMED_JSON',
+        `the body is not valid JSON: ${e.message}`,
+      );
+    case 'entity.too.large':
+      return new ApiError(
+        HttpStatus.PAYLOAD_TOO_LARGE,
+        'PAYLOAD_TOO_LARGE',
+        'the body is larger than the limit',
+      );
+    case 'encoding.unsupported':
+    case 'charset.unsupported':
+      return new ApiError(
+        HttpStatus.UNSUPPORTED_MEDIA_TYPE,
+        'UNSUPPORTED_MEDIA_TYPE',
+        e.message ?? 'unsupported',
+      );
+    default:
+      return err;
+  }
+}
 
 /** Builds the API application (used by main.ts and by tests, which pass their own config). */
 export async function createApiApp(config: BerthConfig): Promise<NestExpressApplication> {
@@ -13,8 +48,23 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
     bodyParser: false,
   });
   app.useLogger(app.get(Logger));
-  // Bodies: JSON only, bounded; malformed or oversized bodies become 400/413 problems (ProblemFilter).
+  // Bodies: JSON only, bounded. A body of another type is refused (415) rather than silently read as
+  // empty; parser errors get their stable codes here, because Nest turns a JSON SyntaxError into a plain
+  // BadRequestException the ProblemFilter could no longer tell from any other 400.
+  app.use((req: Request, _res: Response, next: NextFunction) => {
+    if (hasBody(req) && !req.is(['application/json', 'application/*+json'])) {
+      return next(
+        new ApiError(
+          HttpStatus.UNSUPPORTED_MEDIA_TYPE,
+          'UNSUPPORTED_MEDIA_TYPE',
+          `the body must be application/json, not ${req.headers['content-type'] ?? 'untyped'}`,
+        ),
+      );
+    }
+    next();
+  });
   app.useBodyParser('json', { limit: config.api.bodyLimitBytes, strict: true });
+  app.use((err: unknown, _req: Request, _res: Response, next: NextFunction) => next(bodyParserProblem(err)));
   app.useGlobalPipes(
     new ValidationPipe({
       whitelist: true,

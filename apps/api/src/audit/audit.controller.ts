@@ -1,9 +1,11 @@
 import { Controller, Get, Query } from '@nestjs/common';
-import { ApiBearerAuth, ApiOperation, ApiPropertyOptional, ApiTags } from '@nestjs/swagger';
+import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiPropertyOptional, ApiTags } from '@nestjs/swagger';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { Type } from 'class-transformer';
 import { IsInt, IsOptional, IsUUID, Max, Min } from 'class-validator';
 import type { DataSource } from 'typeorm';
+import { ApiProblems } from '../common/problem.dto';
+import { AuditEventDto } from './audit.responses';
 
 export class AuditQuery {
   @ApiPropertyOptional({ format: 'uuid', description: 'container, host, template or job id' })
@@ -34,6 +36,8 @@ export class AuditController {
 
   @Get()
   @ApiOperation({ summary: 'The append-only audit trail, oldest first: the full story of a subject' })
+  @ApiOkResponse({ type: [AuditEventDto] })
+  @ApiProblems(400)
   async list(@Query() q: AuditQuery) {
     const where: string[] = [];
     const args: unknown[] = [];

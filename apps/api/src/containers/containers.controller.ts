@@ -1,20 +1,10 @@
-import {
-  Body,
-  Controller,
-  Delete,
-  Get,
-  HttpCode,
-  Param,
-  ParseUUIDPipe,
-  Patch,
-  Post,
-  Query,
-  Res,
-} from '@nestjs/common';
-import { ApiAcceptedResponse, ApiBearerAuth, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { Body, Controller, Delete, Get, HttpCode, Param, Patch, Post, Query, Res } from '@nestjs/common';
+import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import type { Response } from 'express';
+import type { JobKind } from '@berth/jobs';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
+import { ApiAcceptedJob, ApiProblems, UuidPipe } from '../common/problem.dto';
 import {
   CreateContainerDto,
   ListContainersQuery,
@@ -22,12 +12,15 @@ import {
   SnapshotDto,
   StopContainerDto,
 } from './containers.dto';
+import { ContainerAcceptedDto, ContainerDto, ContainerPageDto } from './containers.responses';
 import { ContainersService, type Accepted } from './containers.service';
 
 function accepted(res: Response, a: Accepted): Accepted {
   res.setHeader('Location', `/v1/jobs/${a.job.id}`);
   return a;
 }
+
+const ACCEPTED = 'the job and the container as it will be; Location: /v1/jobs/<id>';
 
 @ApiTags('containers')
 @ApiBearerAuth()
@@ -38,7 +31,7 @@ export class ContainersController {
   @Post()
   @HttpCode(202)
   @ApiOperation({ summary: 'Create a container (and start it unless start=false)' })
-  @ApiAcceptedResponse({ description: 'the job and the container; Location: /v1/jobs/<id>' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 503)
   async create(
     @Body() dto: CreateContainerDto,
     @CurrentPrincipal() p: Principal,
@@ -49,43 +42,105 @@ export class ContainersController {
 
   @Get()
   @ApiOperation({ summary: 'List live containers (or those in `state`), newest first, cursor-paginated' })
+  @ApiOkResponse({ type: ContainerPageDto })
+  @ApiProblems(400)
   list(@Query() q: ListContainersQuery, @CurrentPrincipal() p: Principal) {
     return this.containers.list(q, p);
   }
 
   @Get(':id')
-  get(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+  @ApiOkResponse({ type: ContainerDto })
+  @ApiProblems(400, 404)
+  get(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.containers.get(id, p);
   }
 
-  @Post(':id/:action')
+  // One route per action (not `:id/:action`), so each is documented and none shadows `:id/snapshots`.
+  @Post(':id/start')
   @HttpCode(202)
-  @ApiOperation({ summary: 'start | stop | restart | pause | resume' })
-  async action(
-    @Param('id', ParseUUIDPipe) id: string,
-    @Param('action') action: string,
+  @ApiOperation({ summary: 'Start a stopped container' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  start(
+    @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    if (!['start', 'stop', 'restart', 'pause', 'resume'].includes(action)) {
-      throw new ApiError(404, 'NOT_FOUND', `unknown container action ${action}`);
-    }
-    if (action !== 'stop' && body.timeoutMs !== undefined) {
+    return this.action(id, 'container.start', body, p, res);
+  }
+
+  @Post(':id/stop')
+  @HttpCode(202)
+  @ApiOperation({ summary: 'Stop: SIGTERM to init, SIGKILL after timeoutMs' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  stop(
+    @Param('id', UuidPipe) id: string,
+    @Body() body: StopContainerDto,
+    @CurrentPrincipal() p: Principal,
+    @Res({ passthrough: true }) res: Response,
+  ) {
+    return this.action(id, 'container.stop', body, p, res);
+  }
+
+  @Post(':id/restart')
+  @HttpCode(202)
+  @ApiOperation({ summary: 'Restart a running container' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  restart(
+    @Param('id', UuidPipe) id: string,
+    @Body() body: StopContainerDto,
+    @CurrentPrincipal() p: Principal,
+    @Res({ passthrough: true }) res: Response,
+  ) {
+    return this.action(id, 'container.restart', body, p, res);
+  }
+
+  @Post(':id/pause')
+  @HttpCode(202)
+  @ApiOperation({ summary: 'Freeze every process of a running container' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  pause(
+    @Param('id', UuidPipe) id: string,
+    @Body() body: StopContainerDto,
+    @CurrentPrincipal() p: Principal,
+    @Res({ passthrough: true }) res: Response,
+  ) {
+    return this.action(id, 'container.pause', body, p, res);
+  }
+
+  @Post(':id/resume')
+  @HttpCode(202)
+  @ApiOperation({ summary: 'Thaw a paused container' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  resume(
+    @Param('id', UuidPipe) id: string,
+    @Body() body: StopContainerDto,
+    @CurrentPrincipal() p: Principal,
+    @Res({ passthrough: true }) res: Response,
+  ) {
+    return this.action(id, 'container.resume', body, p, res);
+  }
+
+  private async action(
+    id: string,
+    kind: JobKind,
+    body: StopContainerDto,
+    p: Principal,
+    res: Response,
+  ): Promise<Accepted> {
+    if (kind !== 'container.stop' && body.timeoutMs !== undefined) {
       throw new ApiError(400, 'VALIDATION_FAILED', 'timeoutMs applies to stop only');
     }
-    const extra = action === 'stop' && body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {};
-    return accepted(
-      res,
-      await this.containers.operate(id, `container.${action}` as 'container.start', p, extra),
-    );
+    const extra = body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {};
+    return accepted(res, await this.containers.operate(id, kind, p, extra));
   }
 
   @Patch(':id')
   @HttpCode(202)
   @ApiOperation({ summary: 'Resize live: CPU, memory and pids limits take effect without a restart' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
   async resize(
-    @Param('id', ParseUUIDPipe) id: string,
+    @Param('id', UuidPipe) id: string,
     @Body() dto: ResizeContainerDto,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
@@ -99,8 +154,10 @@ export class ContainersController {
 
   @Post(':id/snapshots')
   @HttpCode(202)
+  @ApiOperation({ summary: 'Snapshot the root filesystem under a name' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
   async snapshot(
-    @Param('id', ParseUUIDPipe) id: string,
+    @Param('id', UuidPipe) id: string,
     @Body() dto: SnapshotDto,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
@@ -111,8 +168,9 @@ export class ContainersController {
   @Delete(':id')
   @HttpCode(202)
   @ApiOperation({ summary: 'Destroy: nothing of it is left on the host' })
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
   async destroy(
-    @Param('id', ParseUUIDPipe) id: string,
+    @Param('id', UuidPipe) id: string,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {

@@ -5,7 +5,7 @@ import { appendAudit } from '@berth/db';
 import { checkTransition, type ContainerState, type JobKind } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
-import { decodeCursor, encodeCursor } from '../common/cursor';
+import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
 import { PlacementService } from '../hosts/placement.service';
 import { JobEnqueuer } from '../jobs/job-enqueuer';
 import { toJobView, type JobView } from '../jobs/job-view';
@@ -181,8 +181,8 @@ export class ContainersService {
     }
     const limit = q.limit ?? 50;
     args.push(limit + 1);
-    const rows: ContainerRow[] = await this.ds.query(
-      `${CONTAINER_SELECT} ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+    const rows: (ContainerRow & { cursor_at: string })[] = await this.ds.query(
+      `${CONTAINER_SELECT.replace('SELECT c.*,', `SELECT c.*, ${cursorAt('c.created_at')},`)} ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
        ORDER BY c.created_at DESC, c.id DESC LIMIT $${args.length}`,
       args,
     );
@@ -190,7 +190,7 @@ export class ContainersService {
     const last = page[page.length - 1];
     return {
       items: page.map(toContainerView),
-      nextCursor: rows.length > limit && last ? encodeCursor(last.created_at, last.id) : null,
+      nextCursor: rows.length > limit && last ? encodeCursor(last.cursor_at, last.id) : null,
     };
   }
 }

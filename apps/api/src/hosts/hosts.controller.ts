@@ -1,11 +1,13 @@
-import { Controller, Get, HttpCode, Inject, Injectable, Param, ParseUUIDPipe, Post } from '@nestjs/common';
-import { ApiBearerAuth, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { Controller, Get, HttpCode, Inject, Injectable, Param, Post } from '@nestjs/common';
+import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit } from '@berth/db';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { notFound } from '../common/api-error';
+import { ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
+import { HostDto } from './hosts.responses';
 
 @Injectable()
 export class HostsService {
@@ -71,6 +73,9 @@ export class HostsController {
   constructor(private readonly hosts: HostsService) {}
 
   @Get()
+  @ApiOperation({ summary: 'Hosts with capacity, reservations and heartbeat' })
+  @ApiOkResponse({ type: [HostDto] })
+  @ApiProblems()
   list() {
     return this.hosts.list();
   }
@@ -78,13 +83,16 @@ export class HostsController {
   @Post(':id/drain')
   @HttpCode(200)
   @ApiOperation({ summary: 'No new containers are placed on a draining host' })
-  drain(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+  @ApiWrite(HostDto, 'the host, draining', 404)
+  drain(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.hosts.setDraining(id, true, p);
   }
 
   @Post(':id/undrain')
   @HttpCode(200)
-  undrain(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+  @ApiOperation({ summary: 'Place new containers on the host again' })
+  @ApiWrite(HostDto, 'the host, not draining', 404)
+  undrain(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.hosts.setDraining(id, false, p);
   }
 }

@@ -1,19 +1,12 @@
-import {
-  Controller,
-  Get,
-  HttpCode,
-  Param,
-  ParseUUIDPipe,
-  Post,
-  Query,
-  Sse,
-  type MessageEvent,
-} from '@nestjs/common';
-import { ApiBearerAuth, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { Controller, Get, HttpCode, Param, Post, Query, Res, Sse, type MessageEvent } from '@nestjs/common';
+import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiProduces, ApiTags } from '@nestjs/swagger';
+import type { Response } from 'express';
 import { Observable } from 'rxjs';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { ApiAcceptedJob, ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
 import { FINAL_JOB_STATES } from './job-view';
 import { ListJobsQuery, WaitQuery } from './jobs.dto';
+import { JobDto, JobPageDto, JobWithEventsDto } from './jobs.responses';
 import { JobsService } from './jobs.service';
 
 @ApiTags('jobs')
@@ -24,28 +17,41 @@ export class JobsController {
 
   @Get()
   @ApiOperation({ summary: 'List jobs, newest first, with filters and cursor pagination' })
+  @ApiOkResponse({ type: JobPageDto })
+  @ApiProblems(400)
   list(@Query() q: ListJobsQuery) {
     return this.jobs.list({ ...q, limit: q.limit ?? 50 });
   }
 
   @Get(':id')
   @ApiOperation({ summary: 'A job with every event (transitions, steps, retries) from the audit trail' })
-  async get(@Param('id', ParseUUIDPipe) id: string) {
+  @ApiOkResponse({ type: JobWithEventsDto })
+  @ApiProblems(400, 404)
+  async get(@Param('id', UuidPipe) id: string) {
     const [job, events] = await Promise.all([this.jobs.get(id), this.jobs.events(id)]);
     return { ...job, events };
   }
 
   @Get(':id/wait')
   @ApiOperation({ summary: 'Long-poll: answers as soon as the job has ended, or after `timeout` seconds' })
-  wait(@Param('id', ParseUUIDPipe) id: string, @Query() q: WaitQuery) {
+  @ApiOkResponse({ type: JobDto, description: 'the job: ended, or as it is when the timeout passed' })
+  @ApiProblems(400, 404)
+  wait(@Param('id', UuidPipe) id: string, @Query() q: WaitQuery) {
     return this.jobs.wait(id, (q.timeout ?? 30) * 1_000);
   }
 
   @Sse(':id/events')
   @ApiOperation({
     summary: 'Server-Sent Events: every event of the job as it happens; ends when the job ends',
+    description:
+      'Each audit event of the job is one SSE message (`event:` the action, e.g. job.queued, `id:` the ' +
+      'event id, `data:` a JobEvent as JSON); when the job has ended a last `end` message carries the job ' +
+      'and the stream closes.',
   })
-  async events(@Param('id', ParseUUIDPipe) id: string): Promise<Observable<MessageEvent>> {
+  @ApiProduces('text/event-stream')
+  @ApiOkResponse({ description: 'text/event-stream of JobEvent messages, then `end` with the Job' })
+  @ApiProblems(400, 404)
+  async events(@Param('id', UuidPipe) id: string): Promise<Observable<MessageEvent>> {
     await this.jobs.get(id); // 404 before the stream opens
     return new Observable<MessageEvent>((sub) => {
       let last = '0';
@@ -90,14 +96,21 @@ export class JobsController {
   @Post(':id/retry')
   @HttpCode(202)
   @ApiOperation({ summary: 'Retry a failed or cancelled job (resumes after its finished steps)' })
-  retry(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+  @ApiAcceptedJob(JobDto, 'the job, queued again; Location: /v1/jobs/<id>', 404)
+  retry(
+    @Param('id', UuidPipe) id: string,
+    @CurrentPrincipal() p: Principal,
+    @Res({ passthrough: true }) res: Response,
+  ) {
+    res.setHeader('Location', `/v1/jobs/${id}`);
     return this.jobs.retry(id, p);
   }
 
   @Post(':id/cancel')
   @HttpCode(200)
   @ApiOperation({ summary: 'Cancel a job that has not started yet' })
-  cancel(@Param('id', ParseUUIDPipe) id: string, @CurrentPrincipal() p: Principal) {
+  @ApiWrite(JobDto, 'the job, cancelled', 404)
+  cancel(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.jobs.cancel(id, p);
   }
 }

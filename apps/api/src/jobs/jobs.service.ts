@@ -6,7 +6,7 @@ import { appendAudit } from '@berth/db';
 import { hostQueueName } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
-import { decodeCursor, encodeCursor } from '../common/cursor';
+import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
 import { FINAL_JOB_STATES, toJobView, type JobRow, type JobView } from './job-view';
 import { JobNotifications } from './job-notifications';
 
@@ -96,8 +96,8 @@ export class JobsService {
       where.push(`(created_at, id) < ($${args.length - 1}::timestamptz, $${args.length}::uuid)`);
     }
     args.push(f.limit + 1);
-    const rows: JobRow[] = await this.ds.query(
-      `SELECT * FROM jobs ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+    const rows: (JobRow & { cursor_at: string })[] = await this.ds.query(
+      `SELECT *, ${cursorAt('created_at')} FROM jobs ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
        ORDER BY created_at DESC, id DESC LIMIT $${args.length}`,
       args,
     );
@@ -105,7 +105,7 @@ export class JobsService {
     const last = page[page.length - 1];
     return {
       items: page.map(toJobView),
-      nextCursor: rows.length > f.limit && last ? encodeCursor(last.created_at, last.id) : null,
+      nextCursor: rows.length > f.limit && last ? encodeCursor(last.cursor_at, last.id) : null,
     };
   }
 

@@ -1,5 +1,12 @@
 import { Body, Controller, Get, HttpCode, HttpStatus, Injectable, Post, Res } from '@nestjs/common';
-import { ApiBearerAuth, ApiOperation, ApiProperty, ApiPropertyOptional, ApiTags } from '@nestjs/swagger';
+import {
+  ApiBearerAuth,
+  ApiOkResponse,
+  ApiOperation,
+  ApiProperty,
+  ApiPropertyOptional,
+  ApiTags,
+} from '@nestjs/swagger';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { IsIn, IsOptional, IsString, IsUUID, Matches, MaxLength } from 'class-validator';
 import type { Response } from 'express';
@@ -7,8 +14,10 @@ import type { DataSource } from 'typeorm';
 import { appendAudit } from '@berth/db';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
+import { ApiAcceptedJob, ApiProblems } from '../common/problem.dto';
 import { JobEnqueuer } from '../jobs/job-enqueuer';
 import { toJobView } from '../jobs/job-view';
+import { TemplateDto, TemplateImportAcceptedDto } from './templates.responses';
 
 export class ImportTemplateDto {
   @ApiProperty({ example: 'busybox' })
@@ -138,6 +147,9 @@ export class TemplatesController {
   constructor(private readonly templates: TemplatesService) {}
 
   @Get()
+  @ApiOperation({ summary: 'Templates and the hosts that have them' })
+  @ApiOkResponse({ type: [TemplateDto] })
+  @ApiProblems()
   list() {
     return this.templates.list();
   }
@@ -145,6 +157,11 @@ export class TemplatesController {
   @Post()
   @HttpCode(202)
   @ApiOperation({ summary: 'Import a template on one host or on every online host (one job per host)' })
+  @ApiAcceptedJob(
+    TemplateImportAcceptedDto,
+    'the template and one job per host; Location: /v1/jobs/<first job id>',
+    503,
+  )
   async import(
     @Body() dto: ImportTemplateDto,
     @CurrentPrincipal() p: Principal,

@@ -1,0 +1,533 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Response } from 'supertest';
+import { createDataSource } from '@berth/db';
+import { createApiApp } from '../../apps/api/src/bootstrap';
+import { generateApiKey } from '../../apps/api/src/auth/api-keys';
+import { createMigratedDatabase, dropDatabase, startApiOnly, type ApiOnly } from '@test/support/api-only';
+import { testConfig } from '@test/support/config';
+import request from 'supertest';
+
+const MiB = 1024 * 1024;
+const TiB = 1024 * 1024 * MiB;
+const UNKNOWN = '00000000-0000-4000-8000-000000000000';
+
+type Method = 'get' | 'post' | 'patch' | 'delete';
+interface OpenApi {
+  paths: Record<string, Record<string, Operation>>;
+  components: { schemas: Record<string, { properties: Record<string, unknown>; required?: string[] }> };
+}
+interface Operation {
+  parameters?: { name: string; in: string }[];
+  responses: Record<
+    string,
+    {
+      content?: Record<string, { schema: { $ref?: string; type?: string; items?: { $ref?: string } } }>;
+      headers?: Record<string, unknown>;
+    }
+  >;
+}
+
+function expectProblem(res: Response, status: number, code: string) {
+  expect({ status: res.status, code: res.body?.code }).toEqual({ status, code });
+  expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+  expect(res.body).toMatchObject({ type: expect.any(String), title: expect.any(String), status, code });
+  expect(typeof res.body.detail).toBe('string');
+}
+
+describe('API edge: OpenAPI, authentication, bad input', () => {
+  let a: ApiOnly;
+  let containerId: string;
+
+  beforeAll(async () => {
+    a = await startApiOnly('edge');
+    // One accepted container, for the endpoints that take an existing id.
+    const res = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth())
+      .send({ name: 'edge-ok', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+    expect(res.status).toBe(202);
+    containerId = res.body.container.id;
+  }, 60_000);
+  afterAll(() => a?.close(), 30_000);
+
+  /** Every authenticated route, with a request that would be valid apart from authentication. */
+  const routes = (): [Method, string, object?][] => [
+    ['get', '/v1/containers'],
+    ['post', '/v1/containers', { name: 'edge-x', template: 'edge-tpl', cpus: 1, memoryBytes: 64 * MiB }],
+    ['get', `/v1/containers/${containerId}`],
+    ['post', `/v1/containers/${containerId}/start`, {}],
+    ['post', `/v1/containers/${containerId}/stop`, {}],
+    ['post', `/v1/containers/${containerId}/restart`, {}],
+    ['post', `/v1/containers/${containerId}/pause`, {}],
+    ['post', `/v1/containers/${containerId}/resume`, {}],
+    ['patch', `/v1/containers/${containerId}`, { cpus: 2 }],
+    ['post', `/v1/containers/${containerId}/snapshots`, { name: 's1' }],
+    ['delete', `/v1/containers/${containerId}`],
+    ['get', '/v1/templates'],
+    ['post', '/v1/templates', { name: 'edge-t2', source: 'builtin:busybox' }],
+    ['get', '/v1/jobs'],
+    ['get', `/v1/jobs/${UNKNOWN}`],
+    ['get', `/v1/jobs/${UNKNOWN}/wait?timeout=0`],
+    ['get', `/v1/jobs/${UNKNOWN}/events`],
+    ['post', `/v1/jobs/${UNKNOWN}/retry`, {}],
+    ['post', `/v1/jobs/${UNKNOWN}/cancel`, {}],
+    ['get', '/v1/hosts'],
+    ['post', `/v1/hosts/${UNKNOWN}/drain`, {}],
+    ['post', `/v1/hosts/${UNKNOWN}/undrain`, {}],
+    ['get', `/v1/audit?subject=${containerId}`],
+  ];
+
+  describe('OpenAPI at /docs', () => {
+    let doc: OpenApi;
+    beforeAll(async () => {
+      const res = await a.http().get('/docs/openapi.json');
+      expect(res.status).toBe(200);
+      doc = res.body;
+    });
+
+    it('serves the UI and the document without an API key', async () => {
+      const ui = await a.http().get('/docs');
+      expect(ui.status).toBe(200);
+      expect(ui.text).toContain('swagger');
+    });
+
+    it('lists every route the server has', () => {
+      const documented = new Set(
+        Object.entries(doc.paths).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m} ${p}`)),
+      );
+      const expected = routes().map(
+        ([m, url]) => `${m} ${url.split('?')[0].replace(containerId, '{id}').replace(UNKNOWN, '{id}')}`,
+      );
+      for (const r of expected) expect(documented).toContain(r);
+      // …and nothing served is left out: the routes Express really has (health included).
+      const router = (
+        a.api.getHttpAdapter().getInstance() as {
+          router: { stack: { route?: { path: string; methods: Record<string, boolean> } }[] };
+        }
+      ).router;
+      const served = router.stack
+        // Nest's catch-all not-found route and the docs are not API routes.
+        .filter((l) => l.route && !l.route.path.startsWith('/docs') && !l.route.path.includes('splat'))
+        .flatMap((l) =>
+          Object.keys(l.route!.methods)
+            .filter((m) => m !== '_all')
+            .map((m) => `${m} ${l.route!.path.replace(/:(\w+)/g, '{$1}')}`),
+        );
+      expect(served.length).toBeGreaterThanOrEqual(expected.length);
+      for (const r of served) expect(documented).toContain(r);
+    });
+
+    it('defines the Problem schema', () => {
+      const p = doc.components.schemas.Problem;
+      expect(Object.keys(p.properties).sort()).toEqual(
+        ['code', 'detail', 'errors', 'instance', 'status', 'title', 'type'].sort(),
+      );
+      expect(p.required).toEqual(expect.arrayContaining(['type', 'title', 'status', 'code', 'detail']));
+    });
+
+    it('documents each write: its answer schema, Location on 202, Idempotency-Key, its problems', () => {
+      let writes = 0;
+      for (const [path, ops] of Object.entries(doc.paths)) {
+        for (const [method, op] of Object.entries(ops)) {
+          const where = `${method} ${path}`;
+          if (path.startsWith('/v1/')) {
+            // Every guarded endpoint documents its 401 as a Problem.
+            const unauthorized = op.responses['401']?.content?.['application/problem+json'];
+            expect({ where, ref: unauthorized?.schema.$ref }).toEqual({
+              where,
+              ref: '#/components/schemas/Problem',
+            });
+          }
+          if (!['post', 'patch', 'delete'].includes(method)) continue;
+          writes++;
+          const okStatus = op.responses['202'] ? '202' : '200';
+          const ok = op.responses[okStatus];
+          expect({ where, schema: ok?.content?.['application/json']?.schema.$ref }).toEqual({
+            where,
+            schema: expect.stringMatching(/^#\/components\/schemas\/\w+Dto$/),
+          });
+          if (okStatus === '202') expect({ where, headers: ok.headers }).toHaveProperty('headers.Location');
+          expect({ where, header: op.parameters?.find((x) => x.name === 'Idempotency-Key')?.in }).toEqual({
+            where,
+            header: 'header',
+          });
+          for (const status of ['400', '401', '409', '413', '422']) {
+            expect({
+              where,
+              status,
+              ref: op.responses[status]?.content?.['application/problem+json']?.schema.$ref,
+            }).toEqual({
+              where,
+              status,
+              ref: '#/components/schemas/Problem',
+            });
+          }
+        }
+      }
+      expect(writes).toBe(14);
+      // The writes that create jobs answer 202.
+      expect(Object.keys(doc.paths['/v1/containers'].post.responses)).toContain('202');
+      expect(Object.keys(doc.paths['/v1/containers/{id}'].delete.responses)).toEqual(
+        expect.arrayContaining(['202', '404']),
+      );
+      expect(Object.keys(doc.paths['/v1/containers'].post.responses)).toContain('503');
+    });
+
+    it('describes containers, jobs with events, templates, hosts and audit events', () => {
+      const s = doc.components.schemas;
+      expect(Object.keys(s.ContainerDto.properties)).toEqual(
+        expect.arrayContaining(['id', 'name', 'state', 'targetState', 'resources', 'hostId']),
+      );
+      expect(Object.keys(s.JobWithEventsDto.properties)).toEqual(
+        expect.arrayContaining(['id', 'kind', 'state', 'error', 'progress', 'events']),
+      );
+      expect(Object.keys(s.ContainerAcceptedDto.properties).sort()).toEqual(['container', 'job']);
+      for (const name of [
+        'JobEventDto',
+        'JobPageDto',
+        'ContainerPageDto',
+        'TemplateDto',
+        'HostDto',
+        'AuditEventDto',
+      ]) {
+        expect(s[name]).toBeDefined();
+      }
+      const jobGet = doc.paths['/v1/jobs/{id}'].get.responses['200'].content!['application/json'].schema;
+      expect(jobGet.$ref).toBe('#/components/schemas/JobWithEventsDto');
+      const hosts = doc.paths['/v1/hosts'].get.responses['200'].content!['application/json'].schema;
+      expect(hosts).toMatchObject({ type: 'array', items: { $ref: '#/components/schemas/HostDto' } });
+    });
+  });
+
+  describe('authentication', () => {
+    const send = (method: Method, url: string, body: object | undefined, headers: Record<string, string>) => {
+      const r = a.http()[method](url).set(headers);
+      return body ? r.send(body) : r;
+    };
+
+    it('answers health, readiness and docs without a key', async () => {
+      expect((await a.http().get('/healthz')).status).toBe(200);
+      expect((await a.http().get('/readyz')).status).toBe(200);
+      expect((await a.http().get('/docs/openapi.json')).status).toBe(200);
+    });
+
+    it('answers 401 problem+json on every other endpoint: no key, malformed key, wrong secret, revoked key', async () => {
+      const real = generateApiKey();
+      const wrongSecret = generateApiKey();
+      await a.ds.query(
+        `INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES ('real', $1, $2, '{admin}')`,
+        [real.prefix, real.secretHash],
+      );
+      const revoked = generateApiKey();
+      await a.ds.query(
+        `INSERT INTO api_keys (name, prefix, secret_hash, scopes, revoked_at) VALUES ('revoked', $1, $2, '{admin}', now())`,
+        [revoked.prefix, revoked.secretHash],
+      );
+      const before = await a.counts();
+      const variants: [string, Record<string, string>][] = [
+        ['no key', {}],
+        ['not bearer', { Authorization: `Basic ${Buffer.from('a:b').toString('base64')}` }],
+        ['malformed key', { Authorization: 'Bearer berth_nothex_short' }],
+        ['empty bearer', { Authorization: 'Bearer ' }],
+        // The real key's prefix with another key's secret.
+        [
+          'wrong secret',
+          { Authorization: `Bearer ${real.token.replace(/_[^_]+$/, wrongSecret.token.slice(20))}` },
+        ],
+        ['unknown prefix', { Authorization: `Bearer ${wrongSecret.token}` }],
+        ['revoked key', { Authorization: `Bearer ${revoked.token}` }],
+      ];
+      // The wrong-secret token really has the real prefix and a well-formed secret.
+      expect(variants[4][1].Authorization.slice(7, 19)).toBe(real.token.slice(0, 12));
+      for (const [method, url, body] of routes()) {
+        for (const [name, headers] of variants) {
+          const res = await send(method, url, body, headers);
+          expect({ route: `${method} ${url}`, name, status: res.status, code: res.body.code }).toEqual({
+            route: `${method} ${url}`,
+            name,
+            status: 401,
+            code: 'UNAUTHORIZED',
+          });
+          expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+        }
+      }
+      expect(await a.counts()).toEqual(before);
+      // The same real key with its own secret is let in.
+      expect((await a.http().get('/v1/jobs').set(a.auth(real.token))).status).toBe(200);
+      // …until it is revoked.
+      await a.ds.query(`UPDATE api_keys SET revoked_at = now() WHERE prefix = $1`, [real.prefix]);
+      expectProblem(await a.http().get('/v1/jobs').set(a.auth(real.token)), 401, 'UNAUTHORIZED');
+    }, 60_000);
+  });
+
+  describe('bad input: 4xx problem+json, nothing written, no job', () => {
+    const valid = () => ({ name: 'edge-valid', template: a.template, cpus: 1, memoryBytes: 64 * MiB });
+    async function refused(req: () => Promise<Response>, status: number, code: string): Promise<Response> {
+      const before = await a.counts();
+      const res = await req();
+      expectProblem(res, status, code);
+      expect(await a.counts()).toEqual(before);
+      return res;
+    }
+    const create = (body: unknown) => () =>
+      a
+        .http()
+        .post('/v1/containers')
+        .set(a.auth())
+        .send(body as object);
+
+    it.each([
+      ['uppercase', 'Web-1'],
+      ['too long', 'a'.repeat(64)],
+      ['dots', '..'],
+      ['empty', ''],
+      ['leading dash', '-web'],
+      ['slash', 'a/b'],
+      ['not a string', 42],
+    ])('refuses an invalid name (%s)', async (_, name) => {
+      const res = await refused(create({ ...valid(), name }), 400, 'VALIDATION_FAILED');
+      expect(res.body.errors.join(' ')).toMatch(/name/);
+    });
+
+    it('refuses an unknown template with 422 TEMPLATE_NOT_FOUND, and a malformed one with 400', async () => {
+      await refused(create({ ...valid(), template: 'no-such-template' }), 422, 'TEMPLATE_NOT_FOUND');
+      await refused(create({ ...valid(), template: '../etc' }), 400, 'VALIDATION_FAILED');
+    });
+
+    it.each([
+      ['cpus', -1],
+      ['cpus', 0],
+      ['cpus', 1e9],
+      ['cpus', 0.001],
+      ['cpus', '1'],
+      ['memoryBytes', -MiB],
+      ['memoryBytes', 0],
+      ['memoryBytes', 2 * TiB],
+      ['memoryBytes', 1e300],
+      ['memoryBytes', 64 * MiB + 0.5],
+      ['memoryBytes', '67108864'],
+      ['diskBytes', 0],
+      ['diskBytes', 1.5],
+      ['pidsMax', -5],
+      ['pidsMax', 0],
+      ['pidsMax', 1e12],
+      ['pidsMax', 100.5],
+    ])('refuses %s = %p', async (field, value) => {
+      const res = await refused(create({ ...valid(), [field]: value }), 400, 'VALIDATION_FAILED');
+      expect(res.body.errors.join(' ')).toContain(field);
+    });
+
+    it('refuses missing required fields', async () => {
+      const res = await refused(create({ name: 'edge-missing' }), 400, 'VALIDATION_FAILED');
+      expect(res.body.errors.join(' ')).toMatch(/template[\s\S]*cpus[\s\S]*memoryBytes/);
+    });
+
+    it('refuses a container no host has room for with 503 NO_CAPACITY', async () => {
+      // Valid, but larger than the only host (8 GiB).
+      const res = await refused(create({ ...valid(), memoryBytes: 64 * 1024 * MiB }), 503, 'NO_CAPACITY');
+      expect(res.body.reasons).toEqual([expect.stringContaining('not enough memory')]);
+    });
+
+    it('refuses unknown fields with 400, naming them', async () => {
+      const res = await refused(create({ ...valid(), colour: 'blue' }), 400, 'VALIDATION_FAILED');
+      expect(res.body.errors).toContain('property colour should not exist');
+      await refused(
+        () => a.http().patch(`/v1/containers/${containerId}`).set(a.auth()).send({ cpus: 2, root: true }),
+        400,
+        'VALIDATION_FAILED',
+      );
+      await refused(
+        () => a.http().post(`/v1/containers/${containerId}/start`).set(a.auth()).send({ force: true }),
+        400,
+        'VALIDATION_FAILED',
+      );
+    });
+
+    it('refuses malformed JSON with 400 MALFORMED_JSON', async () => {
+      for (const body of ['{"name": "x",', '{name: 1}', 'null', '"a string"', '{"a":1}}']) {
+        await refused(
+          () =>
+            a.http().post('/v1/containers').set(a.auth()).set('Content-Type', 'application/json').send(body),
+          400,
+          'MALFORMED_JSON',
+        );
+      }
+    });
+
+    it('refuses a body over the limit with 413 PAYLOAD_TOO_LARGE', async () => {
+      const big = { ...valid(), padding: 'x'.repeat(a.config.api.bodyLimitBytes) };
+      await refused(create(big), 413, 'PAYLOAD_TOO_LARGE');
+    });
+
+    it('refuses a body that is not JSON with 415 UNSUPPORTED_MEDIA_TYPE', async () => {
+      await refused(
+        () =>
+          a
+            .http()
+            .post('/v1/containers')
+            .set(a.auth())
+            .set('Content-Type', 'text/plain')
+            .send(JSON.stringify(valid())),
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+      );
+      await refused(
+        () => a.http().post('/v1/containers').set(a.auth()).type('form').send({ name: 'edge-form' }),
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+      );
+      await refused(
+        () =>
+          a
+            .http()
+            .patch(`/v1/containers/${containerId}`)
+            .set(a.auth())
+            .set('Content-Type', 'application/xml')
+            .send('<cpus>2</cpus>'),
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+      );
+    });
+
+    it('refuses an invalid UUID in the path with 400 INVALID_ID', async () => {
+      for (const [method, url] of [
+        ['get', '/v1/containers/nope'],
+        ['post', '/v1/containers/123/start'],
+        ['patch', '/v1/containers/1e3'],
+        ['delete', `/v1/containers/${containerId}x`],
+        ['get', '/v1/jobs/not-a-uuid'],
+        ['get', '/v1/jobs/not-a-uuid/wait'],
+        ['get', '/v1/jobs/not-a-uuid/events'],
+        ['post', '/v1/hosts/h1/drain'],
+      ] as [Method, string][]) {
+        const r = a.http()[method](url).set(a.auth());
+        // The body is valid, so that only the id can be refused (Nest runs the pipes of all params at once).
+        const body = method === 'patch' ? { cpus: 1 } : {};
+        await refused(() => (method === 'get' ? r : r.send(body)), 400, 'INVALID_ID');
+      }
+    });
+
+    it('answers 404 CONTAINER_NOT_FOUND for an unknown container, for reads and writes', async () => {
+      await refused(
+        () => a.http().get(`/v1/containers/${UNKNOWN}`).set(a.auth()),
+        404,
+        'CONTAINER_NOT_FOUND',
+      );
+      await refused(
+        () => a.http().post(`/v1/containers/${UNKNOWN}/start`).set(a.auth()).send({}),
+        404,
+        'CONTAINER_NOT_FOUND',
+      );
+      await refused(
+        () => a.http().delete(`/v1/containers/${UNKNOWN}`).set(a.auth()),
+        404,
+        'CONTAINER_NOT_FOUND',
+      );
+      await refused(() => a.http().get(`/v1/jobs/${UNKNOWN}`).set(a.auth()), 404, 'JOB_NOT_FOUND');
+    });
+
+    it('refuses a transition the state machine does not allow with 409, before any job exists', async () => {
+      // edge-ok was created with start=false: its target is stopped, so it cannot be paused or resumed.
+      await refused(
+        () => a.http().post(`/v1/containers/${containerId}/pause`).set(a.auth()).send({}),
+        409,
+        'INVALID_TRANSITION',
+      );
+      await refused(
+        () => a.http().post(`/v1/containers/${containerId}/stop`).set(a.auth()).send({}),
+        409,
+        'INVALID_TRANSITION',
+      );
+    });
+
+    it('refuses bad query parameters', async () => {
+      await refused(
+        () => a.http().get('/v1/containers?state=exploded').set(a.auth()),
+        400,
+        'VALIDATION_FAILED',
+      );
+      await refused(() => a.http().get('/v1/jobs?limit=0').set(a.auth()), 400, 'VALIDATION_FAILED');
+      await refused(() => a.http().get('/v1/jobs?since=yesterday').set(a.auth()), 400, 'VALIDATION_FAILED');
+      await refused(() => a.http().get('/v1/containers?cursor=abc').set(a.auth()), 400, 'INVALID_CURSOR');
+    });
+
+    it('still accepts the valid request after all of that', async () => {
+      const before = await a.counts();
+      const res = await a.http().post('/v1/containers').set(a.auth()).send(valid());
+      expect(res.status).toBe(202);
+      expect(res.headers.location).toBe(`/v1/jobs/${res.body.job.id}`);
+      expect(await a.counts()).toEqual({
+        containers: before.containers + 1,
+        jobs: before.jobs + 1,
+        outbox: before.outbox + 1,
+      });
+    });
+  });
+});
+
+describe('admin key bootstrap', () => {
+  const dbName = `berth_adminkey_${process.pid}`;
+  let url: string;
+  let dir: string;
+
+  beforeAll(async () => {
+    url = await createMigratedDatabase(dbName);
+    dir = mkdtempSync(join(tmpdir(), 'berth-adminkey-'));
+  }, 60_000);
+  afterAll(async () => {
+    await dropDatabase(dbName);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const boot = async () => {
+    const app = await createApiApp(
+      testConfig({
+        DATABASE_URL: url,
+        ADMIN_KEY_FILE: join(dir, 'keys', 'admin.key'),
+        BULLMQ_PREFIX: `adminkey-${process.pid}`,
+      }),
+    );
+    await app.init();
+    return app;
+  };
+
+  it('creates one admin key on a database without keys, writes it 0600, and it works; a second start creates none', async () => {
+    const file = join(dir, 'keys', 'admin.key');
+    const ds = createDataSource(url);
+    await ds.initialize();
+    try {
+      expect(await ds.query(`SELECT count(*)::int AS n FROM api_keys`)).toEqual([{ n: 0 }]);
+      let app = await boot();
+      try {
+        expect(existsSync(file)).toBe(true);
+        expect(statSync(file).mode & 0o777).toBe(0o600);
+        const token = readFileSync(file, 'utf8').trim();
+        expect(token).toMatch(/^berth_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$/);
+        const keys = await ds.query(`SELECT name, prefix, scopes, secret_hash FROM api_keys`);
+        expect(keys).toEqual([
+          { name: 'admin', prefix: token.slice(6, 18), scopes: ['admin'], secret_hash: expect.any(String) },
+        ]);
+        // Stored hashed: the secret is nowhere in the row.
+        expect(JSON.stringify(keys)).not.toContain(token.slice(19));
+        const ok = await request(app.getHttpServer())
+          .get('/v1/hosts')
+          .set({ Authorization: `Bearer ${token}` });
+        expect(ok.status).toBe(200);
+        const audit = await ds.query(`SELECT action FROM audit_events WHERE subject_type = 'api_key'`);
+        expect(audit).toEqual([{ action: 'api_key.created' }]);
+      } finally {
+        await app.close();
+      }
+      const firstToken = readFileSync(file, 'utf8');
+      app = await boot();
+      await app.close();
+      expect(await ds.query(`SELECT count(*)::int AS n FROM api_keys`)).toEqual([{ n: 1 }]);
+      expect(readFileSync(file, 'utf8')).toBe(firstToken);
+    } finally {
+      await ds.destroy();
+    }
+  }, 60_000);
+});
