@@ -12,7 +12,7 @@
  * BENCH_LXC_BURST (100), BENCH_IDLE (200), BENCH_RESULTS_DIR (bench/results).
  */
 import { cpus, release, totalmem } from 'node:os';
-import { chmod, chown, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { LoopPool } from '@berth/runtime';
 import { run } from '@berth/runtime/common/exec';
@@ -81,30 +81,12 @@ function berthEngine(key: string, host: BenchHost, idPrefix: string): Engine {
   return {
     key,
     name: (i, tag) => `${idPrefix}${tag}${i}`,
-    create: async (id) => {
-      await host.containers.create(benchSpec(id));
-      if (host.driver === 'overlay') await chownOverlayWorkdir(host, id);
-    },
+    create: async (id) => void (await host.containers.create(benchSpec(id))),
     start: async (id) => void (await host.containers.start(id)),
     stop: async (id) => ({ forced: (await host.containers.stop(id)).forced }),
     kill: async (id) => void (await host.containers.stop(id, 0)),
     destroy: async (id) => void (await host.containers.destroy(id)),
   };
-}
-
-/**
- * Workaround for a runtime bug found by this bench: ContainerRuntime.create hands an unprivileged
- * container's overlay upperdir to container root but not its workdir, so the kernel cannot create
- * `work/work` inside the user namespace and mounts the rootfs read-only (dmesg: "failed to create
- * directory .../work/work (errno: 13); mounting read-only"), and start fails at pivot_root with EROFS.
- * One chown, as the fix in create would do (counted in the clone time); a no-op once the runtime does it.
- */
-async function chownOverlayWorkdir(host: BenchHost, id: string): Promise<void> {
-  const config = await host.containers.store.readConfig(id);
-  const work = (await host.storage.mountSpec(id))?.options.match(/(?:^|,)workdir=([^,]+)/)?.[1];
-  const uid = config?.usernsHostUid;
-  if (!work || uid === null || uid === undefined) return;
-  if ((await stat(work)).uid !== uid) await chown(work, uid, uid);
 }
 
 function lxcEngine(key: string, lxc: LxcPeer, overlay: boolean, idPrefix: string): Engine {

@@ -1,10 +1,8 @@
-// Self-checks of the bench's core, run by scripts/bench.sh with node's own test runner before every bench
-// (jest's projects only look under apps/, libs/ and test/).
+// Self-checks of the bench's core (unit tests: npm test runs them; scripts/bench.sh runs them before a bench).
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
 import { compareRow, fmtBytes, fmtMs, markdownTable } from './markdown';
 import { kbField } from './proc';
 import { fileStamp, writeResults } from './results';
@@ -63,7 +61,8 @@ test('writeResults writes the dated and the latest file with the same JSON', asy
     assert.equal(w.dated, join(dir, 'out', 'runtime-2026-11-25T10-31-07Z.json'));
     assert.deepEqual(JSON.parse(await readFile(w.dated, 'utf8')), { a: 1 });
     assert.deepEqual(JSON.parse(await readFile(w.latest, 'utf8')), { a: 1 });
-    assert.deepEqual((await readdir(join(dir, 'out'))).sort(), [
+    // expect, not assert: readdir's array comes from another realm under jest.
+    expect((await readdir(join(dir, 'out'))).sort()).toEqual([
       'latest-runtime.json',
       'runtime-2026-11-25T10-31-07Z.json',
     ]);
