@@ -276,7 +276,10 @@ export class ContainerRuntime {
       throw new RuntimeError('WRONG_STATE', `container ${id} is paused: resume it instead`, { id });
     }
     const { spec } = config;
-    await this.cgroups.create(this.cg(id), this.limitsOf(spec.resources));
+    // create() made the group with its limits and resize() keeps them: only a group lost since (a host
+    // reboot, reconcile) is made again here.
+    if (!(await this.cgroups.exists(this.cg(id))))
+      await this.cgroups.create(this.cg(id), this.limitsOf(spec.resources));
     // A previous init may have left processes behind only if it was killed abnormally: clear them.
     await this.killRemaining(id);
     await this.store.clearInit(id);
@@ -306,20 +309,33 @@ export class ContainerRuntime {
       await this.storage.mount(id);
     }
     const ref = await launchContainer(launch);
+    let ipAddress: string | null = null;
     if (bridge && fifo) {
+      let attachError: unknown;
       try {
-        await this.attachNetwork(id, ref.pid);
+        ipAddress = await this.attachNetwork(id, ref.pid);
+      } catch (e) {
+        attachError = e;
       } finally {
-        // Release init whether or not the network came up: on failure we stop it right after.
+        // Release init whether or not the network came up (it waits on the FIFO before exec).
         const fh = await open(fifo, 'w');
         await fh.write('g');
         await fh.close();
       }
+      if (attachError) {
+        // A container without the network it was asked for is not started: stop it, report the cause.
+        await this.stop(id, 0).catch(() => undefined);
+        throw attachError;
+      }
     }
-    return { changed: true, info: await this.get(id) };
+    return {
+      changed: true,
+      info: { ...info, status: 'running', init: { pid: ref.pid, startTime: ref.startTime }, ipAddress },
+    };
   }
 
-  private async attachNetwork(id: string, pid: number): Promise<void> {
+  /** Attaches the container's veth to the bridge; returns its address. */
+  private async attachNetwork(id: string, pid: number): Promise<string> {
     const net = this.opts.network!;
     const pool = parseCidr(net.cidr);
     const gateway = formatIpv4(pool.network + 1);
@@ -334,6 +350,7 @@ export class ContainerRuntime {
       gateway,
       hostNetns: net.hostNetns,
     });
+    return alloc.address;
   }
 
   /** SIGKILLs whatever is still in the container's cgroup and waits until it is empty. */
