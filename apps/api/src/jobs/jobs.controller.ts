@@ -1,6 +1,21 @@
-import { Controller, Get, HttpCode, Param, Post, Query, Res, Sse, type MessageEvent } from '@nestjs/common';
+import {
+  type CanActivate,
+  Controller,
+  type ExecutionContext,
+  Get,
+  HttpCode,
+  Injectable,
+  Param,
+  Post,
+  Query,
+  Res,
+  Sse,
+  UseGuards,
+  type MessageEvent,
+} from '@nestjs/common';
 import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiProduces, ApiTags } from '@nestjs/swagger';
-import type { Response } from 'express';
+import { isUUID } from 'class-validator';
+import type { Request, Response } from 'express';
 import { Observable } from 'rxjs';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiAcceptedJob, ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
@@ -8,6 +23,23 @@ import { FINAL_JOB_STATES } from './job-view';
 import { ListJobsQuery, WaitQuery } from './jobs.dto';
 import { JobDto, JobPageDto, JobWithEventsDto } from './jobs.responses';
 import { JobsService } from './jobs.service';
+
+/**
+ * An unknown job's event stream answers 404 before it opens. Nest commits SSE headers on the next
+ * macrotask, so a lookup inside the handler (a database round trip) can lose that race and end as a 200
+ * stream with an error event; guards run, and are answered by the exception filter, before that.
+ * A malformed id is left to the UUID pipe (400).
+ */
+@Injectable()
+export class JobExistsGuard implements CanActivate {
+  constructor(private readonly jobs: JobsService) {}
+
+  async canActivate(ctx: ExecutionContext): Promise<boolean> {
+    const id = ctx.switchToHttp().getRequest<Request>().params.id;
+    if (typeof id === 'string' && isUUID(id)) await this.jobs.get(id);
+    return true;
+  }
+}
 
 @ApiTags('jobs')
 @ApiBearerAuth()
@@ -51,8 +83,8 @@ export class JobsController {
   @ApiProduces('text/event-stream')
   @ApiOkResponse({ description: 'text/event-stream of JobEvent messages, then `end` with the Job' })
   @ApiProblems(400, 404)
-  async events(@Param('id', UuidPipe) id: string): Promise<Observable<MessageEvent>> {
-    await this.jobs.get(id); // 404 before the stream opens
+  @UseGuards(JobExistsGuard)
+  events(@Param('id', UuidPipe) id: string): Observable<MessageEvent> {
     return new Observable<MessageEvent>((sub) => {
       let last = '0';
       let busy = false;

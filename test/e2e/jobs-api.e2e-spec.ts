@@ -1,0 +1,310 @@
+import { request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Client } from 'pg';
+import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
+import { startApiOnly, type ApiOnly } from '@test/support/api-only';
+import { describeKernel } from '@test/support/kernel';
+import { startPipeline, type Pipeline } from '@test/support/pipeline';
+
+const MiB = 1024 * 1024;
+const UNKNOWN = '00000000-0000-4000-8000-000000000000';
+
+interface SseMessage {
+  event: string;
+  id?: string;
+  data: { action?: string; state?: string; [k: string]: unknown };
+}
+
+/** Reads a whole Server-Sent Events stream over plain HTTP until the server closes it. */
+function readSse(
+  server: import('node:http').Server,
+  path: string,
+  token: string,
+  timeoutMs = 30_000,
+): Promise<{ status: number; contentType: string; messages: SseMessage[] }> {
+  const { port } = server.address() as AddressInfo;
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: '127.0.0.1',
+        port,
+        path,
+        headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => {
+          clearTimeout(timer);
+          const messages = text
+            .split(/\n\n/)
+            .filter((block) => block.trim() !== '')
+            .map((block) => {
+              const m: Partial<SseMessage> & { lines: string[] } = { lines: [] };
+              for (const line of block.split('\n')) {
+                const [, field, value] = /^(\w+): ?(.*)$/.exec(line) ?? [];
+                if (field === 'event') m.event = value;
+                else if (field === 'id') m.id = value;
+                else if (field === 'data') m.lines.push(value);
+              }
+              const data = m.lines.join('\n');
+              return { event: m.event ?? 'message', id: m.id, data: data ? JSON.parse(data) : {} };
+            });
+          resolve({ status: res.statusCode!, contentType: String(res.headers['content-type']), messages });
+        });
+      },
+    );
+    const timer = setTimeout(() => {
+      req.destroy();
+      reject(new Error(`SSE stream ${path} did not close within ${timeoutMs} ms`));
+    }, timeoutMs);
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function listen(server: import('node:http').Server): Promise<void> {
+  if (!server.listening) await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+}
+
+describe('jobs API: filters, pagination, long-poll', () => {
+  let a: ApiOnly;
+  let containerA: string;
+  let containerB: string;
+  let offlineHost: string;
+  const all: string[] = [];
+
+  beforeAll(async () => {
+    a = await startApiOnly('jobsapi');
+    const mk = async (name: string) => {
+      const res = await a
+        .http()
+        .post('/v1/containers')
+        .set(a.auth())
+        .send({ name, template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+      expect(res.status).toBe(202);
+      all.push(res.body.job.id);
+      return res.body.container.id as string;
+    };
+    containerA = await mk('jobs-a');
+    containerB = await mk('jobs-b');
+    const start = await a.http().post(`/v1/containers/${containerA}/start`).set(a.auth()).send({});
+    all.push(start.body.job.id);
+    offlineHost = await a.addHost('jobsapi-offline', { stale: true });
+    // 25 jobs written by one statement share their created_at: pagination must still see them all.
+    const rows: { id: string }[] = await a.ds.query(
+      `INSERT INTO jobs (kind, state, host_id, params, requested_by, created_at, finished_at)
+       SELECT 'system.noop', CASE WHEN i % 3 = 0 THEN 'failed' WHEN i % 3 = 1 THEN 'completed' ELSE 'queued' END,
+              $1, jsonb_build_object('n', i), 'test', now() - interval '2 days',
+              CASE WHEN i % 3 = 2 THEN NULL ELSE now() END
+       FROM generate_series(1, 25) AS i RETURNING id`,
+      [offlineHost],
+    );
+    all.push(...rows.map((r) => r.id));
+  }, 60_000);
+  afterAll(() => a?.close(), 30_000);
+
+  const list = async (query: string) => {
+    const res = await a.http().get(`/v1/jobs?${query}`).set(a.auth());
+    expect(res.status).toBe(200);
+    return res.body as { items: { id: string; [k: string]: unknown }[]; nextCursor: string | null };
+  };
+
+  it('filters by state, kind, container, host and since', async () => {
+    const failed = await list('state=failed&limit=500');
+    expect(failed.items).toHaveLength(8);
+    expect(failed.items.every((j) => j.state === 'failed')).toBe(true);
+
+    const creates = await list('kind=container.create');
+    expect(creates.items.map((j) => j.containerId).sort()).toEqual([containerA, containerB].sort());
+
+    const ofA = await list(`container=${containerA}`);
+    expect(ofA.items.map((j) => j.kind)).toEqual(['container.start', 'container.create']); // newest first
+
+    const onOffline = await list(`host=${offlineHost}&limit=500`);
+    expect(onOffline.items).toHaveLength(25);
+    expect(onOffline.items.every((j) => j.hostId === offlineHost && j.kind === 'system.noop')).toBe(true);
+    const onLive = await list(`host=${a.hostId}`);
+    expect(onLive.items).toHaveLength(3);
+
+    const since = await list(`since=${new Date(Date.now() - 3_600_000).toISOString()}`);
+    expect(since.items.map((j) => j.id).sort()).toEqual(all.slice(0, 3).sort());
+
+    const combined = await list(`state=queued&kind=container.start&container=${containerA}&host=${a.hostId}`);
+    expect(combined.items.map((j) => j.id)).toEqual([all[2]]);
+    expect((await list(`container=${UNKNOWN}`)).items).toEqual([]);
+  });
+
+  it('pages with a cursor: pages do not overlap and together are complete', async () => {
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const page = await list(`limit=4${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+      expect(page.items.length).toBeLessThanOrEqual(4);
+      seen.push(...page.items.map((j) => j.id));
+      cursor = page.nextCursor;
+      pages++;
+      expect(pages).toBeLessThan(20);
+    } while (cursor);
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen.sort()).toEqual([...all].sort());
+    expect(pages).toBe(Math.ceil(all.length / 4));
+    // Filters and pages combine.
+    const first = await list(`host=${offlineHost}&limit=10`);
+    const second = await list(`host=${offlineHost}&limit=10&cursor=${encodeURIComponent(first.nextCursor!)}`);
+    const third = await list(`host=${offlineHost}&limit=10&cursor=${encodeURIComponent(second.nextCursor!)}`);
+    expect(third.nextCursor).toBeNull();
+    expect(new Set([...first.items, ...second.items, ...third.items].map((j) => j.id)).size).toBe(25);
+  });
+
+  it('refuses a bad cursor with 400 INVALID_CURSOR', async () => {
+    for (const cursor of [
+      'garbage',
+      Buffer.from('["not a date","x"]').toString('base64url'),
+      Buffer.from('{"a":1}').toString('base64url'),
+    ]) {
+      const res = await a.http().get(`/v1/jobs?cursor=${cursor}`).set(a.auth());
+      expect(res.status).toBe(400);
+      expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+      expect(res.body.code).toBe('INVALID_CURSOR');
+    }
+  });
+
+  it('gets a job with its events', async () => {
+    const res = await a.http().get(`/v1/jobs/${all[2]}`).set(a.auth());
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({
+      id: all[2],
+      kind: 'container.start',
+      state: 'queued',
+      containerId: containerA,
+      hostId: a.hostId,
+      params: { containerId: containerA, name: 'jobs-a' },
+      error: null,
+    });
+    expect(res.body.events).toEqual([
+      expect.objectContaining({
+        action: 'job.queued',
+        data: expect.objectContaining({ kind: 'container.start' }),
+      }),
+    ]);
+    const missing = await a.http().get(`/v1/jobs/${UNKNOWN}`).set(a.auth());
+    expect(missing.status).toBe(404);
+    expect(missing.body.code).toBe('JOB_NOT_FOUND');
+  });
+
+  it('wait?timeout=1 returns after about a second with the job still queued on a stopped host, saying why', async () => {
+    const [{ id: queued }] = await a.ds.query(
+      `SELECT id FROM jobs WHERE host_id = $1 AND state = 'queued' LIMIT 1`,
+      [offlineHost],
+    );
+    const t0 = Date.now();
+    const res = await a.http().get(`/v1/jobs/${queued}/wait?timeout=1`).set(a.auth());
+    const took = Date.now() - t0;
+    expect(res.status).toBe(200);
+    expect(res.body.state).toBe('queued');
+    expect(res.body.waitingReason).toMatch(/^waiting for host jobsapi-offline: offline since \d{4}-/);
+    expect(took).toBeGreaterThanOrEqual(900);
+    expect(took).toBeLessThan(2_500);
+  });
+
+  it('wait returns at once when the job ends, and at once for an ended job', async () => {
+    const job = all[2];
+    const t0 = Date.now();
+    const waiting = a
+      .http()
+      .get(`/v1/jobs/${job}/wait?timeout=30`)
+      .set(a.auth())
+      .then((r) => r);
+    await new Promise((r) => setTimeout(r, 300));
+    // What a worker does when the job ends: from another connection, so only the notification wakes it.
+    const other = new Client({ connectionString: a.databaseUrl });
+    await other.connect();
+    let endedAt = 0;
+    try {
+      await other.query(
+        `UPDATE jobs SET state = 'completed', finished_at = now(), updated_at = now() WHERE id = $1`,
+        [job],
+      );
+      endedAt = Date.now();
+    } finally {
+      await other.end();
+    }
+    const res = await waiting;
+    expect(res.status).toBe(200);
+    expect(res.body.state).toBe('completed');
+    expect(Date.now() - endedAt).toBeLessThan(1_500);
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    const t1 = Date.now();
+    const again = await a.http().get(`/v1/jobs/${job}/wait?timeout=30`).set(a.auth());
+    expect(again.body.state).toBe('completed');
+    expect(Date.now() - t1).toBeLessThan(1_000);
+  });
+});
+
+describeKernel('jobs API: events as Server-Sent Events from a real worker', { root: true }, () => {
+  let p: Pipeline;
+  let hostId: string;
+
+  beforeAll(async () => {
+    p = await startPipeline('jobsse', { BERTH_STORAGE_DRIVER: 'dir' });
+    await listen(p.api.getHttpServer());
+    [{ id: hostId }] = await p.ds.query(`SELECT id FROM hosts WHERE name = $1`, [p.hostName]);
+  }, 120_000);
+  afterAll(() => p?.close(), 60_000);
+
+  /** A no-op job through the real path (job row + job.queued + outbox in one transaction). */
+  const enqueueNoop = (n: number) =>
+    p.ds.transaction((m) =>
+      p.api.get(JobEnqueuer).enqueue(m, {
+        kind: 'system.noop',
+        hostId,
+        payload: { n },
+        principal: { keyId: 'test', tenantId: null, scopes: ['admin'], requestId: `sse-${n}` },
+      }),
+    );
+
+  it('streams job.queued … job.completed, then `end` with the job, and closes', async () => {
+    const job = await enqueueNoop(1);
+    const { status, contentType, messages } = await readSse(
+      p.api.getHttpServer(),
+      `/v1/jobs/${job.id}/events`,
+      p.token,
+    );
+    expect(status).toBe(200);
+    expect(contentType).toMatch(/^text\/event-stream/);
+    const names = messages.map((m) => m.event);
+    expect(names[0]).toBe('job.queued');
+    expect(names).toContain('job.active');
+    expect(names.slice(-2)).toEqual(['job.completed', 'end']);
+    expect(names.indexOf('job.active')).toBeLessThan(names.indexOf('job.completed'));
+    // Each event once, in the order of the audit trail, carrying its id.
+    const ids = messages.filter((m) => m.event !== 'end').map((m) => Number(m.id));
+    expect(ids).toEqual([...ids].sort((x, y) => x - y));
+    expect(new Set(ids).size).toBe(ids.length);
+    for (const m of messages.slice(0, -1)) expect(m.data.action).toBe(m.event);
+    expect(messages[messages.length - 1].data).toMatchObject({
+      id: job.id,
+      state: 'completed',
+      result: { n: 1 },
+    });
+  }, 60_000);
+
+  it('replays the events of an ended job and closes at once', async () => {
+    const job = await enqueueNoop(2);
+    await p.http().get(`/v1/jobs/${job.id}/wait?timeout=30`).set(p.auth());
+    const t0 = Date.now();
+    const { messages } = await readSse(p.api.getHttpServer(), `/v1/jobs/${job.id}/events`, p.token);
+    expect(Date.now() - t0).toBeLessThan(1_500);
+    expect(messages.map((m) => m.event)).toEqual(['job.queued', 'job.active', 'job.completed', 'end']);
+  }, 60_000);
+
+  it('answers an unknown job with 404 problem+json before any stream opens', async () => {
+    const res = await p.http().get(`/v1/jobs/${UNKNOWN}/events`).set(p.auth());
+    expect(res.status).toBe(404);
+    expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(res.body.code).toBe('JOB_NOT_FOUND');
+  });
+});
