@@ -222,7 +222,7 @@ describe('jobs API: filters, pagination, long-poll', () => {
     // What a worker does when the job ends: from another connection, so only the notification wakes it.
     const other = new Client({ connectionString: a.databaseUrl });
     await other.connect();
-    let endedAt = 0;
+    let endedAt: number;
     try {
       await other.query(
         `UPDATE jobs SET state = 'completed', finished_at = now(), updated_at = now() WHERE id = $1`,
