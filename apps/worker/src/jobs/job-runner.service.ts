@@ -168,7 +168,12 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
   /** Graceful: stop taking jobs and let the active ones finish (BullMQ hands unfinished ones back). */
   async onApplicationShutdown(): Promise<void> {
     if (!this.worker) return;
-    const grace = new Promise<void>((r) => setTimeout(r, this.config.worker.shutdownGraceMs));
-    await Promise.race([this.worker.close(), grace.then(() => this.worker?.close(true))]);
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((r) => (timer = setTimeout(r, this.config.worker.shutdownGraceMs)));
+    try {
+      await Promise.race([this.worker.close(), grace.then(() => this.worker?.close(true))]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
