@@ -88,6 +88,8 @@ export async function startCluster(tag: string, extraEnv: Record<string, string>
   const token = await createTestKey(ds);
   const workers = new Set<WorkerProcess>();
   let rt: Promise<HostRuntime> | undefined;
+  const runtime = () =>
+    (rt ??= openHostRuntime({ dataRoot, cgroupParent, storageDriver: config.runtime.storageDriver }));
   let q: Queue | undefined;
 
   const hostId = async (): Promise<string> => {
@@ -114,10 +116,7 @@ export async function startCluster(tag: string, extraEnv: Record<string, string>
       return w;
     },
     hostId,
-    runtime() {
-      rt ??= openHostRuntime({ dataRoot, cgroupParent, storageDriver: config.runtime.storageDriver });
-      return rt;
-    },
+    runtime,
     async queue() {
       q ??= new Queue(hostQueueName(await hostId()), {
         connection: bullConnection(config.redis.url),
@@ -131,12 +130,12 @@ export async function startCluster(tag: string, extraEnv: Record<string, string>
       await q?.obliterate({ force: true }).catch(() => undefined);
       await q?.close();
       if (existsSync(join(dataRoot, 'storage')) || rt) {
-        const runtime = await this.runtime();
-        for (const c of await runtime.containers.list()) await runtime.containers.destroy(c.id);
-        await runtime.containers.reconcile({ remove: true });
-        for (const t of await runtime.templates.list())
-          await runtime.templates.delete(t).catch(() => undefined);
-        await runtime.storage.release();
+        const inspector = await runtime();
+        for (const c of await inspector.containers.list()) await inspector.containers.destroy(c.id);
+        await inspector.containers.reconcile({ remove: true });
+        for (const t of await inspector.templates.list())
+          await inspector.templates.delete(t).catch(() => undefined);
+        await inspector.storage.release();
       }
       // A crashed worker leaves its host `online` with a stale heartbeat: later suites must not pick it.
       await ds.query(`UPDATE hosts SET state = 'offline' WHERE name = $1`, [hostName]);

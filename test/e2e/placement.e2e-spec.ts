@@ -1,0 +1,144 @@
+import { describeKernel } from '@test/support/kernel';
+import {
+  importBusybox,
+  jobEvents,
+  sleep,
+  startCluster,
+  until,
+  type Cluster,
+  type WorkerProcess,
+} from '@test/support/worker-process';
+
+const MiB = 1024 * 1024;
+const TiB = 1024 * 1024 * MiB;
+const OFFLINE_AFTER_MS = 2_000;
+
+describeKernel('placement and host liveness', { root: true, programs: ['busybox', 'nsenter'] }, () => {
+  let c: Cluster;
+  let w: WorkerProcess;
+  let hostId: string;
+  const template = `bb-place-${process.pid}`;
+  const small = { template, cpus: 0.1, memoryBytes: 32 * MiB, diskBytes: 64 * MiB, pidsMax: 64 };
+  let n = 0;
+  const name = () => `place-${n++}-${process.pid}`;
+
+  beforeAll(async () => {
+    c = await startCluster('place', { HOST_OFFLINE_AFTER_MS: String(OFFLINE_AFTER_MS) });
+    w = await c.startWorker();
+    hostId = await c.hostId();
+    await importBusybox(c, template, hostId);
+  }, 180_000);
+  afterAll(() => c?.close(), 120_000);
+
+  const create = (body: object) => c.http().post('/v1/containers').set(c.auth()).send(body);
+  const wait = async (jobId: string) =>
+    (await c.http().get(`/v1/jobs/${jobId}/wait?timeout=60`).set(c.auth())).body;
+  const myHost = async () =>
+    ((await c.http().get('/v1/hosts').set(c.auth())).body as { id: string }[]).find(
+      (h) => h.id === hostId,
+    ) as { id: string; state: string; draining: boolean; lastHeartbeatAt: string };
+
+  async function counts() {
+    const [r] = await c.ds.query(
+      `SELECT (SELECT count(*) FROM containers)::int AS containers, (SELECT count(*) FROM jobs)::int AS jobs,
+                (SELECT count(*) FROM outbox)::int AS outbox`,
+    );
+    return r;
+  }
+
+  /** A refused create: 503 problem NO_CAPACITY whose detail says why, and no row written anywhere. */
+  async function expectRefused(body: object, why: RegExp) {
+    const before = await counts();
+    const res = await create({ name: name(), ...small, ...body });
+    expect(res.status).toBe(503);
+    expect(res.headers['content-type']).toMatch(/application\/problem\+json/);
+    expect(res.body.code).toBe('NO_CAPACITY');
+    expect(`${res.body.detail} ${JSON.stringify(res.body.reasons ?? [])}`).toMatch(why);
+    expect(await counts()).toEqual(before);
+    return res.body;
+  }
+
+  it('no host fits: 503 NO_CAPACITY with the reason per host, nothing written', async () => {
+    const body = await expectRefused({ memoryBytes: TiB }, /not enough memory/);
+    expect(body.reasons).toEqual(
+      expect.arrayContaining([expect.stringMatching(new RegExp(`^${c.hostName}: not enough memory`))]),
+    );
+  });
+
+  it('an explicit host is honoured, or refused with the reason; an unknown one is 422', async () => {
+    const res = await create({ name: name(), ...small, host: hostId });
+    expect(res.status).toBe(202);
+    expect(res.body.container.hostId).toBe(hostId);
+    expect(await wait(res.body.job.id)).toMatchObject({ state: 'completed', hostId });
+    await expectRefused(
+      { host: hostId, memoryBytes: TiB },
+      new RegExp(`host ${c.hostName} cannot take it: not enough memory`),
+    );
+    const before = await counts();
+    const unknown = await create({ name: name(), ...small, host: '00000000-0000-4000-8000-000000000000' });
+    expect(unknown.status).toBe(422);
+    expect(unknown.body.code).toBe('HOST_NOT_FOUND');
+    expect(await counts()).toEqual(before);
+  }, 60_000);
+
+  it('a draining host gets no new containers until undrained', async () => {
+    const drained = await c.http().post(`/v1/hosts/${hostId}/drain`).set(c.auth());
+    expect(drained.status).toBe(200);
+    expect(drained.body).toMatchObject({ id: hostId, draining: true });
+    expect(await myHost()).toMatchObject({ draining: true, state: 'online' });
+    await expectRefused({ host: hostId }, new RegExp(`host ${c.hostName} cannot take it: draining`));
+    await expectRefused({}, new RegExp(`${c.hostName}: draining`));
+
+    const undrained = await c.http().post(`/v1/hosts/${hostId}/undrain`).set(c.auth());
+    expect(undrained.status).toBe(200);
+    expect(undrained.body).toMatchObject({ id: hostId, draining: false });
+    const res = await create({ name: name(), ...small });
+    expect(res.status).toBe(202);
+    expect(res.body.container.hostId).toBe(hostId);
+    expect(await wait(res.body.job.id)).toMatchObject({ state: 'completed' });
+    const audit = await c.ds.query(
+      `SELECT action FROM audit_events WHERE subject_id = $1 AND action IN ('host.drain', 'host.undrain') ORDER BY id`,
+      [hostId],
+    );
+    expect(audit.map((a: { action: string }) => a.action)).toEqual(['host.drain', 'host.undrain']);
+  }, 60_000);
+
+  it('a host whose heartbeat is stale is offline: no placement, its queued job waits with a reason, and runs once its worker is back', async () => {
+    const made = await create({ name: name(), ...small, start: false });
+    expect(await wait(made.body.job.id)).toMatchObject({ state: 'completed' });
+    const id: string = made.body.container.id;
+
+    // A crash: no graceful shutdown marks the host offline; only its heartbeat stops.
+    await w.kill();
+    const host = await until(
+      'the host to be reported offline',
+      async () => {
+        const h = await myHost();
+        return h.state === 'offline' ? h : undefined;
+      },
+      OFFLINE_AFTER_MS * 5,
+    );
+    expect(Date.now() - Date.parse(host.lastHeartbeatAt)).toBeGreaterThanOrEqual(OFFLINE_AFTER_MS);
+    await expectRefused({ host: hostId }, new RegExp(`host ${c.hostName} cannot take it: offline`));
+    await expectRefused({}, new RegExp(`${c.hostName}: offline`));
+
+    // Operations on its containers are still accepted: they wait for the host.
+    const started = await c.http().post(`/v1/containers/${id}/start`).set(c.auth()).send({});
+    expect(started.status).toBe(202);
+    const jobId: string = started.body.job.id;
+    await sleep(1_500);
+    const job = await c.http().get(`/v1/jobs/${jobId}`).set(c.auth());
+    expect(job.body).toMatchObject({
+      state: 'queued',
+      waitingReason: `waiting for host ${c.hostName}: offline since ${host.lastHeartbeatAt}`,
+    });
+    expect((await jobEvents(c.ds, jobId)).map((e) => e.action)).toEqual(['job.queued']);
+
+    w = await c.startWorker();
+    expect(await wait(jobId)).toMatchObject({ state: 'completed', result: { status: 'running' } });
+    expect((await c.http().get(`/v1/containers/${id}`).set(c.auth())).body.state).toBe('running');
+    expect(await myHost()).toMatchObject({ state: 'online' });
+    const after = await c.http().get(`/v1/jobs/${jobId}`).set(c.auth());
+    expect(after.body.waitingReason).toBeUndefined();
+  }, 120_000);
+});
