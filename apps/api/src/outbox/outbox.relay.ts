@@ -6,11 +6,11 @@ import {
   type OnApplicationShutdown,
 } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
-import { Queue } from 'bullmq';
+import { type JobsOptions, Queue } from 'bullmq';
 import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { bullConnection, isJobKind, jobOptionsFor, type QueuedJobData } from '@berth/jobs';
+import { bullConnection, isJobKind, jobOptionsFor, type JobKind, type QueuedJobData } from '@berth/jobs';
 
 interface OutboxRow {
   id: string;
@@ -100,11 +100,12 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
           `SELECT id, queue, job_name, job_id, payload FROM outbox WHERE published_at IS NULL
            ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED`,
         );
-        for (const row of rows) {
-          await this.publish(row);
-          if (this.afterPublish) await this.afterPublish(row);
-        }
+        await this.publish(rows);
+        if (this.afterPublish) for (const row of rows) await this.afterPublish(row);
         if (rows.length > 0) {
+          // The mark need not wait for the WAL flush: losing it in a Postgres crash only publishes the rows
+          // again, which is harmless (see above). Set after publishing, off the path to the worker.
+          await m.query(`SET LOCAL synchronous_commit = off`);
           await m.query(
             `UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)`,
             [rows.map((r) => r.id)],
@@ -117,11 +118,25 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
     }
   }
 
-  private async publish(row: OutboxRow): Promise<void> {
-    const kind = row.job_name;
-    if (!isJobKind(kind)) throw new Error(`outbox row ${row.id} has unknown job kind ${kind}`);
-    const bullJobId = row.payload.bullJobId ?? row.job_id;
-    await this.queue(row.queue).add(kind, row.payload, jobOptionsFor(kind, bullJobId));
+  /**
+   * Adds the rows' jobs to their queues, one `addBulk` (one Redis round trip) per queue rather than one
+   * `add` per row: under load a batch holds many rows. Each job keeps its own jobId, so a republished row
+   * is still a no-op in BullMQ.
+   */
+  private async publish(rows: OutboxRow[]): Promise<void> {
+    const byQueue = new Map<string, { name: JobKind; data: QueuedJobData; opts: JobsOptions }[]>();
+    for (const row of rows) {
+      const kind = row.job_name;
+      if (!isJobKind(kind)) throw new Error(`outbox row ${row.id} has unknown job kind ${kind}`);
+      const bullJobId = row.payload.bullJobId ?? row.job_id;
+      const jobs = byQueue.get(row.queue) ?? [];
+      jobs.push({ name: kind, data: row.payload, opts: jobOptionsFor(kind, bullJobId) });
+      byQueue.set(row.queue, jobs);
+    }
+    for (const [queue, jobs] of byQueue) {
+      if (jobs.length === 1) await this.queue(queue).add(jobs[0].name, jobs[0].data, jobs[0].opts);
+      else await this.queue(queue).addBulk(jobs);
+    }
   }
 
   queue(name: string): Queue {

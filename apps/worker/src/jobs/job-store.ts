@@ -56,8 +56,23 @@ export class JobStore {
     });
   }
 
+  /**
+   * A transaction whose commit does not wait for the WAL flush (`synchronous_commit = off` for it alone):
+   * ~5 ms less per write on a disk with slow fsync, on every job's critical path. Only for records whose
+   * loss in a Postgres crash repeats what the pipeline already repeats safely: the `active` mark (the job
+   * still counts as unfinished), progress, a finished step (steps are idempotent; a lost record re-runs
+   * the step, like a worker crash between step and record does). Terminal transitions (completed, failed,
+   * retry) stay synchronous, and the WAL is sequential: once they are durable, so is every record before.
+   */
+  private relaxed<T>(fn: (m: EntityManager) => Promise<T>): Promise<T> {
+    return this.ds.transaction(async (m) => {
+      await m.query(`SET LOCAL synchronous_commit = off`);
+      return fn(m);
+    });
+  }
+
   async markActive(job: StoredJob, attempt: number): Promise<void> {
-    await this.ds.transaction(async (m) => {
+    await this.relaxed(async (m) => {
       await m.query(
         `UPDATE jobs SET state = 'active', attempts = $2, started_at = COALESCE(started_at, now()), updated_at = now()
          WHERE id = $1`,
@@ -76,14 +91,17 @@ export class JobStore {
   }
 
   async stepDone(job: StoredJob, step: string, data: Record<string, unknown> = {}): Promise<void> {
-    await this.ds.transaction((m) => this.audit(m, job, 'job.step.done', { step, ...data }));
+    await this.relaxed((m) => this.audit(m, job, 'job.step.done', { step, ...data }));
   }
 
+  /** Progress is a relaxed write too, in one statement (one round trip instead of a 4-statement transaction). */
   async progress(jobId: string, stage: string, percent: number): Promise<void> {
-    await this.ds.query(`UPDATE jobs SET progress = $2, updated_at = now() WHERE id = $1`, [
-      jobId,
-      JSON.stringify({ stage, percent }),
-    ]);
+    // set_config(…, true) lasts until the end of this statement's own (implicit) transaction, commit included.
+    await this.ds.query(
+      `WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+       UPDATE jobs SET progress = $2, updated_at = now() FROM relaxed WHERE id = $1`,
+      [jobId, JSON.stringify({ stage, percent })],
+    );
   }
 
   /** The job succeeded: its row, the container's row (via `apply`) and the audit event, atomically. */
