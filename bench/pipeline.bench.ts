@@ -1,0 +1,444 @@
+/**
+ * Pipeline benchmark (issue 4, "Performance"): what the job pipeline adds on top of the runtime.
+ *
+ *   1. Latency: `POST /v1/containers` (clone + start, busybox, network none) until the job is completed as
+ *      seen through `GET /v1/jobs/:id/wait`, p50/p99 over BENCH_PIPELINE_RUNS runs, next to the runtime's
+ *      own create + start time for the same containers (measured inside the worker) and to create + start
+ *      called directly on the same runtime (interleaved batches). Overhead = end to end − runtime, per run.
+ *      Each stage of the way (accept, relay publish, BullMQ pick-up, job.active, runtime, job.completed,
+ *      long-poll answer) is timed in-process, so a slow stage shows by name.
+ *   2. Throughput: `system.noop` jobs through the same path as the API (JobEnqueuer in a transaction →
+ *      outbox → relay → BullMQ → worker → job store + audit), against raw BullMQ (`Queue.add` + a no-op
+ *      `Worker`) on the same Redis, same concurrency, same run.
+ *
+ * API and worker are booted in this process (like test/support/pipeline.ts) against the local Postgres and
+ * Redis, with a dedicated database (dropped and recreated), its own BullMQ prefix, data root and cgroup
+ * parent; everything is removed at the end. All traffic is on loopback.
+ *
+ * Run: node -r ts-node/register/transpile-only -r tsconfig-paths/register bench/pipeline.bench.ts
+ * Settings (environment): BENCH_DIR (/var/tmp/berth-bench), BENCH_RESULTS_DIR (bench/results),
+ * BENCH_PIPELINE_RUNS (200), BENCH_PIPELINE_BATCH (20), BENCH_PIPELINE_JOBS (2000),
+ * BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4).
+ */
+import { randomUUID } from 'node:crypto';
+import { cpus, release, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Queue, Worker } from 'bullmq';
+import { bullConnection, jobOptionsFor } from '@berth/jobs';
+import { JobEnqueuer } from '../apps/api/src/jobs/job-enqueuer';
+import type { Principal } from '../apps/api/src/auth/principal';
+import { fmtMs, markdownTable } from './lib/markdown';
+import { writeResults } from './lib/results';
+import { summarize, type Summary } from './lib/stats';
+import { nowMs, Samples, sleep } from './lib/timing';
+import { startBenchSystem, type BenchSystem } from './pipeline/system';
+import { PipelineTrace } from './pipeline/trace';
+
+const intEnv = (name: string, fallback: number, min = 1): number => {
+  const v = Number(process.env[name] ?? fallback);
+  if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`${name} must be an integer ≥ ${min}`);
+  return v;
+};
+
+const settings = {
+  dir: resolve(process.env.BENCH_DIR ?? '/var/tmp/berth-bench'),
+  resultsDir: resolve(process.env.BENCH_RESULTS_DIR ?? join(__dirname, 'results')),
+  runs: intEnv('BENCH_PIPELINE_RUNS', 200, 0),
+  batch: intEnv('BENCH_PIPELINE_BATCH', 20),
+  warmup: 3,
+  jobs: intEnv('BENCH_PIPELINE_JOBS', 2000, 0),
+  /** Jobs being submitted at once (concurrent API clients) in the throughput runs, both sides alike. */
+  inflight: intEnv('BENCH_PIPELINE_INFLIGHT', 16),
+  /** Worker concurrency, Berth's worker and the raw BullMQ worker alike (Berth's default is 4). */
+  concurrency: intEnv('BENCH_PIPELINE_CONCURRENCY', 4),
+  /** Upper bound of any single wait (a job that never ends fails the bench instead of hanging it). */
+  jobTimeoutS: 60,
+  throughputTimeoutMs: 300_000,
+};
+
+const MiB = 1024 * 1024;
+const RESOURCES = { cpus: 1, memoryBytes: 64 * MiB, pidsMax: 64 };
+
+let aborted = false;
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(sig, () => {
+    if (aborted) process.exit(130);
+    aborted = true;
+    log(`${sig}: finishing the current step, then cleaning up`);
+  });
+}
+const checkAbort = () => {
+  if (aborted) throw new Error('interrupted');
+};
+
+function log(msg: string): void {
+  process.stderr.write(`bench: ${msg}\n`);
+}
+
+function expectStatus(what: string, res: { status: number; body: unknown }, status: number): void {
+  if (res.status !== status)
+    throw new Error(`${what}: HTTP ${res.status} (wanted ${status}): ${JSON.stringify(res.body)}`);
+}
+
+async function waitJob(sys: BenchSystem, jobId: string): Promise<void> {
+  const res = await sys.call('GET', `/v1/jobs/${jobId}/wait?timeout=${settings.jobTimeoutS}`);
+  expectStatus(`wait ${jobId}`, res, 200);
+  if (res.body.state !== 'completed')
+    throw new Error(
+      `job ${jobId} ended ${res.body.state}: ${res.body.error?.code} ${res.body.error?.message}`,
+    );
+}
+
+/** Destroys containers through the API (outside every timed part) and waits for each destroy job. */
+async function destroyAll(sys: BenchSystem, ids: string[]): Promise<void> {
+  const jobs: string[] = [];
+  for (const id of ids) {
+    const res = await sys.call('DELETE', `/v1/containers/${id}`);
+    expectStatus(`destroy ${id}`, res, 202);
+    jobs.push(res.body.job!.id);
+  }
+  for (const j of jobs) await waitJob(sys, j);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 1. Latency
+
+interface LatencyResult {
+  summaries: Record<string, Summary>;
+  /** Median of each stage, in the order a job passes them (ms from the previous stage). */
+  stages: { stage: string; p50: number; p99: number }[];
+}
+
+async function latency(sys: BenchSystem, trace: PipelineTrace): Promise<LatencyResult> {
+  const s = new Samples();
+  const stage = new Samples();
+  let seq = 0;
+
+  const viaApi = async (record: boolean): Promise<string> => {
+    const name = `lat-${seq++}`;
+    const t0 = nowMs();
+    const res = await sys.call('POST', '/v1/containers', {
+      name,
+      template: 'busybox',
+      ...RESOURCES,
+      network: 'none',
+    });
+    const tAccepted = nowMs();
+    expectStatus(`create ${name}`, res, 202);
+    const jobId = res.body.job!.id;
+    await waitJob(sys, jobId);
+    const tDone = nowMs();
+    if (record) {
+      // The long-poll may answer (NOTIFY at commit) before the worker's own `complete` call has returned.
+      for (let i = 0; i < 200 && !trace.marks.get(jobId)?.completed; i++) await sleep(1);
+      const m = trace.marks.get(jobId);
+      if (!m?.published || !m.picked || !m.active || m.runtimeMs === undefined || !m.completed)
+        throw new Error(`job ${jobId}: incomplete trace ${JSON.stringify(m)}`);
+      const e2e = tDone - t0;
+      s.add('e2e', e2e);
+      s.add('runtimeInPipeline', m.runtimeMs);
+      s.add('overhead', e2e - m.runtimeMs);
+      stage.add('POST sent → 202 received', tAccepted - t0);
+      stage.add('POST sent → relay published (overlaps the 202)', m.published - t0);
+      stage.add('published → worker picked up', m.picked - m.published);
+      stage.add('picked → job.active committed', m.active - m.picked);
+      stage.add('active → completed, minus runtime', m.completed - m.active - m.runtimeMs);
+      stage.add('completed → long-poll answered', tDone - m.completed);
+    }
+    trace.marks.delete(jobId);
+    return res.body.container!.id;
+  };
+
+  const direct = async (record: boolean): Promise<string> => {
+    const id = randomUUID();
+    const t0 = nowMs();
+    await sys.runtime.containers.create({
+      id,
+      hostname: `direct-${seq++}`,
+      template: 'busybox',
+      resources: RESOURCES,
+      network: { mode: 'none' },
+      privileged: false,
+    });
+    await sys.runtime.containers.start(id);
+    if (record) s.add('runtimeDirect', nowMs() - t0);
+    return id;
+  };
+
+  log(`latency: ${settings.warmup} warm-up runs`);
+  const warm: string[] = [];
+  for (let i = 0; i < settings.warmup; i++) warm.push(await viaApi(false));
+  await destroyAll(sys, warm);
+  for (let i = 0; i < settings.warmup; i++) await sys.runtime.containers.destroy(await direct(false));
+
+  for (let done = 0; done < settings.runs;) {
+    checkAbort();
+    const n = Math.min(settings.batch, settings.runs - done);
+    // Interleaved batches: the API path and the direct runtime see the same host state and drift.
+    const viaApiIds: string[] = [];
+    for (let i = 0; i < n; i++) viaApiIds.push(await viaApi(true));
+    const directIds: string[] = [];
+    for (let i = 0; i < n; i++) directIds.push(await direct(true));
+    await destroyAll(sys, viaApiIds);
+    for (const id of directIds) await sys.runtime.containers.destroy(id);
+    done += n;
+    log(`latency: ${done}/${settings.runs} (e2e p50 so far ${fmtMs(summarize(s.get('e2e')).p50)})`);
+  }
+
+  const summaries = Object.fromEntries(Object.entries(s.all()).map(([k, v]) => [k, summarize(v)]));
+  const stages = Object.entries(stage.all()).map(([name, v]) => {
+    const sum = summarize(v);
+    return { stage: name, p50: sum.p50, p99: sum.p99 };
+  });
+  return { summaries, stages };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 2. Throughput
+
+interface ThroughputRun {
+  jobs: number;
+  seconds: number;
+  jobsPerSecond: number;
+}
+
+/** Runs `submit(i)` for i in 0..n-1 with `inflight` at a time; resolves when `finished` resolves. */
+async function drive(
+  n: number,
+  submit: (i: number) => Promise<unknown>,
+  finished: Promise<void>,
+): Promise<ThroughputRun> {
+  let next = 0;
+  const t0 = nowMs();
+  const lane = async () => {
+    while (next < n) await submit(next++);
+  };
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`throughput run did not finish in ${settings.throughputTimeoutMs} ms`)),
+      settings.throughputTimeoutMs,
+    );
+  });
+  try {
+    await Promise.race([
+      Promise.all([Promise.all(Array.from({ length: settings.inflight }, lane)), finished]),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+  const seconds = (nowMs() - t0) / 1000;
+  return { jobs: n, seconds, jobsPerSecond: n / seconds };
+}
+
+/** A promise resolved after `n` calls of the returned `tick`. */
+function countdown(n: number): { tick: () => void; done: Promise<void> } {
+  let left = n;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  return {
+    tick: () => {
+      if (--left === 0) resolveDone();
+    },
+    done,
+  };
+}
+
+async function berthNoop(sys: BenchSystem, trace: PipelineTrace, principal: Principal, n: number) {
+  const enqueuer = sys.api.get(JobEnqueuer);
+  const c = countdown(n);
+  trace.onCompleted = c.tick;
+  try {
+    return await drive(
+      n,
+      (i) =>
+        sys.ds.transaction((m) =>
+          enqueuer.enqueue(m, { kind: 'system.noop', payload: { n: i }, hostId: sys.hostId, principal }),
+        ),
+      c.done,
+    );
+  } finally {
+    trace.onCompleted = undefined;
+  }
+}
+
+async function rawBullmq(sys: BenchSystem, n: number, tag: string): Promise<ThroughputRun> {
+  const name = `raw-bench-${tag}`;
+  const connection = bullConnection(sys.config.redis.url);
+  const prefix = sys.config.redis.bullPrefix;
+  const queue = new Queue(name, { connection, prefix });
+  const c = countdown(n);
+  const worker = new Worker(name, async (job) => ({ n: (job.data as { n: number }).n }), {
+    connection,
+    prefix,
+    concurrency: settings.concurrency,
+  });
+  worker.on('completed', c.tick);
+  try {
+    await worker.waitUntilReady();
+    return await drive(
+      n,
+      (i) => queue.add('system.noop', { n: i }, jobOptionsFor('system.noop', `${tag}-${i}`)),
+      c.done,
+    );
+  } finally {
+    await worker.close();
+    await queue.obliterate({ force: true }).catch(() => undefined);
+    await queue.close();
+  }
+}
+
+async function throughput(sys: BenchSystem, trace: PipelineTrace) {
+  const [key] = await sys.ds.query(`SELECT id FROM api_keys WHERE name = 'bench'`);
+  const principal: Principal = { keyId: key.id, tenantId: null, scopes: ['admin'], requestId: '' };
+  trace.detailed = false;
+  const warm = Math.min(100, settings.jobs);
+  log(`throughput: warm-up (${warm} jobs each)`);
+  await berthNoop(sys, trace, principal, warm);
+  await rawBullmq(sys, warm, 'warm');
+  checkAbort();
+  // Raw first, then Berth, then raw again: the raw figure is the mean of the two, around Berth's run.
+  log(`throughput: raw BullMQ, ${settings.jobs} jobs`);
+  const raw1 = await rawBullmq(sys, settings.jobs, 'a');
+  checkAbort();
+  log(`throughput: Berth system.noop, ${settings.jobs} jobs`);
+  const berth = await berthNoop(sys, trace, principal, settings.jobs);
+  checkAbort();
+  log(`throughput: raw BullMQ again, ${settings.jobs} jobs`);
+  const raw2 = await rawBullmq(sys, settings.jobs, 'b');
+  const rawJobsPerSecond = (raw1.jobsPerSecond + raw2.jobsPerSecond) / 2;
+  const [{ completed }] = await sys.ds.query(
+    `SELECT count(*)::int AS completed FROM jobs WHERE kind = 'system.noop' AND state = 'completed'`,
+  );
+  if (completed !== settings.jobs + warm)
+    throw new Error(`expected ${settings.jobs + warm} completed noop jobs in Postgres, found ${completed}`);
+  return { berth, raw: [raw1, raw2], rawJobsPerSecond, ratio: berth.jobsPerSecond / rawJobsPerSecond };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+type ThroughputResult = Awaited<ReturnType<typeof throughput>>;
+
+async function main(): Promise<void> {
+  const tag = `bench-pipeline-${process.pid}`;
+  log(`booting API + worker (database berth_bench, prefix ${tag})`);
+  const sys = await startBenchSystem({
+    dataRoot: join(settings.dir, 'berth-pipeline'),
+    cgroupParent: 'berth-bench-pipeline',
+    database: 'berth_bench',
+    bullPrefix: tag,
+    hostName: tag,
+    workerConcurrency: settings.concurrency,
+  });
+  try {
+    const trace = new PipelineTrace();
+    trace.install(sys);
+    let lat: LatencyResult | null = null;
+    if (settings.runs > 0) {
+      log('importing the busybox template through the API');
+      const imp = await sys.call('POST', '/v1/templates', { name: 'busybox', source: 'builtin:busybox' });
+      expectStatus('template import', imp, 202);
+      for (const j of imp.body.jobs ?? []) await waitJob(sys, j.id);
+      lat = await latency(sys, trace);
+    }
+    checkAbort();
+    const tp = settings.jobs > 0 ? await throughput(sys, trace) : null;
+
+    const driver = sys.runtime.storage.info().name;
+    const overhead = lat?.summaries.overhead.p50;
+    const data = {
+      benchmark: 'pipeline',
+      date: new Date().toISOString(),
+      machine: {
+        cpus: cpus().length,
+        cpuModel: cpus()[0]?.model,
+        memoryBytes: totalmem(),
+        kernel: release(),
+        node: process.version,
+        storageDriver: driver,
+      },
+      settings,
+      latency: lat,
+      throughput: tp,
+      targets: {
+        overheadP50Ms: overhead === undefined ? null : { target: 10, value: overhead, met: overhead <= 10 },
+        throughputRatio: tp ? { target: 0.5, value: tp.ratio, met: tp.ratio >= 0.5 } : null,
+      },
+    };
+    const written = await writeResults(settings.resultsDir, 'pipeline', data);
+    log(`results: ${written.dated}`);
+    process.stdout.write(report(driver, lat, tp));
+  } finally {
+    log('cleaning up');
+    await sys.close();
+  }
+}
+
+const ok = (met: boolean) => (met ? 'met' : 'NOT met');
+
+function latencyReport(driver: string, lat: LatencyResult): string[] {
+  const L = lat.summaries;
+  const row = (label: string, x: Summary) => [label, fmtMs(x.p50), fmtMs(x.p99), fmtMs(x.mean)];
+  return [
+    `### Pipeline latency: create + start one busybox container (${driver}, ${L.e2e.n} runs)`,
+    '',
+    markdownTable(
+      ['', 'p50', 'p99', 'mean'],
+      [
+        row('POST /v1/containers → job completed (wait)', L.e2e),
+        row('runtime create + start, inside that job', L.runtimeInPipeline),
+        row('runtime create + start, called directly', L.runtimeDirect),
+        row('pipeline overhead (end to end − runtime, per run)', L.overhead),
+      ],
+    ),
+    '',
+    `Overhead target p50 ≤ 10 ms: ${ok(L.overhead.p50 <= 10)}.`,
+    '',
+    'Where the time goes (after the first two rows, each stage starts where the previous one ended):',
+    '',
+    markdownTable(
+      ['stage', 'p50', 'p99'],
+      lat.stages.map((x) => [x.stage, fmtMs(x.p50), fmtMs(x.p99)]),
+    ),
+    '',
+  ];
+}
+
+function throughputReport(tp: ThroughputResult): string[] {
+  const rate = (r: number) => `${Math.round(r)} jobs/s`;
+  return [
+    `### Pipeline throughput: system.noop, ${tp.berth.jobs} jobs, ${settings.inflight} submitters, worker concurrency ${settings.concurrency}`,
+    '',
+    markdownTable(
+      ['path', 'jobs/s', 'seconds'],
+      [
+        [
+          'Berth: enqueuer + outbox + relay + BullMQ + worker + audit',
+          rate(tp.berth.jobsPerSecond),
+          tp.berth.seconds.toFixed(2),
+        ],
+        ...tp.raw.map((r, i) => [
+          `raw BullMQ Queue.add + Worker (run ${i + 1})`,
+          rate(r.jobsPerSecond),
+          r.seconds.toFixed(2),
+        ]),
+      ],
+    ),
+    '',
+    `Berth / raw BullMQ: ${(tp.ratio * 100).toFixed(0)} % (target ≥ 50 %: ${ok(tp.ratio >= 0.5)}).`,
+    '',
+  ];
+}
+
+function report(driver: string, lat: LatencyResult | null, tp: ThroughputResult | null): string {
+  return [...(lat ? latencyReport(driver, lat) : []), ...(tp ? throughputReport(tp) : [])].join('\n');
+}
+
+main().then(
+  () => process.exit(0),
+  (e: unknown) => {
+    log(`failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    process.exit(1);
+  },
+);
