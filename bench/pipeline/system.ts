@@ -3,10 +3,12 @@ import type { NestExpressApplication } from '@nestjs/platform-express';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { Queue } from 'bullmq';
 import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { loadConfig, type BerthConfig } from '@berth/config';
 import { createDataSource } from '@berth/db';
+import { bullConnection, hostQueueName } from '@berth/jobs';
 import type { HostRuntime } from '@berth/runtime';
 import { generateApiKey } from '../../apps/api/src/auth/api-keys';
 import { createApiApp } from '../../apps/api/src/bootstrap';
@@ -118,6 +120,7 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
   let api: NestExpressApplication | undefined;
   let worker: INestApplicationContext | undefined;
   let runtime: HostRuntime | undefined;
+  let hostId: string | undefined;
   const close = async () => {
     await api?.close().catch(() => undefined);
     if (worker) {
@@ -134,6 +137,15 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
       for (const t of await runtime.templates.list().catch(() => []))
         await runtime.templates.delete(t).catch(() => undefined);
       await runtime.storage.release().catch(() => undefined);
+    }
+    // Redis: the host queue's keys (BullMQ keeps up to 1,000 finished jobs per queue) go with the run.
+    if (hostId) {
+      const q = new Queue(hostQueueName(hostId), {
+        connection: bullConnection(config.redis.url),
+        prefix: config.redis.bullPrefix,
+      });
+      await q.obliterate({ force: true }).catch(() => undefined);
+      await q.close().catch(() => undefined);
     }
     if (ds.isInitialized) await ds.destroy().catch(() => undefined);
     await dropDatabase(serverUrl, o.database).catch(() => undefined);
@@ -156,6 +168,7 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
     ]);
     const [host] = await ds.query(`SELECT id FROM hosts WHERE name = $1`, [o.hostName]);
     if (!host) throw new Error(`host ${o.hostName} did not register`);
+    hostId = host.id as string;
     const baseUrl = `http://127.0.0.1:${port}`;
     const headers = { Authorization: `Bearer ${key.token}`, 'Content-Type': 'application/json' };
     return {
@@ -164,7 +177,7 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
       worker,
       ds,
       runtime,
-      hostId: host.id,
+      hostId,
       baseUrl,
       token: key.token,
       async call(method, path, body) {
