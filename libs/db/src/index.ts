@@ -3,3 +3,4 @@ export * from './data-source';
 export * from './audit';
 export * from './db.module';
 export { migrations } from './migrations';
+export * from './container-target';

@@ -49,3 +49,32 @@ export function checkTransition(kind: JobKind, from: ContainerState): Transition
 export function stateFromRuntime(status: 'creating' | 'stopped' | 'running' | 'paused'): ContainerState {
   return status;
 }
+
+/** A job of a container that has not ended yet, in acceptance order. */
+export interface PendingContainerJob {
+  kind: JobKind;
+  /** For container.create: whether it starts the container. */
+  start?: boolean;
+}
+
+/**
+ * The state a container will be in once its pending jobs have run, starting from its present state:
+ * recomputed whenever a job leaves the queue other than by completing as planned (failure, cancellation,
+ * retry), so that later requests are checked against what will really happen.
+ */
+export function projectTargetState(
+  state: ContainerState,
+  pending: readonly PendingContainerJob[],
+): ContainerState {
+  let s = state;
+  for (const job of pending) {
+    if (job.kind === 'container.create') {
+      s = job.start === false ? 'stopped' : 'running';
+      continue;
+    }
+    const t = checkTransition(job.kind, s);
+    // A job the state machine would refuse from here will fail at run time and change nothing.
+    if (t.allowed) s = t.next;
+  }
+  return s;
+}

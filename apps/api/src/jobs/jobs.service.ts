@@ -2,7 +2,7 @@ import { HttpStatus, Inject, Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { appendAudit } from '@berth/db';
+import { appendAudit, recomputeTargetState } from '@berth/db';
 import { hostQueueName } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
@@ -177,6 +177,11 @@ export class JobsService {
                 finished_at = NULL, updated_at = now() WHERE id = $1`,
         [id],
       );
+      if (job.container_id) {
+        // The job is pending again: the container's target state includes what it will do.
+        const [c] = await m.query(`SELECT state FROM containers WHERE id = $1`, [job.container_id]);
+        await recomputeTargetState(m, job.container_id, c.state);
+      }
       await appendAudit(m, {
         actor: principal.keyId,
         action: 'job.retry.requested',
@@ -212,8 +217,9 @@ export class JobsService {
         [id],
       );
       if (job.container_id) {
-        // What was projected for the container no longer happens: its target is its present state again.
-        await m.query(`UPDATE containers SET target_state = state WHERE id = $1`, [job.container_id]);
+        // What this job would have done no longer happens: project the present state through what is left.
+        const [c] = await m.query(`SELECT state FROM containers WHERE id = $1`, [job.container_id]);
+        await recomputeTargetState(m, job.container_id, c.state);
       }
       await appendAudit(m, {
         actor: principal.keyId,
