@@ -24,8 +24,13 @@ const url = (protocols: string[]) =>
 export const envSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  DATABASE_URL: url(['postgres:', 'postgresql:']).default('postgres://berth:berth@127.0.0.1:5433/berth'),
-  REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6380'),
+  /** Ports of the project-local services (scripts/services.sh); the default URLs point at them. */
+  BERTH_PG_PORT: int(1, 65535).default(5433),
+  BERTH_REDIS_PORT: int(1, 65535).default(6380),
+  /** Default: the project-local PostgreSQL on BERTH_PG_PORT. */
+  DATABASE_URL: url(['postgres:', 'postgresql:']).optional(),
+  /** Default: the project-local Redis on BERTH_REDIS_PORT. */
+  REDIS_URL: url(['redis:', 'rediss:']).optional(),
   /** Key prefix of every BullMQ queue (separates deployments, or test runs, sharing one Redis). */
   BULLMQ_PREFIX: z
     .string()

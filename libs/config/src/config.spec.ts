@@ -10,6 +10,15 @@ describe('loadConfig', () => {
     expect(c.runtime.network.allowIpForward).toBe(false);
   });
 
+  it('points the default URLs at the project-local service ports', () => {
+    const c = loadConfig({ BERTH_PG_PORT: '5441', BERTH_REDIS_PORT: '6391' });
+    expect(c.database.url).toBe('postgres://berth:berth@127.0.0.1:5441/berth');
+    expect(c.redis.url).toBe('redis://127.0.0.1:6391');
+    expect(loadConfig({ BERTH_PG_PORT: '5441', DATABASE_URL: 'postgres://x@db/y' }).database.url).toBe(
+      'postgres://x@db/y',
+    );
+  });
+
   it('maps variables into the nested object with types', () => {
     const c = loadConfig({ API_PORT: '9000', WORKER_CONCURRENCY: '8', BERTH_ALLOW_IP_FORWARD: 'true' });
     expect(c.api.port).toBe(9000);

@@ -55,8 +55,8 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig
   return {
     env: e.NODE_ENV,
     logLevel: e.LOG_LEVEL,
-    database: { url: e.DATABASE_URL },
-    redis: { url: e.REDIS_URL, bullPrefix: e.BULLMQ_PREFIX },
+    database: { url: e.DATABASE_URL ?? `postgres://berth:berth@127.0.0.1:${e.BERTH_PG_PORT}/berth` },
+    redis: { url: e.REDIS_URL ?? `redis://127.0.0.1:${e.BERTH_REDIS_PORT}`, bullPrefix: e.BULLMQ_PREFIX },
     api: {
       host: e.API_HOST,
       port: e.API_PORT,
