@@ -43,11 +43,14 @@ cleanup_host() {
     done
   done
   for root in /sys/fs/cgroup/*; do
-    [ -d "$root/$CGROUP_PARENT" ] || continue
-    find "$root/$CGROUP_PARENT" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    for d in "$root/$CGROUP_PARENT" "$root/$CGROUP_PARENT-pipeline"; do
+      [ -d "$d" ] || continue
+      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    done
   done
   for root in /sys/fs/cgroup/*; do
-    for d in "$root/$CGROUP_PARENT" "$root"/lxc.payload."$LXC_PREFIX"* "$root"/lxc.monitor."$LXC_PREFIX"* "$root/lxc.pivot"; do
+    for d in "$root/$CGROUP_PARENT" "$root/$CGROUP_PARENT-pipeline" "$root"/lxc.payload."$LXC_PREFIX"* \
+      "$root"/lxc.monitor."$LXC_PREFIX"* "$root/lxc.pivot"; do
       [ -d "$d" ] || continue
       # a group whose processes are still exiting refuses rmdir for a moment
       for _ in 1 2 3 4 5; do
@@ -64,6 +67,11 @@ cleanup_host() {
       losetup -j "$img" | cut -d: -f1 | while read -r dev; do losetup -d "$dev" 2>/dev/null || true; done
     done
     rm -rf "$BENCH_DIR"
+  fi
+  # Queues of a pipeline bench that was killed (the database is recreated by the next run).
+  if command -v redis-cli >/dev/null; then
+    redis-cli -p "${BERTH_REDIS_PORT:-6380}" --scan --pattern 'bench-pipeline-*' 2>/dev/null |
+      xargs -r redis-cli -p "${BERTH_REDIS_PORT:-6380}" DEL >/dev/null 2>&1 || true
   fi
 }
 
@@ -88,3 +96,4 @@ npx jest --selectProjects unit --testPathPatterns 'bench/lib' --silent >/dev/nul
   exit 1
 }
 "${node[@]}" bench/runtime.bench.ts
+"${node[@]}" bench/pipeline.bench.ts
