@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { CgroupBusyError, CgroupTimeoutError, cgroupFsError } from './cgroup.errors';
+import { RuntimeError } from '../common/errors';
+import { CgroupBusyError, CgroupNotFoundError, CgroupTimeoutError, cgroupFsError } from './cgroup.errors';
 
 /** File helpers shared by both drivers: cgroupfs files are small text files read and written whole. */
 
@@ -158,5 +159,17 @@ export function signalPids(pids: number[], signal: NodeJS.Signals): void {
     } catch (e) {
       if (errnoOf(e) !== 'ESRCH') throw e;
     }
+  }
+}
+
+/** Writes `pid` into a `cgroup.procs` file of group `path`, with the typed errors of addProcess. */
+export async function writePid(file: string, pid: number, path: string): Promise<void> {
+  try {
+    await writeRaw(file, String(pid));
+  } catch (e) {
+    const code = errnoOf(e);
+    if (code === 'ESRCH') throw new RuntimeError('NOT_FOUND', `process ${pid} does not exist`, { pid, path });
+    if (code === 'ENOENT') throw new CgroupNotFoundError(path, { file });
+    throw cgroupFsError(`add pid ${pid} to`, file, e);
   }
 }

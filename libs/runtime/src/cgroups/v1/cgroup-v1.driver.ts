@@ -1,7 +1,6 @@
 import { existsSync, realpathSync } from 'node:fs';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { RuntimeError } from '../../common/errors';
 import { CgroupCapabilities, CgroupDriver, CgroupLimits, CgroupState, CgroupStats } from '../cgroup.driver';
 import {
   CgroupBusyError,
@@ -31,6 +30,7 @@ import {
   waitUntil,
   writeControl,
   writeRaw,
+  writePid,
 } from '../cgroupfs.io';
 
 /** Hierarchies a container group must be in; without them the v1 driver cannot work. */
@@ -110,17 +110,7 @@ export class CgroupV1Driver implements CgroupDriver {
 
   async addProcess(path: string, pid: number): Promise<void> {
     validatePid(pid);
-    for (const file of this.procsFiles(path)) {
-      try {
-        await writeRaw(file, String(pid));
-      } catch (e) {
-        const code = errnoOf(e);
-        if (code === 'ESRCH')
-          throw new RuntimeError('NOT_FOUND', `process ${pid} does not exist`, { pid, path });
-        if (code === 'ENOENT') throw new CgroupNotFoundError(path, { file });
-        throw cgroupFsError(`add pid ${pid} to`, file, e);
-      }
-    }
+    for (const file of this.procsFiles(path)) await writePid(file, pid, path);
   }
 
   async setLimits(path: string, limits: CgroupLimits): Promise<void> {

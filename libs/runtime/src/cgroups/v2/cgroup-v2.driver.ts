@@ -25,6 +25,7 @@ import {
   waitUntil,
   writeControl,
   writeRaw,
+  writePid,
 } from '../cgroupfs.io';
 
 /** Controllers the v2 driver enables for container groups when the host offers them. */
@@ -116,16 +117,7 @@ export class CgroupV2Driver implements CgroupDriver {
 
   async addProcess(path: string, pid: number): Promise<void> {
     validatePid(pid);
-    const [file] = this.procsFiles(path);
-    try {
-      await writeRaw(file, String(pid));
-    } catch (e) {
-      const code = errnoOf(e);
-      if (code === 'ESRCH')
-        throw new RuntimeError('NOT_FOUND', `process ${pid} does not exist`, { pid, path });
-      if (code === 'ENOENT') throw new CgroupNotFoundError(path, { file });
-      throw cgroupFsError(`add pid ${pid} to`, file, e);
-    }
+    await writePid(this.procsFiles(path)[0], pid, path);
   }
 
   async setLimits(path: string, limits: CgroupLimits): Promise<void> {
