@@ -1,6 +1,8 @@
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CommandFailedError, RuntimeError } from '../common/errors';
+import { run } from '../common/exec';
+import { CommandFailedError, DependencyMissingError, RuntimeError } from '../common/errors';
+import { helperPath } from '../namespaces/launcher';
 import { LoopPool, runBtrfsTool } from './loop-pool';
 import { mountAt } from './mount-table';
 import { withReverter } from '../common/reverter';
@@ -13,12 +15,21 @@ import {
   StorageDriverOptions,
 } from './storage.driver';
 import { validateVolumeId } from './volume-id';
-import { VolumeMeta, listIds, listSnapshotEntries, pathExists, validateDriverRoot, requireVolumeDir, snapshotPathIn } from './volume-files';
+import {
+  VolumeMeta,
+  listIds,
+  listSnapshotEntries,
+  pathExists,
+  validateDriverRoot,
+  requireVolumeDir,
+  snapshotPathIn,
+} from './volume-files';
 import { isDirectory } from './directory-templates';
 
 /**
  * btrfs: templates are subvolumes made read-only when sealed, a clone is a writable snapshot of the template
- * (O(1), one `btrfs` spawn), snapshots are read-only snapshots, rollback swaps in a writable snapshot of one.
+ * (O(1), one spawn of the static berth-launch helper, which takes it by ioctl; the `btrfs` command when the
+ * helper is not built), snapshots are read-only snapshots, rollback swaps in a writable snapshot of one.
  * The pool is either a directory on an existing btrfs filesystem (`btrfsPath`) or a sparse image under the
  * root, loop-mounted at `<root>/pool`. Layout inside the pool: templates/<id>, containers/<id>,
  * snapshots/<container>/<name> (subvolumes); bookkeeping in `<root>/meta/`.
@@ -29,6 +40,8 @@ export class BtrfsStorageDriver implements StorageDriver {
   private readonly loop?: LoopPool;
   private readonly meta: VolumeMeta;
   private preparing?: Promise<void>;
+  /** The helper for snapshot/delete by ioctl; null: use the `btrfs` command; undefined: not looked up yet. */
+  private helper?: string | null;
 
   constructor(options: StorageDriverOptions) {
     this.root = validateDriverRoot(options.root);
@@ -45,6 +58,8 @@ export class BtrfsStorageDriver implements StorageDriver {
     // Bookkeeping lives outside the pool: a file dirtied on btrfs right before a snapshot makes the snapshot's
     // transaction commit flush it too (measured ≈ 2 ms more per clone).
     this.meta = new VolumeMeta(join(this.root, 'meta'));
+    if (options.nativeHelper === false) this.helper = null;
+    else if (options.nativeHelper !== undefined) this.helper = options.nativeHelper;
   }
 
   info(): StorageDriverInfo {
@@ -162,14 +177,7 @@ export class BtrfsStorageDriver implements StorageDriver {
       await this.meta.setOrigin(containerId, templateId);
       revert.add('forget the origin', () => this.meta.clearOrigin(containerId));
       // A snapshot appears atomically: nothing partial to undo if it fails.
-      await runBtrfsTool('btrfs', [
-        '-q',
-        'subvolume',
-        'snapshot',
-        '--',
-        this.templatePath(templateId),
-        target,
-      ]);
+      await this.snapshotSubvolume(this.templatePath(templateId), target, false);
       return { rootfs: target };
     });
   }
@@ -205,7 +213,7 @@ export class BtrfsStorageDriver implements StorageDriver {
       });
     }
     await mkdir(join(this.pool, 'snapshots', containerId), { recursive: true });
-    await runBtrfsTool('btrfs', ['-q', 'subvolume', 'snapshot', '-r', '--', volume, target]);
+    await this.snapshotSubvolume(volume, target, true);
     return { name: snapshotName, createdAt: new Date() };
   }
 
@@ -231,7 +239,7 @@ export class BtrfsStorageDriver implements StorageDriver {
     const old = join(this.pool, 'containers', `.old-${containerId}`);
     await this.deleteSubvolumes([fresh, old]);
     await withReverter(async (revert) => {
-      await runBtrfsTool('btrfs', ['-q', 'subvolume', 'snapshot', '--', source, fresh]);
+      await this.snapshotSubvolume(source, fresh, false);
       revert.add('delete the rollback snapshot', () => this.deleteSubvolumes([fresh]));
       await rename(volume, old);
       revert.add('put the old volume back', () => rename(old, volume));
@@ -275,7 +283,60 @@ export class BtrfsStorageDriver implements StorageDriver {
     return listIds(join(this.pool, 'containers'));
   }
 
+  /**
+   * Which tool takes snapshots and deletes subvolumes: the berth-launch helper's path, or null for the
+   * `btrfs` command (helper not built). Looked up once per driver.
+   */
+  subvolumeTool(): string | null {
+    if (this.helper === undefined) {
+      try {
+        this.helper = helperPath();
+      } catch (error) {
+        if (!(error instanceof DependencyMissingError)) throw error;
+        this.helper = null;
+      }
+    }
+    return this.helper;
+  }
 
+  /**
+   * Runs `berth-launch <args>` and answers true, or false when the helper cannot do it (missing, or built
+   * before it knew the btrfs subcommands): the caller then uses the `btrfs` command and so does every later
+   * call. Throws CommandFailedError when the helper ran and the kernel refused.
+   */
+  private async viaHelper(args: string[]): Promise<boolean> {
+    const helper = this.subvolumeTool();
+    if (helper === null) return false;
+    let result;
+    try {
+      result = await run(helper, args, { okCodes: [0, 1, 2] });
+    } catch (error) {
+      if (!(error instanceof DependencyMissingError)) throw error;
+      this.helper = null;
+      return false;
+    }
+    if (result.code === 0) return true;
+    // An older helper takes the subcommand for a launch option and answers with its JSON usage error.
+    if (result.code === 2 && result.stdout.includes('"error":"args"')) {
+      this.helper = null;
+      return false;
+    }
+    throw new CommandFailedError(helper, args, result.code, result.stderr);
+  }
+
+  /** Snapshots subvolume `source` as `target` (must not exist), read-only when asked. */
+  private async snapshotSubvolume(source: string, target: string, readonly: boolean): Promise<void> {
+    if (await this.viaHelper(['btrfs-snapshot', source, target, ...(readonly ? ['--readonly'] : [])])) return;
+    await runBtrfsTool('btrfs', [
+      '-q',
+      'subvolume',
+      'snapshot',
+      ...(readonly ? ['-r'] : []),
+      '--',
+      source,
+      target,
+    ]);
+  }
 
   /** Deletes the subvolumes that exist, in one spawn; missing ones are skipped. */
   private async deleteSubvolumes(paths: string[]): Promise<void> {
@@ -283,7 +344,8 @@ export class BtrfsStorageDriver implements StorageDriver {
     for (const p of paths) if (await pathExists(p)) present.push(p);
     if (present.length === 0) return;
     try {
-      await runBtrfsTool('btrfs', ['-q', 'subvolume', 'delete', '--', ...present]);
+      if (!(await this.viaHelper(['btrfs-delete', ...present])))
+        await runBtrfsTool('btrfs', ['-q', 'subvolume', 'delete', '--', ...present]);
     } catch (error) {
       if (!(error instanceof CommandFailedError)) throw error;
       // A subvolume the container created inside its own (e.g. by systemd) blocks the delete: since Linux

@@ -43,6 +43,13 @@ export interface StorageDriverOptions {
    * Berth then never mounts or unmounts anything.
    */
   btrfsPath?: string;
+  /**
+   * btrfs: the berth-launch helper whose `btrfs-snapshot` / `btrfs-delete` subcommands take snapshots and
+   * delete subvolumes by ioctl (one static exec instead of the dynamic `btrfs` program). Default: the build
+   * output (see `helperPath()`); when it is not built, or is too old to know the subcommands, the driver
+   * uses the `btrfs` command instead. `false` always uses the `btrfs` command.
+   */
+  nativeHelper?: string | false;
 }
 
 export interface CloneResult {

@@ -1,0 +1,163 @@
+import { mkdtempSync } from 'node:fs';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describeKernel } from '@test/support/kernel';
+import { run } from '../common/exec';
+import { RuntimeError } from '../common/errors';
+import { helperPath } from '../namespaces/launcher';
+import { BtrfsStorageDriver } from './btrfs.driver';
+import { storageRoot } from './registry';
+import { StorageDriverOptions } from './storage.driver';
+import { cleanStaleTestRoots, forceCleanTestRoot } from './testing/storage-test-cleanup';
+
+/**
+ * The btrfs driver takes snapshots and deletes subvolumes through berth-launch's ioctl subcommands, and
+ * falls back to the `btrfs` command when the helper is missing or too old to know them. A wrapper script
+ * in front of the real helper records every call, so the tests see which path was taken.
+ */
+
+function builtHelper(): string {
+  try {
+    return helperPath();
+  } catch {
+    return join(__dirname, '..', '..', 'native', 'build', 'berth-launch');
+  }
+}
+
+const REAL_HELPER = builtHelper();
+
+describeKernel(
+  'btrfs driver: snapshots through the berth-launch helper, btrfs command fallback',
+  {
+    root: true,
+    programs: ['mkfs.btrfs', 'btrfs', 'losetup', 'mount', 'umount'],
+    paths: ['/dev/loop-control', REAL_HELPER],
+  },
+  () => {
+    let dataRoot: string;
+    let root: string;
+    let callLog: string;
+    let wrapper: string;
+    const tpl = 'helper-tpl';
+
+    const driverWith = (options: Partial<StorageDriverOptions>) =>
+      new BtrfsStorageDriver({ root, poolSizeBytes: 1024 ** 3, ...options });
+
+    /** The helper subcommands the wrapper saw since the last call, one line each. */
+    async function takeCalls(): Promise<string[]> {
+      const text = await readFile(callLog, 'utf8').catch(() => '');
+      await rm(callLog, { force: true });
+      return text.split('\n').filter(Boolean);
+    }
+
+    async function isReadonly(path: string): Promise<boolean> {
+      const { stdout } = await run('btrfs', ['property', 'get', '-ts', path, 'ro']);
+      return stdout.trim() === 'ro=true';
+    }
+
+    beforeAll(async () => {
+      cleanStaleTestRoots(tmpdir());
+      dataRoot = mkdtempSync(join(tmpdir(), `berth-storage-test-${process.pid}-`));
+      root = storageRoot(dataRoot, 'btrfs');
+      callLog = join(dataRoot, 'calls.log');
+      wrapper = join(dataRoot, 'helper-wrapper');
+      await writeFile(wrapper, `#!/bin/sh\necho "$*" >> '${callLog}'\nexec '${REAL_HELPER}' "$@"\n`);
+      await chmod(wrapper, 0o755);
+      const driver = driverWith({ nativeHelper: false });
+      await driver.prepare();
+      const path = await driver.createTemplateVolume(tpl);
+      await mkdir(join(path, 'etc'));
+      await writeFile(join(path, 'etc/hostname'), 'template\n');
+      await driver.sealTemplate(tpl);
+    }, 60_000);
+
+    afterAll(async () => {
+      try {
+        const driver = driverWith({ nativeHelper: false });
+        for (const id of await driver.list()) await driver.delete(id);
+        await driver.release();
+      } finally {
+        forceCleanTestRoot(dataRoot);
+      }
+    }, 60_000);
+
+    it('uses the built helper by default', () => {
+      expect(driverWith({}).subvolumeTool()).toBe(REAL_HELPER);
+      expect(driverWith({ nativeHelper: false }).subvolumeTool()).toBeNull();
+    });
+
+    it('clone, snapshot, rollback and delete go through the helper, with the btrfs semantics', async () => {
+      const driver = driverWith({ nativeHelper: wrapper });
+      const { rootfs } = await driver.clone(tpl, 'ct-h');
+      expect(await takeCalls()).toEqual([`btrfs-snapshot ${driver.templatePath(tpl)} ${rootfs}`]);
+      expect(await isReadonly(rootfs)).toBe(false);
+      await writeFile(join(rootfs, 'etc/hostname'), 'ct-h\n');
+
+      await driver.snapshot('ct-h', 'snap1');
+      const [snapCall] = await takeCalls();
+      expect(snapCall).toMatch(/^btrfs-snapshot \S+\/containers\/ct-h \S+\/snap1 --readonly$/);
+      const snapPath = snapCall.split(' ')[2];
+      expect(await isReadonly(snapPath)).toBe(true);
+
+      await writeFile(join(rootfs, 'etc/hostname'), 'changed\n');
+      await driver.rollback('ct-h', 'snap1');
+      const rollbackCalls = await takeCalls();
+      expect(rollbackCalls.map((c) => c.split(' ')[0])).toEqual(['btrfs-snapshot', 'btrfs-delete']);
+      expect(await readFile(join(rootfs, 'etc/hostname'), 'utf8')).toBe('ct-h\n');
+      expect(await isReadonly(rootfs)).toBe(false);
+
+      await driver.delete('ct-h');
+      expect(await takeCalls()).toEqual([`btrfs-delete ${snapPath} ${rootfs}`]);
+      expect(await driver.list()).toEqual([]);
+      expect(await driver.listSnapshots('ct-h')).toEqual([]);
+      await driver.delete('ct-h');
+      expect(await takeCalls()).toEqual([]);
+    });
+
+    it('a kernel refusal through the helper is COMMAND_FAILED, not a silent fallback', async () => {
+      const driver = driverWith({ nativeHelper: wrapper });
+      await driver.clone(tpl, 'ct-twice');
+      const target = driver.rootfsPath('ct-twice');
+      // The template dir is a subvolume, the target exists: the kernel answers EEXIST.
+      const snapshot = (
+        driver as unknown as { snapshotSubvolume(s: string, t: string, r: boolean): Promise<void> }
+      ).snapshotSubvolume(driver.templatePath(tpl), target, false);
+      await expect(snapshot).rejects.toBeInstanceOf(RuntimeError);
+      await expect(snapshot).rejects.toMatchObject({ code: 'COMMAND_FAILED' });
+      expect(driver.subvolumeTool()).toBe(wrapper);
+      await driver.delete('ct-twice');
+      await takeCalls();
+    });
+
+    it('falls back to the btrfs command when the helper is missing', async () => {
+      const driver = driverWith({ nativeHelper: join(dataRoot, 'no-such-helper') });
+      const { rootfs } = await driver.clone(tpl, 'ct-missing');
+      expect(await readFile(join(rootfs, 'etc/hostname'), 'utf8')).toBe('template\n');
+      expect(driver.subvolumeTool()).toBeNull();
+      await driver.snapshot('ct-missing', 's');
+      await driver.delete('ct-missing');
+      expect(await driver.list()).toEqual([]);
+    });
+
+    it('falls back to the btrfs command when the helper predates the btrfs subcommands', async () => {
+      // What a berth-launch built before the subcommands answers: its launch usage error.
+      const stale = join(dataRoot, 'stale-helper');
+      await writeFile(
+        stale,
+        `#!/bin/sh\necho "$*" >> '${callLog}'\necho '{"error":"args","errno":22,"message":"unknown option"}'\nexit 2\n`,
+      );
+      await chmod(stale, 0o755);
+      const driver = driverWith({ nativeHelper: stale });
+      const { rootfs } = await driver.clone(tpl, 'ct-stale');
+      expect(await readFile(join(rootfs, 'etc/hostname'), 'utf8')).toBe('template\n');
+      expect(await isReadonly(rootfs)).toBe(false);
+      expect(driver.subvolumeTool()).toBeNull();
+      await driver.snapshot('ct-stale', 's');
+      await driver.delete('ct-stale');
+      // asked once, then never again
+      expect(await takeCalls()).toHaveLength(1);
+      expect(await driver.list()).toEqual([]);
+    });
+  },
+);
