@@ -4,6 +4,7 @@ import { RuntimeError } from '../common/errors';
 import { assertContainerName, assertCpus, assertPidsMax } from '../common/validation';
 import type { CgroupDriver } from '../cgroups/cgroup.driver';
 import { cgroupPath } from '../cgroups/cgroup.paths';
+import { CgroupBusyError } from '../cgroups/cgroup.errors';
 import type { StorageDriver } from '../storage/storage.driver';
 import { Reverter } from '../common/reverter';
 import { isAlive, stopInit, waitForExit, type InitRef } from '../namespaces/init-process';
@@ -197,7 +198,8 @@ export class ContainerRuntime {
       await revert.fail();
       throw e;
     }
-    return { changed: true, info: await this.get(spec.id) };
+    // Built from what was just written (a new container has no init): no second read of the record.
+    return { changed: true, info: await this.stoppedInfo(spec.id, config) };
   }
 
   /**
@@ -238,8 +240,25 @@ export class ContainerRuntime {
     return this.infoOf(id, config);
   }
 
+  /** The info of a container known to be stopped (just created or just stopped), without reading /proc. */
+  private async stoppedInfo(id: string, config: ContainerConfig): Promise<ContainerInfo> {
+    const ip = this.ipam ? await this.ipam.get(id) : null;
+    return {
+      id,
+      status: 'stopped',
+      spec: config.spec,
+      storageDriver: config.storageDriver,
+      init: null,
+      ipAddress: ip?.address ?? null,
+      createdAt: config.createdAt,
+    };
+  }
+
   private async infoOf(id: string, config: ContainerConfig): Promise<ContainerInfo> {
-    const init = await this.liveInit(id);
+    return this.infoWith(id, config, await this.liveInit(id));
+  }
+
+  private async infoWith(id: string, config: ContainerConfig, init: InitRef | null): Promise<ContainerInfo> {
     let status: ContainerStatus = config.creating ? 'creating' : 'stopped';
     if (init) status = (await this.cgroups.state(this.cg(id))) === 'frozen' ? 'paused' : 'running';
     const ip = this.ipam ? await this.ipam.get(id) : null;
@@ -269,21 +288,27 @@ export class ContainerRuntime {
    * Idempotent: a running container answers `changed: false`. Refuses a paused one (WRONG_STATE: resume).
    */
   async start(id: string): Promise<OperationResult> {
-    const config = await this.requireConfig(id);
-    const info = await this.infoOf(id, config);
+    assertContainerId(id);
+    // Independent reads run side by side: each is a thread-pool round trip, together one.
+    const [config, init] = await Promise.all([this.requireConfig(id), this.liveInit(id)]);
+    const info = await this.infoWith(id, config, init);
     if (info.status === 'running') return { changed: false, info };
     if (info.status === 'paused') {
       throw new RuntimeError('WRONG_STATE', `container ${id} is paused: resume it instead`, { id });
     }
     const { spec } = config;
-    // create() made the group with its limits and resize() keeps them: only a group lost since (a host
-    // reboot, reconcile) is made again here.
-    if (!(await this.cgroups.exists(this.cg(id))))
-      await this.cgroups.create(this.cg(id), this.limitsOf(spec.resources));
-    // A previous init may have left processes behind only if it was killed abnormally: clear them.
-    await this.killRemaining(id);
-    await this.store.clearInit(id);
-    const mount = await this.storage.mountSpec(id);
+    const [, , mount] = await Promise.all([
+      // create() made the group with its limits and resize() keeps them: only a group lost since (a host
+      // reboot, reconcile) is made again here.
+      this.cgroups
+        .exists(this.cg(id))
+        .then((exists) =>
+          exists ? undefined : this.cgroups.create(this.cg(id), this.limitsOf(spec.resources)),
+        ),
+      // A previous init may have left processes behind only if it was killed abnormally: clear them.
+      this.killRemaining(id).then(() => this.store.clearInit(id)),
+      this.storage.mountSpec(id),
+    ]);
     const bridge = spec.network.mode === 'bridge' && this.opts.network;
     let fifo: string | undefined;
     if (bridge) {
@@ -377,14 +402,14 @@ export class ContainerRuntime {
     if (!init) {
       await this.killRemaining(id);
       await this.cleanupAfterStop(id, config);
-      return { changed: false, forced: false, info: await this.get(id) };
+      return { changed: false, forced: false, info: await this.stoppedInfo(id, config) };
     }
     if ((await this.cgroups.state(this.cg(id))) === 'frozen') await this.cgroups.thaw(this.cg(id));
     const { forced } = await stopInit(init, graceMs);
     await waitForExit(init, 5_000);
     await this.killRemaining(id);
     await this.cleanupAfterStop(id, config);
-    return { changed: true, forced, info: await this.get(id) };
+    return { changed: true, forced, info: await this.stoppedInfo(id, config) };
   }
 
   private async cleanupAfterStop(id: string, config: ContainerConfig): Promise<void> {
@@ -517,13 +542,21 @@ export class ContainerRuntime {
       (await this.cgroups.exists(this.cg(id)));
     if (!known) return { changed: false };
     if (config && !config.creating && (await this.liveInit(id))) await this.stop(id, 2_000);
-    await this.killRemaining(id);
+    // The cgroup goes first: its removal is refused (CGROUP_BUSY) while a process is left, which is then
+    // killed. One look at the group's processes instead of two (a kill pass and the removal's own check),
+    // and the volume is still deleted only once nothing of the container runs.
+    try {
+      await this.cgroups.destroy(this.cg(id));
+    } catch (e) {
+      if (!(e instanceof CgroupBusyError)) throw e;
+      await this.killRemaining(id);
+      await this.cgroups.destroy(this.cg(id));
+    }
     if (this.opts.network) {
       await detachContainer(id, this.opts.network.hostNetns);
       await this.ipam?.release(id);
     }
     await this.storage.delete(id);
-    await this.cgroups.destroy(this.cg(id));
     await this.store.remove(id);
     return { changed: true };
   }
