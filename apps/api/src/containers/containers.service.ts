@@ -1,7 +1,6 @@
 import { HttpStatus, Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
-import { appendAudit } from '@berth/db';
 import { checkTransition, type ContainerState, type JobKind } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
@@ -78,20 +77,16 @@ export class ContainersService {
         }
         throw e;
       }
-      await appendAudit(m, {
-        actor: principal.keyId,
-        action: 'container.create.requested',
-        subjectType: 'container',
-        subjectId: row.id,
-        requestId: principal.requestId,
-        data: { name: dto.name, template: dto.template, host: host.name, ...resources, start },
-      });
       const job = await this.enqueuer.enqueue(m, {
         kind: 'container.create',
         hostId: host.id,
         containerId: row.id,
         tenantId: principal.tenantId,
         principal,
+        requested: {
+          action: 'container.create.requested',
+          data: { name: dto.name, template: dto.template, host: host.name, ...resources, start },
+        },
         payload: {
           containerId: row.id,
           name: dto.name,
@@ -102,6 +97,7 @@ export class ContainersService {
           start,
         },
       });
+      row.last_job_id = job.id;
       row.template_name = template.name;
       return { job: toJobView(job), container: toContainerView(row) };
     });
@@ -128,26 +124,23 @@ export class ContainersService {
           targetState: row.target_state,
         });
       }
-      const [[updated]]: [ContainerRow[], number] = await m.query(
-        `UPDATE containers SET target_state = $2, updated_at = now() WHERE id = $1 RETURNING *`,
-        [id, check.next],
-      );
-      await appendAudit(m, {
-        actor: principal.keyId,
-        action: `${kind}.requested`,
-        subjectType: 'container',
-        subjectId: id,
-        requestId: principal.requestId,
-        data: extra,
-      });
+      // The target state, the request's audit event and the job in one statement.
       const job = await this.enqueuer.enqueue(m, {
         kind,
         hostId: row.host_id!,
         containerId: id,
         tenantId: row.tenant_id,
         principal,
+        requested: { action: `${kind}.requested`, data: extra },
+        targetState: check.next,
         payload: { containerId: id, name: row.name, ...extra },
       });
+      const updated: ContainerRow = {
+        ...row,
+        target_state: check.next!,
+        last_job_id: job.id,
+        updated_at: job.container_updated_at ?? row.updated_at,
+      };
       return { job: toJobView(job), container: toContainerView(updated) };
     });
   }

@@ -96,11 +96,14 @@ export class JobsController {
         }
         busy = true;
         try {
+          // The job first, its events second: a job read as ended has its final event committed with it, so
+          // the events read after it include that event (the other order could see the job end after an
+          // events read that missed it, and close the stream without it).
+          const job = await this.jobs.get(id);
           for (const e of await this.jobs.events(id, last)) {
             last = e.id;
             sub.next({ id: e.id, type: e.action, data: e });
           }
-          const job = await this.jobs.get(id);
           if (FINAL_JOB_STATES.includes(job.state)) {
             sub.next({ type: 'end', data: job });
             sub.complete();

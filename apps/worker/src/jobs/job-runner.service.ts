@@ -21,6 +21,8 @@ import { markContainerAfterFailure } from './shared/container-sync';
 /** How long a job waits before looking again when an earlier job of its container is unfinished. */
 const FIFO_RECHECK_MS = 100;
 
+const FINAL_STATES = ['completed', 'cancelled', 'failed'];
+
 class StepError extends Error {
   constructor(
     readonly step: string,
@@ -86,22 +88,28 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
 
   private async process(bull: Job<QueuedJobData>, token?: string): Promise<unknown> {
     const { jobId, kind } = bull.data;
-    const job = await this.store.load(jobId);
+    const attempt = bull.attemptsMade + 1;
+    // One round trip: load, FIFO check, `active` mark with its audit event, finished steps.
+    const claim = await this.store.claim(jobId, attempt);
+    const job = claim.job;
     // Postgres is the record: a job it does not know, or one already ended, is not run (again).
-    if (!job || ['completed', 'cancelled', 'failed'].includes(job.state)) {
+    if (!job || FINAL_STATES.includes(job.state)) {
       this.log.info({ jobId, state: job?.state }, 'skipping a job that is not pending');
       return { skipped: job?.state ?? 'unknown' };
     }
-    if (await this.store.hasEarlierUnfinished(job)) {
+    if (claim.blocked) {
       await bull.moveToDelayed(Date.now() + FIFO_RECHECK_MS, token);
       throw new DelayedError();
     }
+    if (!claim.activated) {
+      // Ended (cancelled) between BullMQ's hand-over and the claim.
+      this.log.info({ jobId }, 'skipping a job that ended meanwhile');
+      return { skipped: 'ended' };
+    }
     const handler = this.handlers.get(kind)!;
-    const attempt = bull.attemptsMade + 1;
-    await this.store.markActive(job, attempt);
     const log = this.log.logger.child({ jobId, kind, containerId: job.container_id, hostId: this.hostId });
     log.info({ attempt }, 'job started');
-    const ctx = await this.context(job, handler, bull);
+    const ctx = await this.context(job, handler, bull, claim.doneSteps);
     try {
       const outcome = await handler.run(ctx);
       await this.store.complete(job, outcome.result, outcome.apply);
@@ -138,9 +146,13 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     await markContainerAfterFailure(m, id, status, failure.code);
   }
 
-  private async context(job: StoredJob, handler: JobHandler, bull: Job<QueuedJobData>): Promise<JobContext> {
+  private async context(
+    job: StoredJob,
+    handler: JobHandler,
+    bull: Job<QueuedJobData>,
+    done: Set<string>,
+  ): Promise<JobContext> {
     const runtime = await this.runtime.get();
-    const done = await this.store.doneSteps(job.id);
     return {
       job,
       payload: parseJobPayload(handler.kind as JobKind, job.params) as JobContext['payload'],

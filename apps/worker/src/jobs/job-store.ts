@@ -1,7 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
-import { appendAudit } from '@berth/db';
 import type { JobKind } from '@berth/jobs';
 
 export interface StoredJob {
@@ -24,7 +23,41 @@ export interface JobFailure {
 
 const ACTOR = 'system:worker';
 
-/** The worker's writes to Postgres: every job transition with its audit event, in one transaction each. */
+/** The job's audit subject: its container when it has one, else the job itself. */
+const SUBJECT = `CASE WHEN u.container_id IS NULL THEN 'job' ELSE 'container' END, COALESCE(u.container_id, u.id)`;
+
+/**
+ * `INSERT INTO audit_events … SELECT … FROM u` for the job updated by the CTE `u` (which must return `id`,
+ * `kind`, `container_id`): the transition and its audit event in one statement, hence one implicit
+ * transaction and one round trip. `data` is a jsonb expression over `u` and the parameters.
+ */
+const auditFromUpdate = (action: string, data: string) =>
+  `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+   SELECT '${ACTOR}', '${action}', ${SUBJECT}, u.id, jsonb_build_object('kind', u.kind) || ${data} FROM u`;
+
+/**
+ * Sets `synchronous_commit = off` for the statement's own implicit transaction (set_config(…, true) lasts
+ * until its end, commit included): the commit does not wait for the WAL flush. See `relaxed` below for
+ * which records may be written this way.
+ */
+const RELAXED = `relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)`;
+
+/** What the worker learns about a job it was handed, in one round trip (`JobStore.claim`). */
+export interface JobClaim {
+  /** The job as it was before the claim; null when Postgres does not know it. */
+  job: StoredJob | null;
+  /** An earlier job of the same container is unfinished (per-container FIFO): not claimed. */
+  blocked: boolean;
+  /** The job was pending and is now `active` (with its `job.active` audit event). */
+  activated: boolean;
+  /** Steps an earlier attempt finished (recorded `job.step.done` events). */
+  doneSteps: Set<string>;
+}
+
+/**
+ * The worker's writes to Postgres: every job transition with its audit event, atomically (one statement with
+ * a data-modifying CTE, or one transaction when the handler adds its own changes).
+ */
 @Injectable()
 export class JobStore {
   constructor(@InjectDataSource() private readonly ds: DataSource) {}
@@ -34,103 +67,119 @@ export class JobStore {
     return row ?? null;
   }
 
-  /** True when an earlier job of the same container has not finished (per-container FIFO). */
-  async hasEarlierUnfinished(job: StoredJob): Promise<boolean> {
-    if (!job.container_id || job.container_seq === null) return false;
-    const rows = await this.ds.query(
-      `SELECT 1 FROM jobs WHERE container_id = $1 AND container_seq < $2
-         AND state IN ('queued', 'active', 'waiting-retry') LIMIT 1`,
-      [job.container_id, job.container_seq],
+  /**
+   * Loads the job, checks per-container FIFO, marks it active with its `job.active` event (when it is
+   * pending and not blocked) and reads its finished steps: one statement instead of a load, a FIFO query,
+   * a 4-statement transaction and a steps query. The update re-checks the row's state under its lock, so a
+   * job cancelled meanwhile is not activated. A relaxed write: see `relaxed`.
+   */
+  async claim(id: string, attempt: number): Promise<JobClaim> {
+    const [row] = await this.ds.query(
+      `WITH ${RELAXED},
+       j AS (SELECT * FROM jobs WHERE id = $1),
+       b AS (SELECT EXISTS (
+               SELECT 1 FROM jobs e, j
+               WHERE j.container_id IS NOT NULL AND j.container_seq IS NOT NULL
+                 AND e.container_id = j.container_id AND e.container_seq < j.container_seq
+                 AND e.state IN ('queued', 'active', 'waiting-retry')) AS blocked),
+       u AS (UPDATE jobs SET state = 'active', attempts = $2, started_at = COALESCE(started_at, now()),
+                             updated_at = now()
+             FROM b, relaxed
+             WHERE jobs.id = $1 AND jobs.state IN ('queued', 'active', 'waiting-retry') AND NOT b.blocked
+             RETURNING jobs.id, jobs.kind, jobs.container_id),
+       a AS (${auditFromUpdate('job.active', `jsonb_build_object('attempt', $2::int)`)})
+       SELECT j.*, b.blocked AS claim_blocked, EXISTS (SELECT 1 FROM u) AS claim_activated,
+              ARRAY(SELECT data->>'step' FROM audit_events
+                    WHERE job_id = $1 AND action = 'job.step.done') AS claim_done_steps
+       FROM b LEFT JOIN j ON true`,
+      [id, attempt],
     );
-    return rows.length > 0;
-  }
-
-  private audit(m: EntityManager, job: StoredJob, action: string, data: Record<string, unknown> = {}) {
-    return appendAudit(m, {
-      actor: ACTOR,
-      action,
-      subjectType: job.container_id ? 'container' : 'job',
-      subjectId: job.container_id ?? job.id,
-      jobId: job.id,
-      data: { kind: job.kind, ...data },
-    });
+    const { claim_blocked: blocked, claim_activated: activated, claim_done_steps: steps, ...job } = row;
+    return {
+      job: job.id ? (job as StoredJob) : null,
+      blocked,
+      activated,
+      doneSteps: new Set<string>(steps),
+    };
   }
 
   /**
-   * A transaction whose commit does not wait for the WAL flush (`synchronous_commit = off` for it alone):
-   * ~5 ms less per write on a disk with slow fsync, on every job's critical path. Only for records whose
-   * loss in a Postgres crash repeats what the pipeline already repeats safely: the `active` mark (the job
-   * still counts as unfinished), progress, a finished step (steps are idempotent; a lost record re-runs
-   * the step, like a worker crash between step and record does). Terminal transitions (completed, failed,
-   * retry) stay synchronous, and the WAL is sequential: once they are durable, so is every record before.
+   * Why some writes are relaxed (`synchronous_commit = off`): ~5 ms less per write on a disk with slow
+   * fsync, on every job's critical path. Only for records whose loss in a Postgres crash repeats what the
+   * pipeline already repeats safely: the `active` mark (the job still counts as unfinished), progress, a
+   * finished step (steps are idempotent; a lost record re-runs the step, like a worker crash between step
+   * and record does). Terminal transitions (completed, failed, retry) stay synchronous, and the WAL is
+   * sequential: once they are durable, so is every record before.
    */
-  private relaxed<T>(fn: (m: EntityManager) => Promise<T>): Promise<T> {
-    return this.ds.transaction(async (m) => {
-      await m.query(`SET LOCAL synchronous_commit = off`);
-      return fn(m);
-    });
-  }
-
-  async markActive(job: StoredJob, attempt: number): Promise<void> {
-    await this.relaxed(async (m) => {
-      await m.query(
-        `UPDATE jobs SET state = 'active', attempts = $2, started_at = COALESCE(started_at, now()), updated_at = now()
-         WHERE id = $1`,
-        [job.id, attempt],
-      );
-      await this.audit(m, job, 'job.active', { attempt });
-    });
-  }
-
-  async doneSteps(jobId: string): Promise<Set<string>> {
-    const rows: { step: string }[] = await this.ds.query(
-      `SELECT data->>'step' AS step FROM audit_events WHERE job_id = $1 AND action = 'job.step.done'`,
-      [jobId],
-    );
-    return new Set(rows.map((r) => r.step));
-  }
-
   async stepDone(job: StoredJob, step: string, data: Record<string, unknown> = {}): Promise<void> {
-    await this.relaxed((m) => this.audit(m, job, 'job.step.done', { step, ...data }));
+    await this.ds.query(
+      `WITH ${RELAXED}
+       INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+       SELECT '${ACTOR}', 'job.step.done', $1, $2, $3, $4 FROM relaxed`,
+      [
+        job.container_id ? 'container' : 'job',
+        job.container_id ?? job.id,
+        job.id,
+        JSON.stringify({ kind: job.kind, step, ...data }),
+      ],
+    );
   }
 
-  /** Progress is a relaxed write too, in one statement (one round trip instead of a 4-statement transaction). */
+  /** Progress is a relaxed write too, in one statement. */
   async progress(jobId: string, stage: string, percent: number): Promise<void> {
-    // set_config(…, true) lasts until the end of this statement's own (implicit) transaction, commit included.
     await this.ds.query(
-      `WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+      `WITH ${RELAXED}
        UPDATE jobs SET progress = $2, updated_at = now() FROM relaxed WHERE id = $1`,
       [jobId, JSON.stringify({ stage, percent })],
     );
   }
 
-  /** The job succeeded: its row, the container's row (via `apply`) and the audit event, atomically. */
+  /**
+   * Runs `sql` (one statement) alone, or in a transaction followed by `apply` (the handler's own changes,
+   * e.g. the container's row) when there is one: either way the transition, its audit event and the
+   * handler's changes commit together.
+   */
+  private async write(
+    sql: string,
+    params: unknown[],
+    apply?: (m: EntityManager) => Promise<void>,
+  ): Promise<void> {
+    if (!apply) {
+      await this.ds.query(sql, params);
+      return;
+    }
+    await this.ds.transaction(async (m) => {
+      await m.query(sql, params);
+      await apply(m);
+    });
+  }
+
+  /** The job succeeded: its row, its `job.completed` event and the container's row (via `apply`), atomically. */
   async complete(
     job: StoredJob,
     result: Record<string, unknown>,
     apply?: (m: EntityManager) => Promise<void>,
   ): Promise<void> {
-    await this.ds.transaction(async (m) => {
-      await m.query(
-        `UPDATE jobs SET state = 'completed', result = $2, progress = '{"stage":"done","percent":100}',
+    await this.write(
+      `WITH u AS (
+         UPDATE jobs SET state = 'completed', result = $2, progress = '{"stage":"done","percent":100}',
                 error_code = NULL, error_message = NULL, error_step = NULL, finished_at = now(), updated_at = now()
-         WHERE id = $1`,
-        [job.id, JSON.stringify(result)],
-      );
-      if (apply) await apply(m);
-      await this.audit(m, job, 'job.completed', { result });
-    });
+         WHERE id = $1 RETURNING id, kind, container_id)
+       ${auditFromUpdate('job.completed', `jsonb_build_object('result', $2::jsonb)`)}`,
+      [job.id, JSON.stringify(result)],
+      apply,
+    );
   }
 
   async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {
-    await this.ds.transaction(async (m) => {
-      await m.query(
-        `UPDATE jobs SET state = 'waiting-retry', error_code = $2, error_message = $3, error_step = $4, updated_at = now()
-         WHERE id = $1`,
-        [job.id, failure.code, failure.message, failure.step],
-      );
-      await this.audit(m, job, 'job.retry', { attempt, delayMs, error: failure });
-    });
+    await this.write(
+      `WITH u AS (
+         UPDATE jobs SET state = 'waiting-retry', error_code = $2, error_message = $3, error_step = $4,
+                updated_at = now()
+         WHERE id = $1 RETURNING id, kind, container_id)
+       ${auditFromUpdate('job.retry', `jsonb_build_object('attempt', $5::int, 'delayMs', $6::bigint, 'error', $7::jsonb)`)}`,
+      [job.id, failure.code, failure.message, failure.step, attempt, delayMs, JSON.stringify(failure)],
+    );
   }
 
   async fail(
@@ -138,14 +187,14 @@ export class JobStore {
     failure: JobFailure,
     apply?: (m: EntityManager) => Promise<void>,
   ): Promise<void> {
-    await this.ds.transaction(async (m) => {
-      await m.query(
-        `UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, error_step = $4, finished_at = now(),
-                updated_at = now() WHERE id = $1`,
-        [job.id, failure.code, failure.message, failure.step],
-      );
-      if (apply) await apply(m);
-      await this.audit(m, job, 'job.failed', { error: failure });
-    });
+    await this.write(
+      `WITH u AS (
+         UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, error_step = $4, finished_at = now(),
+                updated_at = now()
+         WHERE id = $1 RETURNING id, kind, container_id)
+       ${auditFromUpdate('job.failed', `jsonb_build_object('error', $5::jsonb)`)}`,
+      [job.id, failure.code, failure.message, failure.step, JSON.stringify(failure)],
+      apply,
+    );
   }
 }
