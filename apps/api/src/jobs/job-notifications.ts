@@ -4,8 +4,9 @@ import { Client } from 'pg';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 
 /**
- * One LISTEN connection on `berth_job` (fired by triggers on every job change and job audit event), fanned
- * out to waiters by job id: long-polls and event streams wake at once instead of polling the database.
+ * One LISTEN connection on `berth_job` (fired by a trigger on every audit event of a job: each job
+ * transition writes one in its own transaction, so it fires once per change, at commit), fanned out to
+ * waiters by job id: long-polls and event streams wake at once instead of polling the database.
  */
 @Injectable()
 export class JobNotifications implements OnApplicationBootstrap, OnApplicationShutdown {

@@ -1,5 +1,6 @@
 import { InitialSchema1764000000000 } from './1764000000000-initial-schema';
 import { JobPipeline1764100000000 } from './1764100000000-job-pipeline';
+import { JobNotifyOnce1764200000000 } from './1764200000000-job-notify-once';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
-export const migrations = [InitialSchema1764000000000, JobPipeline1764100000000];
+export const migrations = [InitialSchema1764000000000, JobPipeline1764100000000, JobNotifyOnce1764200000000];
