@@ -11,7 +11,10 @@
  *      outbox → relay → BullMQ → worker → job store + audit), against raw BullMQ (`Queue.add` + a no-op
  *      `Worker`) on the same Redis, same concurrency, same run.
  *
- * API and worker are booted in this process (like test/support/pipeline.ts) against the local Postgres and
+ * Process layout (as in production, where API and worker are separate processes): the API (HTTP, enqueuer,
+ * outbox relay) runs in this process, next to the bench's clients; Berth's worker runs in its own process
+ * (bench/pipeline/worker-child.ts), and so does the raw BullMQ peer's worker; both sides' producers run
+ * here. The worker's per-stage marks come over IPC (same monotonic clock). Against the local Postgres and
  * Redis, with a dedicated database (dropped and recreated), its own BullMQ prefix, data root and cgroup
  * parent; everything is removed at the end. All traffic is on loopback.
  *
@@ -23,7 +26,7 @@
 import { randomUUID } from 'node:crypto';
 import { cpus, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Queue, Worker } from 'bullmq';
+import { Queue } from 'bullmq';
 import { bullConnection, jobOptionsFor } from '@berth/jobs';
 import { JobEnqueuer } from '../apps/api/src/jobs/job-enqueuer';
 import type { Principal } from '../apps/api/src/auth/principal';
@@ -31,7 +34,7 @@ import { fmtMs, markdownTable } from './lib/markdown';
 import { writeResults } from './lib/results';
 import { summarize, type Summary } from './lib/stats';
 import { nowMs, Samples, sleep } from './lib/timing';
-import { startBenchSystem, type BenchSystem } from './pipeline/system';
+import { spawnChildWorker, startBenchSystem, type BenchSystem } from './pipeline/system';
 import { PipelineTrace } from './pipeline/trace';
 
 const intEnv = (name: string, fallback: number, min = 1): number => {
@@ -232,14 +235,15 @@ async function drive(
   return { jobs: n, seconds, jobsPerSecond: n / seconds };
 }
 
-/** A promise resolved after `n` calls of the returned `tick`. */
-function countdown(n: number): { tick: () => void; done: Promise<void> } {
+/** A promise resolved once the returned `tick` has counted `n` (`tick(k)` counts k at once). */
+function countdown(n: number): { tick: (k?: number) => void; done: Promise<void> } {
   let left = n;
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
   return {
-    tick: () => {
-      if (--left === 0) resolveDone();
+    tick: (k = 1) => {
+      left -= k;
+      if (left <= 0) resolveDone();
     },
     done,
   };
@@ -263,27 +267,26 @@ async function berthNoop(sys: BenchSystem, trace: PipelineTrace, principal: Prin
   }
 }
 
+/** Raw BullMQ: `Queue.add` from this process, a no-op `Worker` in its own process (like Berth's worker). */
 async function rawBullmq(sys: BenchSystem, n: number, tag: string): Promise<ThroughputRun> {
   const name = `raw-bench-${tag}`;
   const connection = bullConnection(sys.config.redis.url);
   const prefix = sys.config.redis.bullPrefix;
   const queue = new Queue(name, { connection, prefix });
   const c = countdown(n);
-  const worker = new Worker(name, async (job) => ({ n: (job.data as { n: number }).n }), {
-    connection,
-    prefix,
-    concurrency: settings.concurrency,
-  });
-  worker.on('completed', c.tick);
+  const worker = await spawnChildWorker(
+    ['raw', name, String(settings.concurrency)],
+    sys.workerEnv,
+    (m) => m.t === 'completed' && c.tick(m.n),
+  );
   try {
-    await worker.waitUntilReady();
     return await drive(
       n,
       (i) => queue.add('system.noop', { n: i }, jobOptionsFor('system.noop', `${tag}-${i}`)),
       c.done,
     );
   } finally {
-    await worker.close();
+    await worker.stop();
     await queue.obliterate({ force: true }).catch(() => undefined);
     await queue.close();
   }
@@ -322,7 +325,7 @@ type ThroughputResult = Awaited<ReturnType<typeof throughput>>;
 
 async function main(): Promise<void> {
   const tag = `bench-pipeline-${process.pid}`;
-  log(`booting API + worker (database berth_bench, prefix ${tag})`);
+  log(`booting API (this process) + worker (own process) (database berth_bench, prefix ${tag})`);
   const sys = await startBenchSystem({
     dataRoot: join(settings.dir, 'berth-pipeline'),
     cgroupParent: 'berth-bench-pipeline',
@@ -359,6 +362,7 @@ async function main(): Promise<void> {
         storageDriver: driver,
       },
       settings,
+      layout: LAYOUT,
       latency: lat,
       throughput: tp,
       targets: {
@@ -431,8 +435,15 @@ function throughputReport(tp: ThroughputResult): string[] {
   ];
 }
 
+/** How the bench lays out its processes (printed with the results, stored in the JSON). */
+const LAYOUT =
+  'Processes: API (HTTP, enqueuer, outbox relay) in the bench process with its clients and producers; ' +
+  "Berth's worker and the raw BullMQ peer's worker each in their own process, as in production.";
+
 function report(driver: string, lat: LatencyResult | null, tp: ThroughputResult | null): string {
-  return [...(lat ? latencyReport(driver, lat) : []), ...(tp ? throughputReport(tp) : [])].join('\n');
+  return [LAYOUT, '', ...(lat ? latencyReport(driver, lat) : []), ...(tp ? throughputReport(tp) : [])].join(
+    '\n',
+  );
 }
 
 main().then(

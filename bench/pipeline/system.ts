@@ -1,5 +1,5 @@
-import type { INestApplicationContext } from '@nestjs/common';
 import type { NestExpressApplication } from '@nestjs/platform-express';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -9,12 +9,11 @@ import type { DataSource } from 'typeorm';
 import { loadConfig, type BerthConfig } from '@berth/config';
 import { createDataSource } from '@berth/db';
 import { bullConnection, hostQueueName } from '@berth/jobs';
-import type { HostRuntime } from '@berth/runtime';
+import { openHostRuntime, type HostRuntime } from '@berth/runtime';
 import { generateApiKey } from '../../apps/api/src/auth/api-keys';
 import { createApiApp } from '../../apps/api/src/bootstrap';
-import { createWorker } from '../../apps/worker/src/bootstrap';
-import { HostRuntimeService } from '../../apps/worker/src/runtime/host-runtime.service';
 import { removeCgroupParent } from '../lib/berth-host';
+import type { BenchMessage, WorkerMessage } from './trace';
 
 /** Where and under which names the bench's own Berth lives (all removed by `BenchSystem.close()`). */
 export interface BenchSystemOptions {
@@ -41,14 +40,22 @@ export interface ApiAnswer {
   error?: { code?: string; message?: string } | null;
 }
 
-/** API (listening on loopback) + one worker + a dedicated database, booted in this process. */
+/**
+ * API (with its outbox relay; in this process, listening on loopback) + one worker (its own process, as in
+ * production: ./worker-child.ts) + a dedicated database.
+ */
 export interface BenchSystem {
   config: BerthConfig;
   api: NestExpressApplication;
-  worker: INestApplicationContext;
   /** The bench's own connection to the bench database (for reads and for driving the enqueuer). */
   ds: DataSource;
+  /** This host's runtime opened in the bench process (direct create + start, cleanup). */
   runtime: HostRuntime;
+  /** Environment of the worker processes (Berth's config, without the inherited environment). */
+  workerEnv: Record<string, string>;
+  /** Listens to the worker process's messages (marks, completions). */
+  onWorkerMessage(fn: (m: WorkerMessage) => void): void;
+  sendToWorker(m: BenchMessage): void;
   hostId: string;
   /** `http://127.0.0.1:<port>` of the API. */
   baseUrl: string;
@@ -57,6 +64,63 @@ export interface BenchSystem {
   call(method: string, path: string, body?: unknown): Promise<{ status: number; body: ApiAnswer }>;
   /** Stops API and worker, destroys every container, releases the pool, removes cgroups, data root, DB. */
   close(): Promise<void>;
+}
+
+const CHILD = join(__dirname, 'worker-child.ts');
+
+/** A bench worker process (./worker-child.ts) with an IPC channel. */
+export interface ChildWorker {
+  proc: ChildProcess;
+  /** SIGTERM (graceful), SIGKILL after 20 s; resolves on exit. */
+  stop(): Promise<void>;
+}
+
+/** Spawns ./worker-child.ts with `args`, Berth's config in `env`; resolves once it reports ready. */
+export async function spawnChildWorker(
+  args: string[],
+  env: Record<string, string>,
+  onMessage: (m: WorkerMessage) => void,
+  readyTimeoutMs = 60_000,
+): Promise<ChildWorker> {
+  const proc = spawn(
+    process.execPath,
+    ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register', CHILD, ...args],
+    {
+      cwd: join(__dirname, '..', '..'),
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    },
+  );
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  let gone = false;
+  void exited.then(() => (gone = true));
+  const stop = async () => {
+    if (gone) return;
+    proc.kill('SIGTERM');
+    const t = setTimeout(() => proc.kill('SIGKILL'), 20_000);
+    await exited;
+    clearTimeout(t);
+  };
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`bench worker ${args[0]} not ready in ${readyTimeoutMs} ms`)),
+      readyTimeoutMs,
+    );
+    proc.on('message', (m: WorkerMessage) => {
+      if (m.t === 'ready') {
+        clearTimeout(timer);
+        resolve();
+      } else onMessage(m);
+    });
+    void exited.then(() => {
+      clearTimeout(timer);
+      reject(new Error(`bench worker ${args[0]} exited before it was ready`));
+    });
+  }).catch(async (e: unknown) => {
+    await stop();
+    throw e;
+  });
+  return { proc, stop };
 }
 
 function databaseUrl(base: string, name: string): string {
@@ -87,8 +151,9 @@ async function dropDatabase(serverUrl: string, name: string): Promise<void> {
 }
 
 /**
- * Boots Berth the way test/support/pipeline.ts does, but against its own freshly migrated database and
- * with the API on a real loopback socket (keep-alive HTTP, as a client would see it).
+ * Boots Berth against its own freshly migrated database: the worker as a child process (as in production,
+ * and like test/support/worker-process.ts), the API in this process on a real loopback socket (keep-alive
+ * HTTP, as a client would see it).
  */
 export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSystem> {
   if (!/^[a-z_][a-z0-9_]*$/.test(o.database)) throw new RangeError(`bad database name ${o.database}`);
@@ -97,8 +162,7 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
   const url = databaseUrl(serverUrl, o.database);
   await mkdir(o.dataRoot, { recursive: true });
   await chmod(o.dataRoot, 0o711);
-  const config = loadConfig({
-    ...process.env,
+  const workerEnv: Record<string, string> = {
     DATABASE_URL: url,
     LOG_LEVEL: 'silent',
     NODE_ENV: 'production',
@@ -112,24 +176,20 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
     WORKER_CONCURRENCY: String(o.workerConcurrency),
     SHUTDOWN_GRACE_MS: '5000',
     ...o.env,
-  });
+  };
+  const config = loadConfig({ ...process.env, ...workerEnv });
   const ds = createDataSource(url);
   await ds.initialize();
   await ds.runMigrations({ transaction: 'each' });
 
   let api: NestExpressApplication | undefined;
-  let worker: INestApplicationContext | undefined;
+  let worker: ChildWorker | undefined;
   let runtime: HostRuntime | undefined;
   let hostId: string | undefined;
+  const listeners: ((m: WorkerMessage) => void)[] = [];
   const close = async () => {
     await api?.close().catch(() => undefined);
-    if (worker) {
-      runtime ??= await worker
-        .get(HostRuntimeService)
-        .get()
-        .catch(() => undefined);
-      await worker.close().catch(() => undefined);
-    }
+    await worker?.stop().catch(() => undefined);
     if (runtime) {
       for (const c of await runtime.containers.list().catch(() => []))
         await runtime.containers.destroy(c.id).catch(() => undefined);
@@ -154,9 +214,13 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
   };
 
   try {
-    worker = await createWorker(config);
-    await worker.init();
-    runtime = await worker.get(HostRuntimeService).get();
+    worker = await spawnChildWorker(['berth'], workerEnv, (m) => listeners.forEach((fn) => fn(m)));
+    // The worker prepared the storage pool and registered the host before it reported ready.
+    runtime = await openHostRuntime({
+      dataRoot: config.runtime.dataRoot,
+      cgroupParent: config.runtime.cgroupParent,
+      storageDriver: config.runtime.storageDriver,
+    });
     api = await createApiApp(config);
     await api.listen(0, '127.0.0.1');
     const port = (api.getHttpServer().address() as AddressInfo).port;
@@ -174,9 +238,11 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
     return {
       config,
       api,
-      worker,
       ds,
       runtime,
+      workerEnv,
+      onWorkerMessage: (fn) => listeners.push(fn),
+      sendToWorker: (m) => worker?.proc.send(m),
       hostId,
       baseUrl,
       token: key.token,

@@ -1,19 +1,21 @@
 import type { HostRuntime } from '@berth/runtime';
 import { OutboxRelay } from '../../apps/api/src/outbox/outbox.relay';
-import { JobStore } from '../../apps/worker/src/jobs/job-store';
+import type { JobStore } from '../../apps/worker/src/jobs/job-store';
 import { nowMs } from '../lib/timing';
 import type { BenchSystem } from './system';
 
 /**
- * Moments of one job on its way through the pipeline (monotonic ms, `nowMs()`), recorded in-process by
- * wrapping the relay's publish, the worker's JobStore and the runtime's create/start. Missing = not seen.
+ * Moments of one job on its way through the pipeline (`nowMs()`: CLOCK_MONOTONIC, the same clock in every
+ * process of the machine, so the worker process's marks and the bench's compare), recorded by wrapping
+ * the relay's publish (in the bench process, where the API runs), and the worker's JobStore and the
+ * runtime's create/start (in the worker process, see `installWorkerTrace`). Missing = not seen.
  */
 export interface JobMarks {
   /** The relay's `Queue.add` for the job returned (BullMQ has it). */
   published?: number;
-  /** The worker's processor loaded the job from Postgres (BullMQ handed it over). */
+  /** The worker's processor started its claim in Postgres (BullMQ handed the job over). */
   picked?: number;
-  /** `job.active` committed. */
+  /** The claim (`job.active` with its audit event) committed. */
   active?: number;
   /** Time spent inside ContainerRuntime.create + start for this job's container. */
   runtimeMs?: number;
@@ -21,13 +23,33 @@ export interface JobMarks {
   completed?: number;
 }
 
-/** Per-job marks, plus a hook called when a job's completion commits. */
+/** Messages of the worker process to the bench (over the IPC channel). */
+export type WorkerMessage =
+  | { t: 'ready' }
+  /** Jobs completed since the previous message (batched: one message per event-loop turn at most). */
+  | { t: 'completed'; n: number }
+  /** The marks of one job, when it completed (detailed mode only). */
+  | { t: 'marks'; jobId: string; marks: JobMarks };
+
+/** Messages of the bench to the worker process. */
+export type BenchMessage = { t: 'detailed'; value: boolean };
+
+/** Per-job marks (merged from both processes), plus a hook called per completed job. */
 export class PipelineTrace {
   readonly marks = new Map<string, JobMarks>();
-  private readonly byContainer = new Map<string, string>();
-  onCompleted?: (jobId: string) => void;
-  /** When false, only completions are counted (no per-job map), for the throughput runs. */
-  detailed = true;
+  /** Called with the number of jobs completed (in a batch). */
+  onCompleted?: (n: number) => void;
+  private sys?: BenchSystem;
+  private isDetailed = true;
+
+  /** When false, only completions are counted (no per-job marks), for the throughput runs. */
+  set detailed(value: boolean) {
+    this.isDetailed = value;
+    this.sys?.sendToWorker({ t: 'detailed', value });
+  }
+  get detailed(): boolean {
+    return this.isDetailed;
+  }
 
   private mark(jobId: string): JobMarks {
     let m = this.marks.get(jobId);
@@ -38,8 +60,9 @@ export class PipelineTrace {
     return m;
   }
 
-  /** Installs the wrappers on the running system (once). */
+  /** Installs the relay wrapper and listens to the worker process's marks (once). */
   install(sys: BenchSystem): void {
+    this.sys = sys;
     // The relay publishes a claimed batch of outbox rows at once.
     type Publish = (rows: { job_id: string }[]) => Promise<void>;
     const relay = sys.api.get(OutboxRelay) as unknown as { publish: Publish };
@@ -47,53 +70,85 @@ export class PipelineTrace {
     relay.publish = async (rows) => {
       await publish(rows);
       const t = nowMs();
-      if (this.detailed) for (const row of rows) this.mark(row.job_id).published = t;
+      if (this.isDetailed) for (const row of rows) this.mark(row.job_id).published = t;
     };
-
-    const store = sys.worker.get(JobStore);
-    const load = store.load.bind(store);
-    store.load = async (id) => {
-      const t = nowMs();
-      const job = await load(id);
-      if (this.detailed) {
-        const m = this.mark(id);
-        m.picked ??= t;
-        if (job?.container_id) this.byContainer.set(job.container_id, id);
-      }
-      return job;
-    };
-    const markActive = store.markActive.bind(store);
-    store.markActive = async (job, attempt) => {
-      await markActive(job, attempt);
-      if (this.detailed) this.mark(job.id).active = nowMs();
-    };
-    const complete = store.complete.bind(store);
-    store.complete = async (job, result, apply) => {
-      await complete(job, result, apply);
-      if (this.detailed) this.mark(job.id).completed = nowMs();
-      this.onCompleted?.(job.id);
-    };
-
-    this.wrapRuntime(sys.runtime);
+    sys.onWorkerMessage((msg) => {
+      if (msg.t === 'completed') this.onCompleted?.(msg.n);
+      else if (msg.t === 'marks' && this.isDetailed) Object.assign(this.mark(msg.jobId), msg.marks);
+    });
   }
+}
 
-  private wrapRuntime(rt: HostRuntime): void {
-    const c = rt.containers;
-    for (const op of ['create', 'start'] as const) {
-      const original = c[op].bind(c) as (arg: never) => Promise<unknown>;
-      const wrapped = async (arg: { id: string } | string) => {
-        const t = nowMs();
-        try {
-          return await original(arg as never);
-        } finally {
-          const jobId = this.byContainer.get(typeof arg === 'string' ? arg : arg.id);
-          if (jobId && this.detailed) {
-            const m = this.mark(jobId);
-            m.runtimeMs = (m.runtimeMs ?? 0) + (nowMs() - t);
-          }
-        }
-      };
-      Object.defineProperty(c, op, { value: wrapped, configurable: true, writable: true });
+/**
+ * The worker process's side: wraps its JobStore and runtime, and reports marks and completions through
+ * `send`. Completions are counted and sent once per event-loop turn (a message per job would cost the
+ * worker process as much as a small job).
+ */
+export function installWorkerTrace(
+  store: JobStore,
+  rt: HostRuntime,
+  send: (m: WorkerMessage) => void,
+): { setDetailed(value: boolean): void } {
+  let detailed = true;
+  const marks = new Map<string, JobMarks>();
+  const byContainer = new Map<string, string>();
+  const mark = (id: string) => {
+    let m = marks.get(id);
+    if (!m) marks.set(id, (m = {}));
+    return m;
+  };
+  let completed = 0;
+  const flush = () => {
+    send({ t: 'completed', n: completed });
+    completed = 0;
+  };
+
+  const claim = store.claim.bind(store);
+  store.claim = async (id, attempt) => {
+    const t = nowMs();
+    const c = await claim(id, attempt);
+    if (detailed) {
+      const m = mark(id);
+      m.picked ??= t;
+      if (c.job?.container_id) byContainer.set(c.job.container_id, id);
+      if (c.activated) m.active = nowMs();
     }
+    return c;
+  };
+  const complete = store.complete.bind(store);
+  store.complete = async (job, result, apply) => {
+    await complete(job, result, apply);
+    if (detailed) {
+      const m = mark(job.id);
+      m.completed = nowMs();
+      marks.delete(job.id);
+      if (job.container_id) byContainer.delete(job.container_id);
+      send({ t: 'marks', jobId: job.id, marks: m });
+    }
+    if (completed++ === 0) setImmediate(flush);
+  };
+
+  const c = rt.containers;
+  for (const op of ['create', 'start'] as const) {
+    const original = c[op].bind(c) as (arg: never) => Promise<unknown>;
+    const wrapped = async (arg: { id: string } | string) => {
+      const t = nowMs();
+      try {
+        return await original(arg as never);
+      } finally {
+        const jobId = byContainer.get(typeof arg === 'string' ? arg : arg.id);
+        if (jobId && detailed) {
+          const m = mark(jobId);
+          m.runtimeMs = (m.runtimeMs ?? 0) + (nowMs() - t);
+        }
+      }
+    };
+    Object.defineProperty(c, op, { value: wrapped, configurable: true, writable: true });
   }
+  return {
+    setDetailed(value) {
+      detailed = value;
+      if (!value) marks.clear();
+    },
+  };
 }
