@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
-import type { EntityManager } from 'typeorm';
+import type { DataSource, EntityManager, EntitySubscriberInterface, TransactionCommitEvent } from 'typeorm';
 import { hostQueueName, maxAttemptsFor, parseJobPayload, type JobKind } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import type { JobRow } from './job-view';
@@ -24,13 +25,51 @@ export interface EnqueueInput {
 /** The job as inserted, and the container row's `updated_at` when `targetState` changed it. */
 export type EnqueuedJob = JobRow & { container_updated_at?: Date | null };
 
+/** Where a transaction's deferred notifications wait for its commit (TypeORM's per-QueryRunner `data`). */
+const DEFERRED = 'berthDeferredJobNotify';
+
 /**
  * Writes a job inside the caller's transaction: the job row (with its place in the container's FIFO), its
  * `job.queued` audit event and the outbox row the relay publishes to the host's queue. Either all of it
  * commits with the caller's own rows, or none of it: exactly one enqueue per accepted request.
+ *
+ * Inside a transaction, the notifications (`berth_outbox` for the relays, `berth_job` for the jobs) are
+ * sent after the commit rather than by the triggers (see the DeferredNotify migration: a durable
+ * notifying commit serializes every other notifying commit behind its WAL flush). The deferral lasts for
+ * the rest of the caller's transaction: outbox rows and audit events of the enqueued jobs written after
+ * the enqueue are covered; an audit event of another job written after it in the same transaction would
+ * wake its waiters only at their next safety re-check.
  */
 @Injectable()
-export class JobEnqueuer {
+export class JobEnqueuer implements EntitySubscriberInterface {
+  constructor(@InjectDataSource() private readonly ds: DataSource) {
+    // Registered by hand (Nest's documented way for an injected subscriber): commits are broadcast to it.
+    ds.subscribers.push(this);
+  }
+
+  /** After a top-level commit (not a savepoint release): sends what the transaction deferred. */
+  afterTransactionCommit(event: TransactionCommitEvent): void {
+    const qr = event.queryRunner;
+    const jobIds = qr.data?.[DEFERRED] as string[] | undefined;
+    if (!jobIds || qr.isTransactionActive) return;
+    delete qr.data[DEFERRED];
+    // Not flushed (nothing to make durable) and not awaited (the request's answer need not wait for it):
+    // lost in a crash, the relays' poll publishes the rows anyway.
+    const channels = jobIds.map((_, i) => `, pg_notify('berth_job', $${i + 1})`).join('');
+    this.ds
+      .query(
+        `SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_outbox', '')${channels}`,
+        jobIds,
+      )
+      .catch(() => undefined);
+  }
+
+  /** A rollback drops what was deferred. */
+  afterTransactionRollback(event: TransactionCommitEvent): void {
+    if (event.queryRunner.data && !event.queryRunner.isTransactionActive)
+      delete event.queryRunner.data[DEFERRED];
+  }
+
   /**
    * One statement (data-modifying CTEs: one round trip instead of five): the container's sequence number
    * (the UPDATE row-locks the container, so concurrent enqueues for it are numbered in commit order), the
@@ -43,8 +82,12 @@ export class JobEnqueuer {
     const id = randomUUID();
     const subjectType = input.containerId ? 'container' : 'job';
     const requested = input.requested ?? null;
+    const qr = m.queryRunner;
+    // Outside a transaction the statement is its own (implicit) transaction: the triggers notify at commit.
+    const defer = qr?.isTransactionActive === true;
     const [job]: EnqueuedJob[] = await m.query(
-      `WITH c AS (
+      `WITH ${defer ? `deferred AS (SELECT set_config('berth.defer_notify', 'on', true) AS v),` : ''}
+       c AS (
          UPDATE containers SET job_seq = job_seq + 1, last_job_id = $1,
                 target_state = COALESCE($14, target_state),
                 updated_at = CASE WHEN $14::text IS NULL THEN updated_at ELSE now() END
@@ -52,7 +95,9 @@ export class JobEnqueuer {
        j AS (
          INSERT INTO jobs (id, kind, state, tenant_id, container_id, host_id, container_seq, params, max_attempts,
                            requested_by, request_id)
-         VALUES ($1, $2, 'queued', $3, $4, $5, (SELECT job_seq FROM c), $6, $7, $8, $9) RETURNING *),
+         SELECT $1::uuid, $2::text, 'queued', $3::uuid, $4::uuid, $5::uuid, (SELECT job_seq FROM c), $6::jsonb,
+                $7::int, $8::text, $9::text
+         ${defer ? 'FROM deferred' : ''} RETURNING *),
        a AS (
          INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, request_id, data)
          SELECT $8, e.action, $11, COALESCE(j.container_id, j.id), e.job_id, $10, e.data
@@ -84,6 +129,10 @@ export class JobEnqueuer {
         JSON.stringify({ jobId: id, kind: input.kind, payload }),
       ],
     );
+    if (defer) {
+      const pending = ((qr.data ??= {})[DEFERRED] ??= []) as string[];
+      pending.push(id);
+    }
     return job;
   }
 }

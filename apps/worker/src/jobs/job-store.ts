@@ -42,6 +42,14 @@ const auditFromUpdate = (action: string, data: string) =>
  */
 const RELAXED = `relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)`;
 
+/**
+ * Silences the notify triggers for the statement's transaction (see the DeferredNotify migration): the
+ * terminal transitions are durable commits, and a notifying durable commit holds PostgreSQL's global
+ * notify lock through its WAL flush, serializing every other notifying commit behind it. They notify
+ * after their commit instead (`notifyLate`).
+ */
+const DEFER_NOTIFY = `deferred AS (SELECT set_config('berth.defer_notify', 'on', true) AS v)`;
+
 /** What the worker learns about a job it was handed, in one round trip (`JobStore.claim`). */
 export interface JobClaim {
   /** The job as it was before the claim; null when Postgres does not know it. */
@@ -135,23 +143,34 @@ export class JobStore {
   }
 
   /**
-   * Runs `sql` (one statement) alone, or in a transaction followed by `apply` (the handler's own changes,
-   * e.g. the container's row) when there is one: either way the transition, its audit event and the
-   * handler's changes commit together.
+   * Runs `sql` (one statement, first parameter the job id, its notification deferred) alone, or in a
+   * transaction followed by `apply` (the handler's own changes, e.g. the container's row) when there is
+   * one: either way the transition, its audit event and the handler's changes commit together. Then
+   * notifies.
    */
   private async write(
     sql: string,
     params: unknown[],
     apply?: (m: EntityManager) => Promise<void>,
   ): Promise<void> {
-    if (!apply) {
-      await this.ds.query(sql, params);
-      return;
-    }
-    await this.ds.transaction(async (m) => {
-      await m.query(sql, params);
-      await apply(m);
-    });
+    if (!apply) await this.ds.query(sql, params);
+    else
+      await this.ds.transaction(async (m) => {
+        await m.query(sql, params);
+        await apply(m);
+      });
+    this.notifyLate(params[0] as string);
+  }
+
+  /**
+   * The `berth_job` notification of a deferred transition, once it has committed: a statement of its own,
+   * not flushed (nothing to make durable), not awaited (the next job need not wait for it). Lost in a crash,
+   * the API's waiters still see the change at their next safety re-check.
+   */
+  private notifyLate(jobId: string): void {
+    this.ds
+      .query(`SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_job', $1)`, [jobId])
+      .catch(() => undefined);
   }
 
   /** The job succeeded: its row, its `job.completed` event and the container's row (via `apply`), atomically. */
@@ -161,10 +180,11 @@ export class JobStore {
     apply?: (m: EntityManager) => Promise<void>,
   ): Promise<void> {
     await this.write(
-      `WITH u AS (
+      `WITH ${DEFER_NOTIFY},
+       u AS (
          UPDATE jobs SET state = 'completed', result = $2, progress = '{"stage":"done","percent":100}',
                 error_code = NULL, error_message = NULL, error_step = NULL, finished_at = now(), updated_at = now()
-         WHERE id = $1 RETURNING id, kind, container_id)
+         FROM deferred WHERE id = $1 RETURNING id, kind, container_id)
        ${auditFromUpdate('job.completed', `jsonb_build_object('result', $2::jsonb)`)}`,
       [job.id, JSON.stringify(result)],
       apply,
@@ -173,10 +193,11 @@ export class JobStore {
 
   async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {
     await this.write(
-      `WITH u AS (
+      `WITH ${DEFER_NOTIFY},
+       u AS (
          UPDATE jobs SET state = 'waiting-retry', error_code = $2, error_message = $3, error_step = $4,
                 updated_at = now()
-         WHERE id = $1 RETURNING id, kind, container_id)
+         FROM deferred WHERE id = $1 RETURNING id, kind, container_id)
        ${auditFromUpdate('job.retry', `jsonb_build_object('attempt', $5::int, 'delayMs', $6::bigint, 'error', $7::jsonb)`)}`,
       [job.id, failure.code, failure.message, failure.step, attempt, delayMs, JSON.stringify(failure)],
     );
@@ -188,10 +209,11 @@ export class JobStore {
     apply?: (m: EntityManager) => Promise<void>,
   ): Promise<void> {
     await this.write(
-      `WITH u AS (
+      `WITH ${DEFER_NOTIFY},
+       u AS (
          UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, error_step = $4, finished_at = now(),
                 updated_at = now()
-         WHERE id = $1 RETURNING id, kind, container_id)
+         FROM deferred WHERE id = $1 RETURNING id, kind, container_id)
        ${auditFromUpdate('job.failed', `jsonb_build_object('error', $5::jsonb)`)}`,
       [job.id, failure.code, failure.message, failure.step, JSON.stringify(failure)],
       apply,
