@@ -325,11 +325,11 @@ type ThroughputResult = Awaited<ReturnType<typeof throughput>>;
 
 async function main(): Promise<void> {
   const tag = `bench-pipeline-${process.pid}`;
-  log(`booting API (this process) + worker (own process) (database berth_bench, prefix ${tag})`);
+  log(`booting API (this process) + worker (own process) (database berth_bench_${process.pid}, prefix ${tag})`);
   const sys = await startBenchSystem({
     dataRoot: join(settings.dir, 'berth-pipeline'),
     cgroupParent: 'berth-bench-pipeline',
-    database: 'berth_bench',
+    database: `berth_bench_${process.pid}`,
     bullPrefix: tag,
     hostName: tag,
     workerConcurrency: settings.concurrency,

@@ -84,7 +84,16 @@ export async function spawnChildWorker(
 ): Promise<ChildWorker> {
   const proc = spawn(
     process.execPath,
-    ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register', CHILD, ...args],
+    [
+      // `node --cpu-prof --cpu-prof-dir=… bench/pipeline.bench.ts` profiles the worker processes too.
+      ...process.execArgv.filter((a) => a.startsWith('--cpu-prof')),
+      '-r',
+      'ts-node/register/transpile-only',
+      '-r',
+      'tsconfig-paths/register',
+      CHILD,
+      ...args,
+    ],
     {
       cwd: join(__dirname, '..', '..'),
       env: { ...process.env, ...env },
