@@ -325,7 +325,9 @@ type ThroughputResult = Awaited<ReturnType<typeof throughput>>;
 
 async function main(): Promise<void> {
   const tag = `bench-pipeline-${process.pid}`;
-  log(`booting API (this process) + worker (own process) (database berth_bench_${process.pid}, prefix ${tag})`);
+  log(
+    `booting API (this process) + worker (own process) (database berth_bench_${process.pid}, prefix ${tag})`,
+  );
   const sys = await startBenchSystem({
     dataRoot: join(settings.dir, 'berth-pipeline'),
     cgroupParent: 'berth-bench-pipeline',
