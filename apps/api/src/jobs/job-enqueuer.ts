@@ -42,6 +42,8 @@ const DEFERRED = 'berthDeferredJobNotify';
  */
 @Injectable()
 export class JobEnqueuer implements EntitySubscriberInterface {
+  private readonly committedListeners = new Set<() => void>();
+
   constructor(@InjectDataSource() private readonly ds: DataSource) {
     // Registered by hand (Nest's documented way for an injected subscriber): commits are broadcast to it.
     ds.subscribers.push(this);
@@ -53,6 +55,8 @@ export class JobEnqueuer implements EntitySubscriberInterface {
     const jobIds = qr.data?.[DEFERRED] as string[] | undefined;
     if (!jobIds || qr.isTransactionActive) return;
     delete qr.data[DEFERRED];
+    // A relay in this process starts at once, without waiting for the notification's round trip.
+    for (const fn of this.committedListeners) fn();
     // Not flushed (nothing to make durable) and not awaited (the request's answer need not wait for it):
     // lost in a crash, the relays' poll publishes the rows anyway.
     const channels = jobIds.map((_, i) => `, pg_notify('berth_job', $${i + 1})`).join('');
@@ -62,6 +66,15 @@ export class JobEnqueuer implements EntitySubscriberInterface {
         jobIds,
       )
       .catch(() => undefined);
+  }
+
+  /**
+   * Calls `fn` right after a transaction that enqueued jobs has committed (in this process; other
+   * processes learn it from `berth_outbox`). Returns the function that removes it.
+   */
+  onCommitted(fn: () => void): () => void {
+    this.committedListeners.add(fn);
+    return () => this.committedListeners.delete(fn);
   }
 
   /** A rollback drops what was deferred. */

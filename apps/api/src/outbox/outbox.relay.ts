@@ -11,6 +11,7 @@ import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { bullConnection, isJobKind, jobOptionsFor, type JobKind, type QueuedJobData } from '@berth/jobs';
+import { JobEnqueuer } from '../jobs/job-enqueuer';
 
 interface OutboxRow {
   id: string;
@@ -21,8 +22,8 @@ interface OutboxRow {
 }
 
 /**
- * Publishes outbox rows to BullMQ. Woken by LISTEN/NOTIFY on `berth_outbox`, with a slow poll as a safety
- * net. Any number of relays may run: each claims rows with FOR UPDATE SKIP LOCKED. A row is published with
+ * Publishes outbox rows to BullMQ. Woken by LISTEN/NOTIFY on `berth_outbox` (and in-process right after
+ * this process's own enqueues commit), with a slow poll as a safety net. Any number of relays may run: each claims rows with FOR UPDATE SKIP LOCKED. A row is published with
  * BullMQ jobId = our job id, then marked published in the same transaction that held the lock: a crash
  * between the two publishes it again, which BullMQ ignores for an existing jobId (and the worker skips a
  * job that Postgres already records as finished).
@@ -39,12 +40,17 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
   /** Test hook: called after a row is published and before it is marked (simulates a crash there). */
   afterPublish?: (row: OutboxRow) => void | Promise<void>;
 
+  private stopLocal?: () => void;
+
   constructor(
     @InjectDataSource() private readonly ds: DataSource,
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
+    private readonly enqueuer: JobEnqueuer,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
+    // Jobs enqueued by this process: woken in-process at their commit (NOTIFY covers the other processes).
+    this.stopLocal = this.enqueuer.onCommitted(() => this.kick());
     this.timer = setInterval(() => this.kick(), this.config.outbox.pollMs);
     void this.listen();
     this.kick();
@@ -154,6 +160,7 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
 
   async onApplicationShutdown(): Promise<void> {
     this.stopped = true;
+    this.stopLocal?.();
     if (this.timer) clearInterval(this.timer);
     await this.listener?.end().catch(() => undefined);
     await Promise.all([...this.queues.values()].map((q) => q.close().catch(() => undefined)));

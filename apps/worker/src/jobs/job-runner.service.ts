@@ -170,9 +170,13 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
         done.add(name);
         return value;
       },
+      // Postgres (the record) and BullMQ (the dashboard) side by side: two round trips in the time of one.
+      // Both awaited: a late progress write must not land after the job's final one.
       progress: async (stage, percent) => {
-        await this.store.progress(job.id, stage, percent);
-        await bull.updateProgress({ stage, percent });
+        await Promise.all([
+          this.store.progress(job.id, stage, percent),
+          bull.updateProgress({ stage, percent }),
+        ]);
       },
     };
   }
