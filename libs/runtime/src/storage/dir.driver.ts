@@ -13,7 +13,18 @@ import {
   StorageDriverOptions,
 } from './storage.driver';
 import { validateVolumeId } from './volume-id';
-import { VolumeMeta, allocatedBytes, listIds, listSnapshotEntries, pathExists, removeTree, validateDriverRoot, requireVolumeDir, snapshotPathIn, requireSnapshotDir } from './volume-files';
+import {
+  VolumeMeta,
+  allocatedBytes,
+  listIds,
+  listSnapshotEntries,
+  pathExists,
+  removeTree,
+  validateDriverRoot,
+  requireVolumeDir,
+  snapshotPathIn,
+  requireSnapshotDir,
+} from './volume-files';
 
 /**
  * Plain directories: a clone is `cp -a --reflink=auto` of the template (extents shared on btrfs/xfs, a full
@@ -159,9 +170,6 @@ export class DirStorageDriver implements StorageDriver {
   list(): Promise<string[]> {
     return listIds(join(this.root, 'containers'));
   }
-
-
-
 
   private snapshotPath(containerId: string, snapshotName: string): string {
     return snapshotPathIn(this.root, containerId, snapshotName);

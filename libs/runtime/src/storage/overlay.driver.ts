@@ -15,7 +15,17 @@ import {
   StorageDriverOptions,
 } from './storage.driver';
 import { validateVolumeId } from './volume-id';
-import { VolumeMeta, allocatedBytes, listIds, listSnapshotEntries, pathExists, removeTree, validateDriverRoot, requireVolumeDir, snapshotPathIn } from './volume-files';
+import {
+  VolumeMeta,
+  allocatedBytes,
+  listIds,
+  listSnapshotEntries,
+  pathExists,
+  removeTree,
+  validateDriverRoot,
+  requireVolumeDir,
+  snapshotPathIn,
+} from './volume-files';
 
 /** Source name of every overlay mount Berth makes, so reconcile can tell them from anyone else's. */
 export const OVERLAY_MOUNT_SOURCE = 'berth-overlay';
@@ -213,8 +223,6 @@ export class OverlayStorageDriver implements StorageDriver {
   private volumeDir(containerId: string): string {
     return join(this.root, 'containers', validateVolumeId(containerId, 'container'));
   }
-
-
 
   private async buildMountSpec(containerId: string): Promise<MountSpec> {
     const dir = await this.requireVolume(containerId);

@@ -191,7 +191,12 @@ export function idPath(base: string, id: string, kind: 'template' | 'container' 
 
 /** Where a container's snapshot lives under `base` (ids validated: INVALID_NAME). */
 export function snapshotPathIn(base: string, containerId: string, snapshotName: string): string {
-  return join(base, 'snapshots', validateVolumeId(containerId, 'container'), validateVolumeId(snapshotName, 'snapshot'));
+  return join(
+    base,
+    'snapshots',
+    validateVolumeId(containerId, 'container'),
+    validateVolumeId(snapshotName, 'snapshot'),
+  );
 }
 
 async function isDir(path: string): Promise<boolean> {
@@ -204,18 +209,29 @@ async function isDir(path: string): Promise<boolean> {
 /** Returns `path` when `probe` (default: `path`) is a directory, else throws VOLUME_NOT_FOUND. */
 export async function requireVolumeDir(path: string, containerId: string, probe = path): Promise<string> {
   if (!(await isDir(probe))) {
-    throw new RuntimeError('VOLUME_NOT_FOUND', `container ${containerId} has no volume`, { containerId, path });
+    throw new RuntimeError('VOLUME_NOT_FOUND', `container ${containerId} has no volume`, {
+      containerId,
+      path,
+    });
   }
   return path;
 }
 
 /** Returns `path` when it is a directory, else throws SNAPSHOT_NOT_FOUND. */
-export async function requireSnapshotDir(path: string, containerId: string, snapshotName: string): Promise<string> {
+export async function requireSnapshotDir(
+  path: string,
+  containerId: string,
+  snapshotName: string,
+): Promise<string> {
   if (!(await isDir(path))) {
-    throw new RuntimeError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshotName} of ${containerId} does not exist`, {
-      containerId,
-      snapshotName,
-    });
+    throw new RuntimeError(
+      'SNAPSHOT_NOT_FOUND',
+      `snapshot ${snapshotName} of ${containerId} does not exist`,
+      {
+        containerId,
+        snapshotName,
+      },
+    );
   }
   return path;
 }
