@@ -1,5 +1,6 @@
 import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
 import { Type } from 'class-transformer';
+import { CONTAINER_STATES } from '@berth/db';
 import {
   IsBoolean,
   IsIn,
@@ -121,16 +122,7 @@ export class SnapshotDto {
   name: string;
 }
 
-export const CONTAINER_STATE_VALUES = [
-  'creating',
-  'stopped',
-  'running',
-  'paused',
-  'suspended',
-  'destroying',
-  'destroyed',
-  'error',
-];
+export const CONTAINER_STATE_VALUES: readonly string[] = CONTAINER_STATES;
 
 export class ListContainersQuery {
   @ApiPropertyOptional({ enum: CONTAINER_STATE_VALUES })

@@ -1,6 +1,6 @@
 import { HttpStatus, Inject, Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
-import type { DataSource } from 'typeorm';
+import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit, recomputeTargetState } from '@berth/db';
 import { hostQueueName } from '@berth/jobs';
@@ -177,19 +177,8 @@ export class JobsService {
                 finished_at = NULL, updated_at = now() WHERE id = $1`,
         [id],
       );
-      if (job.container_id) {
-        // The job is pending again: the container's target state includes what it will do.
-        const [c] = await m.query(`SELECT state FROM containers WHERE id = $1`, [job.container_id]);
-        await recomputeTargetState(m, job.container_id, c.state);
-      }
-      await appendAudit(m, {
-        actor: principal.keyId,
-        action: 'job.retry.requested',
-        subjectType: job.container_id ? 'container' : 'job',
-        subjectId: job.container_id ?? id,
-        jobId: id,
-        requestId: principal.requestId,
-      });
+      // The job is pending again: the container's target state includes what it will do.
+      await this.afterRequeueOrCancel(m, job, 'job.retry.requested', principal);
       await m.query(`INSERT INTO outbox (queue, job_name, job_id, payload) VALUES ($1, $2, $3, $4)`, [
         hostQueueName(job.host_id!),
         job.kind,
@@ -216,20 +205,22 @@ export class JobsService {
         `UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now() WHERE id = $1`,
         [id],
       );
-      if (job.container_id) {
-        // What this job would have done no longer happens: project the present state through what is left.
-        const [c] = await m.query(`SELECT state FROM containers WHERE id = $1`, [job.container_id]);
-        await recomputeTargetState(m, job.container_id, c.state);
-      }
-      await appendAudit(m, {
-        actor: principal.keyId,
-        action: 'job.cancelled',
-        subjectType: job.container_id ? 'container' : 'job',
-        subjectId: job.container_id ?? id,
-        jobId: id,
-        requestId: principal.requestId,
-      });
+      // What this job would have done no longer happens: project the present state through what is left.
+      await this.afterRequeueOrCancel(m, job, 'job.cancelled', principal);
     });
     return this.get(id);
+  }
+
+  /** A job re-entered or left the queue: recompute its container's target state and audit the request. */
+  private async afterRequeueOrCancel(m: EntityManager, job: JobRow, action: string, principal: Principal) {
+    if (job.container_id) await recomputeTargetState(m, job.container_id);
+    await appendAudit(m, {
+      actor: principal.keyId,
+      action,
+      subjectType: job.container_id ? 'container' : 'job',
+      subjectId: job.container_id ?? job.id,
+      jobId: job.id,
+      requestId: principal.requestId,
+    });
   }
 }
