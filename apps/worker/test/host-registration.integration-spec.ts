@@ -31,13 +31,7 @@ describe('worker host registration and heartbeat', () => {
   const host = async () => (await ds.query(`SELECT * FROM hosts WHERE name = $1`, [name]))[0];
 
   it('registers its host with detected capabilities', async () => {
-    worker = await createWorker(
-      testConfig({
-        BERTH_HOST_NAME: name,
-        HEARTBEAT_INTERVAL_MS: '200',
-        BERTH_DATA_ROOT: '/tmp/berth-hosttest',
-      }),
-    );
+    worker = await createWorker(testConfig({ ...env, HEARTBEAT_INTERVAL_MS: '200' }));
     await worker.init();
     const row = await host();
     expect(row).toMatchObject({ name, state: 'online', draining: false });
