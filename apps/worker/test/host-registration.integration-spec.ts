@@ -55,9 +55,7 @@ describe('worker host registration and heartbeat', () => {
     await worker!.close();
     worker = undefined;
     expect((await host()).state).toBe('offline');
-    worker = await createWorker(
-      testConfig({ BERTH_HOST_NAME: name, BERTH_DATA_ROOT: '/tmp/berth-hosttest' }),
-    );
+    worker = await createWorker(testConfig(env));
     await worker.init();
     expect((await host()).id).toBe(id);
     expect((await host()).state).toBe('online');
