@@ -149,12 +149,14 @@ describeKernel(
       expectSurvivorsRunning();
     }, 120_000);
 
-    it('killed once init is launched, before the start step is recorded: the container keeps running, not started twice', async () => {
+    it('killed once init is launched, around the record of its start step: the container keeps running, not started twice', async () => {
       const { id, jobId } = await create(`crash-c-${process.pid}`);
       const initFile = `${rt.containers.store.stateDir(id)}/init.pid`;
       const atKill = await killWhen(jobId, () => existsSync(initFile), 0);
-      // Init runs, but the step that launched it was not recorded: the retry must not launch a second one.
-      expect(atKill).not.toContain('step start');
+      // Init runs; usually the step that launched it is not recorded yet (the retry must then find init running
+      // and not launch a second one). On a fast run the record can land before the worker is stopped; the
+      // invariants below hold either way.
+      expect(atKill).toContain('step create');
       const { pid } = JSON.parse(readFileSync(initFile, 'utf8')) as { pid: number };
       const start = startTimeOf(pid);
       expect(start).not.toBeNull();
@@ -167,6 +169,8 @@ describeKernel(
     }, 120_000);
 
     it('destroys everything through the API afterwards: nothing is left on the host', async () => {
+      // A failed case above may have left its worker killed: this one needs a live worker.
+      if (w.proc.exitCode !== null || w.proc.signalCode !== null) w = await c.startWorker();
       const ids = survivors.map((s) => s.id);
       for (const id of ids) {
         const res = await c.http().delete(`/v1/containers/${id}`).set(c.auth());
