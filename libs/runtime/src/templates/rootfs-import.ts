@@ -276,6 +276,8 @@ export async function inspectRootfsArchive(archivePath: string): Promise<Archive
     }
   } catch (e) {
     child.kill('SIGKILL');
+    // Unread output would keep the pipe (and so the child's 'close') open forever.
+    child.stdout.destroy();
     const { error } = await exited;
     if (error?.code === 'ENOENT') {
       throw new RuntimeError(

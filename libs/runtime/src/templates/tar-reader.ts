@@ -100,6 +100,11 @@ class ByteReader {
     }
   }
 
+  /** Releases the source (a stream is destroyed) when reading stops early. */
+  async close(): Promise<void> {
+    await this.it.return?.();
+  }
+
   /** Consumes the rest of the stream (so a decompressor piping into us can finish). */
   async drain(): Promise<void> {
     this.buffered = [];
@@ -191,6 +196,15 @@ const MAX_META_SIZE = 1 << 20; // long names and pax headers larger than 1 MiB a
  */
 export async function* readTarEntries(source: AsyncIterable<Buffer | string>): AsyncGenerator<TarEntry> {
   const reader = new ByteReader(source);
+  try {
+    yield* entriesOf(reader);
+  } finally {
+    // A consumer that stops early (a refused entry) must not leave the source stream half read.
+    await reader.close();
+  }
+}
+
+async function* entriesOf(reader: ByteReader): AsyncGenerator<TarEntry> {
   let longName: string | undefined;
   let longLink: string | undefined;
   let pax: Map<string, string> | undefined;
