@@ -23,6 +23,8 @@ import {
   validateDriverRoot,
   requireVolumeDir,
   snapshotPathIn,
+  newSnapshotPath,
+  requireSnapshotDir,
 } from './volume-files';
 import { isDirectory } from './directory-templates';
 
@@ -205,14 +207,7 @@ export class BtrfsStorageDriver implements StorageDriver {
 
   async snapshot(containerId: string, snapshotName: string): Promise<SnapshotInfo> {
     const volume = await this.requireVolume(containerId);
-    const target = this.snapshotPath(containerId, snapshotName);
-    if (await pathExists(target)) {
-      throw new RuntimeError('SNAPSHOT_EXISTS', `snapshot ${snapshotName} of ${containerId} already exists`, {
-        containerId,
-        snapshotName,
-      });
-    }
-    await mkdir(join(this.pool, 'snapshots', containerId), { recursive: true });
+    const target = await newSnapshotPath(this.pool, containerId, snapshotName);
     await this.snapshotSubvolume(volume, target, true);
     return { name: snapshotName, createdAt: new Date() };
   }
@@ -223,17 +218,11 @@ export class BtrfsStorageDriver implements StorageDriver {
 
   async rollback(containerId: string, snapshotName: string): Promise<void> {
     const volume = await this.requireVolume(containerId);
-    const source = this.snapshotPath(containerId, snapshotName);
-    if (!(await isDirectory(source))) {
-      throw new RuntimeError(
-        'SNAPSHOT_NOT_FOUND',
-        `snapshot ${snapshotName} of ${containerId} does not exist`,
-        {
-          containerId,
-          snapshotName,
-        },
-      );
-    }
+    const source = await requireSnapshotDir(
+      this.snapshotPath(containerId, snapshotName),
+      containerId,
+      snapshotName,
+    );
     // Fixed names: a retry after a crash finds and clears the leftovers (one job per container at a time).
     const fresh = join(this.pool, 'containers', `.rollback-${containerId}`);
     const old = join(this.pool, 'containers', `.old-${containerId}`);

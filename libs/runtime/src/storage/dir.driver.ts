@@ -24,6 +24,7 @@ import {
   requireVolumeDir,
   snapshotPathIn,
   requireSnapshotDir,
+  newSnapshotPath,
 } from './volume-files';
 
 /**
@@ -130,14 +131,7 @@ export class DirStorageDriver implements StorageDriver {
 
   async snapshot(containerId: string, snapshotName: string): Promise<SnapshotInfo> {
     const volume = await this.requireVolume(containerId);
-    const target = this.snapshotPath(containerId, snapshotName);
-    if (await pathExists(target)) {
-      throw new RuntimeError('SNAPSHOT_EXISTS', `snapshot ${snapshotName} of ${containerId} already exists`, {
-        containerId,
-        snapshotName,
-      });
-    }
-    await mkdir(join(this.root, 'snapshots', containerId), { recursive: true });
+    const target = await newSnapshotPath(this.root, containerId, snapshotName);
     await copyTreeAtomic(volume, target);
     return { name: snapshotName, createdAt: new Date() };
   }

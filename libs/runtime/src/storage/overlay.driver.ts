@@ -25,6 +25,8 @@ import {
   validateDriverRoot,
   requireVolumeDir,
   snapshotPathIn,
+  newSnapshotPath,
+  requireSnapshotDir,
 } from './volume-files';
 
 /** Source name of every overlay mount Berth makes, so reconcile can tell them from anyone else's. */
@@ -157,14 +159,7 @@ export class OverlayStorageDriver implements StorageDriver {
 
   async snapshot(containerId: string, snapshotName: string): Promise<SnapshotInfo> {
     await this.requireVolume(containerId);
-    const target = this.snapshotPath(containerId, snapshotName);
-    if (await pathExists(target)) {
-      throw new RuntimeError('SNAPSHOT_EXISTS', `snapshot ${snapshotName} of ${containerId} already exists`, {
-        containerId,
-        snapshotName,
-      });
-    }
-    await mkdir(join(this.root, 'snapshots', containerId), { recursive: true });
+    const target = await newSnapshotPath(this.root, containerId, snapshotName);
     // cp -a keeps overlay whiteouts (0:0 character devices) and trusted.overlay.* xattrs (root only).
     await copyTreeAtomic(join(this.volumeDir(containerId), 'upper'), target);
     return { name: snapshotName, createdAt: new Date() };
@@ -176,17 +171,11 @@ export class OverlayStorageDriver implements StorageDriver {
 
   async rollback(containerId: string, snapshotName: string): Promise<void> {
     const dir = await this.requireVolume(containerId);
-    const source = this.snapshotPath(containerId, snapshotName);
-    if (!(await isDirectory(source))) {
-      throw new RuntimeError(
-        'SNAPSHOT_NOT_FOUND',
-        `snapshot ${snapshotName} of ${containerId} does not exist`,
-        {
-          containerId,
-          snapshotName,
-        },
-      );
-    }
+    const source = await requireSnapshotDir(
+      this.snapshotPath(containerId, snapshotName),
+      containerId,
+      snapshotName,
+    );
     // Changing layers under a live overlay mount is undefined behaviour: swap while unmounted.
     const wasMounted = await this.isMounted(containerId);
     if (wasMounted) await this.unmount(containerId);

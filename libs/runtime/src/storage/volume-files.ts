@@ -235,3 +235,23 @@ export async function requireSnapshotDir(
   }
   return path;
 }
+
+/**
+ * Where a new snapshot goes under `base`: its parent directory is made, and SNAPSHOT_EXISTS is thrown when
+ * one of that name exists (a snapshot taken later would not hold the same data).
+ */
+export async function newSnapshotPath(
+  base: string,
+  containerId: string,
+  snapshotName: string,
+): Promise<string> {
+  const target = snapshotPathIn(base, containerId, snapshotName);
+  if (await pathExists(target)) {
+    throw new RuntimeError('SNAPSHOT_EXISTS', `snapshot ${snapshotName} of ${containerId} already exists`, {
+      containerId,
+      snapshotName,
+    });
+  }
+  await mkdir(join(base, 'snapshots', containerId), { recursive: true });
+  return target;
+}
