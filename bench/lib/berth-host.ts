@@ -5,6 +5,7 @@ import {
   type ContainerSpec,
   type HostRuntime,
   type StorageDriverName,
+  wipeHostRuntime,
 } from '@berth/runtime';
 
 /** A Berth host runtime opened for the bench: own data root, own cgroup parent, removed by `close()`. */
@@ -44,12 +45,7 @@ export async function openBenchHost(
     cgroupParent,
     driver,
     async close() {
-      for (const c of await rt.containers.list().catch(() => []))
-        await rt.containers.destroy(c.id).catch(() => undefined);
-      await rt.containers.reconcile({ remove: true }).catch(() => undefined);
-      for (const t of await rt.templates.list().catch(() => []))
-        await rt.templates.delete(t).catch(() => undefined);
-      await rt.storage.release().catch(() => undefined);
+      await wipeHostRuntime(rt);
       await rm(dataRoot, { recursive: true, force: true });
     },
   };

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import request from 'supertest';
 import type { DataSource } from 'typeorm';
 import { createDataSource } from '@berth/db';
+import { wipeHostRuntime } from '@berth/runtime';
 import { createApiApp } from '../../apps/api/src/bootstrap';
 import { generateApiKey } from '../../apps/api/src/auth/api-keys';
 import { createWorker } from '../../apps/worker/src/bootstrap';
@@ -80,9 +81,7 @@ export async function startPipeline(tag: string, extraEnv: Record<string, string
       await api.close();
       const rt = await worker.get(HostRuntimeService).get();
       await worker.close();
-      for (const c of await rt.containers.list()) await rt.containers.destroy(c.id);
-      for (const t of await rt.templates.list()) await rt.templates.delete(t).catch(() => undefined);
-      await rt.storage.release();
+      await wipeHostRuntime(rt);
       await ds.destroy();
       for (const c of ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio']) {
         const p = `/sys/fs/cgroup/${c}/${cgroupParent}`;

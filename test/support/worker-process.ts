@@ -8,7 +8,7 @@ import request from 'supertest';
 import type { DataSource } from 'typeorm';
 import { createDataSource } from '@berth/db';
 import { bullConnection, hostQueueName } from '@berth/jobs';
-import { openHostRuntime, type HostRuntime } from '@berth/runtime';
+import { openHostRuntime, type HostRuntime, wipeHostRuntime } from '@berth/runtime';
 import { createApiApp } from '../../apps/api/src/bootstrap';
 import { testConfig } from './config';
 import { createTestKey } from './pipeline';
@@ -130,12 +130,7 @@ export async function startCluster(tag: string, extraEnv: Record<string, string>
       await q?.obliterate({ force: true }).catch(() => undefined);
       await q?.close();
       if (existsSync(join(dataRoot, 'storage')) || rt) {
-        const inspector = await runtime();
-        for (const c of await inspector.containers.list()) await inspector.containers.destroy(c.id);
-        await inspector.containers.reconcile({ remove: true });
-        for (const t of await inspector.templates.list())
-          await inspector.templates.delete(t).catch(() => undefined);
-        await inspector.storage.release();
+        await wipeHostRuntime(await runtime());
       }
       // A crashed worker leaves its host `online` with a stale heartbeat: later suites must not pick it.
       await ds.query(`UPDATE hosts SET state = 'offline' WHERE name = $1`, [hostName]);

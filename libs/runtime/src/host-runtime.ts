@@ -84,3 +84,17 @@ export async function openHostRuntime(options: HostRuntimeOptions): Promise<Host
   });
   return { containers, templates, storage, cgroups };
 }
+
+/**
+ * Empties a host: destroys every container, removes what reconcile finds, deletes the templates and
+ * releases the storage pool (the btrfs loop device). For tests, benchmarks and decommissioning a data root;
+ * best effort, so one failure does not leave the rest behind.
+ */
+export async function wipeHostRuntime(rt: HostRuntime): Promise<void> {
+  for (const c of await rt.containers.list().catch(() => []))
+    await rt.containers.destroy(c.id).catch(() => undefined);
+  await rt.containers.reconcile({ remove: true }).catch(() => undefined);
+  for (const t of await rt.templates.list().catch(() => []))
+    await rt.templates.delete(t).catch(() => undefined);
+  await rt.storage.release().catch(() => undefined);
+}

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openHostRuntime, type HostRuntime, type HostRuntimeOptions } from '@berth/runtime';
+import { openHostRuntime, type HostRuntime, type HostRuntimeOptions, wipeHostRuntime } from '@berth/runtime';
 import type { ContainerSpec } from '@berth/runtime';
 
 /** A throwaway host runtime: its own data root and cgroup parent, removed again by `close()`. */
@@ -31,12 +31,7 @@ export async function openTestHost(
     dataRoot,
     cgroupParent,
     async close() {
-      for (const c of await rt.containers.list().catch(() => []))
-        await rt.containers.destroy(c.id).catch(() => undefined);
-      await rt.containers.reconcile({ remove: true }).catch(() => undefined);
-      for (const t of await rt.templates.list().catch(() => []))
-        await rt.templates.delete(t).catch(() => undefined);
-      await rt.storage.release().catch(() => undefined);
+      await wipeHostRuntime(rt);
       for (const c of ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio']) {
         if (existsSync(`/sys/fs/cgroup/${c}/${cgroupParent}`))
           rmdirSync(`/sys/fs/cgroup/${c}/${cgroupParent}`);
