@@ -176,9 +176,8 @@ describeKernel(
       );
       // Published to the host queue before it is cancelled: the worker will see it.
       await until(
-        'the job to be published',
-        async () =>
-          (await c.ds.query(`SELECT published_at FROM outbox WHERE job_id = $1`, [jobId]))[0]?.published_at,
+        'the job to be published (its outbox row deleted)',
+        async () => (await c.ds.query(`SELECT 1 FROM outbox WHERE job_id = $1`, [jobId])).length === 0,
       );
 
       const cancelled = await c.http().post(`/v1/jobs/${jobId}/cancel`).set(c.auth()).send({});

@@ -34,7 +34,10 @@ export interface ApiOnly {
   auth(token?: string): { Authorization: string };
   /** Inserts another host row (no worker behind it); fresh heartbeat unless `stale`. */
   addHost(name: string, opts?: { stale?: boolean }): Promise<string>;
-  /** Row counts of containers, jobs and outbox: a refused request must leave them unchanged. */
+  /**
+   * Row counts of containers and jobs, and outbox rows ever written (the relay deletes a row once it is
+   * published, so its sequence counts them): a refused request must leave all three unchanged.
+   */
   counts(): Promise<{ containers: number; jobs: number; outbox: number }>;
   close(): Promise<void>;
 }
@@ -122,7 +125,7 @@ export async function startApiOnly(tag: string, env: Record<string, string> = {}
     async counts() {
       const [r] = await ds.query(
         `SELECT (SELECT count(*) FROM containers)::int AS containers, (SELECT count(*) FROM jobs)::int AS jobs,
-                (SELECT count(*) FROM outbox)::int AS outbox`,
+                (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_id_seq)::int AS outbox`,
       );
       return r;
     },

@@ -4,3 +4,4 @@ export * from './audit';
 export * from './db.module';
 export { migrations } from './migrations';
 export * from './container-target';
+export * from './prepared';

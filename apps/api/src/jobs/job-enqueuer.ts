@@ -2,7 +2,8 @@ import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import type { DataSource, EntityManager, EntitySubscriberInterface, TransactionCommitEvent } from 'typeorm';
-import { hostQueueName, maxAttemptsFor, parseJobPayload, type JobKind } from '@berth/jobs';
+import { preparedQuery } from '@berth/db';
+import { hostQueueName, maxAttemptsFor, parseJobPayload, type JobKind, type QueuedJobData } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import type { JobRow } from './job-view';
 
@@ -25,6 +26,15 @@ export interface EnqueueInput {
 /** The job as inserted, and the container row's `updated_at` when `targetState` changed it. */
 export type EnqueuedJob = JobRow & { container_updated_at?: Date | null };
 
+/** An outbox row as written by the enqueuer (what a relay publishes). */
+export interface OutboxRow {
+  id: string;
+  queue: string;
+  job_name: string;
+  job_id: string;
+  payload: QueuedJobData & { bullJobId?: string };
+}
+
 /** Where a transaction's deferred notifications wait for its commit (TypeORM's per-QueryRunner `data`). */
 const DEFERRED = 'berthDeferredJobNotify';
 
@@ -42,37 +52,39 @@ const DEFERRED = 'berthDeferredJobNotify';
  */
 @Injectable()
 export class JobEnqueuer implements EntitySubscriberInterface {
-  private readonly committedListeners = new Set<() => void>();
+  private readonly committedListeners = new Set<(rows: OutboxRow[]) => void>();
 
   constructor(@InjectDataSource() private readonly ds: DataSource) {
     // Registered by hand (Nest's documented way for an injected subscriber): commits are broadcast to it.
     ds.subscribers.push(this);
   }
 
-  /** After a top-level commit (not a savepoint release): sends what the transaction deferred. */
+  /**
+   * After a top-level commit (not a savepoint release): hands the transaction's outbox rows to the relay of
+   * this process, which publishes them at once; without one, wakes the relays of the other processes.
+   * No `berth_job` notification for the new jobs: nobody can be waiting for a job that did not exist.
+   */
   afterTransactionCommit(event: TransactionCommitEvent): void {
     const qr = event.queryRunner;
-    const jobIds = qr.data?.[DEFERRED] as string[] | undefined;
-    if (!jobIds || qr.isTransactionActive) return;
+    const rows = qr.data?.[DEFERRED] as OutboxRow[] | undefined;
+    if (!rows || qr.isTransactionActive) return;
     delete qr.data[DEFERRED];
-    // A relay in this process starts at once, without waiting for the notification's round trip.
-    for (const fn of this.committedListeners) fn();
+    if (this.committedListeners.size > 0) {
+      for (const fn of this.committedListeners) fn(rows);
+      return;
+    }
     // Not flushed (nothing to make durable) and not awaited (the request's answer need not wait for it):
     // lost in a crash, the relays' poll publishes the rows anyway.
-    const channels = jobIds.map((_, i) => `, pg_notify('berth_job', $${i + 1})`).join('');
-    this.ds
-      .query(
-        `SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_outbox', '')${channels}`,
-        jobIds,
-      )
-      .catch(() => undefined);
+    preparedQuery(this.ds, `SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_outbox', '')`).catch(
+      () => undefined,
+    );
   }
 
   /**
-   * Calls `fn` right after a transaction that enqueued jobs has committed (in this process; other
-   * processes learn it from `berth_outbox`). Returns the function that removes it.
+   * Calls `fn` with the outbox rows of each transaction that enqueued jobs, right after it committed (in
+   * this process; other processes learn it from `berth_outbox`). Returns the function that removes it.
    */
-  onCommitted(fn: () => void): () => void {
+  onCommitted(fn: (rows: OutboxRow[]) => void): () => void {
     this.committedListeners.add(fn);
     return () => this.committedListeners.delete(fn);
   }
@@ -98,7 +110,10 @@ export class JobEnqueuer implements EntitySubscriberInterface {
     const qr = m.queryRunner;
     // Outside a transaction the statement is its own (implicit) transaction: the triggers notify at commit.
     const defer = qr?.isTransactionActive === true;
-    const [job]: EnqueuedJob[] = await m.query(
+    const queue = hostQueueName(input.hostId);
+    const queued: QueuedJobData = { jobId: id, kind: input.kind, payload };
+    const [{ outbox_id: outboxId, ...job }] = await preparedQuery<EnqueuedJob & { outbox_id: string }>(
+      m,
       `WITH ${defer ? `deferred AS (SELECT set_config('berth.defer_notify', 'on', true) AS v),` : ''}
        c AS (
          UPDATE containers SET job_seq = job_seq + 1, last_job_id = $1,
@@ -121,8 +136,8 @@ export class JobEnqueuer implements EntitySubscriberInterface {
          WHERE e.action IS NOT NULL
          ORDER BY e.ord),
        o AS (
-         INSERT INTO outbox (queue, job_name, job_id, payload) SELECT $15, j.kind, j.id, $16 FROM j)
-       SELECT j.*, (SELECT updated_at FROM c) AS container_updated_at FROM j`,
+         INSERT INTO outbox (queue, job_name, job_id, payload) SELECT $15, j.kind, j.id, $16 FROM j RETURNING id)
+       SELECT j.*, (SELECT updated_at FROM c) AS container_updated_at, (SELECT id FROM o) AS outbox_id FROM j`,
       [
         id,
         input.kind,
@@ -138,13 +153,13 @@ export class JobEnqueuer implements EntitySubscriberInterface {
         requested?.action ?? null,
         requested ? JSON.stringify(requested.data) : null,
         input.targetState ?? null,
-        hostQueueName(input.hostId),
-        JSON.stringify({ jobId: id, kind: input.kind, payload }),
+        queue,
+        JSON.stringify(queued),
       ],
     );
     if (defer) {
-      const pending = ((qr.data ??= {})[DEFERRED] ??= []) as string[];
-      pending.push(id);
+      const pending = ((qr.data ??= {})[DEFERRED] ??= []) as OutboxRow[];
+      pending.push({ id: outboxId, queue, job_name: input.kind, job_id: id, payload: queued });
     }
     return job;
   }

@@ -10,23 +10,23 @@ import { type JobsOptions, Queue } from 'bullmq';
 import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
+import { preparedQuery } from '@berth/db';
 import { bullConnection, isJobKind, jobOptionsFor, type JobKind, type QueuedJobData } from '@berth/jobs';
-import { JobEnqueuer } from '../jobs/job-enqueuer';
-
-interface OutboxRow {
-  id: string;
-  queue: string;
-  job_name: string;
-  job_id: string;
-  payload: QueuedJobData & { bullJobId?: string };
-}
+import { JobEnqueuer, type OutboxRow } from '../jobs/job-enqueuer';
 
 /**
- * Publishes outbox rows to BullMQ. Woken by LISTEN/NOTIFY on `berth_outbox` (and in-process right after
- * this process's own enqueues commit), with a slow poll as a safety net. Any number of relays may run: each claims rows with FOR UPDATE SKIP LOCKED. A row is published with
- * BullMQ jobId = our job id, then marked published in the same transaction that held the lock: a crash
- * between the two publishes it again, which BullMQ ignores for an existing jobId (and the worker skips a
- * job that Postgres already records as finished).
+ * Publishes outbox rows to BullMQ, then deletes them (the jobs and their audit events are the record).
+ *
+ * - Fast path: the rows this process's own enqueues committed are handed over in-process at their commit
+ *   and published at once, without reading them back; concurrent commits coalesce into one `addBulk`.
+ * - Drain: every row still in the table, in batches claimed with FOR UPDATE SKIP LOCKED (any number of
+ *   relays may run), woken by LISTEN/NOTIFY on `berth_outbox` (other processes' enqueues, retries), by a
+ *   fast-path failure, and by a slow poll as the safety net (a process killed between its commit and its
+ *   publish).
+ *
+ * A row is published with BullMQ jobId = our job id, then deleted: a crash between the two publishes it
+ * again, which BullMQ ignores for an existing jobId (and the worker skips a job that Postgres already
+ * records as finished).
  */
 @Injectable()
 export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdown {
@@ -37,10 +37,15 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
   private draining = false;
   private again = false;
   private stopped = false;
-  /** Test hook: called after a row is published and before it is marked (simulates a crash there). */
+  /** Test hook: called after a row is published and before it is deleted (simulates a crash there). */
   afterPublish?: (row: OutboxRow) => void | Promise<void>;
 
   private stopLocal?: () => void;
+  /** Fast path: committed rows waiting for the `addBulk` in flight, and published rows to delete. */
+  private readonly committed: OutboxRow[] = [];
+  private publishing = false;
+  private readonly published: string[] = [];
+  private forgetting = false;
 
   constructor(
     @InjectDataSource() private readonly ds: DataSource,
@@ -49,8 +54,8 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
-    // Jobs enqueued by this process: woken in-process at their commit (NOTIFY covers the other processes).
-    this.stopLocal = this.enqueuer.onCommitted(() => this.kick());
+    // Jobs enqueued by this process: handed over at their commit (NOTIFY covers the other processes).
+    this.stopLocal = this.enqueuer.onCommitted((rows) => this.publishCommitted(rows));
     this.timer = setInterval(() => this.kick(), this.config.outbox.pollMs);
     void this.listen();
     this.kick();
@@ -97,23 +102,79 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
       });
   }
 
-  /** Publishes every unpublished row, in batches. Returns the number published. */
+  /**
+   * Fast path for rows this process just committed: published at once (rows committed while an `addBulk`
+   * is in flight go together in the next one), then deleted in the background. A failure leaves the rows
+   * in the table and wakes the drain.
+   */
+  private publishCommitted(rows: OutboxRow[]): void {
+    if (this.stopped) return;
+    this.committed.push(...rows);
+    if (this.publishing) return;
+    this.publishing = true;
+    void (async () => {
+      try {
+        while (this.committed.length > 0 && !this.stopped) {
+          const batch = this.committed.splice(0);
+          try {
+            await this.publish(batch);
+            if (this.afterPublish) for (const row of batch) await this.afterPublish(row);
+            this.forget(batch.map((r) => r.id));
+          } catch (e) {
+            this.log.warn(`outbox publish failed, the drain retries: ${e instanceof Error ? e.message : String(e)}`);
+            this.kick();
+          }
+        }
+      } finally {
+        this.publishing = false;
+      }
+    })();
+  }
+
+  /** Deletes published rows (skipping any a drain holds: it deletes them itself), coalesced like publishes. */
+  private forget(ids: string[]): void {
+    this.published.push(...ids);
+    if (this.forgetting) return;
+    this.forgetting = true;
+    void (async () => {
+      try {
+        while (this.published.length > 0) {
+          const batch = this.published.splice(0);
+          // Not durable: a row that comes back after a Postgres crash is only published again (see above).
+          await preparedQuery(
+            this.ds,
+            `WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
+             r AS (SELECT id FROM outbox WHERE id = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED)
+             DELETE FROM outbox o USING r, relaxed WHERE o.id = r.id`,
+            [batch],
+          ).catch((e: unknown) =>
+            this.log.warn(`outbox cleanup failed, the drain retries: ${e instanceof Error ? e.message : String(e)}`),
+          );
+        }
+      } finally {
+        this.forgetting = false;
+      }
+    })();
+  }
+
+  /** Publishes every row still in the table, in batches. Returns the number published. */
   async drain(): Promise<number> {
     let total = 0;
     for (;;) {
       const n = await this.ds.transaction(async (m) => {
-        const rows: OutboxRow[] = await m.query(
-          `SELECT id, queue, job_name, job_id, payload FROM outbox WHERE published_at IS NULL
-           ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED`,
+        const rows = await preparedQuery<OutboxRow>(
+          m,
+          `SELECT id, queue, job_name, job_id, payload FROM outbox ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED`,
         );
         await this.publish(rows);
         if (this.afterPublish) for (const row of rows) await this.afterPublish(row);
         if (rows.length > 0) {
-          // The mark need not wait for the WAL flush: losing it in a Postgres crash only publishes the rows
-          // again, which is harmless (see above). Set after publishing, off the path to the worker.
-          await m.query(`SET LOCAL synchronous_commit = off`);
-          await m.query(
-            `UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)`,
+          // The delete need not wait for the WAL flush: losing it in a Postgres crash only publishes the
+          // rows again, which is harmless (see above).
+          await preparedQuery(
+            m,
+            `WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
+             DELETE FROM outbox USING relaxed WHERE id = ANY($1::bigint[])`,
             [rows.map((r) => r.id)],
           );
         }

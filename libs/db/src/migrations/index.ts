@@ -2,6 +2,7 @@ import { InitialSchema1764000000000 } from './1764000000000-initial-schema';
 import { JobPipeline1764100000000 } from './1764100000000-job-pipeline';
 import { JobNotifyOnce1764200000000 } from './1764200000000-job-notify-once';
 import { DeferredNotify1764300000000 } from './1764300000000-deferred-notify';
+import { HotJobTransitions1764400000000 } from './1764400000000-hot-job-transitions';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -9,4 +10,5 @@ export const migrations = [
   JobPipeline1764100000000,
   JobNotifyOnce1764200000000,
   DeferredNotify1764300000000,
+  HotJobTransitions1764400000000,
 ];
