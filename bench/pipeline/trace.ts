@@ -116,8 +116,8 @@ export function installWorkerTrace(
     return c;
   };
   const complete = store.complete.bind(store);
-  store.complete = async (job, result, apply) => {
-    await complete(job, result, apply);
+  store.complete = async (job, ...rest) => {
+    await complete(job, ...rest);
     if (detailed) {
       const m = mark(job.id);
       m.completed = nowMs();

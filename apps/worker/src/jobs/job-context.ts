@@ -1,4 +1,4 @@
-import type { HostRuntime } from '@berth/runtime';
+import type { ContainerInfo, HostRuntime } from '@berth/runtime';
 import type { JobKind, JobPayload } from '@berth/jobs';
 import type { EntityManager } from 'typeorm';
 import type { StoredJob } from './job-store';
@@ -12,15 +12,20 @@ export interface JobContext<K extends JobKind = JobKind> {
   /**
    * Runs `fn` as a named step unless an earlier attempt finished it (recorded in the job's events), so a
    * retry resumes after the last finished step. Each step must itself be idempotent: a crash between the
-   * step and its record repeats it.
+   * step and its record repeats it. The record is written behind (in order, before the job's end), so
+   * the next step does not wait for it.
    */
   step<T>(name: string, fn: () => Promise<T>): Promise<T | undefined>;
-  progress(stage: string, percent: number): Promise<void>;
+  /** Reports `{stage, percent}` to Postgres and BullMQ, written behind like the step records. */
+  progress(stage: string, percent: number): void;
 }
 
 /** A handler's answer: the job result and the database changes that go with completing it. */
 export interface JobOutcome {
   result: Record<string, unknown>;
+  /** The container as the runtime now reports it: its row (state, address, target state) follows. */
+  container?: ContainerInfo;
+  /** Other changes, in the completion's transaction. */
   apply?: (m: EntityManager) => Promise<void>;
 }
 

@@ -109,13 +109,15 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     const handler = this.handlers.get(kind)!;
     const log = this.log.logger.child({ jobId, kind, containerId: job.container_id, hostId: this.hostId });
     log.info({ attempt }, 'job started');
-    const ctx = await this.context(job, handler, bull, claim.doneSteps);
+    const { ctx, settle } = await this.context(job, handler, bull, claim.doneSteps, log);
     try {
       const outcome = await handler.run(ctx);
-      await this.store.complete(job, outcome.result, outcome.apply);
+      await settle();
+      await this.store.complete(job, outcome.result, outcome.apply, outcome.container);
       log.info('job completed');
       return outcome.result;
     } catch (e) {
+      await settle();
       const failure = classify(e);
       const maxAttempts = bull.opts.attempts ?? 1;
       if (!failure.permanent && attempt < maxAttempts) {
@@ -146,14 +148,28 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     await markContainerAfterFailure(m, id, status, failure.code);
   }
 
+  /**
+   * The handler's context, and `settle`: waits for the records written behind (step records and progress,
+   * in the order the handler made them; see JobContext). The job's end is written after them.
+   */
   private async context(
     job: StoredJob,
     handler: JobHandler,
     bull: Job<QueuedJobData>,
     done: Set<string>,
-  ): Promise<JobContext> {
+    log: PinoLogger['logger'],
+  ): Promise<{ ctx: JobContext; settle: () => Promise<void> }> {
     const runtime = await this.runtime.get();
-    return {
+    let behind: Promise<void> = Promise.resolve();
+    // A record that cannot be written is logged, not fatal: a lost step record repeats an idempotent step
+    // on a retry, and the job's final write (which waits for these) fails loudly if Postgres is away.
+    const writeBehind = (what: string, fn: () => Promise<unknown>) => {
+      behind = behind.then(fn).then(
+        () => undefined,
+        (err: unknown) => log.warn({ err, what }, 'record written behind failed'),
+      );
+    };
+    const ctx: JobContext = {
       job,
       payload: parseJobPayload(handler.kind as JobKind, job.params) as JobContext['payload'],
       runtime,
@@ -166,19 +182,17 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
         } catch (e) {
           throw new StepError(name, e);
         }
-        await this.store.stepDone(job, name);
         done.add(name);
+        writeBehind(`step ${name}`, () => this.store.stepDone(job, name));
         return value;
       },
-      // Postgres (the record) and BullMQ (the dashboard) side by side: two round trips in the time of one.
-      // Both awaited: a late progress write must not land after the job's final one.
-      progress: async (stage, percent) => {
-        await Promise.all([
-          this.store.progress(job.id, stage, percent),
-          bull.updateProgress({ stage, percent }),
-        ]);
-      },
+      // Postgres (the record) and BullMQ (the dashboard) side by side.
+      progress: (stage, percent) =>
+        writeBehind(`progress ${stage}`, () =>
+          Promise.all([this.store.progress(job.id, stage, percent), bull.updateProgress({ stage, percent })]),
+        ),
     };
+    return { ctx, settle: () => behind };
   }
 
   /** Graceful: stop taking jobs and let the active ones finish (BullMQ hands unfinished ones back). */

@@ -1,7 +1,9 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
+import { preparedQuery, recomputeTargetState } from '@berth/db';
 import type { JobKind } from '@berth/jobs';
+import type { ContainerInfo } from '@berth/runtime';
 
 export interface StoredJob {
   id: string;
@@ -82,7 +84,8 @@ export class JobStore {
    * job cancelled meanwhile is not activated. A relaxed write: see `relaxed`.
    */
   async claim(id: string, attempt: number): Promise<JobClaim> {
-    const [row] = await this.ds.query(
+    const [row] = await preparedQuery<Record<string, any>>(
+      this.ds,
       `WITH ${RELAXED},
        j AS (SELECT * FROM jobs WHERE id = $1),
        b AS (SELECT EXISTS (
@@ -120,7 +123,8 @@ export class JobStore {
    * sequential: once they are durable, so is every record before.
    */
   async stepDone(job: StoredJob, step: string, data: Record<string, unknown> = {}): Promise<void> {
-    await this.ds.query(
+    await preparedQuery(
+      this.ds,
       `WITH ${RELAXED}
        INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
        SELECT '${ACTOR}', 'job.step.done', $1, $2, $3, $4 FROM relaxed`,
@@ -135,7 +139,8 @@ export class JobStore {
 
   /** Progress is a relaxed write too, in one statement. */
   async progress(jobId: string, stage: string, percent: number): Promise<void> {
-    await this.ds.query(
+    await preparedQuery(
+      this.ds,
       `WITH ${RELAXED}
        UPDATE jobs SET progress = $2, updated_at = now() FROM relaxed WHERE id = $1`,
       [jobId, JSON.stringify({ stage, percent })],
@@ -148,18 +153,20 @@ export class JobStore {
    * one: either way the transition, its audit event and the handler's changes commit together. Then
    * notifies.
    */
-  private async write(
+  private async write<T extends Record<string, unknown> = Record<string, unknown>>(
     sql: string,
     params: unknown[],
     apply?: (m: EntityManager) => Promise<void>,
-  ): Promise<void> {
-    if (!apply) await this.ds.query(sql, params);
-    else
-      await this.ds.transaction(async (m) => {
-        await m.query(sql, params);
-        await apply(m);
-      });
+  ): Promise<T[]> {
+    const rows = !apply
+      ? await preparedQuery<T>(this.ds, sql, params)
+      : await this.ds.transaction(async (m) => {
+          const r = await preparedQuery<T>(m, sql, params);
+          await apply(m);
+          return r;
+        });
     this.notifyLate(params[0] as string);
+    return rows;
   }
 
   /**
@@ -168,27 +175,44 @@ export class JobStore {
    * the API's waiters still see the change at their next safety re-check.
    */
   private notifyLate(jobId: string): void {
-    this.ds
-      .query(`SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_job', $1)`, [jobId])
-      .catch(() => undefined);
+    preparedQuery(this.ds, `SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_job', $1)`, [
+      jobId,
+    ]).catch(() => undefined);
   }
 
-  /** The job succeeded: its row, its `job.completed` event and the container's row (via `apply`), atomically. */
+  /**
+   * The job succeeded: its row, its `job.completed` event, the container's row as the runtime reports it
+   * (`container`) and the handler's own changes (`apply`), atomically. Without `apply` that is one
+   * statement: the container's target state becomes its new state when this job is the container's
+   * latest (the usual case); when a later job was accepted meanwhile, the target state is recomputed
+   * through the pending jobs right after (see recomputeTargetState).
+   */
   async complete(
     job: StoredJob,
     result: Record<string, unknown>,
     apply?: (m: EntityManager) => Promise<void>,
+    container?: ContainerInfo,
   ): Promise<void> {
-    await this.write(
+    const [row] = await this.write<{ latest: boolean | null }>(
       `WITH ${DEFER_NOTIFY},
        u AS (
          UPDATE jobs SET state = 'completed', result = $2, progress = '{"stage":"done","percent":100}',
                 error_code = NULL, error_message = NULL, error_step = NULL, finished_at = now(), updated_at = now()
-         FROM deferred WHERE id = $1 RETURNING id, kind, container_id)
-       ${auditFromUpdate('job.completed', `jsonb_build_object('result', $2::jsonb)`)}`,
-      [job.id, JSON.stringify(result)],
+         FROM deferred WHERE id = $1 RETURNING id, kind, container_id, container_seq),
+       a AS (${auditFromUpdate('job.completed', `jsonb_build_object('result', $2::jsonb)`)}),
+       c AS (
+         UPDATE containers SET state = $4, ip_address = $5, error_code = NULL, version = version + 1,
+                updated_at = now(),
+                -- Re-evaluated on the newest row version when a concurrent enqueue got the row first.
+                target_state = CASE WHEN containers.job_seq = u.container_seq THEN $4 ELSE containers.target_state END
+         FROM u WHERE $3::boolean AND containers.id = u.container_id
+         RETURNING containers.job_seq = u.container_seq AS latest)
+       SELECT (SELECT latest FROM c) AS latest`,
+      [job.id, JSON.stringify(result), container !== undefined, container?.status ?? null, container?.ipAddress ?? null],
       apply,
     );
+    if (container && row?.latest === false)
+      await this.ds.transaction((m) => recomputeTargetState(m, container.id));
   }
 
   async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {

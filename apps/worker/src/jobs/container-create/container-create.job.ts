@@ -1,11 +1,11 @@
 import type { JobHandler } from '../job-context';
-import { markContainerAfterFailure, syncContainerRow } from '../shared/container-sync';
+import { markContainerAfterFailure } from '../shared/container-sync';
 
 /** Clone the template, create the cgroup and record (step `create`), then optionally start (step `start`). */
 export const containerCreateJob: JobHandler<'container.create'> = {
   kind: 'container.create',
   async run({ payload: p, runtime, step, progress }) {
-    await progress('create', 10);
+    progress('create', 10);
     await step('create', () =>
       runtime.containers.create({
         id: p.containerId,
@@ -17,13 +17,13 @@ export const containerCreateJob: JobHandler<'container.create'> = {
       }),
     );
     if (p.start) {
-      await progress('start', 60);
+      progress('start', 60);
       await step('start', () => runtime.containers.start(p.containerId));
     }
     const info = await runtime.containers.get(p.containerId);
     return {
       result: { status: info.status, initPid: info.init?.pid ?? null, ipAddress: info.ipAddress },
-      apply: (m) => syncContainerRow(m, info),
+      container: info,
     };
   },
   async onFailed({ payload }, m, error) {

@@ -1,7 +1,6 @@
 import type { JobKind } from '@berth/jobs';
 import type { HostRuntime } from '@berth/runtime';
 import type { JobHandler } from '../job-context';
-import { syncContainerRow } from '../shared/container-sync';
 
 type SimpleKind = Extract<
   JobKind,
@@ -22,7 +21,7 @@ export function lifecycleJob<K extends SimpleKind>(
       const info = await runtime.containers.get(payload.containerId);
       return {
         result: { status: info.status, changed: r?.changed ?? false, initPid: info.init?.pid ?? null },
-        apply: (m) => syncContainerRow(m, info),
+        container: info,
       };
     },
   };
