@@ -4,7 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { DataSource } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { appendAudit } from '@berth/db';
+import { appendAudit, preparedQuery } from '@berth/db';
 import { generateApiKey, parseApiKey, secretMatches } from './api-keys';
 import type { Principal } from './principal';
 
@@ -22,11 +22,12 @@ export class ApiKeyService implements OnApplicationBootstrap {
   async verify(token: string, requestId: string): Promise<Principal | null> {
     const parsed = parseApiKey(token);
     if (!parsed) return null;
-    const rows: { id: string; tenant_id: string | null; scopes: string[]; secret_hash: string }[] =
-      await this.ds.query(
-        `SELECT id, tenant_id, scopes, secret_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL`,
-        [parsed.prefix],
-      );
+    // Every request asks this: a prepared statement (parsed and planned once per connection).
+    const rows = await preparedQuery<{ id: string; tenant_id: string | null; scopes: string[]; secret_hash: string }>(
+      this.ds,
+      `SELECT id, tenant_id, scopes, secret_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL`,
+      [parsed.prefix],
+    );
     const row = rows[0];
     if (!row || !secretMatches(parsed.secret, row.secret_hash)) return null;
     return { keyId: row.id, tenantId: row.tenant_id, scopes: row.scopes, requestId };

@@ -1,6 +1,7 @@
 import { HttpStatus, Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
+import { preparedQuery } from '@berth/db';
 import { checkTransition, type ContainerState, type JobKind } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
@@ -32,25 +33,19 @@ export class ContainersService {
 
   async create(dto: CreateContainerDto, principal: Principal): Promise<Accepted> {
     return this.ds.transaction(async (m) => {
-      const [template] = await m.query(`SELECT id, name FROM templates WHERE name = $1`, [dto.template]);
-      if (!template) {
-        throw new ApiError(
-          HttpStatus.UNPROCESSABLE_ENTITY,
-          'TEMPLATE_NOT_FOUND',
-          `template ${dto.template} does not exist`,
-        );
-      }
       const resources = {
         cpus: dto.cpus,
         memoryBytes: dto.memoryBytes,
         diskBytes: dto.diskBytes ?? GiB,
         pidsMax: dto.pidsMax ?? 512,
       };
-      const host = await this.placement.place(m, { templateId: template.id, ...resources, hostId: dto.host });
+      const host = await this.placement.place(m, { template: dto.template, ...resources, hostId: dto.host });
+      const template = host.template;
       const start = dto.start ?? true;
       let row: ContainerRow;
       try {
-        [row] = await m.query(
+        [row] = await preparedQuery<ContainerRow>(
+          m,
           `INSERT INTO containers (tenant_id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
                                    disk_bytes, pids_max, network_mode)
            VALUES ($1, $2, $3, $4, 'creating', $5, $6, $7, $8, $9, $10) RETURNING *`,
@@ -114,7 +109,7 @@ export class ContainersService {
     extra: Record<string, unknown> = {},
   ): Promise<Accepted> {
     return this.ds.transaction(async (m) => {
-      const [row]: ContainerRow[] = await m.query(`SELECT * FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+      const [row] = await preparedQuery<ContainerRow>(m, `SELECT * FROM containers WHERE id = $1 FOR UPDATE`, [id]);
       if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId))
         throw notFound('container', id);
       const check = checkTransition(kind, row.target_state as ContainerState);

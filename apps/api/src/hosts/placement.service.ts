@@ -1,10 +1,12 @@
 import { HttpStatus, Inject, Injectable } from '@nestjs/common';
 import type { EntityManager } from 'typeorm';
+import { preparedQuery } from '@berth/db';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { ApiError } from '../common/api-error';
 
 export interface PlacementRequest {
-  templateId: string;
+  /** The template by name: unknown → 422 TEMPLATE_NOT_FOUND. */
+  template: string;
   cpus: number;
   memoryBytes: number;
   diskBytes: number;
@@ -35,9 +37,30 @@ export const CPU_OVERCOMMIT = 16;
 export class PlacementService {
   constructor(@Inject(BERTH_CONFIG) private readonly config: BerthConfig) {}
 
-  async place(m: EntityManager, req: PlacementRequest): Promise<{ id: string; name: string }> {
-    await m.query(`SELECT pg_advisory_xact_lock(hashtext('berth.placement'))`);
-    const hosts: Candidate[] = await m.query(
+  /**
+   * The host for a new container, and its template. Takes the placement lock (held to the end of the
+   * caller's transaction) in the same round trip as the template lookup; the hosts are read in the next
+   * statement, whose snapshot sees every create committed before the lock was granted.
+   */
+  async place(
+    m: EntityManager,
+    req: PlacementRequest,
+  ): Promise<{ id: string; name: string; template: { id: string; name: string } }> {
+    const [template] = await preparedQuery<{ id: string | null; name: string | null }>(
+      m,
+      `SELECT t.id, t.name FROM (SELECT pg_advisory_xact_lock(hashtext('berth.placement'))) l
+       LEFT JOIN templates t ON t.name = $1`,
+      [req.template],
+    );
+    if (!template?.id) {
+      throw new ApiError(
+        HttpStatus.UNPROCESSABLE_ENTITY,
+        'TEMPLATE_NOT_FOUND',
+        `template ${req.template} does not exist`,
+      );
+    }
+    const hosts = await preparedQuery<Candidate>(
+      m,
       `SELECT h.id, h.name, h.draining,
               (h.state = 'online' AND h.last_heartbeat_at >= now() - make_interval(secs => $2::float / 1000)) AS online,
               EXISTS (SELECT 1 FROM template_replicas r WHERE r.host_id = h.id AND r.template_id = $1
@@ -51,13 +74,13 @@ export class PlacementService {
        ${req.hostId ? 'WHERE h.id = $3' : ''}
        ORDER BY h.memory_bytes - COALESCE(u.mem, 0) DESC, h.name`,
       req.hostId
-        ? [req.templateId, this.config.host.offlineAfterMs, req.hostId]
-        : [req.templateId, this.config.host.offlineAfterMs],
+        ? [template.id, this.config.host.offlineAfterMs, req.hostId]
+        : [template.id, this.config.host.offlineAfterMs],
     );
     const reasons: string[] = [];
     for (const h of hosts) {
       const why = this.unfit(h, req);
-      if (!why) return { id: h.id, name: h.name };
+      if (!why) return { id: h.id, name: h.name, template: { id: template.id, name: template.name! } };
       reasons.push(`${h.name}: ${why}`);
     }
     if (req.hostId) {

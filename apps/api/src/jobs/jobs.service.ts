@@ -2,7 +2,7 @@ import { HttpStatus, Inject, Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { appendAudit, recomputeTargetState } from '@berth/db';
+import { appendAudit, preparedQuery, recomputeTargetState } from '@berth/db';
 import { hostQueueName } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
@@ -38,7 +38,8 @@ export class JobsService {
   ) {}
 
   async get(id: string): Promise<JobView> {
-    const [row]: JobRow[] = await this.ds.query(`SELECT * FROM jobs WHERE id = $1`, [id]);
+    // Long-polls ask this at every change of the job: a prepared statement.
+    const [row] = await preparedQuery<JobRow>(this.ds, `SELECT * FROM jobs WHERE id = $1`, [id]);
     if (!row) throw notFound('job', id);
     const view = toJobView(row);
     if (row.state === 'queued' && row.host_id) {
