@@ -129,7 +129,11 @@ describeKernel(
       await (await queue.getJob(target))!.remove();
       await p.ds.query(
         `INSERT INTO outbox (queue, job_name, job_id, payload) VALUES ($1, 'system.noop', $2, $3)`,
-        [hostQueueName(hostId), target, JSON.stringify({ jobId: target, kind: 'system.noop', payload: { n: 3 } })],
+        [
+          hostQueueName(hostId),
+          target,
+          JSON.stringify({ jobId: target, kind: 'system.noop', payload: { n: 3 } }),
+        ],
       );
       relay.kick();
       const again = await until(

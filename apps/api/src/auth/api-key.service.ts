@@ -23,7 +23,12 @@ export class ApiKeyService implements OnApplicationBootstrap {
     const parsed = parseApiKey(token);
     if (!parsed) return null;
     // Every request asks this: a prepared statement (parsed and planned once per connection).
-    const rows = await preparedQuery<{ id: string; tenant_id: string | null; scopes: string[]; secret_hash: string }>(
+    const rows = await preparedQuery<{
+      id: string;
+      tenant_id: string | null;
+      scopes: string[];
+      secret_hash: string;
+    }>(
       this.ds,
       `SELECT id, tenant_id, scopes, secret_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL`,
       [parsed.prefix],

@@ -109,7 +109,11 @@ export class ContainersService {
     extra: Record<string, unknown> = {},
   ): Promise<Accepted> {
     return this.ds.transaction(async (m) => {
-      const [row] = await preparedQuery<ContainerRow>(m, `SELECT * FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+      const [row] = await preparedQuery<ContainerRow>(
+        m,
+        `SELECT * FROM containers WHERE id = $1 FOR UPDATE`,
+        [id],
+      );
       if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId))
         throw notFound('container', id);
       const check = checkTransition(kind, row.target_state as ContainerState);

@@ -3,7 +3,13 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import type { DataSource, EntityManager, EntitySubscriberInterface, TransactionCommitEvent } from 'typeorm';
 import { preparedQuery } from '@berth/db';
-import { hostQueueName, maxAttemptsFor, parseJobPayload, type JobKind, type QueuedJobData } from '@berth/jobs';
+import {
+  hostQueueName,
+  maxAttemptsFor,
+  parseJobPayload,
+  type JobKind,
+  type QueuedJobData,
+} from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import type { JobRow } from './job-view';
 
@@ -75,9 +81,10 @@ export class JobEnqueuer implements EntitySubscriberInterface {
     }
     // Not flushed (nothing to make durable) and not awaited (the request's answer need not wait for it):
     // lost in a crash, the relays' poll publishes the rows anyway.
-    preparedQuery(this.ds, `SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_outbox', '')`).catch(
-      () => undefined,
-    );
+    preparedQuery(
+      this.ds,
+      `SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_outbox', '')`,
+    ).catch(() => undefined);
   }
 
   /**

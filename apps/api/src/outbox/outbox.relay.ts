@@ -121,7 +121,9 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
             if (this.afterPublish) for (const row of batch) await this.afterPublish(row);
             this.forget(batch.map((r) => r.id));
           } catch (e) {
-            this.log.warn(`outbox publish failed, the drain retries: ${e instanceof Error ? e.message : String(e)}`);
+            this.log.warn(
+              `outbox publish failed, the drain retries: ${e instanceof Error ? e.message : String(e)}`,
+            );
             this.kick();
           }
         }
@@ -148,7 +150,9 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
              DELETE FROM outbox o USING r, relaxed WHERE o.id = r.id`,
             [batch],
           ).catch((e: unknown) =>
-            this.log.warn(`outbox cleanup failed, the drain retries: ${e instanceof Error ? e.message : String(e)}`),
+            this.log.warn(
+              `outbox cleanup failed, the drain retries: ${e instanceof Error ? e.message : String(e)}`,
+            ),
           );
         }
       } finally {

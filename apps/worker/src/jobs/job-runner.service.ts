@@ -110,14 +110,21 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     const log = this.log.logger.child({ jobId, kind, containerId: job.container_id, hostId: this.hostId });
     log.info({ attempt }, 'job started');
     const { ctx, settle } = await this.context(job, handler, bull, claim.doneSteps, log);
+    // Finished steps whose records are still to write: with the job's end, whichever it is.
+    const unrecorded: string[] = [];
     try {
       const outcome = await handler.run(ctx);
-      await settle();
-      await this.store.complete(job, outcome.result, outcome.apply, outcome.container);
+      unrecorded.push(...(await settle()));
+      await this.store.complete(job, outcome, unrecorded);
       log.info('job completed');
       return outcome.result;
     } catch (e) {
-      await settle();
+      // The steps finished before the failure are recorded before it (a retry resumes after them).
+      unrecorded.push(...(await settle()));
+      for (const step of unrecorded)
+        await this.store
+          .stepDone(job, step)
+          .catch((err: unknown) => log.warn({ err, step }, 'step record failed'));
       const failure = classify(e);
       const maxAttempts = bull.opts.attempts ?? 1;
       if (!failure.permanent && attempt < maxAttempts) {
@@ -149,8 +156,10 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
   }
 
   /**
-   * The handler's context, and `settle`: waits for the records written behind (step records and progress,
-   * in the order the handler made them; see JobContext). The job's end is written after them.
+   * The handler's context, and `settle`. Step records and progress are written behind the handler, one
+   * at a time in the order it made them (see JobContext). `settle` stops the writing, waits for the write
+   * in flight and hands back the step records not yet started: the job's final write records them (the
+   * completion statement, or step records before the failure); progress left is moot once the job ends.
    */
   private async context(
     job: StoredJob,
@@ -158,16 +167,37 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     bull: Job<QueuedJobData>,
     done: Set<string>,
     log: PinoLogger['logger'],
-  ): Promise<{ ctx: JobContext; settle: () => Promise<void> }> {
+  ): Promise<{ ctx: JobContext; settle: () => Promise<string[]> }> {
     const runtime = await this.runtime.get();
-    let behind: Promise<void> = Promise.resolve();
-    // A record that cannot be written is logged, not fatal: a lost step record repeats an idempotent step
-    // on a retry, and the job's final write (which waits for these) fails loudly if Postgres is away.
-    const writeBehind = (what: string, fn: () => Promise<unknown>) => {
-      behind = behind.then(fn).then(
-        () => undefined,
-        (err: unknown) => log.warn({ err, what }, 'record written behind failed'),
-      );
+    type Record = { step: string } | { stage: string; percent: number };
+    const queue: Record[] = [];
+    let inFlight: Promise<void> | null = null;
+    let settled = false;
+    const write = (r: Record) =>
+      'step' in r
+        ? this.store.stepDone(job, r.step)
+        : Promise.all([
+            this.store.progress(job.id, r.stage, r.percent),
+            bull.updateProgress({ stage: r.stage, percent: r.percent }),
+          ]);
+    const pump = () => {
+      if (inFlight || settled || queue.length === 0) return;
+      const r = queue.shift()!;
+      // A record that cannot be written is logged, not fatal: a lost step record repeats an idempotent
+      // step on a retry, and the job's final write fails loudly if Postgres is away.
+      inFlight = write(r)
+        .then(
+          () => undefined,
+          (err: unknown) => log.warn({ err, record: r }, 'record written behind failed'),
+        )
+        .finally(() => {
+          inFlight = null;
+          pump();
+        });
+    };
+    const behind = (r: Record) => {
+      queue.push(r);
+      pump();
     };
     const ctx: JobContext = {
       job,
@@ -183,16 +213,18 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
           throw new StepError(name, e);
         }
         done.add(name);
-        writeBehind(`step ${name}`, () => this.store.stepDone(job, name));
+        behind({ step: name });
         return value;
       },
-      // Postgres (the record) and BullMQ (the dashboard) side by side.
-      progress: (stage, percent) =>
-        writeBehind(`progress ${stage}`, () =>
-          Promise.all([this.store.progress(job.id, stage, percent), bull.updateProgress({ stage, percent })]),
-        ),
+      progress: (stage, percent) => behind({ stage, percent }),
     };
-    return { ctx, settle: () => behind };
+    const settle = async () => {
+      settled = true;
+      while (inFlight) await inFlight;
+      const left = queue.splice(0);
+      return left.flatMap((r) => ('step' in r ? [r.step] : []));
+    };
+    return { ctx, settle };
   }
 
   /** Graceful: stop taking jobs and let the active ones finish (BullMQ hands unfinished ones back). */

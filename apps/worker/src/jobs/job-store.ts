@@ -3,7 +3,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
 import { preparedQuery, recomputeTargetState } from '@berth/db';
 import type { JobKind } from '@berth/jobs';
-import type { ContainerInfo } from '@berth/runtime';
+import type { JobOutcome } from './job-context';
 
 export interface StoredJob {
   id: string;
@@ -44,14 +44,6 @@ const auditFromUpdate = (action: string, data: string) =>
  */
 const RELAXED = `relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)`;
 
-/**
- * Silences the notify triggers for the statement's transaction (see the DeferredNotify migration): the
- * terminal transitions are durable commits, and a notifying durable commit holds PostgreSQL's global
- * notify lock through its WAL flush, serializing every other notifying commit behind it. They notify
- * after their commit instead (`notifyLate`).
- */
-const DEFER_NOTIFY = `deferred AS (SELECT set_config('berth.defer_notify', 'on', true) AS v)`;
-
 /** What the worker learns about a job it was handed, in one round trip (`JobStore.claim`). */
 export interface JobClaim {
   /** The job as it was before the claim; null when Postgres does not know it. */
@@ -84,7 +76,9 @@ export class JobStore {
    * job cancelled meanwhile is not activated. A relaxed write: see `relaxed`.
    */
   async claim(id: string, attempt: number): Promise<JobClaim> {
-    const [row] = await preparedQuery<Record<string, any>>(
+    const [row] = await preparedQuery<
+      Partial<StoredJob> & { claim_blocked: boolean; claim_activated: boolean; claim_done_steps: string[] }
+    >(
       this.ds,
       `WITH ${RELAXED},
        j AS (SELECT * FROM jobs WHERE id = $1),
@@ -148,58 +142,51 @@ export class JobStore {
   }
 
   /**
-   * Runs `sql` (one statement, first parameter the job id, its notification deferred) alone, or in a
-   * transaction followed by `apply` (the handler's own changes, e.g. the container's row) when there is
-   * one: either way the transition, its audit event and the handler's changes commit together. Then
-   * notifies.
+   * Runs `sql` (one statement) alone, or in a transaction followed by `apply` (the handler's own changes,
+   * e.g. the container's row) when there is one: either way the transition, its audit event and the
+   * handler's changes commit together. The audit event's trigger notifies `berth_job` at that commit, so
+   * a long-poll answers without another round trip. (A notifying commit holds PostgreSQL's notify lock
+   * through its WAL flush: only these terminal transitions are durable notifying commits; enqueues do
+   * not notify and the `active` mark is not flushed.)
    */
   private async write<T extends Record<string, unknown> = Record<string, unknown>>(
     sql: string,
     params: unknown[],
     apply?: (m: EntityManager) => Promise<void>,
   ): Promise<T[]> {
-    const rows = !apply
-      ? await preparedQuery<T>(this.ds, sql, params)
-      : await this.ds.transaction(async (m) => {
-          const r = await preparedQuery<T>(m, sql, params);
-          await apply(m);
-          return r;
-        });
-    this.notifyLate(params[0] as string);
-    return rows;
+    if (!apply) return preparedQuery<T>(this.ds, sql, params);
+    return this.ds.transaction(async (m) => {
+      const rows = await preparedQuery<T>(m, sql, params);
+      await apply(m);
+      return rows;
+    });
   }
 
   /**
-   * The `berth_job` notification of a deferred transition, once it has committed: a statement of its own,
-   * not flushed (nothing to make durable), not awaited (the next job need not wait for it). Lost in a crash,
-   * the API's waiters still see the change at their next safety re-check.
+   * The job succeeded: its row, its audit events (the step records still to write, then `job.completed`),
+   * the container's row as the runtime reports it (`outcome.container`) and the handler's own changes
+   * (`outcome.apply`), atomically. Without `apply` that is one statement: the container's target state
+   * becomes its new state when this job is the container's latest (the usual case); when a later job was
+   * accepted meanwhile, the target state is recomputed through the pending jobs right after (see
+   * recomputeTargetState).
    */
-  private notifyLate(jobId: string): void {
-    preparedQuery(this.ds, `SELECT set_config('synchronous_commit', 'off', true), pg_notify('berth_job', $1)`, [
-      jobId,
-    ]).catch(() => undefined);
-  }
-
-  /**
-   * The job succeeded: its row, its `job.completed` event, the container's row as the runtime reports it
-   * (`container`) and the handler's own changes (`apply`), atomically. Without `apply` that is one
-   * statement: the container's target state becomes its new state when this job is the container's
-   * latest (the usual case); when a later job was accepted meanwhile, the target state is recomputed
-   * through the pending jobs right after (see recomputeTargetState).
-   */
-  async complete(
-    job: StoredJob,
-    result: Record<string, unknown>,
-    apply?: (m: EntityManager) => Promise<void>,
-    container?: ContainerInfo,
-  ): Promise<void> {
+  async complete(job: StoredJob, outcome: JobOutcome, steps: string[] = []): Promise<void> {
+    const { result, container, apply } = outcome;
     const [row] = await this.write<{ latest: boolean | null }>(
-      `WITH ${DEFER_NOTIFY},
+      `WITH
        u AS (
          UPDATE jobs SET state = 'completed', result = $2, progress = '{"stage":"done","percent":100}',
                 error_code = NULL, error_message = NULL, error_step = NULL, finished_at = now(), updated_at = now()
-         FROM deferred WHERE id = $1 RETURNING id, kind, container_id, container_seq),
-       a AS (${auditFromUpdate('job.completed', `jsonb_build_object('result', $2::jsonb)`)}),
+         WHERE id = $1 RETURNING id, kind, container_id, container_seq),
+       a AS (
+         INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+         SELECT '${ACTOR}', e.action, ${SUBJECT}, u.id, jsonb_build_object('kind', u.kind) || e.data
+         FROM u, LATERAL (
+           SELECT x.ord, 'job.step.done' AS action, jsonb_build_object('step', x.step) AS data
+           FROM unnest($6::text[]) WITH ORDINALITY AS x(step, ord)
+           UNION ALL SELECT 9223372036854775807, 'job.completed', jsonb_build_object('result', $2::jsonb)
+         ) e
+         ORDER BY e.ord),
        c AS (
          UPDATE containers SET state = $4, ip_address = $5, error_code = NULL, version = version + 1,
                 updated_at = now(),
@@ -208,7 +195,14 @@ export class JobStore {
          FROM u WHERE $3::boolean AND containers.id = u.container_id
          RETURNING containers.job_seq = u.container_seq AS latest)
        SELECT (SELECT latest FROM c) AS latest`,
-      [job.id, JSON.stringify(result), container !== undefined, container?.status ?? null, container?.ipAddress ?? null],
+      [
+        job.id,
+        JSON.stringify(result),
+        container !== undefined,
+        container?.status ?? null,
+        container?.ipAddress ?? null,
+        steps,
+      ],
       apply,
     );
     if (container && row?.latest === false)
@@ -217,11 +211,11 @@ export class JobStore {
 
   async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {
     await this.write(
-      `WITH ${DEFER_NOTIFY},
+      `WITH
        u AS (
          UPDATE jobs SET state = 'waiting-retry', error_code = $2, error_message = $3, error_step = $4,
                 updated_at = now()
-         FROM deferred WHERE id = $1 RETURNING id, kind, container_id)
+         WHERE id = $1 RETURNING id, kind, container_id)
        ${auditFromUpdate('job.retry', `jsonb_build_object('attempt', $5::int, 'delayMs', $6::bigint, 'error', $7::jsonb)`)}`,
       [job.id, failure.code, failure.message, failure.step, attempt, delayMs, JSON.stringify(failure)],
     );
@@ -233,11 +227,11 @@ export class JobStore {
     apply?: (m: EntityManager) => Promise<void>,
   ): Promise<void> {
     await this.write(
-      `WITH ${DEFER_NOTIFY},
+      `WITH
        u AS (
          UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, error_step = $4, finished_at = now(),
                 updated_at = now()
-         FROM deferred WHERE id = $1 RETURNING id, kind, container_id)
+         WHERE id = $1 RETURNING id, kind, container_id)
        ${auditFromUpdate('job.failed', `jsonb_build_object('error', $5::jsonb)`)}`,
       [job.id, failure.code, failure.message, failure.step, JSON.stringify(failure)],
       apply,

@@ -6,7 +6,7 @@ export const containerCreateJob: JobHandler<'container.create'> = {
   kind: 'container.create',
   async run({ payload: p, runtime, step, progress }) {
     progress('create', 10);
-    await step('create', () =>
+    const created = await step('create', () =>
       runtime.containers.create({
         id: p.containerId,
         hostname: p.name,
@@ -16,11 +16,13 @@ export const containerCreateJob: JobHandler<'container.create'> = {
         privileged: p.privileged,
       }),
     );
+    let last = created;
     if (p.start) {
       progress('start', 60);
-      await step('start', () => runtime.containers.start(p.containerId));
+      last = await step('start', () => runtime.containers.start(p.containerId));
     }
-    const info = await runtime.containers.get(p.containerId);
+    // The last operation reports the container as it left it; a step an earlier attempt did is looked up.
+    const info = last?.info ?? (await runtime.containers.get(p.containerId));
     return {
       result: { status: info.status, initPid: info.init?.pid ?? null, ipAddress: info.ipAddress },
       container: info,
