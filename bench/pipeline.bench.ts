@@ -146,6 +146,10 @@ async function latency(sys: BenchSystem, trace: PipelineTrace): Promise<LatencyR
       stage.add('published → worker picked up', m.picked - m.published);
       stage.add('picked → job.active committed', m.active - m.picked);
       stage.add('active → completed, minus runtime', m.completed - m.active - m.runtimeMs);
+      if (m.runtimeEnd !== undefined && m.completing !== undefined) {
+        stage.add('  of which: runtime done → completion called', m.completing - m.runtimeEnd);
+        stage.add('  of which: the completion statement', m.completed - m.completing);
+      }
       stage.add('completed → long-poll answered', tDone - m.completed);
     }
     trace.marks.delete(jobId);

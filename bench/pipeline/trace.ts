@@ -19,6 +19,10 @@ export interface JobMarks {
   active?: number;
   /** Time spent inside ContainerRuntime.create + start for this job's container. */
   runtimeMs?: number;
+  /** The last of those runtime calls returned. */
+  runtimeEnd?: number;
+  /** The worker called the completion (JobStore.complete). */
+  completing?: number;
   /** `job.completed` committed. */
   completed?: number;
 }
@@ -117,9 +121,11 @@ export function installWorkerTrace(
   };
   const complete = store.complete.bind(store);
   store.complete = async (job, ...rest) => {
+    const t = nowMs();
     await complete(job, ...rest);
     if (detailed) {
       const m = mark(job.id);
+      m.completing = t;
       m.completed = nowMs();
       marks.delete(job.id);
       if (job.container_id) byContainer.delete(job.container_id);
@@ -139,7 +145,8 @@ export function installWorkerTrace(
         const jobId = byContainer.get(typeof arg === 'string' ? arg : arg.id);
         if (jobId && detailed) {
           const m = mark(jobId);
-          m.runtimeMs = (m.runtimeMs ?? 0) + (nowMs() - t);
+          m.runtimeEnd = nowMs();
+          m.runtimeMs = (m.runtimeMs ?? 0) + (m.runtimeEnd - t);
         }
       }
     };

@@ -5,3 +5,4 @@ export * from './db.module';
 export { migrations } from './migrations';
 export * from './container-target';
 export * from './prepared';
+export * from './pipelined-tx';

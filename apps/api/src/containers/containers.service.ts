@@ -1,4 +1,5 @@
 import { HttpStatus, Injectable } from '@nestjs/common';
+import { randomUUID } from 'node:crypto';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { preparedQuery } from '@berth/db';
@@ -6,6 +7,7 @@ import { checkTransition, type ContainerState, type JobKind } from '@berth/jobs'
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
+import { PipelinedPool } from '../common/pipelined-pool';
 import { PlacementService } from '../hosts/placement.service';
 import { JobEnqueuer } from '../jobs/job-enqueuer';
 import { toJobView, type JobView } from '../jobs/job-view';
@@ -29,53 +31,48 @@ export class ContainersService {
     @InjectDataSource() private readonly ds: DataSource,
     private readonly placement: PlacementService,
     private readonly enqueuer: JobEnqueuer,
+    private readonly pipelined: PipelinedPool,
   ) {}
 
+  /**
+   * One pipelined transaction (see PipelinedPool): placement under its lock, then the container row and its
+   * create job written back to back without waiting for each other, then the commit.
+   */
   async create(dto: CreateContainerDto, principal: Principal): Promise<Accepted> {
-    return this.ds.transaction(async (m) => {
+    return this.pipelined.transaction(async (tx) => {
       const resources = {
         cpus: dto.cpus,
         memoryBytes: dto.memoryBytes,
         diskBytes: dto.diskBytes ?? GiB,
         pidsMax: dto.pidsMax ?? 512,
       };
-      const host = await this.placement.place(m, { template: dto.template, ...resources, hostId: dto.host });
+      const host = await this.placement.place(tx, { template: dto.template, ...resources, hostId: dto.host });
       const template = host.template;
       const start = dto.start ?? true;
-      let row: ContainerRow;
-      try {
-        [row] = await preparedQuery<ContainerRow>(
-          m,
-          `INSERT INTO containers (tenant_id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
-                                   disk_bytes, pids_max, network_mode)
-           VALUES ($1, $2, $3, $4, 'creating', $5, $6, $7, $8, $9, $10) RETURNING *`,
-          [
-            principal.tenantId,
-            dto.name,
-            host.id,
-            template.id,
-            start ? 'running' : 'stopped',
-            resources.cpus,
-            resources.memoryBytes,
-            resources.diskBytes,
-            resources.pidsMax,
-            dto.network ?? 'none',
-          ],
-        );
-      } catch (e) {
-        if ((e as { code?: string }).code === '23505') {
-          throw new ApiError(
-            HttpStatus.CONFLICT,
-            'CONTAINER_NAME_TAKEN',
-            `a container named ${dto.name} exists`,
-          );
-        }
-        throw e;
-      }
-      const job = await this.enqueuer.enqueue(m, {
+      const id = randomUUID();
+      const insert = preparedQuery<ContainerRow>(
+        tx,
+        `INSERT INTO containers (id, tenant_id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
+                                 disk_bytes, pids_max, network_mode)
+         VALUES ($1, $2, $3, $4, $5, 'creating', $6, $7, $8, $9, $10, $11) RETURNING *`,
+        [
+          id,
+          principal.tenantId,
+          dto.name,
+          host.id,
+          template.id,
+          start ? 'running' : 'stopped',
+          resources.cpus,
+          resources.memoryBytes,
+          resources.diskBytes,
+          resources.pidsMax,
+          dto.network ?? 'none',
+        ],
+      );
+      const enqueue = this.enqueuer.enqueue(tx, {
         kind: 'container.create',
         hostId: host.id,
-        containerId: row.id,
+        containerId: id,
         tenantId: principal.tenantId,
         principal,
         requested: {
@@ -83,7 +80,7 @@ export class ContainersService {
           data: { name: dto.name, template: dto.template, host: host.name, ...resources, start },
         },
         payload: {
-          containerId: row.id,
+          containerId: id,
           name: dto.name,
           template: dto.template,
           resources: { cpus: resources.cpus, memoryBytes: resources.memoryBytes, pidsMax: resources.pidsMax },
@@ -92,6 +89,21 @@ export class ContainersService {
           start,
         },
       });
+      // Both are on the wire; when the insert fails the enqueue fails with it (the transaction is aborted).
+      const [inserted, enqueued] = await Promise.allSettled([insert, enqueue]);
+      if (inserted.status === 'rejected') {
+        if ((inserted.reason as { code?: string }).code === '23505') {
+          throw new ApiError(
+            HttpStatus.CONFLICT,
+            'CONTAINER_NAME_TAKEN',
+            `a container named ${dto.name} exists`,
+          );
+        }
+        throw inserted.reason;
+      }
+      if (enqueued.status === 'rejected') throw enqueued.reason;
+      const [row] = inserted.value;
+      const job = enqueued.value;
       row.last_job_id = job.id;
       row.template_name = template.name;
       return { job: toJobView(job), container: toContainerView(row) };

@@ -1,6 +1,6 @@
 import { HttpStatus, Inject, Injectable } from '@nestjs/common';
 import type { EntityManager } from 'typeorm';
-import { preparedQuery } from '@berth/db';
+import { preparedQuery, type SqlTx } from '@berth/db';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { ApiError } from '../common/api-error';
 
@@ -43,7 +43,7 @@ export class PlacementService {
    * statement, whose snapshot sees every create committed before the lock was granted.
    */
   async place(
-    m: EntityManager,
+    m: EntityManager | SqlTx,
     req: PlacementRequest,
   ): Promise<{ id: string; name: string; template: { id: string; name: string } }> {
     const [template] = await preparedQuery<{ id: string | null; name: string | null }>(

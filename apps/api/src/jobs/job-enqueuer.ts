@@ -2,7 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import type { DataSource, EntityManager, EntitySubscriberInterface, TransactionCommitEvent } from 'typeorm';
-import { preparedQuery } from '@berth/db';
+import { preparedQuery, type SqlTx } from '@berth/db';
 import {
   hostQueueName,
   maxAttemptsFor,
@@ -75,6 +75,11 @@ export class JobEnqueuer implements EntitySubscriberInterface {
     const rows = qr.data?.[DEFERRED] as OutboxRow[] | undefined;
     if (!rows || qr.isTransactionActive) return;
     delete qr.data[DEFERRED];
+    this.committed(rows);
+  }
+
+  /** The outbox rows of a committed transaction: to this process's relay, else a wake-up for the others. */
+  private committed(rows: OutboxRow[]): void {
     if (this.committedListeners.size > 0) {
       for (const fn of this.committedListeners) fn(rows);
       return;
@@ -108,15 +113,16 @@ export class JobEnqueuer implements EntitySubscriberInterface {
    * job, its audit event(s) and the outbox row. The job id is made here so the container row can point at
    * it in the same statement.
    */
-  async enqueue(m: EntityManager, input: EnqueueInput): Promise<EnqueuedJob> {
+  async enqueue(m: EntityManager | SqlTx, input: EnqueueInput): Promise<EnqueuedJob> {
     const payload = parseJobPayload(input.kind, input.payload) as Record<string, unknown>;
     if (input.targetState && !input.containerId) throw new TypeError('targetState needs a containerId');
     const id = randomUUID();
     const subjectType = input.containerId ? 'container' : 'job';
     const requested = input.requested ?? null;
-    const qr = m.queryRunner;
+    const tx = 'onCommit' in m ? m : undefined;
+    const qr = 'onCommit' in m ? undefined : m.queryRunner;
     // Outside a transaction the statement is its own (implicit) transaction: the triggers notify at commit.
-    const defer = qr?.isTransactionActive === true;
+    const defer = tx !== undefined || qr?.isTransactionActive === true;
     const queue = hostQueueName(input.hostId);
     const queued: QueuedJobData = { jobId: id, kind: input.kind, payload };
     const [{ outbox_id: outboxId, ...job }] = await preparedQuery<EnqueuedJob & { outbox_id: string }>(
@@ -164,10 +170,9 @@ export class JobEnqueuer implements EntitySubscriberInterface {
         JSON.stringify(queued),
       ],
     );
-    if (defer) {
-      const pending = ((qr.data ??= {})[DEFERRED] ??= []) as OutboxRow[];
-      pending.push({ id: outboxId, queue, job_name: input.kind, job_id: id, payload: queued });
-    }
+    const row: OutboxRow = { id: outboxId, queue, job_name: input.kind, job_id: id, payload: queued };
+    if (tx) tx.onCommit(() => this.committed([row]));
+    else if (qr && defer) (((qr.data ??= {})[DEFERRED] ??= []) as OutboxRow[]).push(row);
     return job;
   }
 }

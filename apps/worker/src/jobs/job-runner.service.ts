@@ -195,9 +195,11 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
           pump();
         });
     };
+    // Started on the next turn of the event loop, not at once: a record made by the handler's last step
+    // is then still queued when the handler returns, and goes with the completion instead of delaying it.
     const behind = (r: Record) => {
       queue.push(r);
-      pump();
+      setImmediate(pump);
     };
     const ctx: JobContext = {
       job,
