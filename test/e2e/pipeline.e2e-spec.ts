@@ -49,6 +49,20 @@ describeKernel(
       expect(c.body).toMatchObject({ state: 'running', targetState: 'running', name: 'web1' });
       expect(readlinkSync(`/proc/${pid}/ns/pid`)).not.toBe(readlinkSync('/proc/self/ns/pid'));
       expect(readFileSync(cg('pids', 'cgroup.procs'), 'utf8')).toContain(String(pid));
+      // The job's own story, in order: each step recorded once, before the end (records are written
+      // behind the steps, the last ones with the completion), and the final progress.
+      const events = (await p.http().get(`/v1/jobs/${job.id}`).set(p.auth())).body.events as {
+        action: string;
+        data: { step?: string };
+      }[];
+      expect(events.map((e) => (e.action === 'job.step.done' ? `step ${e.data.step}` : e.action))).toEqual([
+        'job.queued',
+        'job.active',
+        'step create',
+        'step start',
+        'job.completed',
+      ]);
+      expect(job.progress).toEqual({ stage: 'done', percent: 100 });
     }, 60_000);
 
     it('stops and starts, checked against the kernel', async () => {

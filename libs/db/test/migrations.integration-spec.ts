@@ -56,6 +56,58 @@ describe('migrations', () => {
     expect(await ds.showMigrations()).toBe(false);
   });
 
+  it('index no jobs column that a job transition changes (transitions stay HOT updates)', async () => {
+    // Every column a transition or the worker's records write (see JobStore and JobsService).
+    const changing = [
+      'state',
+      'attempts',
+      'progress',
+      'result',
+      'error_code',
+      'error_message',
+      'error_step',
+      'started_at',
+      'finished_at',
+      'updated_at',
+    ];
+    const indexed: { indexname: string; indexdef: string }[] = await ds.query(
+      `SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'jobs'`,
+    );
+    expect(indexed.length).toBeGreaterThan(3);
+    for (const { indexname, indexdef } of indexed)
+      for (const col of changing)
+        expect({ indexname, names: new RegExp(`\\b${col}\\b`).test(indexdef) }).toEqual({
+          indexname,
+          names: false,
+        });
+    const [{ reloptions }] = await ds.query(`SELECT reloptions FROM pg_class WHERE relname = 'jobs'`);
+    expect(reloptions).toEqual(['fillfactor=70']);
+    // And the transitions really are HOT on a real row.
+    const [host] = await ds.query(
+      `INSERT INTO hosts (name, cpu_count, memory_bytes, kernel_version, cgroup_version)
+       VALUES ('hot-test', 1, 1, 'test', 1) RETURNING id`,
+    );
+    const [job] = await ds.query(
+      `INSERT INTO jobs (kind, state, host_id, params, max_attempts, requested_by) VALUES ('system.noop', 'queued', $1, '{}', 1, 'test') RETURNING id`,
+      [host.id],
+    );
+    await ds.transaction(async (m) => {
+      await m.query(
+        `UPDATE jobs SET state = 'active', attempts = 1, started_at = now(), updated_at = now() WHERE id = $1`,
+        [job.id],
+      );
+      await m.query(
+        `UPDATE jobs SET state = 'completed', result = '{}', progress = '{"stage":"done","percent":100}', finished_at = now(), updated_at = now() WHERE id = $1`,
+        [job.id],
+      );
+      // This transaction's own counters: both updates were heap-only (no index entry written).
+      const [{ n }] = await m.query(`SELECT pg_stat_get_xact_tuples_hot_updated('jobs'::regclass)::int AS n`);
+      expect(n).toBe(2);
+    });
+    await ds.query(`DELETE FROM jobs WHERE id = $1`, [job.id]);
+    await ds.query(`DELETE FROM hosts WHERE id = $1`, [host.id]);
+  });
+
   it('are a no-op when applied twice', async () => {
     expect(await ds.runMigrations({ transaction: 'each' })).toEqual([]);
   });

@@ -1,0 +1,90 @@
+import type { Pool } from 'pg';
+import type { DataSource } from 'typeorm';
+import { createDataSource, createPipelinedPool, pipelinedTransaction, preparedQuery } from '@berth/db';
+
+/** pipelinedTransaction and preparedQuery against the real PostgreSQL (the hot paths' building blocks). */
+describe('pipelined transactions and prepared statements', () => {
+  let ds: DataSource;
+  let pool: Pool;
+  const table = `pipelined_tx_${process.pid}`;
+
+  beforeAll(async () => {
+    ds = createDataSource(process.env.BERTH_TEST_DATABASE_URL!);
+    await ds.initialize();
+    pool = createPipelinedPool(process.env.BERTH_TEST_DATABASE_URL!, 2);
+    await ds.query(`CREATE TABLE ${table} (id int PRIMARY KEY, v text NOT NULL)`);
+  });
+  afterAll(async () => {
+    await ds.query(`DROP TABLE IF EXISTS ${table}`);
+    await pool.end();
+    await ds.destroy();
+  });
+  const rows = () => ds.query(`SELECT id, v FROM ${table} ORDER BY id`);
+
+  it('commits statements sent without waiting for each other, in order, then runs onCommit', async () => {
+    const committed: string[] = [];
+    const result = await pipelinedTransaction(pool, async (tx) => {
+      tx.onCommit(() => committed.push('after commit'));
+      const a = tx.query(`INSERT INTO ${table} (id, v) VALUES ($1, $2) RETURNING id`, [1, 'a']);
+      // Sees the row the statement before it wrote: same transaction, answered in order.
+      const b = tx.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table} WHERE id = $1`, [1]);
+      const [[{ id }], [{ n }]] = await Promise.all([a, b]);
+      // Not visible outside before the commit, and onCommit has not run.
+      expect(await rows()).toEqual([]);
+      expect(committed).toEqual([]);
+      return { id, n };
+    });
+    expect(result).toEqual({ id: 1, n: 1 });
+    expect(committed).toEqual(['after commit']);
+    expect(await rows()).toEqual([{ id: 1, v: 'a' }]);
+  });
+
+  it('rolls everything back when fn throws, and onCommit never runs', async () => {
+    const committed: string[] = [];
+    await expect(
+      pipelinedTransaction(pool, async (tx) => {
+        tx.onCommit(() => committed.push('x'));
+        await tx.query(`INSERT INTO ${table} (id, v) VALUES ($1, $2)`, [2, 'b']);
+        throw new Error('refused');
+      }),
+    ).rejects.toThrow('refused');
+    expect(committed).toEqual([]);
+    expect(await rows()).toEqual([{ id: 1, v: 'a' }]);
+  });
+
+  it('a failed statement that fn swallowed makes the commit an error, not a silent rollback', async () => {
+    await expect(
+      pipelinedTransaction(pool, async (tx) => {
+        const dup = tx.query(`INSERT INTO ${table} (id, v) VALUES ($1, $2)`, [1, 'dup']);
+        const next = tx.query(`INSERT INTO ${table} (id, v) VALUES ($1, $2)`, [3, 'c']);
+        const [d, n] = await Promise.allSettled([dup, next]);
+        expect(d).toMatchObject({ status: 'rejected', reason: { code: '23505' } });
+        // The statement after the failed one fails too: the transaction is aborted.
+        expect(n).toMatchObject({ status: 'rejected', reason: { code: '25P02' } });
+      }),
+    ).rejects.toThrow(/rolled back at commit/);
+    expect(await rows()).toEqual([{ id: 1, v: 'a' }]);
+    // The connections are still good for the next transaction.
+    await pipelinedTransaction(pool, (tx) => tx.query(`INSERT INTO ${table} (id, v) VALUES (4, 'd')`));
+    expect(await rows()).toEqual([
+      { id: 1, v: 'a' },
+      { id: 4, v: 'd' },
+    ]);
+  });
+
+  it('preparedQuery runs the same text as one prepared statement, on the pool and in a transaction', async () => {
+    const text = `SELECT v FROM ${table} WHERE id = $1`;
+    expect(await preparedQuery(ds, text, [1])).toEqual([{ v: 'a' }]);
+    expect(await preparedQuery(ds, text, [4])).toEqual([{ v: 'd' }]);
+    await ds.transaction(async (m) => {
+      await m.query(`UPDATE ${table} SET v = 'in-tx' WHERE id = 1`);
+      // The transaction's own connection: sees its uncommitted write.
+      expect(await preparedQuery(m, text, [1])).toEqual([{ v: 'in-tx' }]);
+      expect(await preparedQuery(m, text, [4])).toEqual([{ v: 'd' }]);
+      // Prepared once on this connection and reused, under Berth's name for it.
+      const prepared = await m.query(`SELECT name FROM pg_prepared_statements WHERE statement = $1`, [text]);
+      expect(prepared).toEqual([{ name: expect.stringMatching(/^berth_[0-9a-f]{16}$/) }]);
+      await m.query(`UPDATE ${table} SET v = 'a' WHERE id = 1`);
+    });
+  });
+});
