@@ -6,3 +6,4 @@ export { migrations } from './migrations';
 export * from './container-target';
 export * from './prepared';
 export * from './pipelined-tx';
+export * from './batcher';
