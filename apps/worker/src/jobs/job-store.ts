@@ -1,7 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
-import { preparedQuery, recomputeTargetState } from '@berth/db';
+import { createBatcher, preparedQuery, recomputeTargetState } from '@berth/db';
 import type { JobKind } from '@berth/jobs';
 import type { JobOutcome } from './job-context';
 
@@ -44,6 +44,19 @@ const auditFromUpdate = (action: string, data: string) =>
  */
 const RELAXED = `relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)`;
 
+/** A job's completion as the completion statement takes it (see JobStore.complete). */
+interface Completion {
+  id: string;
+  result: Record<string, unknown>;
+  /** Write the container's row from `status` and `ip`. */
+  sync: boolean;
+  containerId: string | null;
+  status: string | null;
+  ip: string | null;
+  /** Step records still to write, in order. */
+  steps: string[];
+}
+
 /** What the worker learns about a job it was handed, in one round trip (`JobStore.claim`). */
 export interface JobClaim {
   /** The job as it was before the claim; null when Postgres does not know it. */
@@ -73,40 +86,65 @@ export class JobStore {
    * Loads the job, checks per-container FIFO, marks it active with its `job.active` event (when it is
    * pending and not blocked) and reads its finished steps: one statement instead of a load, a FIFO query,
    * a 4-statement transaction and a steps query. The update re-checks the row's state under its lock, so a
-   * job cancelled meanwhile is not activated. A relaxed write: see `relaxed`.
+   * job cancelled meanwhile is not activated. A relaxed write: see `relaxed`. Claims made while one is
+   * being written go together in the next statement (createBatcher).
    */
-  async claim(id: string, attempt: number): Promise<JobClaim> {
-    const [row] = await preparedQuery<
-      Partial<StoredJob> & { claim_blocked: boolean; claim_activated: boolean; claim_done_steps: string[] }
-    >(
+  claim(id: string, attempt: number): Promise<JobClaim> {
+    return this.claims({ id, attempt });
+  }
+
+  private readonly claims = createBatcher<{ id: string; attempt: number }, JobClaim>(async (inputs) => {
+    type Row = Partial<StoredJob> & {
+      claim_id: string;
+      claim_blocked: boolean;
+      claim_activated: boolean;
+      claim_done_steps: string[];
+    };
+    const rows = await preparedQuery<Row>(
       this.ds,
       `WITH ${RELAXED},
-       j AS (SELECT * FROM jobs WHERE id = $1),
-       b AS (SELECT EXISTS (
-               SELECT 1 FROM jobs e, j
+       i AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS i(id uuid, attempt int)),
+       -- "= ANY($1)" (the ids again, as an array) makes these index scans: the planner cannot size i.
+       j AS (SELECT * FROM jobs WHERE id = ANY($1::uuid[])),
+       b AS (SELECT j.id, EXISTS (
+               SELECT 1 FROM jobs e
                WHERE j.container_id IS NOT NULL AND j.container_seq IS NOT NULL
                  AND e.container_id = j.container_id AND e.container_seq < j.container_seq
-                 AND e.state IN ('queued', 'active', 'waiting-retry')) AS blocked),
-       u AS (UPDATE jobs SET state = 'active', attempts = $2, started_at = COALESCE(started_at, now()),
+                 AND e.state IN ('queued', 'active', 'waiting-retry')) AS blocked
+             FROM j),
+       u AS (UPDATE jobs SET state = 'active', attempts = i.attempt, started_at = COALESCE(started_at, now()),
                              updated_at = now()
-             FROM b, relaxed
-             WHERE jobs.id = $1 AND jobs.state IN ('queued', 'active', 'waiting-retry') AND NOT b.blocked
-             RETURNING jobs.id, jobs.kind, jobs.container_id),
-       a AS (${auditFromUpdate('job.active', `jsonb_build_object('attempt', $2::int)`)})
-       SELECT j.*, b.blocked AS claim_blocked, EXISTS (SELECT 1 FROM u) AS claim_activated,
+             FROM i, b, relaxed
+             WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = i.id AND b.id = i.id AND jobs.state IN ('queued', 'active', 'waiting-retry')
+               AND NOT b.blocked
+             RETURNING jobs.id, jobs.kind, jobs.container_id, i.attempt),
+       a AS (${auditFromUpdate('job.active', `jsonb_build_object('attempt', u.attempt)`)})
+       SELECT j.*, i.id AS claim_id, COALESCE(b.blocked, false) AS claim_blocked,
+              EXISTS (SELECT 1 FROM u WHERE u.id = i.id) AS claim_activated,
               ARRAY(SELECT data->>'step' FROM audit_events
-                    WHERE job_id = $1 AND action = 'job.step.done') AS claim_done_steps
-       FROM b LEFT JOIN j ON true`,
-      [id, attempt],
+                    WHERE job_id = i.id AND action = 'job.step.done') AS claim_done_steps
+       FROM i LEFT JOIN j ON j.id = i.id LEFT JOIN b ON b.id = i.id`,
+      [inputs.map((i) => i.id), JSON.stringify(inputs)],
     );
-    const { claim_blocked: blocked, claim_activated: activated, claim_done_steps: steps, ...job } = row;
-    return {
-      job: job.id ? (job as StoredJob) : null,
-      blocked,
-      activated,
-      doneSteps: new Set<string>(steps),
-    };
-  }
+    const byId = new Map(rows.map((r) => [r.claim_id, r]));
+    return inputs.map(({ id }) => {
+      const row = byId.get(id);
+      if (!row) throw new Error(`claim of job ${id}: no answer`);
+      const {
+        claim_id: _id,
+        claim_blocked: blocked,
+        claim_activated: activated,
+        claim_done_steps: steps,
+        ...job
+      } = row;
+      return {
+        job: job.id ? (job as StoredJob) : null,
+        blocked,
+        activated,
+        doneSteps: new Set<string>(steps),
+      };
+    });
+  });
 
   /**
    * Why some writes are relaxed (`synchronous_commit = off`): ~5 ms less per write on a disk with slow
@@ -165,48 +203,85 @@ export class JobStore {
   /**
    * The job succeeded: its row, its audit events (the step records still to write, then `job.completed`),
    * the container's row as the runtime reports it (`outcome.container`) and the handler's own changes
-   * (`outcome.apply`), atomically. Without `apply` that is one statement: the container's target state
-   * becomes its new state when this job is the container's latest (the usual case); when a later job was
-   * accepted meanwhile, the target state is recomputed through the pending jobs right after (see
-   * recomputeTargetState).
+   * (`outcome.apply`), atomically. Without `apply` that is one statement, shared with the completions that
+   * arrive while one is being written (createBatcher: one durable commit for all of them). The container's
+   * target state becomes its new state when this job is the container's latest (the usual case); when a
+   * later job was accepted meanwhile, the target state is recomputed through the pending jobs right after
+   * (see recomputeTargetState).
    */
   async complete(job: StoredJob, outcome: JobOutcome, steps: string[] = []): Promise<void> {
     const { result, container, apply } = outcome;
-    const [row] = await this.write<{ latest: boolean | null }>(
+    const input: Completion = {
+      id: job.id,
+      result,
+      sync: container !== undefined,
+      containerId: job.container_id,
+      status: container?.status ?? null,
+      ip: container?.ipAddress ?? null,
+      steps,
+    };
+    const latest = apply
+      ? await this.ds.transaction(async (m) => {
+          const [row] = await this.writeCompletions(m, [input]);
+          await apply(m);
+          return row;
+        })
+      : await this.completions(input);
+    if (container && latest === false)
+      await this.ds.transaction((m) => recomputeTargetState(m, container.id));
+  }
+
+  private readonly completions = createBatcher<Completion, boolean | null>((inputs) =>
+    this.writeCompletions(this.ds, inputs),
+  );
+
+  /**
+   * The completion statement for `inputs`; answers, per input, whether its job is its container's latest
+   * (null when the container's row was not written). A job's events are inserted in order: its step
+   * records, then `job.completed`.
+   */
+  private async writeCompletions(
+    on: DataSource | EntityManager,
+    inputs: readonly Completion[],
+  ): Promise<(boolean | null)[]> {
+    const rows = await preparedQuery<{ id: string; latest: boolean | null }>(
+      on,
       `WITH
+       i AS (SELECT * FROM jsonb_to_recordset($3::jsonb)
+                    AS i(id uuid, result jsonb, sync boolean, status text, ip text, steps jsonb, ord int)),
        u AS (
-         UPDATE jobs SET state = 'completed', result = $2, progress = '{"stage":"done","percent":100}',
+         UPDATE jobs SET state = 'completed', result = i.result, progress = '{"stage":"done","percent":100}',
                 error_code = NULL, error_message = NULL, error_step = NULL, finished_at = now(), updated_at = now()
-         WHERE id = $1 RETURNING id, kind, container_id, container_seq),
+         -- "= ANY($1)", "= ANY($2)": index scans (the planner cannot size i).
+         FROM i WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = i.id
+         RETURNING jobs.id, jobs.kind, jobs.container_id, jobs.container_seq, i.result, i.sync, i.status, i.ip,
+                   i.steps, i.ord),
        a AS (
          INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
          SELECT '${ACTOR}', e.action, ${SUBJECT}, u.id, jsonb_build_object('kind', u.kind) || e.data
          FROM u, LATERAL (
            SELECT x.ord, 'job.step.done' AS action, jsonb_build_object('step', x.step) AS data
-           FROM unnest($6::text[]) WITH ORDINALITY AS x(step, ord)
-           UNION ALL SELECT 9223372036854775807, 'job.completed', jsonb_build_object('result', $2::jsonb)
+           FROM jsonb_array_elements_text(u.steps) WITH ORDINALITY AS x(step, ord)
+           UNION ALL SELECT 9223372036854775807, 'job.completed', jsonb_build_object('result', u.result)
          ) e
-         ORDER BY e.ord),
+         ORDER BY u.ord, e.ord),
        c AS (
-         UPDATE containers SET state = $4, ip_address = $5, error_code = NULL, version = version + 1,
+         UPDATE containers SET state = u.status, ip_address = u.ip::inet, error_code = NULL, version = version + 1,
                 updated_at = now(),
                 -- Re-evaluated on the newest row version when a concurrent enqueue got the row first.
-                target_state = CASE WHEN containers.job_seq = u.container_seq THEN $4 ELSE containers.target_state END
-         FROM u WHERE $3::boolean AND containers.id = u.container_id
-         RETURNING containers.job_seq = u.container_seq AS latest)
-       SELECT (SELECT latest FROM c) AS latest`,
+                target_state = CASE WHEN containers.job_seq = u.container_seq THEN u.status
+                                    ELSE containers.target_state END
+         FROM u WHERE u.sync AND containers.id = ANY($2::uuid[]) AND containers.id = u.container_id
+         RETURNING u.id, containers.job_seq = u.container_seq AS latest)
+       SELECT i.id, c.latest FROM i LEFT JOIN c ON c.id = i.id`,
       [
-        job.id,
-        JSON.stringify(result),
-        container !== undefined,
-        container?.status ?? null,
-        container?.ipAddress ?? null,
-        steps,
+        inputs.map((i) => i.id),
+        inputs.flatMap((i) => (i.containerId ? [i.containerId] : [])),
+        JSON.stringify(inputs.map(({ containerId: _, ...input }, ord) => ({ ...input, ord }))),
       ],
-      apply,
     );
-    if (container && row?.latest === false)
-      await this.ds.transaction((m) => recomputeTargetState(m, container.id));
+    const byId = new Map(rows.map((r) => [r.id, r.latest]));
+    return inputs.map((input) => byId.get(input.id) ?? null);
   }
 
   async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {
