@@ -260,10 +260,8 @@ async function berthNoop(sys: BenchSystem, trace: PipelineTrace, principal: Prin
   try {
     return await drive(
       n,
-      (i) =>
-        sys.ds.transaction((m) =>
-          enqueuer.enqueue(m, { kind: 'system.noop', payload: { n: i }, hostId: sys.hostId, principal }),
-        ),
+      // As the API writes a request's job (JobEnqueuer.submit: e.g. a container operation).
+      (i) => enqueuer.submit({ kind: 'system.noop', payload: { n: i }, hostId: sys.hostId, principal }),
       c.done,
     );
   } finally {

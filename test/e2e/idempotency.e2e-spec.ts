@@ -101,12 +101,18 @@ describe('Idempotency-Key on writes', () => {
         if (Date.now() > end) throw new Error('the first request never claimed its key');
         await new Promise((r) => setTimeout(r, 20));
       }
-      // It is really waiting on the lock (not done yet).
-      const waiting = await a.ds.query(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database()
-           AND wait_event_type = 'Lock' AND query LIKE '%FROM containers WHERE id%FOR UPDATE%'`,
-      );
-      expect(waiting[0].n).toBeGreaterThanOrEqual(1);
+      // It is really waiting on the lock (not done yet): its enqueue updates the container's row.
+      const lockWaits = async () =>
+        (
+          await a.ds.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database()
+               AND wait_event_type = 'Lock' AND query LIKE '%UPDATE containers SET job_seq%'`,
+          )
+        )[0].n as number;
+      while ((await lockWaits()) < 1) {
+        if (Date.now() > end) throw new Error('the first request never waited on the container lock');
+        await new Promise((r) => setTimeout(r, 20));
+      }
       const second = await start();
       expect(second.status).toBe(409);
       expect(second.headers['content-type']).toMatch(/^application\/problem\+json/);

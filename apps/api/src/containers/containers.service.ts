@@ -112,7 +112,10 @@ export class ContainersService {
 
   /**
    * Accepts an operation on an existing container: refused with 409 before any job exists when the
-   * container's state machine does not allow it from its target state.
+   * container's state machine does not allow it from its target state. Two round trips and no explicit
+   * transaction: the container's row is read and the transition checked, then the job is written with
+   * the enqueues of concurrent requests (JobEnqueuer.submit), guarded by the target state that was
+   * checked; when another request changed it in between, the check is made again on the new row.
    */
   async operate(
     id: string,
@@ -120,12 +123,8 @@ export class ContainersService {
     principal: Principal,
     extra: Record<string, unknown> = {},
   ): Promise<Accepted> {
-    return this.ds.transaction(async (m) => {
-      const [row] = await preparedQuery<ContainerRow>(
-        m,
-        `SELECT * FROM containers WHERE id = $1 FOR UPDATE`,
-        [id],
-      );
+    for (let attempt = 1; ; attempt++) {
+      const [row] = await preparedQuery<ContainerRow>(this.ds, `${CONTAINER_SELECT} WHERE c.id = $1`, [id]);
       if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId))
         throw notFound('container', id);
       const check = checkTransition(kind, row.target_state as ContainerState);
@@ -136,7 +135,7 @@ export class ContainersService {
         });
       }
       // The target state, the request's audit event and the job in one statement.
-      const job = await this.enqueuer.enqueue(m, {
+      const job = await this.enqueuer.submit({
         kind,
         hostId: row.host_id!,
         containerId: id,
@@ -144,16 +143,25 @@ export class ContainersService {
         principal,
         requested: { action: `${kind}.requested`, data: extra },
         targetState: check.next,
+        expectTargetState: row.target_state,
         payload: { containerId: id, name: row.name, ...extra },
       });
-      const updated: ContainerRow = {
-        ...row,
-        target_state: check.next!,
-        last_job_id: job.id,
-        updated_at: job.container_updated_at ?? row.updated_at,
-      };
-      return { job: toJobView(job), container: toContainerView(updated) };
-    });
+      if (job) {
+        const updated: ContainerRow = {
+          ...row,
+          target_state: check.next!,
+          last_job_id: job.id,
+          updated_at: job.container_updated_at ?? row.updated_at,
+        };
+        return { job: toJobView(job), container: toContainerView(updated) };
+      }
+      if (attempt >= 5)
+        throw new ApiError(
+          HttpStatus.CONFLICT,
+          'CONCURRENT_CHANGE',
+          'the container kept changing while this request was being accepted; try again',
+        );
+    }
   }
 
   async get(id: string, principal: Principal): Promise<ContainerView> {

@@ -2,7 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import type { DataSource, EntityManager, EntitySubscriberInterface, TransactionCommitEvent } from 'typeorm';
-import { preparedQuery, type SqlTx } from '@berth/db';
+import { createBatcher, preparedQuery, type SqlTx } from '@berth/db';
 import {
   hostQueueName,
   maxAttemptsFor,
@@ -108,71 +108,198 @@ export class JobEnqueuer implements EntitySubscriberInterface {
   }
 
   /**
-   * One statement (data-modifying CTEs: one round trip instead of five): the container's sequence number
-   * (the UPDATE row-locks the container, so concurrent enqueues for it are numbered in commit order), the
-   * job, its audit event(s) and the outbox row. The job id is made here so the container row can point at
-   * it in the same statement.
+   * Writes a job inside the caller's transaction (`m`): see the class comment and ENQUEUE below. The
+   * container row (when `containerId` is set) must be the caller's to change: it is updated without a
+   * guard.
    */
   async enqueue(m: EntityManager | SqlTx, input: EnqueueInput): Promise<EnqueuedJob> {
+    const item = this.item(input);
+    const tx = 'onCommit' in m ? m : undefined;
+    const qr = 'onCommit' in m ? undefined : m.queryRunner;
+    const [row] = await preparedQuery<EnqueueAnswer>(m, ENQUEUE, [
+      item.containerIds,
+      JSON.stringify([item.sql]),
+    ]);
+    if (!row) throw new Error(`enqueue of a ${input.kind} job: its container ${input.containerId} is gone`);
+    const { job, outbox } = this.answer(item, row);
+    if (tx) tx.onCommit(() => this.committed([outbox]));
+    else if (qr?.isTransactionActive) (((qr.data ??= {})[DEFERRED] ??= []) as OutboxRow[]).push(outbox);
+    // Outside a transaction the statement was its own, and has committed.
+    else this.committed([outbox]);
+    return job;
+  }
+
+  /**
+   * Writes a job on its own (no caller transaction): group commit with the other requests submitted
+   * meanwhile (createBatcher: one statement and one commit for all of them; each request's rows are
+   * still all or nothing, and a batch that fails is retried request by request). For a container job,
+   * `expectTargetState` guards the container row (the caller checked the transition against that target
+   * state): answers null, and writes nothing, when the container is gone or its target state changed.
+   */
+  submit(input: EnqueueInput & { expectTargetState?: string }): Promise<EnqueuedJob | null> {
+    return this.submits(this.item(input));
+  }
+
+  private readonly submits = createBatcher<EnqueueItem, EnqueuedJob | null>((items) =>
+    this.writeItems(items),
+  );
+
+  /** Writes `items` with ENQUEUE; a container's second job goes in a statement after its first. */
+  private async writeItems(items: readonly EnqueueItem[]): Promise<(EnqueuedJob | null)[]> {
+    // One job per container per statement (the UPDATE of its row would count it once): the others wait.
+    const seen = new Set<string>();
+    const now: EnqueueItem[] = [];
+    const later: EnqueueItem[] = [];
+    for (const it of items) {
+      const c = it.sql.container_id;
+      if (c && seen.has(c)) later.push(it);
+      else {
+        if (c) seen.add(c);
+        now.push(it);
+      }
+    }
+    const rows = await preparedQuery<EnqueueAnswer>(this.ds, ENQUEUE, [
+      now.flatMap((it) => it.containerIds),
+      JSON.stringify(now.map((it, ord) => ({ ...it.sql, ord }))),
+    ]);
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const answers = new Map<EnqueueItem, EnqueuedJob | null>();
+    const outboxes: OutboxRow[] = [];
+    for (const it of now) {
+      const row = byId.get(it.sql.id);
+      if (!row) {
+        answers.set(it, null);
+        continue;
+      }
+      const { job, outbox } = this.answer(it, row);
+      answers.set(it, job);
+      outboxes.push(outbox);
+    }
+    if (outboxes.length > 0) this.committed(outboxes);
+    if (later.length > 0) {
+      const rest = await this.writeItems(later);
+      later.forEach((it, k) => answers.set(it, rest[k]));
+    }
+    return items.map((it) => answers.get(it)!);
+  }
+
+  /** An input as the ENQUEUE statement takes it (one element of its `$2`). */
+  private item(input: EnqueueInput & { expectTargetState?: string }): EnqueueItem {
     const payload = parseJobPayload(input.kind, input.payload) as Record<string, unknown>;
     if (input.targetState && !input.containerId) throw new TypeError('targetState needs a containerId');
     const id = randomUUID();
-    const subjectType = input.containerId ? 'container' : 'job';
-    const requested = input.requested ?? null;
-    const tx = 'onCommit' in m ? m : undefined;
-    const qr = 'onCommit' in m ? undefined : m.queryRunner;
-    // Outside a transaction the statement is its own (implicit) transaction: the triggers notify at commit.
-    const defer = tx !== undefined || qr?.isTransactionActive === true;
     const queue = hostQueueName(input.hostId);
     const queued: QueuedJobData = { jobId: id, kind: input.kind, payload };
-    const [{ outbox_id: outboxId, ...job }] = await preparedQuery<EnqueuedJob & { outbox_id: string }>(
-      m,
-      `WITH ${defer ? `deferred AS (SELECT set_config('berth.defer_notify', 'on', true) AS v),` : ''}
-       c AS (
-         UPDATE containers SET job_seq = job_seq + 1, last_job_id = $1,
-                target_state = COALESCE($14, target_state),
-                updated_at = CASE WHEN $14::text IS NULL THEN updated_at ELSE now() END
-         WHERE id = $4 RETURNING job_seq, updated_at),
-       j AS (
-         INSERT INTO jobs (id, kind, state, tenant_id, container_id, host_id, container_seq, params, max_attempts,
-                           requested_by, request_id)
-         SELECT $1::uuid, $2::text, 'queued', $3::uuid, $4::uuid, $5::uuid, (SELECT job_seq FROM c), $6::jsonb,
-                $7::int, $8::text, $9::text
-         ${defer ? 'FROM deferred' : ''} RETURNING *),
-       a AS (
-         INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, request_id, data)
-         SELECT $8, e.action, $11, COALESCE(j.container_id, j.id), e.job_id, $10, e.data
-         FROM j, LATERAL (VALUES
-           (0, $12::text, NULL::uuid, $13::jsonb),
-           (1, 'job.queued', j.id, jsonb_build_object('kind', j.kind, 'hostId', j.host_id, 'seq', j.container_seq))
-         ) AS e(ord, action, job_id, data)
-         WHERE e.action IS NOT NULL
-         ORDER BY e.ord),
-       o AS (
-         INSERT INTO outbox (queue, job_name, job_id, payload) SELECT $15, j.kind, j.id, $16 FROM j RETURNING id)
-       SELECT j.*, (SELECT updated_at FROM c) AS container_updated_at, (SELECT id FROM o) AS outbox_id FROM j`,
-      [
+    const requested = input.requested ?? null;
+    return {
+      queued,
+      queue,
+      containerIds: input.containerId ? [input.containerId] : [],
+      sql: {
         id,
-        input.kind,
-        input.tenantId ?? null,
-        input.containerId ?? null,
-        input.hostId,
-        JSON.stringify(payload),
-        maxAttemptsFor(input.kind),
-        input.principal.keyId,
-        input.principal.requestId || null,
-        input.principal.requestId ?? null,
-        subjectType,
-        requested?.action ?? null,
-        requested ? JSON.stringify(requested.data) : null,
-        input.targetState ?? null,
+        kind: input.kind,
+        tenant_id: input.tenantId ?? null,
+        container_id: input.containerId ?? null,
+        host_id: input.hostId,
+        params: payload,
+        max_attempts: maxAttemptsFor(input.kind),
+        requested_by: input.principal.keyId,
+        request_id: input.principal.requestId || null,
+        subject_type: input.containerId ? 'container' : 'job',
+        requested_action: requested?.action ?? null,
+        requested_data: requested?.data ?? null,
+        target_state: input.targetState ?? null,
+        expect_target_state: input.expectTargetState ?? null,
         queue,
-        JSON.stringify(queued),
-      ],
-    );
-    const row: OutboxRow = { id: outboxId, queue, job_name: input.kind, job_id: id, payload: queued };
-    if (tx) tx.onCommit(() => this.committed([row]));
-    else if (qr && defer) (((qr.data ??= {})[DEFERRED] ??= []) as OutboxRow[]).push(row);
-    return job;
+        outbox_payload: queued,
+      },
+    };
+  }
+
+  private answer(item: EnqueueItem, row: EnqueueAnswer): { job: EnqueuedJob; outbox: OutboxRow } {
+    const { outbox_id: outboxId, ...job } = row;
+    const outbox: OutboxRow = {
+      id: outboxId,
+      queue: item.queue,
+      job_name: item.sql.kind,
+      job_id: item.sql.id,
+      payload: item.queued,
+    };
+    return { job, outbox };
   }
 }
+
+/** One job to write, as the ENQUEUE statement reads it (`jsonb_to_recordset`). */
+interface EnqueueItem {
+  queued: QueuedJobData;
+  queue: string;
+  containerIds: string[];
+  sql: {
+    id: string;
+    kind: JobKind;
+    tenant_id: string | null;
+    container_id: string | null;
+    host_id: string;
+    params: Record<string, unknown>;
+    max_attempts: number;
+    requested_by: string;
+    request_id: string | null;
+    subject_type: 'container' | 'job';
+    requested_action: string | null;
+    requested_data: Record<string, unknown> | null;
+    target_state: string | null;
+    expect_target_state: string | null;
+    queue: string;
+    outbox_payload: QueuedJobData;
+  };
+}
+
+type EnqueueAnswer = EnqueuedJob & { outbox_id: string };
+
+/**
+ * Jobs in one statement (data-modifying CTEs: one round trip, one commit): for each, its container's
+ * sequence number (the UPDATE row-locks the container, so concurrent enqueues for it are numbered in
+ * commit order; guarded by `expect_target_state` when given), the job, its audit event(s) and the outbox
+ * row. A container job whose container row was not updated is not written (and not answered). `$1`: the
+ * container ids again, as an array (`= ANY` lets the planner use the primary key; it cannot size `i`);
+ * `$2`: the jobs (EnqueueItem.sql, with `ord`: their order). The triggers' notifications are deferred:
+ * see the class comment.
+ */
+const ENQUEUE = `WITH
+  deferred AS (SELECT set_config('berth.defer_notify', 'on', true) AS v),
+  i AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS i(
+          id uuid, kind text, tenant_id uuid, container_id uuid, host_id uuid, params jsonb, max_attempts int,
+          requested_by text, request_id text, subject_type text, requested_action text, requested_data jsonb,
+          target_state text, expect_target_state text, queue text, outbox_payload jsonb, ord int)),
+  c AS (
+    UPDATE containers SET job_seq = job_seq + 1, last_job_id = i.id,
+           target_state = COALESCE(i.target_state, containers.target_state),
+           updated_at = CASE WHEN i.target_state IS NULL THEN containers.updated_at ELSE now() END
+    FROM i, deferred
+    WHERE containers.id = ANY($1::uuid[]) AND containers.id = i.container_id
+      AND (i.expect_target_state IS NULL OR containers.target_state = i.expect_target_state)
+    RETURNING i.id AS job_id, containers.job_seq, containers.updated_at),
+  ok AS (SELECT i.* FROM i, deferred
+         WHERE i.container_id IS NULL OR EXISTS (SELECT 1 FROM c WHERE c.job_id = i.id)),
+  j AS (
+    INSERT INTO jobs (id, kind, state, tenant_id, container_id, host_id, container_seq, params, max_attempts,
+                      requested_by, request_id)
+    SELECT ok.id, ok.kind, 'queued', ok.tenant_id, ok.container_id, ok.host_id,
+           (SELECT c.job_seq FROM c WHERE c.job_id = ok.id), ok.params, ok.max_attempts, ok.requested_by,
+           ok.request_id
+    FROM ok ORDER BY ok.ord RETURNING *),
+  a AS (
+    INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, request_id, data)
+    SELECT ok.requested_by, e.action, ok.subject_type, COALESCE(j.container_id, j.id), e.job_id, ok.request_id,
+           e.data
+    FROM j JOIN ok ON ok.id = j.id, LATERAL (VALUES
+      (0, ok.requested_action, NULL::uuid, COALESCE(ok.requested_data, '{}'::jsonb)),
+      (1, 'job.queued', j.id, jsonb_build_object('kind', j.kind, 'hostId', j.host_id, 'seq', j.container_seq))
+    ) AS e(ord, action, job_id, data)
+    WHERE e.action IS NOT NULL
+    ORDER BY ok.ord, e.ord),
+  o AS (
+    INSERT INTO outbox (queue, job_name, job_id, payload)
+    SELECT ok.queue, ok.kind, ok.id, ok.outbox_payload FROM ok ORDER BY ok.ord RETURNING id, job_id)
+  SELECT j.*, (SELECT c.updated_at FROM c WHERE c.job_id = j.id) AS container_updated_at, o.id AS outbox_id
+  FROM j JOIN o ON o.job_id = j.id`;

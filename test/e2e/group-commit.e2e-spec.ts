@@ -1,0 +1,190 @@
+import { Queue } from 'bullmq';
+import { bullConnection, hostQueueName } from '@berth/jobs';
+import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
+import { JobStore } from '../../apps/worker/src/jobs/job-store';
+import type { Principal } from '../../apps/api/src/auth/principal';
+import { describeKernel } from '@test/support/kernel';
+import { testConfig } from '@test/support/config';
+import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
+import { importBusybox } from '@test/support/worker-process';
+
+/**
+ * Group commit (libs/db createBatcher) on the real PostgreSQL: requests' enqueues written together
+ * (JobEnqueuer.submit), and the worker's claims and completions written together (JobStore). Rows written
+ * by one statement share one transaction id (`xmin`), which is what the tests look at.
+ */
+describeKernel(
+  'group commit: enqueues, claims and completions written together',
+  { root: true, programs: ['busybox', 'nsenter'] },
+  () => {
+    let p: Pipeline;
+    let enqueuer: JobEnqueuer;
+    let idleHost: string;
+    let queue: Queue;
+    const template = `bb-gc-${process.pid}`;
+    const principal: Principal = {
+      keyId: 'test:group-commit',
+      tenantId: null,
+      scopes: ['admin'],
+      requestId: '',
+    };
+
+    beforeAll(async () => {
+      p = await startPipeline('groupcommit');
+      enqueuer = p.api.get(JobEnqueuer);
+      const [{ id: hostId }] = await p.ds.query(`SELECT id FROM hosts WHERE name = $1`, [p.hostName]);
+      await importBusybox(p, template, hostId);
+      // A host no worker consumes (and placement skips): its jobs wait for the test to claim them by hand.
+      [{ id: idleHost }] = await p.ds.query(
+        `INSERT INTO hosts (name, draining, cpu_count, memory_bytes, kernel_version, cgroup_version)
+       VALUES ('group-commit-idle', true, 1, 1073741824, 'test', 1) RETURNING id`,
+      );
+      queue = new Queue(hostQueueName(idleHost), {
+        connection: bullConnection(testConfig(p.env).redis.url),
+        prefix: p.env.BULLMQ_PREFIX,
+      });
+    }, 120_000);
+    afterAll(async () => {
+      await queue?.obliterate({ force: true }).catch(() => undefined);
+      await queue?.close();
+      await p?.close();
+    }, 120_000);
+
+    const xmins = async (table: string, ids: string[]) =>
+      (
+        await p.ds.query(`SELECT DISTINCT xmin::text AS x FROM ${table} WHERE id = ANY($1::uuid[])`, [ids])
+      ).map((r: { x: string }) => r.x);
+
+    it('writes concurrent requests in one statement, each with its audit event and outbox row', async () => {
+      const jobs = await Promise.all(
+        Array.from({ length: 12 }, (_, n) =>
+          enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId: idleHost, principal }),
+        ),
+      );
+      const ids = jobs.map((j) => j!.id);
+      expect(new Set(ids).size).toBe(12);
+      // The same tick's requests are one batch: one transaction wrote all twelve jobs.
+      expect(await xmins('jobs', ids)).toHaveLength(1);
+      const queued = await p.ds.query(
+        `SELECT job_id FROM audit_events WHERE action = 'job.queued' AND job_id = ANY($1::uuid[])`,
+        [ids],
+      );
+      expect(queued).toHaveLength(12);
+      // Handed to the relay at the commit: each is in the host's BullMQ queue under its own id.
+      for (const id of ids) {
+        const deadline = Date.now() + 10_000;
+        while (!(await queue.getJob(id))) {
+          if (Date.now() > deadline) throw new Error(`job ${id} was never published`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
+    });
+
+    it('claims and completes concurrent jobs in one statement each, every job exactly once', async () => {
+      const jobs = await Promise.all(
+        Array.from({ length: 3 }, (_, n) =>
+          enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId: idleHost, principal }),
+        ),
+      );
+      const ids = jobs.map((j) => j!.id);
+      const store = p.worker.get(JobStore);
+      const claims = await Promise.all(ids.map((id) => store.claim(id, 1)));
+      for (const [k, c] of claims.entries()) {
+        expect(c.job?.id).toBe(ids[k]);
+        expect(c).toMatchObject({ activated: true, blocked: false });
+        expect(c.doneSteps.size).toBe(0);
+      }
+      expect(await xmins('jobs', ids)).toHaveLength(1);
+      // A claim of an unknown job answers "not known" without disturbing the others of its batch.
+      const [unknown, again] = await Promise.all([
+        store.claim('00000000-0000-4000-8000-000000000000', 1),
+        store.claim(ids[0], 2),
+      ]);
+      expect(unknown.job).toBeNull();
+      expect(again).toMatchObject({ activated: true, job: { id: ids[0], state: 'active' } });
+
+      await Promise.all(
+        claims.map((c, n) => store.complete(c.job!, { result: { n } }, n === 0 ? ['first', 'second'] : [])),
+      );
+      const rows = await p.ds.query(
+        `SELECT id, state, result FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY result->>'n'`,
+        [ids],
+      );
+      expect(rows.map((r: { state: string }) => r.state)).toEqual(['completed', 'completed', 'completed']);
+      expect(rows.map((r: { result: unknown }) => r.result)).toEqual([{ n: 0 }, { n: 1 }, { n: 2 }]);
+      expect(await xmins('jobs', ids)).toHaveLength(1);
+      // Each job's events: one active per claim, its step records in order before its one completion.
+      const events = await p.ds.query(
+        `SELECT job_id, action, data->>'step' AS step FROM audit_events
+       WHERE job_id = ANY($1::uuid[]) AND action <> 'job.queued' ORDER BY id`,
+        [ids],
+      );
+      const of = (id: string) =>
+        events
+          .filter((e: { job_id: string }) => e.job_id === id)
+          .map((e: { action: string; step: string | null }) => e.step ?? e.action);
+      expect(of(ids[0])).toEqual(['job.active', 'job.active', 'first', 'second', 'job.completed']);
+      expect(of(ids[1])).toEqual(['job.active', 'job.completed']);
+      expect(of(ids[2])).toEqual(['job.active', 'job.completed']);
+    });
+
+    it('writes nothing for a container request whose target state changed after it was checked', async () => {
+      const made = await p
+        .http()
+        .post('/v1/containers')
+        .set(p.auth())
+        .send({ name: 'gc-guard', template, cpus: 1, memoryBytes: 64 * 1024 * 1024, start: false });
+      expect(made.status).toBe(202);
+      expect((await waitJob(p, made.body.job.id)).state).toBe('completed');
+      const id = made.body.container.id as string;
+      const count = async () =>
+        (await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id]))[0].n;
+      const before = await count();
+      const refused = await enqueuer.submit({
+        kind: 'container.start',
+        payload: { containerId: id, name: 'gc-guard' },
+        hostId: made.body.container.hostId,
+        containerId: id,
+        principal,
+        targetState: 'running',
+        expectTargetState: 'paused',
+      });
+      expect(refused).toBeNull();
+      expect(await count()).toBe(before);
+      const [row] = await p.ds.query(`SELECT target_state, job_seq FROM containers WHERE id = $1`, [id]);
+      expect(row.target_state).toBe('stopped');
+
+      // Two requests for one container at once: one job per container per statement, so the second is
+      // written after the first, checked against the target state the first left.
+      const [start, stop] = await Promise.all([
+        enqueuer.submit({
+          kind: 'container.start',
+          payload: { containerId: id, name: 'gc-guard' },
+          hostId: made.body.container.hostId,
+          containerId: id,
+          principal,
+          targetState: 'running',
+          expectTargetState: 'stopped',
+        }),
+        enqueuer.submit({
+          kind: 'container.stop',
+          payload: { containerId: id, name: 'gc-guard' },
+          hostId: made.body.container.hostId,
+          containerId: id,
+          principal,
+          targetState: 'stopped',
+          expectTargetState: 'running',
+        }),
+      ]);
+      const seqs = await p.ds.query(`SELECT id, container_seq FROM jobs WHERE id = ANY($1::uuid[])`, [
+        [start!.id, stop!.id],
+      ]);
+      const seqOf = (jobId: string) => seqs.find((r: { id: string }) => r.id === jobId).container_seq;
+      expect(seqOf(stop!.id)).toBe(seqOf(start!.id) + 1);
+      expect(await xmins('jobs', [start!.id, stop!.id])).toHaveLength(2);
+      for (const j of [start!.id, stop!.id]) expect((await waitJob(p, j)).state).toBe('completed');
+      const [after] = await p.ds.query(`SELECT state, target_state FROM containers WHERE id = $1`, [id]);
+      expect(after).toEqual({ state: 'stopped', target_state: 'stopped' });
+    }, 60_000);
+  },
+);
