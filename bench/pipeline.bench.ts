@@ -7,9 +7,10 @@
  *      called directly on the same runtime (interleaved batches). Overhead = end to end − runtime, per run.
  *      Each stage of the way (accept, relay publish, BullMQ pick-up, job.active, runtime, job.completed,
  *      long-poll answer) is timed in-process, so a slow stage shows by name.
- *   2. Throughput: `system.noop` jobs through the same path as the API (JobEnqueuer in a transaction →
- *      outbox → relay → BullMQ → worker → job store + audit), against raw BullMQ (`Queue.add` + a no-op
- *      `Worker`) on the same Redis, same concurrency, same run.
+ *   2. Throughput: `system.noop` jobs through the same path as the API's container operations
+ *      (JobEnqueuer.submit, group-committed → outbox row handed to the relay → BullMQ → worker → job store
+ *      + audit), against raw BullMQ (`Queue.add` + a no-op `Worker`) on the same Redis, same concurrency,
+ *      same run.
  *
  * Process layout (as in production, where API and worker are separate processes): the API (HTTP, enqueuer,
  * outbox relay) runs in this process, next to the bench's clients; Berth's worker runs in its own process

@@ -5,7 +5,6 @@ import { ConfigModule, loggerParams, type BerthConfig } from '@berth/config';
 import { DbModule } from '@berth/db';
 import { AuditController } from './audit/audit.controller';
 import { AuthModule } from './auth/auth.module';
-import { PipelinedPool } from './common/pipelined-pool';
 import { ProblemFilter } from './common/problem.filter';
 import { ContainersController } from './containers/containers.controller';
 import { ContainersService } from './containers/containers.service';
@@ -38,7 +37,6 @@ export class AppModule {
         HostsService,
         PlacementService,
         OutboxRelay,
-        PipelinedPool,
         { provide: APP_FILTER, useClass: ProblemFilter },
       ],
     };

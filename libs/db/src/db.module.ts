@@ -1,9 +1,14 @@
-import { Module } from '@nestjs/common';
+import { Global, Module } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { dataSourceOptions } from './data-source';
+import { PipelinedPool } from './pipelined-pool';
 
-/** TypeORM for the apps, configured from BerthConfig. Migrations are run by `npm run migrate`, not here. */
+/**
+ * TypeORM for the apps, configured from BerthConfig, and the pool of the hot statements (PipelinedPool),
+ * for every module. Migrations are run by `npm run migrate`, not here.
+ */
+@Global()
 @Module({
   imports: [
     TypeOrmModule.forRootAsync({
@@ -16,6 +21,7 @@ import { dataSourceOptions } from './data-source';
       }),
     }),
   ],
-  exports: [TypeOrmModule],
+  providers: [PipelinedPool],
+  exports: [TypeOrmModule, PipelinedPool],
 })
 export class DbModule {}

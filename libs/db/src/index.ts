@@ -7,3 +7,4 @@ export * from './container-target';
 export * from './prepared';
 export * from './pipelined-tx';
 export * from './batcher';
+export * from './pipelined-pool';

@@ -17,12 +17,18 @@ export interface SqlTx {
  * A pg pool whose connections pipeline (pg's `pipeline` mode: queries are written without waiting for
  * the answers of the ones before), for the request paths where every round trip to PostgreSQL shows in
  * the answer's latency. Separate from TypeORM's pool, which keeps pg's one-query-at-a-time default.
+ *
+ * Its prepared statements always run their generic plan (`plan_cache_mode = force_generic_plan`): the hot
+ * statements take their rows as `jsonb` and their keys as `= ANY($n)` arrays, for which PostgreSQL would
+ * otherwise keep choosing a custom plan (the generic one estimates more rows) and plan the whole CTE again
+ * at every execution, which costs more than running it. Their generic plans use the primary keys.
  */
 export function createPipelinedPool(url: string, max = 10): Pool {
   return new Pool({
     connectionString: url,
     max,
     pipeline: true,
+    options: '-c plan_cache_mode=force_generic_plan',
     connectionTimeoutMillis: 3_000,
     query_timeout: 15_000,
   } as ConstructorParameters<typeof Pool>[0]);

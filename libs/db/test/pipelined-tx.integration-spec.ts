@@ -1,6 +1,12 @@
 import type { Pool } from 'pg';
 import type { DataSource } from 'typeorm';
-import { createDataSource, createPipelinedPool, pipelinedTransaction, preparedQuery } from '@berth/db';
+import {
+  createDataSource,
+  createPipelinedPool,
+  pipelinedTransaction,
+  preparedQuery,
+  statementName,
+} from '@berth/db';
 
 /** pipelinedTransaction and preparedQuery against the real PostgreSQL (the hot paths' building blocks). */
 describe('pipelined transactions and prepared statements', () => {
@@ -20,6 +26,24 @@ describe('pipelined transactions and prepared statements', () => {
     await ds.destroy();
   });
   const rows = () => ds.query(`SELECT id, v FROM ${table} ORDER BY id`);
+
+  it('runs its prepared statements on their generic plan (no planning per execution)', async () => {
+    const client = await pool.connect();
+    try {
+      const text = `SELECT id FROM ${table} WHERE id = ANY($1::int[])`;
+      // Left to itself, PostgreSQL would keep a custom plan for an array parameter: planned every time.
+      for (let k = 0; k < 8; k++)
+        await client.query({ name: statementName(text), text, values: [[k, k + 1]] });
+      const [plans] = (
+        await client.query(`SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = $1`, [
+          statementName(text),
+        ])
+      ).rows;
+      expect(plans).toEqual({ generic_plans: '8', custom_plans: '0' });
+    } finally {
+      client.release();
+    }
+  });
 
   it('commits statements sent without waiting for each other, in order, then runs onCommit', async () => {
     const committed: string[] = [];

@@ -2,7 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import type { DataSource, EntityManager, EntitySubscriberInterface, TransactionCommitEvent } from 'typeorm';
-import { createBatcher, preparedQuery, type SqlTx } from '@berth/db';
+import { createBatcher, PipelinedPool, preparedQuery, type SqlTx } from '@berth/db';
 import {
   hostQueueName,
   maxAttemptsFor,
@@ -60,7 +60,10 @@ const DEFERRED = 'berthDeferredJobNotify';
 export class JobEnqueuer implements EntitySubscriberInterface {
   private readonly committedListeners = new Set<(rows: OutboxRow[]) => void>();
 
-  constructor(@InjectDataSource() private readonly ds: DataSource) {
+  constructor(
+    @InjectDataSource() private readonly ds: DataSource,
+    private readonly hot: PipelinedPool,
+  ) {
     // Registered by hand (Nest's documented way for an injected subscriber): commits are broadcast to it.
     ds.subscribers.push(this);
   }
@@ -158,7 +161,7 @@ export class JobEnqueuer implements EntitySubscriberInterface {
         now.push(it);
       }
     }
-    const rows = await preparedQuery<EnqueueAnswer>(this.ds, ENQUEUE, [
+    const rows = await this.hot.query<EnqueueAnswer>(ENQUEUE, [
       now.flatMap((it) => it.containerIds),
       JSON.stringify(now.map((it, ord) => ({ ...it.sql, ord }))),
     ]);

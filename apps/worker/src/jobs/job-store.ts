@@ -1,7 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
-import { createBatcher, preparedQuery, recomputeTargetState } from '@berth/db';
+import { createBatcher, PipelinedPool, preparedQuery, recomputeTargetState } from '@berth/db';
 import type { JobKind } from '@berth/jobs';
 import type { JobOutcome } from './job-context';
 
@@ -75,7 +75,11 @@ export interface JobClaim {
  */
 @Injectable()
 export class JobStore {
-  constructor(@InjectDataSource() private readonly ds: DataSource) {}
+  constructor(
+    @InjectDataSource() private readonly ds: DataSource,
+    /** The hot statements (claims, step records, progress, transitions): generic plans, see PipelinedPool. */
+    private readonly hot: PipelinedPool,
+  ) {}
 
   async load(id: string): Promise<StoredJob | null> {
     const [row] = await this.ds.query(`SELECT * FROM jobs WHERE id = $1`, [id]);
@@ -100,8 +104,7 @@ export class JobStore {
       claim_activated: boolean;
       claim_done_steps: string[];
     };
-    const rows = await preparedQuery<Row>(
-      this.ds,
+    const rows = await this.hot.query<Row>(
       `WITH ${RELAXED},
        i AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS i(id uuid, attempt int)),
        -- "= ANY($1)" (the ids again, as an array) makes these index scans: the planner cannot size i.
@@ -155,8 +158,7 @@ export class JobStore {
    * sequential: once they are durable, so is every record before.
    */
   async stepDone(job: StoredJob, step: string, data: Record<string, unknown> = {}): Promise<void> {
-    await preparedQuery(
-      this.ds,
+    await this.hot.query(
       `WITH ${RELAXED}
        INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
        SELECT '${ACTOR}', 'job.step.done', $1, $2, $3, $4 FROM relaxed`,
@@ -171,8 +173,7 @@ export class JobStore {
 
   /** Progress is a relaxed write too, in one statement. */
   async progress(jobId: string, stage: string, percent: number): Promise<void> {
-    await preparedQuery(
-      this.ds,
+    await this.hot.query(
       `WITH ${RELAXED}
        UPDATE jobs SET progress = $2, updated_at = now() FROM relaxed WHERE id = $1`,
       [jobId, JSON.stringify({ stage, percent })],
@@ -192,7 +193,7 @@ export class JobStore {
     params: unknown[],
     apply?: (m: EntityManager) => Promise<void>,
   ): Promise<T[]> {
-    if (!apply) return preparedQuery<T>(this.ds, sql, params);
+    if (!apply) return this.hot.query<T>(sql, params);
     return this.ds.transaction(async (m) => {
       const rows = await preparedQuery<T>(m, sql, params);
       await apply(m);
@@ -222,7 +223,7 @@ export class JobStore {
     };
     const latest = apply
       ? await this.ds.transaction(async (m) => {
-          const [row] = await this.writeCompletions(m, [input]);
+          const [row] = await this.writeCompletions((sql, params) => preparedQuery(m, sql, params), [input]);
           await apply(m);
           return row;
         })
@@ -232,7 +233,7 @@ export class JobStore {
   }
 
   private readonly completions = createBatcher<Completion, boolean | null>((inputs) =>
-    this.writeCompletions(this.ds, inputs),
+    this.writeCompletions((sql, params) => this.hot.query(sql, params), inputs),
   );
 
   /**
@@ -241,11 +242,10 @@ export class JobStore {
    * records, then `job.completed`.
    */
   private async writeCompletions(
-    on: DataSource | EntityManager,
+    run: (sql: string, params: unknown[]) => Promise<Record<string, unknown>[]>,
     inputs: readonly Completion[],
   ): Promise<(boolean | null)[]> {
-    const rows = await preparedQuery<{ id: string; latest: boolean | null }>(
-      on,
+    const rows = (await run(
       `WITH
        i AS (SELECT * FROM jsonb_to_recordset($3::jsonb)
                     AS i(id uuid, result jsonb, sync boolean, status text, ip text, steps jsonb, ord int)),
@@ -279,7 +279,7 @@ export class JobStore {
         inputs.flatMap((i) => (i.containerId ? [i.containerId] : [])),
         JSON.stringify(inputs.map(({ containerId: _, ...input }, ord) => ({ ...input, ord }))),
       ],
-    );
+    )) as { id: string; latest: boolean | null }[];
     const byId = new Map(rows.map((r) => [r.id, r.latest]));
     return inputs.map((input) => byId.get(input.id) ?? null);
   }
