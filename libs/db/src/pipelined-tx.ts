@@ -1,4 +1,4 @@
-import { Pool, type PoolClient, type QueryResultRow } from 'pg';
+import { Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg';
 import { statementName } from './prepared';
 
 /** A transaction on a pipelined connection (see pipelinedTransaction). */
@@ -11,6 +11,13 @@ export interface SqlTx {
   query<T extends QueryResultRow = Record<string, unknown>>(text: string, params?: unknown[]): Promise<T[]>;
   /** Runs `fn` right after the transaction committed (not after a rollback). */
   onCommit(fn: () => void): void;
+  /**
+   * Sends the COMMIT now, right behind the statements already sent, instead of after `fn` returns: the
+   * commit's round trip overlaps theirs. If one of them fails, PostgreSQL answers the COMMIT with a
+   * rollback and the transaction fails. After this, `fn` must only read the answers (a later statement
+   * would run outside the transaction, and an error thrown for any other reason cannot undo the commit).
+   */
+  commit(): void;
 }
 
 /**
@@ -36,8 +43,8 @@ export function createPipelinedPool(url: string, max = 10): Pool {
 
 /**
  * Runs `fn` in a transaction whose `BEGIN` travels with its first statement and whose `COMMIT` is the
- * only round trip after its last one. A COMMIT that PostgreSQL answers with ROLLBACK (a statement failed
- * and `fn` went on) is an error, not a silent loss.
+ * only round trip after its last one (or none: see SqlTx.commit). A COMMIT that PostgreSQL answers with
+ * ROLLBACK (a statement failed and `fn` went on) is an error, not a silent loss.
  */
 export async function pipelinedTransaction<T>(pool: Pool, fn: (tx: SqlTx) => Promise<T>): Promise<T> {
   const client: PoolClient = await pool.connect();
@@ -45,15 +52,24 @@ export async function pipelinedTransaction<T>(pool: Pool, fn: (tx: SqlTx) => Pro
   let broken: Error | undefined;
   const begin = client.query('BEGIN');
   begin.catch(() => undefined);
+  let commit: Promise<QueryResult> | undefined;
+  const sendCommit = (): Promise<QueryResult> => {
+    if (!commit) {
+      commit = client.query('COMMIT');
+      commit.catch(() => undefined);
+    }
+    return commit;
+  };
   try {
     const tx: SqlTx = {
       query: async <R extends QueryResultRow>(text: string, params: unknown[] = []) =>
         (await client.query<R>({ name: statementName(text), text, values: params })).rows,
       onCommit: (f) => committed.push(f),
+      commit: () => void sendCommit(),
     };
     const result = await fn(tx);
     await begin;
-    const end = await client.query('COMMIT');
+    const end = await sendCommit();
     if (end.command !== 'COMMIT')
       throw new Error('transaction rolled back at commit (a statement in it failed)');
     for (const f of committed) f();

@@ -63,6 +63,33 @@ describe('pipelined transactions and prepared statements', () => {
     expect(await rows()).toEqual([{ id: 1, v: 'a' }]);
   });
 
+  it('commit() sends the COMMIT behind the statements in flight; a failed one turns it into a rollback', async () => {
+    const committed: string[] = [];
+    await pipelinedTransaction(pool, async (tx) => {
+      tx.onCommit(() => committed.push('after commit'));
+      const a = tx.query(`INSERT INTO ${table} (id, v) VALUES ($1, $2)`, [10, 'early']);
+      tx.commit();
+      await a;
+    });
+    expect(committed).toEqual(['after commit']);
+    expect(await ds.query(`SELECT v FROM ${table} WHERE id = 10`)).toEqual([{ v: 'early' }]);
+
+    const failed = pipelinedTransaction(pool, async (tx) => {
+      tx.onCommit(() => committed.push('never'));
+      const ok = tx.query(`INSERT INTO ${table} (id, v) VALUES ($1, $2)`, [11, 'lost']);
+      const dup = tx.query(`INSERT INTO ${table} (id, v) VALUES ($1, $2)`, [10, 'duplicate']);
+      tx.commit();
+      const [, d] = await Promise.allSettled([ok, dup]);
+      if (d.status === 'rejected') throw d.reason;
+    });
+    await expect(failed).rejects.toMatchObject({ code: '23505' });
+    expect(committed).toEqual(['after commit']);
+    expect(await ds.query(`SELECT id FROM ${table} WHERE id = 11`)).toEqual([]);
+    // The connection went back to the pool usable: the next transaction on it works.
+    await pipelinedTransaction(pool, (tx) => tx.query(`DELETE FROM ${table} WHERE id = 10`));
+    expect(await ds.query(`SELECT id FROM ${table} WHERE id = 10`)).toEqual([]);
+  });
+
   it('rolls everything back when fn throws, and onCommit never runs', async () => {
     const committed: string[] = [];
     await expect(

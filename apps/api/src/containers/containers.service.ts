@@ -34,8 +34,8 @@ export class ContainersService {
   ) {}
 
   /**
-   * One pipelined transaction (see PipelinedPool): placement under its lock, then the container row and its
-   * create job written back to back without waiting for each other, then the commit.
+   * One pipelined transaction (see PipelinedPool): placement under its lock, then the container row, its
+   * create job and the commit sent back to back without waiting for each other (two round trips).
    */
   async create(dto: CreateContainerDto, principal: Principal): Promise<Accepted> {
     return this.pipelined.transaction(async (tx) => {
@@ -88,7 +88,9 @@ export class ContainersService {
           start,
         },
       });
-      // Both are on the wire; when the insert fails the enqueue fails with it (the transaction is aborted).
+      // Both are on the wire, and the COMMIT right behind them; when the insert fails the enqueue fails
+      // with it (the transaction is aborted) and the COMMIT rolls back.
+      tx.commit();
       const [inserted, enqueued] = await Promise.allSettled([insert, enqueue]);
       if (inserted.status === 'rejected') {
         if ((inserted.reason as { code?: string }).code === '23505') {
