@@ -28,14 +28,24 @@ export interface SqlTx {
  * Its prepared statements always run their generic plan (`plan_cache_mode = force_generic_plan`): the hot
  * statements take their rows as `jsonb` and their keys as `= ANY($n)` arrays, for which PostgreSQL would
  * otherwise keep choosing a custom plan (the generic one estimates more rows) and plan the whole CTE again
- * at every execution, which costs more than running it. Their generic plans use the primary keys.
+ * at every execution, which costs more than running it. A generic plan is kept for the connection's life,
+ * though, and one made while a table was small (a new install, a fresh database) scans and hashes the
+ * whole table at every execution once it has grown. The hot statements are key lookups by design, so this
+ * pool also takes sequential scans, hash joins and merge joins off the planner's menu: its plans are
+ * index lookups and nested loops whatever the statistics say. (A statement that must read a whole table
+ * still can, through an index.)
  */
 export function createPipelinedPool(url: string, max = 10): Pool {
   return new Pool({
     connectionString: url,
     max,
     pipeline: true,
-    options: '-c plan_cache_mode=force_generic_plan',
+    options: [
+      '-c plan_cache_mode=force_generic_plan',
+      '-c enable_seqscan=off',
+      '-c enable_hashjoin=off',
+      '-c enable_mergejoin=off',
+    ].join(' '),
     connectionTimeoutMillis: 3_000,
     query_timeout: 15_000,
   } as ConstructorParameters<typeof Pool>[0]);

@@ -27,7 +27,7 @@ describe('pipelined transactions and prepared statements', () => {
   });
   const rows = () => ds.query(`SELECT id, v FROM ${table} ORDER BY id`);
 
-  it('runs its prepared statements on their generic plan (no planning per execution)', async () => {
+  it('runs its prepared statements on their generic plan (no planning per execution), by key', async () => {
     const client = await pool.connect();
     try {
       const text = `SELECT id FROM ${table} WHERE id = ANY($1::int[])`;
@@ -40,6 +40,12 @@ describe('pipelined transactions and prepared statements', () => {
         ])
       ).rows;
       expect(plans).toEqual({ generic_plans: '8', custom_plans: '0' });
+      // Made while the table is tiny, that plan still looks rows up by key (no scan of the whole table to
+      // grow with it): the pool's planner settings.
+      const explained = await client.query(`EXPLAIN EXECUTE ${statementName(text)}('{1,2}')`);
+      const plan = explained.rows.map((r: { 'QUERY PLAN': string }) => r['QUERY PLAN']).join('\n');
+      expect(plan).toMatch(/(Index (Only )?Scan using|Bitmap Index Scan on) pipelined_tx_\d+_pkey/);
+      expect(plan).not.toMatch(/Seq Scan/);
     } finally {
       client.release();
     }
