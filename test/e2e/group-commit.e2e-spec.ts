@@ -140,15 +140,18 @@ describeKernel(
       const count = async () =>
         (await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id]))[0].n;
       const before = await count();
-      const refused = await enqueuer.submit({
-        kind: 'container.start',
-        payload: { containerId: id, name: 'gc-guard' },
-        hostId: made.body.container.hostId,
-        containerId: id,
-        principal,
-        targetState: 'running',
-        expectTargetState: 'paused',
-      });
+      /** A request for this container as ContainersService.operate makes it. */
+      const operation = (kind: 'container.start' | 'container.stop', targetState: string, expect: string) =>
+        enqueuer.submit({
+          kind,
+          payload: { containerId: id, name: 'gc-guard' },
+          hostId: made.body.container.hostId,
+          containerId: id,
+          principal,
+          targetState,
+          expectTargetState: expect,
+        });
+      const refused = await operation('container.start', 'running', 'paused');
       expect(refused).toBeNull();
       expect(await count()).toBe(before);
       const [row] = await p.ds.query(`SELECT target_state, job_seq FROM containers WHERE id = $1`, [id]);
@@ -157,24 +160,8 @@ describeKernel(
       // Two requests for one container at once: one job per container per statement, so the second is
       // written after the first, checked against the target state the first left.
       const [start, stop] = await Promise.all([
-        enqueuer.submit({
-          kind: 'container.start',
-          payload: { containerId: id, name: 'gc-guard' },
-          hostId: made.body.container.hostId,
-          containerId: id,
-          principal,
-          targetState: 'running',
-          expectTargetState: 'stopped',
-        }),
-        enqueuer.submit({
-          kind: 'container.stop',
-          payload: { containerId: id, name: 'gc-guard' },
-          hostId: made.body.container.hostId,
-          containerId: id,
-          principal,
-          targetState: 'stopped',
-          expectTargetState: 'running',
-        }),
+        operation('container.start', 'running', 'stopped'),
+        operation('container.stop', 'stopped', 'running'),
       ]);
       const seqs = await p.ds.query(`SELECT id, container_seq FROM jobs WHERE id = ANY($1::uuid[])`, [
         [start!.id, stop!.id],
