@@ -65,6 +65,31 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     );
   });
 
+  it('creates racing for the last room: exactly as many are accepted as fit, the others get 503', async () => {
+    const [{ free }] = await c.ds.query(
+      `SELECT h.memory_bytes - COALESCE((SELECT sum(memory_bytes) FROM containers
+                                         WHERE host_id = h.id AND destroyed_at IS NULL), 0) AS free
+       FROM hosts h WHERE h.id = $1`,
+      [hostId],
+    );
+    // Two of these fit in what is free, three do not.
+    const memoryBytes = Math.floor(Number(free) / 3) + 1;
+    const answers = await Promise.all(
+      Array.from({ length: 6 }, () => create({ name: name(), ...small, memoryBytes, start: false })),
+    );
+    const statuses = answers.map((r) => r.status).sort();
+    expect(statuses).toEqual([202, 202, 503, 503, 503, 503]);
+    for (const r of answers.filter((a) => a.status === 503)) expect(r.body.code).toBe('NO_CAPACITY');
+    const accepted = answers.filter((a) => a.status === 202);
+    for (const r of accepted) expect(await wait(r.body.job.id)).toMatchObject({ state: 'completed' });
+    // Give the room back for the cases after this one.
+    for (const r of accepted) {
+      const del = await c.http().delete(`/v1/containers/${r.body.container.id}`).set(c.auth());
+      expect(del.status).toBe(202);
+      expect(await wait(del.body.job.id)).toMatchObject({ state: 'completed' });
+    }
+  }, 120_000);
+
   it('an explicit host is honoured, or refused with the reason; an unknown one is 422', async () => {
     const res = await create({ name: name(), ...small, host: hostId });
     expect(res.status).toBe(202);

@@ -39,32 +39,28 @@ export class PlacementService {
 
   /**
    * The host for a new container, and its template. Takes the placement lock (held to the end of the
-   * caller's transaction) in the same round trip as the template lookup; the hosts are read in the next
-   * statement, whose snapshot sees every create committed before the lock was granted.
+   * caller's transaction) with the template lookup; the hosts are read by the next statement, sent with it
+   * (one round trip on a pipelined connection), whose snapshot sees every create committed before the
+   * lock was granted.
    */
   async place(
     m: EntityManager | SqlTx,
     req: PlacementRequest,
   ): Promise<{ id: string; name: string; template: { id: string; name: string } }> {
-    const [template] = await preparedQuery<{ id: string | null; name: string | null }>(
+    // Both statements go out at once; PostgreSQL runs them in order, so the second one's snapshot is
+    // taken once the first holds the lock.
+    const templateQuery = preparedQuery<{ id: string | null; name: string | null }>(
       m,
       `SELECT t.id, t.name FROM (SELECT pg_advisory_xact_lock(hashtext('berth.placement'))) l
        LEFT JOIN templates t ON t.name = $1`,
       [req.template],
     );
-    if (!template?.id) {
-      throw new ApiError(
-        HttpStatus.UNPROCESSABLE_ENTITY,
-        'TEMPLATE_NOT_FOUND',
-        `template ${req.template} does not exist`,
-      );
-    }
-    const hosts = await preparedQuery<Candidate>(
+    const hostsQuery = preparedQuery<Candidate>(
       m,
       `SELECT h.id, h.name, h.draining,
               (h.state = 'online' AND h.last_heartbeat_at >= now() - make_interval(secs => $2::float / 1000)) AS online,
-              EXISTS (SELECT 1 FROM template_replicas r WHERE r.host_id = h.id AND r.template_id = $1
-                      AND r.state = 'ready') AS has_template,
+              EXISTS (SELECT 1 FROM template_replicas r JOIN templates t ON t.id = r.template_id
+                      WHERE r.host_id = h.id AND t.name = $1 AND r.state = 'ready') AS has_template,
               h.cpu_count * ${CPU_OVERCOMMIT} - COALESCE(u.cpus, 0) AS cpu_free,
               h.memory_bytes - COALESCE(u.mem, 0) AS mem_free,
               h.disk_bytes - COALESCE(u.disk, 0) AS disk_free
@@ -74,9 +70,21 @@ export class PlacementService {
        ${req.hostId ? 'WHERE h.id = $3' : ''}
        ORDER BY h.memory_bytes - COALESCE(u.mem, 0) DESC, h.name`,
       req.hostId
-        ? [template.id, this.config.host.offlineAfterMs, req.hostId]
-        : [template.id, this.config.host.offlineAfterMs],
+        ? [req.template, this.config.host.offlineAfterMs, req.hostId]
+        : [req.template, this.config.host.offlineAfterMs],
     );
+    const [templateRows, hostRows] = await Promise.allSettled([templateQuery, hostsQuery]);
+    if (templateRows.status === 'rejected') throw templateRows.reason;
+    const [template] = templateRows.value;
+    if (!template?.id) {
+      throw new ApiError(
+        HttpStatus.UNPROCESSABLE_ENTITY,
+        'TEMPLATE_NOT_FOUND',
+        `template ${req.template} does not exist`,
+      );
+    }
+    if (hostRows.status === 'rejected') throw hostRows.reason;
+    const hosts = hostRows.value;
     const reasons: string[] = [];
     for (const h of hosts) {
       const why = this.unfit(h, req);
