@@ -2,6 +2,7 @@ import { request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Client } from 'pg';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
+import { JobsService } from '../../apps/api/src/jobs/jobs.service';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, type Pipeline } from '@test/support/pipeline';
@@ -241,6 +242,60 @@ describe('jobs API: filters, pagination, long-poll', () => {
     const again = await a.http().get(`/v1/jobs/${job}/wait?timeout=30`).set(a.auth());
     expect(again.body.state).toBe('completed');
     expect(Date.now() - t1).toBeLessThan(1_000);
+  });
+
+  it('a long-poll reads the job again only when a notification may be its end', async () => {
+    const job = all[1];
+    const jobs = a.api.get(JobsService);
+    const get = jobs.get.bind(jobs);
+    let reads = 0;
+    jobs.get = (id: string) => {
+      if (id === job) reads++;
+      return get(id);
+    };
+    try {
+      const waiting = a
+        .http()
+        .get(`/v1/jobs/${job}/wait?timeout=30`)
+        .set(a.auth())
+        .then((r) => r);
+      // Its first look, then the look it takes once it listens.
+      while (reads < 2) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 50));
+      const before = reads;
+      // What a worker writes while the job runs and when it ends, from another connection: each audit
+      // event notifies the API with its action.
+      const other = new Client({ connectionString: a.databaseUrl });
+      await other.connect();
+      const event = (action: string, data: object) =>
+        other.query(
+          `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+           VALUES ('test', $2, 'job', $1, $1, $3)`,
+          [job, action, JSON.stringify(data)],
+        );
+      try {
+        await event('job.active', { attempt: 1 });
+        await event('job.step.done', { step: 'clone' });
+        await event('job.step.done', { step: 'start' });
+        await new Promise((r) => setTimeout(r, 200));
+        // Three changes, none of them an end: the job was not read again.
+        expect(reads).toBe(before);
+        await other.query('BEGIN');
+        await other.query(
+          `UPDATE jobs SET state = 'completed', finished_at = now(), updated_at = now() WHERE id = $1`,
+          [job],
+        );
+        await event('job.completed', { result: {} });
+        await other.query('COMMIT');
+      } finally {
+        await other.end();
+      }
+      const res = await waiting;
+      expect(res.body.state).toBe('completed');
+      expect(reads).toBe(before + 1);
+    } finally {
+      jobs.get = get;
+    }
   });
 });
 

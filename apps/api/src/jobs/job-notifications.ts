@@ -4,9 +4,9 @@ import { Client } from 'pg';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 
 /**
- * One LISTEN connection on `berth_job` (fired by a trigger on every audit event of a job: each job
- * transition writes one in its own transaction, so it fires once per change, at commit), fanned out to
- * waiters by job id: long-polls and event streams wake at once instead of polling the database.
+ * One LISTEN connection on `berth_job` (fired by a trigger on every audit event of a job, at commit, with
+ * the event's action), fanned out to waiters by job id: long-polls and event streams wake at once instead
+ * of polling the database.
  */
 @Injectable()
 export class JobNotifications implements OnApplicationBootstrap, OnApplicationShutdown {
@@ -26,7 +26,10 @@ export class JobNotifications implements OnApplicationBootstrap, OnApplicationSh
     if (this.stopped) return;
     const client = new Client({ connectionString: this.config.database.url });
     client.on('notification', (n) => {
-      if (n.payload) this.emitter.emit(n.payload);
+      if (!n.payload) return;
+      // `<job id> <audit action>` (see migration JobNotifyAction); a bare id from an older writer.
+      const [jobId, action] = n.payload.split(' ');
+      this.emitter.emit(jobId, action);
     });
     client.on('error', () => {
       client.end().catch(() => undefined);
@@ -42,8 +45,12 @@ export class JobNotifications implements OnApplicationBootstrap, OnApplicationSh
     }
   }
 
-  /** Calls `fn` on every change of job `jobId` until the returned function is called. */
-  subscribe(jobId: string, fn: () => void): () => void {
+  /**
+   * Calls `fn` on every change of job `jobId`, with the change's audit action (`job.active`,
+   * `job.step.done`, `job.completed`, …; undefined when the writer did not say), until the returned
+   * function is called.
+   */
+  subscribe(jobId: string, fn: (action?: string) => void): () => void {
     this.emitter.on(jobId, fn);
     return () => this.emitter.off(jobId, fn);
   }

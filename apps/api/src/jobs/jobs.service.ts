@@ -10,6 +10,9 @@ import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
 import { FINAL_JOB_STATES, toJobView, type JobRow, type JobView } from './job-view';
 import { JobNotifications } from './job-notifications';
 
+/** Audit actions of a job that never leave it ended: a long-poll does not look again on these. */
+const NOT_AN_END = new Set(['job.queued', 'job.active', 'job.step.done', 'job.retry']);
+
 export interface JobFilters {
   state?: string;
   kind?: string;
@@ -130,7 +133,11 @@ export class JobsService {
           (e: unknown) => finish(Promise.reject(e)),
         );
       };
-      const unsubscribe = this.notifications.subscribe(id, check);
+      // Only an end can answer the long-poll: the marks and step records of a running job do not make it
+      // read the job again (an action it does not know, or none, does).
+      const unsubscribe = this.notifications.subscribe(id, (action) => {
+        if (!action || !NOT_AN_END.has(action)) check();
+      });
       // Safety net for a lost notification (LISTEN connection re-established in between).
       const safety = setInterval(check, 1_000);
       const timer = setTimeout(() => finish(this.get(id)), timeoutMs);
@@ -138,7 +145,7 @@ export class JobsService {
     });
   }
 
-  subscribe(id: string, fn: () => void): () => void {
+  subscribe(id: string, fn: (action?: string) => void): () => void {
     return this.notifications.subscribe(id, fn);
   }
 

@@ -3,6 +3,7 @@ import { JobPipeline1764100000000 } from './1764100000000-job-pipeline';
 import { JobNotifyOnce1764200000000 } from './1764200000000-job-notify-once';
 import { DeferredNotify1764300000000 } from './1764300000000-deferred-notify';
 import { HotJobTransitions1764400000000 } from './1764400000000-hot-job-transitions';
+import { JobNotifyAction1764500000000 } from './1764500000000-job-notify-action';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -11,4 +12,5 @@ export const migrations = [
   JobNotifyOnce1764200000000,
   DeferredNotify1764300000000,
   HotJobTransitions1764400000000,
+  JobNotifyAction1764500000000,
 ];
