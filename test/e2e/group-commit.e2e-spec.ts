@@ -173,5 +173,42 @@ describeKernel(
       const [after] = await p.ds.query(`SELECT state, target_state FROM containers WHERE id = $1`, [id]);
       expect(after).toEqual({ state: 'stopped', target_state: 'stopped' });
     }, 60_000);
+
+    it('checks an operation again when its container changed meanwhile; one that keeps changing gets 409', async () => {
+      const [{ id }] = await p.ds.query(`SELECT id FROM containers WHERE name = 'gc-guard'`);
+      const jobsOf = async () =>
+        (await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id]))[0].n;
+      const submit = enqueuer.submit.bind(enqueuer);
+      let calls = 0;
+      try {
+        // Every guarded write finds the target state changed (as if other requests kept winning).
+        enqueuer.submit = async () => {
+          calls++;
+          return null;
+        };
+        const before = await jobsOf();
+        const refused = await p.http().post(`/v1/containers/${id}/start`).set(p.auth()).send({});
+        expect(refused.status).toBe(409);
+        expect(refused.body.code).toBe('CONCURRENT_CHANGE');
+        expect(calls).toBe(5);
+        expect(await jobsOf()).toBe(before);
+
+        // Another request changes the target state between this one's check and its write: the write is
+        // refused by its guard, the check is made again on the new row, and the request is accepted.
+        calls = 0;
+        enqueuer.submit = async (input) => {
+          if (++calls === 1)
+            await p.ds.query(`UPDATE containers SET target_state = 'error' WHERE id = $1`, [id]);
+          return submit(input);
+        };
+        const destroy = await p.http().delete(`/v1/containers/${id}`).set(p.auth());
+        expect(destroy.status).toBe(202);
+        expect(calls).toBe(2);
+        expect(await jobsOf()).toBe(before + 1);
+        expect((await waitJob(p, destroy.body.job.id)).state).toBe('completed');
+      } finally {
+        enqueuer.submit = submit;
+      }
+    }, 60_000);
   },
 );
