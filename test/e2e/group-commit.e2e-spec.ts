@@ -126,6 +126,15 @@ describeKernel(
       expect(of(ids[0])).toEqual(['job.active', 'job.active', 'first', 'second', 'job.completed']);
       expect(of(ids[1])).toEqual(['job.active', 'job.completed']);
       expect(of(ids[2])).toEqual(['job.active', 'job.completed']);
+      // Written again (as a batch retried input by input would): nothing changes, nothing is recorded twice.
+      await store.complete(claims[2].job!, { result: { n: 99 } });
+      const [rewritten] = await p.ds.query(`SELECT result FROM jobs WHERE id = $1`, [ids[2]]);
+      expect(rewritten.result).toEqual({ n: 2 });
+      const completions = await p.ds.query(
+        `SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = 'job.completed'`,
+        [ids[2]],
+      );
+      expect(completions).toEqual([{ n: 1 }]);
     });
 
     it('writes nothing for a container request whose target state changed after it was checked', async () => {

@@ -253,7 +253,9 @@ export class JobStore {
          UPDATE jobs SET state = 'completed', result = i.result, progress = '{"stage":"done","percent":100}',
                 error_code = NULL, error_message = NULL, error_step = NULL, finished_at = now(), updated_at = now()
          -- "= ANY($1)", "= ANY($2)": index scans (the planner cannot size i).
-         FROM i WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = i.id
+         -- A job completes once: written again (a batch retried input by input after an error that came
+         -- after its commit), it changes nothing and records nothing.
+         FROM i WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = i.id AND jobs.state <> 'completed'
          RETURNING jobs.id, jobs.kind, jobs.container_id, jobs.container_seq, i.result, i.sync, i.status, i.ip,
                    i.steps, i.ord),
        a AS (
