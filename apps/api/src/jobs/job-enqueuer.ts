@@ -45,16 +45,18 @@ export interface OutboxRow {
 const DEFERRED = 'berthDeferredJobNotify';
 
 /**
- * Writes a job inside the caller's transaction: the job row (with its place in the container's FIFO), its
- * `job.queued` audit event and the outbox row the relay publishes to the host's queue. Either all of it
- * commits with the caller's own rows, or none of it: exactly one enqueue per accepted request.
+ * Writes jobs: the job row (with its place in the container's FIFO), its `job.queued` audit event (and the
+ * request's own, when given) and the outbox row the relay publishes to the host's queue, in one statement
+ * (ENQUEUE). `enqueue` writes inside the caller's transaction, so all of it commits with the caller's own
+ * rows or none of it; `submit` writes a request that has no other rows, group-committed with the
+ * requests submitted meanwhile. Either way: exactly one enqueue per accepted request.
  *
- * Inside a transaction, the notifications (`berth_outbox` for the relays, `berth_job` for the jobs) are
- * sent after the commit rather than by the triggers (see the DeferredNotify migration: a durable
- * notifying commit serializes every other notifying commit behind its WAL flush). The deferral lasts for
- * the rest of the caller's transaction: outbox rows and audit events of the enqueued jobs written after
- * the enqueue are covered; an audit event of another job written after it in the same transaction would
- * wake its waiters only at their next safety re-check.
+ * The triggers' notifications (`berth_outbox`, `berth_job`) are off for the enqueue's transaction (see
+ * the DeferredNotify migration: a durable notifying commit serializes every other notifying commit behind
+ * its WAL flush): at the commit the outbox rows go to this process's relay, or a non-durable
+ * `berth_outbox` notification wakes the others. Nobody waits on a job that did not exist, so the new jobs
+ * send no `berth_job`. The deferral lasts for the rest of a caller's transaction: an audit event of
+ * another job written after the enqueue in it would wake its waiters only at their next safety re-check.
  */
 @Injectable()
 export class JobEnqueuer implements EntitySubscriberInterface {
