@@ -375,14 +375,23 @@ describeKernel(
       expect(err).toMatchObject({ code: 'KERNEL_ERROR', step: 'rootfs', errno: 2 });
       expect(processesMentioning(missing)).toEqual([]);
 
-      // a failure deep inside (init missing, after pivot_root) also cleans up: the cgroup is empty again
+      // a failure deep inside (init missing, after pivot_root) also cleans up: nothing of it stays in the cgroup
       const before = readFileSync(cgroupProcs()[1], 'utf8');
       const err2 = await launch('fail2', { init: ['/sbin/missing-init'], cgroupProcs: cgroupProcs() }).catch(
         (e: unknown) => e,
       );
       expect(err2).toMatchObject({ code: 'KERNEL_ERROR', step: 'exec', errno: 2 });
       expect(err2).toBeInstanceOf(RuntimeError);
-      expect(readFileSync(cgroupProcs()[1], 'utf8')).toBe(before);
+      // The failed supervisor has called _exit by now, but the kernel closes a dying task's files (the
+      // helper's report pipe: EOF) before it takes the task out of its cgroups: on a busy machine it can
+      // still be listed for a moment (and processes of the cases before may be leaving too). Whatever this
+      // start put in the cgroup must be gone shortly.
+      const pids = (text: string) => text.split('\n').filter(Boolean);
+      const joined = () =>
+        pids(readFileSync(cgroupProcs()[1], 'utf8')).filter((p) => !pids(before).includes(p));
+      const deadline = Date.now() + 2_000;
+      while (joined().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(joined()).toEqual([]);
       expect(processesMentioning('/sbin/missing-init')).toEqual([]);
     });
 
