@@ -2,11 +2,12 @@ import { Global, Module } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { dataSourceOptions } from './data-source';
+import { PgListener } from './pg-listener';
 import { PipelinedPool } from './pipelined-pool';
 
 /**
- * TypeORM for the apps, configured from BerthConfig, and the pool of the hot statements (PipelinedPool),
- * for every module. Migrations are run by `npm run migrate`, not here.
+ * TypeORM for the apps, configured from BerthConfig, the pool of the hot statements (PipelinedPool) and
+ * the process's LISTEN connection (PgListener), for every module. Migrations are run by `npm run migrate`, not here.
  */
 @Global()
 @Module({
@@ -21,7 +22,7 @@ import { PipelinedPool } from './pipelined-pool';
       }),
     }),
   ],
-  providers: [PipelinedPool],
-  exports: [TypeOrmModule, PipelinedPool],
+  providers: [PipelinedPool, PgListener],
+  exports: [TypeOrmModule, PipelinedPool, PgListener],
 })
 export class DbModule {}

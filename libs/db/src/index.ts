@@ -8,3 +8,4 @@ export * from './prepared';
 export * from './pipelined-tx';
 export * from './batcher';
 export * from './pipelined-pool';
+export * from './pg-listener';

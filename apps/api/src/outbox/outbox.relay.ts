@@ -7,10 +7,9 @@ import {
 } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { type JobsOptions, Queue } from 'bullmq';
-import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { preparedQuery } from '@berth/db';
+import { PgListener, preparedQuery } from '@berth/db';
 import { bullConnection, isJobKind, jobOptionsFor, type JobKind, type QueuedJobData } from '@berth/jobs';
 import { JobEnqueuer, type OutboxRow } from '../jobs/job-enqueuer';
 
@@ -32,7 +31,7 @@ import { JobEnqueuer, type OutboxRow } from '../jobs/job-enqueuer';
 export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly log = new Logger(OutboxRelay.name);
   private readonly queues = new Map<string, Queue>();
-  private listener?: Client;
+  private stopListening?: () => void;
   private timer?: NodeJS.Timeout;
   private draining = false;
   private again = false;
@@ -51,34 +50,19 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
     @InjectDataSource() private readonly ds: DataSource,
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
     private readonly enqueuer: JobEnqueuer,
+    private readonly listener: PgListener,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
     // Jobs enqueued by this process: handed over at their commit (NOTIFY covers the other processes).
     this.stopLocal = this.enqueuer.onCommitted((rows) => this.publishCommitted(rows));
     this.timer = setInterval(() => this.kick(), this.config.outbox.pollMs);
-    void this.listen();
-    this.kick();
-  }
-
-  private async listen(): Promise<void> {
-    if (this.stopped) return;
-    const client = new Client({ connectionString: this.config.database.url });
-    client.on('notification', () => this.kick());
-    client.on('error', () => {
-      this.listener = undefined;
-      client.end().catch(() => undefined);
-      setTimeout(() => void this.listen(), 1_000);
+    // Other processes' enqueues; (re)listening drains what was committed while the connection was down.
+    this.stopListening = this.listener.listen('berth_outbox', {
+      notify: () => this.kick(),
+      listening: () => this.kick(),
     });
-    try {
-      await client.connect();
-      await client.query('LISTEN berth_outbox');
-      this.listener = client;
-      this.kick();
-    } catch {
-      client.end().catch(() => undefined);
-      if (!this.stopped) setTimeout(() => void this.listen(), 1_000);
-    }
+    this.kick();
   }
 
   /** Requests a drain; concurrent requests coalesce into one more pass. */
@@ -227,7 +211,7 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
     this.stopped = true;
     this.stopLocal?.();
     if (this.timer) clearInterval(this.timer);
-    await this.listener?.end().catch(() => undefined);
+    this.stopListening?.();
     await Promise.all([...this.queues.values()].map((q) => q.close().catch(() => undefined)));
   }
 }
