@@ -244,7 +244,7 @@ describe('jobs API: filters, pagination, long-poll', () => {
     expect(Date.now() - t1).toBeLessThan(1_000);
   });
 
-  it('a long-poll reads the job again only when a notification may be its end', async () => {
+  it("a long-poll never reads the job again on a running job's notifications, and answers its end from the notification", async () => {
     const job = all[1];
     const jobs = a.api.get(JobsService);
     const get = jobs.get.bind(jobs);
@@ -292,6 +292,59 @@ describe('jobs API: filters, pagination, long-poll', () => {
       }
       const res = await waiting;
       expect(res.body.state).toBe('completed');
+      // The end's notification carried the job as it ended: not read again, and the same as a read.
+      expect(reads).toBe(before);
+      const read = await a.http().get(`/v1/jobs/${job}`).set(a.auth());
+      const { events: _events, ...asRead } = read.body;
+      expect(res.body).toEqual(asRead);
+    } finally {
+      jobs.get = get;
+    }
+  });
+
+  it('a job whose row does not fit in a notification is read back at its end', async () => {
+    const [{ id: job }] = await a.ds.query(
+      `INSERT INTO jobs (kind, state, host_id, params, requested_by)
+       VALUES ('system.noop', 'queued', $1, '{}', 'test') RETURNING id`,
+      [offlineHost],
+    );
+    const jobs = a.api.get(JobsService);
+    const get = jobs.get.bind(jobs);
+    let reads = 0;
+    jobs.get = (id: string) => {
+      if (id === job) reads++;
+      return get(id);
+    };
+    try {
+      const waiting = a
+        .http()
+        .get(`/v1/jobs/${job}/wait?timeout=30`)
+        .set(a.auth())
+        .then((r) => r);
+      while (reads < 2) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 50));
+      const before = reads;
+      const other = new Client({ connectionString: a.databaseUrl });
+      await other.connect();
+      // 9000 bytes of result: over PostgreSQL's 8000-byte payload with the rest of the row.
+      const big = 'x'.repeat(9_000);
+      try {
+        await other.query('BEGIN');
+        await other.query(
+          `UPDATE jobs SET state = 'completed', result = $2, finished_at = now(), updated_at = now() WHERE id = $1`,
+          [job, JSON.stringify({ big })],
+        );
+        await other.query(
+          `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+           VALUES ('test', 'job.completed', 'job', $1, $1, '{}')`,
+          [job],
+        );
+        await other.query('COMMIT');
+      } finally {
+        await other.end();
+      }
+      const res = await waiting;
+      expect(res.body).toMatchObject({ state: 'completed', result: { big } });
       expect(reads).toBe(before + 1);
     } finally {
       jobs.get = get;

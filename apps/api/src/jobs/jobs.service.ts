@@ -135,8 +135,10 @@ export class JobsService {
       };
       // Only an end can answer the long-poll: the marks and step records of a running job do not make it
       // read the job again (an action it does not know, or none, does).
-      const unsubscribe = this.notifications.subscribe(id, (action) => {
-        if (!action || !NOT_AN_END.has(action)) check();
+      // The job's end brings the job as it ended: answered without reading it back.
+      const unsubscribe = this.notifications.subscribe(id, (action, row) => {
+        if (row && FINAL_JOB_STATES.includes(row.state)) finish(Promise.resolve(toJobView(row)));
+        else if (!action || !NOT_AN_END.has(action)) check();
       });
       // Safety net for a lost notification (LISTEN connection re-established in between).
       const safety = setInterval(check, 1_000);

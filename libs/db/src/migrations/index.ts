@@ -4,6 +4,7 @@ import { JobNotifyOnce1764200000000 } from './1764200000000-job-notify-once';
 import { DeferredNotify1764300000000 } from './1764300000000-deferred-notify';
 import { HotJobTransitions1764400000000 } from './1764400000000-hot-job-transitions';
 import { JobNotifyAction1764500000000 } from './1764500000000-job-notify-action';
+import { JobNotifyRow1764600000000 } from './1764600000000-job-notify-row';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -13,4 +14,5 @@ export const migrations = [
   DeferredNotify1764300000000,
   HotJobTransitions1764400000000,
   JobNotifyAction1764500000000,
+  JobNotifyRow1764600000000,
 ];
