@@ -22,6 +22,9 @@ export class JobNotifications implements OnApplicationBootstrap, OnApplicationSh
   onApplicationBootstrap(): void {
     this.stop = this.listener.listen('berth_job', {
       notify: (payload) => {
+        // Every job's changes come here; only those of a job someone waits for are parsed further.
+        const space = payload.indexOf(' ');
+        if (this.emitter.listenerCount(space < 0 ? payload : payload.slice(0, space)) === 0) return;
         const n = parseJobNotification(payload);
         if (n) this.emitter.emit(n.jobId, n.action, n.row);
       },
