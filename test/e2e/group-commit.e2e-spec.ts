@@ -1,4 +1,5 @@
 import { Queue } from 'bullmq';
+import { Client } from 'pg';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { JobStore } from '../../apps/worker/src/jobs/job-store';
@@ -135,6 +136,74 @@ describeKernel(
         [ids[2]],
       );
       expect(completions).toEqual([{ n: 1 }]);
+    });
+
+    it('writes claims and completions made at the same moment in one statement, a job once per statement', async () => {
+      const jobs = await Promise.all(
+        Array.from({ length: 4 }, (_, n) =>
+          enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId: idleHost, principal }),
+        ),
+      );
+      const ids = jobs.map((j) => j!.id);
+      const store = p.worker.get(JobStore);
+      const [a, b] = await Promise.all([store.claim(ids[0], 1), store.claim(ids[1], 1)]);
+      // Completions of two jobs and claims of two others, all made in one tick: one statement, one commit.
+      await Promise.all([
+        store.complete(a.job!, { result: { n: 0 } }),
+        store.complete(b.job!, { result: { n: 1 } }),
+        store.claim(ids[2], 1),
+        store.claim(ids[3], 1),
+      ]);
+      expect(await xmins('jobs', ids)).toHaveLength(1);
+      const states = await p.ds.query(`SELECT id, state FROM jobs WHERE id = ANY($1::uuid[])`, [ids]);
+      const stateOf = (id: string) => states.find((r: { id: string }) => r.id === id).state;
+      expect(ids.map(stateOf)).toEqual(['completed', 'completed', 'active', 'active']);
+
+      // The same job completed and claimed again at once (a redelivery racing its first run): the claim
+      // goes in the statement after the completion, and finds the job ended.
+      const c = (await store.claim(ids[2], 1)).job!;
+      const [, again] = await Promise.all([store.complete(c, { result: { n: 2 } }), store.claim(ids[2], 2)]);
+      expect(again).toMatchObject({ activated: false, job: { id: ids[2], state: 'completed' } });
+      const events = await p.ds.query(
+        `SELECT action FROM audit_events WHERE job_id = $1 AND action <> 'job.queued' ORDER BY id`,
+        [ids[2]],
+      );
+      expect(events.map((e: { action: string }) => e.action)).toEqual([
+        'job.active',
+        'job.active',
+        'job.completed',
+      ]);
+    });
+
+    it("notifies a job's end with its row, and not its active mark", async () => {
+      const job = (await enqueuer.submit({
+        kind: 'system.noop',
+        payload: { n: 7 },
+        hostId: idleHost,
+        principal,
+      }))!;
+      const listener = new Client({ connectionString: testConfig(p.env).database.url });
+      const heard: string[] = [];
+      listener.on('notification', (n) => {
+        if (n.payload?.startsWith(job.id)) heard.push(n.payload.slice(job.id.length + 1));
+      });
+      await listener.connect();
+      try {
+        await listener.query('LISTEN berth_job');
+        const store = p.worker.get(JobStore);
+        const claimed = await store.claim(job.id, 1);
+        expect(claimed.activated).toBe(true);
+        await store.complete(claimed.job!, { result: { n: 7 } });
+        for (const t0 = Date.now(); heard.length === 0 && Date.now() - t0 < 5_000;)
+          await new Promise((r) => setTimeout(r, 10));
+        await new Promise((r) => setTimeout(r, 100));
+        expect(heard).toHaveLength(1);
+        const [action, ...row] = heard[0].split(' ');
+        expect(action).toBe('job.completed');
+        expect(JSON.parse(row.join(' '))).toMatchObject({ id: job.id, state: 'completed', result: { n: 7 } });
+      } finally {
+        await listener.end();
+      }
     });
 
     it('writes nothing for a container request whose target state changed after it was checked', async () => {

@@ -6,7 +6,7 @@ import type { JobRow } from './job-view';
 
 /**
  * `berth_job` notifications (a trigger on the audit events of jobs sends them at commit, with the event's
- * action; the worker's `job.active` mark is silent, see JobStore's SILENT), fanned out to waiters by job id:
+ * action; the worker's `job.active` mark is silent, see migration JobActiveSilent), fanned out to waiters by job id:
  * long-polls and event streams wake at once instead of polling the database. On the process's shared
  * LISTEN connection (PgListener).
  */

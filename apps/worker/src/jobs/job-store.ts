@@ -25,8 +25,9 @@ export interface JobFailure {
 
 const ACTOR = 'system:worker';
 
-/** The job's audit subject: its container when it has one, else the job itself. */
-const SUBJECT = `CASE WHEN u.container_id IS NULL THEN 'job' ELSE 'container' END, COALESCE(u.container_id, u.id)`;
+/** The audit subject of the job in row `r`: its container when it has one, else the job itself. */
+const subject = (r: string) =>
+  `CASE WHEN ${r}.container_id IS NULL THEN 'job' ELSE 'container' END, COALESCE(${r}.container_id, ${r}.id)`;
 
 /**
  * `INSERT INTO audit_events … SELECT … FROM u` for the job updated by the CTE `u` (which must return `id`,
@@ -35,7 +36,7 @@ const SUBJECT = `CASE WHEN u.container_id IS NULL THEN 'job' ELSE 'container' EN
  */
 const auditFromUpdate = (action: string, data: string) =>
   `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
-   SELECT '${ACTOR}', '${action}', ${SUBJECT}, u.id, jsonb_build_object('kind', u.kind) || ${data} FROM u`;
+   SELECT '${ACTOR}', '${action}', ${subject('u')}, u.id, jsonb_build_object('kind', u.kind) || ${data} FROM u`;
 
 /**
  * Sets `synchronous_commit = off` for the statement's own implicit transaction (set_config(…, true) lasts
@@ -43,18 +44,6 @@ const auditFromUpdate = (action: string, data: string) =>
  * which records may be written this way.
  */
 const RELAXED = `relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)`;
-
-/**
- * Keeps the statement's audit events from notifying `berth_job` (the trigger is silent while
- * `berth.defer_notify` is on; set_config(…, true): this statement's transaction only). For the `active`
- * mark: a long-poll waits for a job's end and ignores it, and an event stream shows it with the job's next
- * event (its first step record, its end) or at its 2 s re-check. Why not notify: a notifying commit takes
- * PostgreSQL's global notify lock, held through the commit of every other notifying transaction including
- * their WAL flush, and wakes every listening connection of the database: the claims, relaxed writes on
- * every job's critical path, queued behind the durable completions of other jobs (bench: a claim took
- * 2.7 ms instead of 1.3 ms at 4 jobs at once, and throughput fell by a third).
- */
-const SILENT = `silent AS (SELECT set_config('berth.defer_notify', 'on', true) AS v)`;
 
 /** A job's completion as the completion statement takes it (see JobStore.complete). */
 interface Completion {
@@ -81,6 +70,108 @@ export interface JobClaim {
   doneSteps: Set<string>;
 }
 
+/** One write of the hot statement (JobStore.writes): a claim or a completion. */
+type HotWrite = { claim: { id: string; attempt: number } } | { complete: Completion };
+
+/** A row of the hot statement's answer: a claim's (op `claim`) or a completion's (op `complete`). */
+interface HotRow {
+  op: 'claim' | 'complete';
+  id: string;
+  /** Claim: the job as it was before the claim; null when Postgres does not know it. */
+  job: StoredJob | null;
+  blocked: boolean | null;
+  activated: boolean | null;
+  done_steps: string[] | null;
+  /** Completion: whether the job is its container's latest (null when the container row was not written). */
+  latest: boolean | null;
+}
+
+/**
+ * The claims' part of the hot statement (CTEs ci … ca; rows: CLAIM_ROWS). `$p`: the job ids, `$p+1`: the
+ * claims as JSON (id, attempt). `relaxed`: the statement is claims only, its commit need not be flushed.
+ */
+const claimCtes = (p: number, relaxed: boolean) => `
+  ci AS (SELECT * FROM jsonb_to_recordset($${p + 1}::jsonb) AS i(id uuid, attempt int)),
+  -- "= ANY($${p})" (the ids again, as an array) makes these index scans: the planner cannot size ci.
+  cj AS (SELECT * FROM jobs WHERE id = ANY($${p}::uuid[])),
+  cb AS (SELECT cj.id, EXISTS (
+           SELECT 1 FROM jobs e
+           WHERE cj.container_id IS NOT NULL AND cj.container_seq IS NOT NULL
+             AND e.container_id = cj.container_id AND e.container_seq < cj.container_seq
+             AND e.state IN ('queued', 'active', 'waiting-retry')) AS blocked
+         FROM cj),
+  cu AS (UPDATE jobs SET state = 'active', attempts = ci.attempt, started_at = COALESCE(started_at, now()),
+                         updated_at = now()
+         FROM ci, cb${relaxed ? ', relaxed' : ''}
+         WHERE jobs.id = ANY($${p}::uuid[]) AND jobs.id = ci.id AND cb.id = ci.id
+           AND jobs.state IN ('queued', 'active', 'waiting-retry') AND NOT cb.blocked
+         RETURNING jobs.id, jobs.kind, jobs.container_id, ci.attempt),
+  ca AS (INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+         SELECT '${ACTOR}', 'job.active', ${subject('cu')}, cu.id,
+                jsonb_build_object('kind', cu.kind, 'attempt', cu.attempt)
+         FROM cu)`;
+
+/** Each claim's answer: the job before the claim, blocked, activated, the steps an earlier attempt did. */
+const CLAIM_ROWS = `
+  SELECT 'claim' AS op, ci.id,
+         CASE WHEN cj.id IS NULL THEN NULL ELSE jsonb_build_object(
+           'id', cj.id, 'kind', cj.kind, 'state', cj.state, 'container_id', cj.container_id,
+           'host_id', cj.host_id, 'container_seq', cj.container_seq, 'params', cj.params,
+           'attempts', cj.attempts, 'max_attempts', cj.max_attempts) END AS job,
+         COALESCE(cb.blocked, false) AS blocked,
+         EXISTS (SELECT 1 FROM cu WHERE cu.id = ci.id) AS activated,
+         ARRAY(SELECT data->>'step' FROM audit_events
+               WHERE job_id = ci.id AND action = 'job.step.done') AS done_steps,
+         NULL::boolean AS latest
+  FROM ci LEFT JOIN cj ON cj.id = ci.id LEFT JOIN cb ON cb.id = ci.id`;
+
+/**
+ * The completions' part of the hot statement (CTEs i … c; rows: COMPLETION_ROWS). `$p`: the job ids,
+ * `$p+1`: their containers' ids, `$p+2`: the completions as JSON (completionParams). A job's events are
+ * inserted in order: its step records, then `job.completed`.
+ */
+const completionCtes = (p: number) => `
+  i AS (SELECT * FROM jsonb_to_recordset($${p + 2}::jsonb)
+               AS i(id uuid, result jsonb, sync boolean, status text, ip text, steps jsonb, ord int)),
+  u AS (
+    UPDATE jobs SET state = 'completed', result = i.result, progress = '{"stage":"done","percent":100}',
+           error_code = NULL, error_message = NULL, error_step = NULL, finished_at = now(), updated_at = now()
+    -- "= ANY($${p})", "= ANY($${p + 1})": index scans (the planner cannot size i).
+    -- A job completes once: written again (a batch retried input by input after an error that came
+    -- after its commit), it changes nothing and records nothing.
+    FROM i WHERE jobs.id = ANY($${p}::uuid[]) AND jobs.id = i.id AND jobs.state <> 'completed'
+    RETURNING jobs.id, jobs.kind, jobs.container_id, jobs.container_seq, i.result, i.sync, i.status, i.ip,
+              i.steps, i.ord),
+  a AS (
+    INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+    SELECT '${ACTOR}', e.action, ${subject('u')}, u.id, jsonb_build_object('kind', u.kind) || e.data
+    FROM u, LATERAL (
+      SELECT x.ord, 'job.step.done' AS action, jsonb_build_object('step', x.step) AS data
+      FROM jsonb_array_elements_text(u.steps) WITH ORDINALITY AS x(step, ord)
+      UNION ALL SELECT 9223372036854775807, 'job.completed', jsonb_build_object('result', u.result)
+    ) e
+    ORDER BY u.ord, e.ord),
+  c AS (
+    UPDATE containers SET state = u.status, ip_address = u.ip::inet, error_code = NULL, version = version + 1,
+           updated_at = now(),
+           -- Re-evaluated on the newest row version when a concurrent enqueue got the row first.
+           target_state = CASE WHEN containers.job_seq = u.container_seq THEN u.status
+                               ELSE containers.target_state END
+    FROM u WHERE u.sync AND containers.id = ANY($${p + 1}::uuid[]) AND containers.id = u.container_id
+    RETURNING u.id, containers.job_seq = u.container_seq AS latest)`;
+
+/** Each completion's answer: whether its job is its container's latest (null: container row not written). */
+const COMPLETION_ROWS = `
+  SELECT 'complete' AS op, i.id, NULL::jsonb AS job, NULL::boolean AS blocked, NULL::boolean AS activated,
+         NULL::text[] AS done_steps, c.latest
+  FROM i LEFT JOIN c ON c.id = i.id`;
+
+const completionParams = (inputs: readonly Completion[]) => [
+  inputs.map((i) => i.id),
+  inputs.flatMap((i) => (i.containerId ? [i.containerId] : [])),
+  JSON.stringify(inputs.map(({ containerId: _, ...input }, ord) => ({ ...input, ord }))),
+];
+
 /**
  * The worker's writes to Postgres: every job transition with its audit event, atomically (one statement with
  * a data-modifying CTE, or one transaction when the handler adds its own changes).
@@ -102,64 +193,74 @@ export class JobStore {
    * Loads the job, checks per-container FIFO, marks it active with its `job.active` event (when it is
    * pending and not blocked) and reads its finished steps: one statement instead of a load, a FIFO query,
    * a 4-statement transaction and a steps query. The update re-checks the row's state under its lock, so a
-   * job cancelled meanwhile is not activated. A relaxed write (see `relaxed`) that notifies nobody (see
-   * SILENT). Claims made while one is being written go together in the next statement (createBatcher).
+   * job cancelled meanwhile is not activated. A relaxed write (see `relaxed`) when it goes alone; the
+   * `job.active` event notifies nobody (migration JobActiveSilent). Goes with the other claims and
+   * completions made while a statement is in flight (see `writes`).
    */
   claim(id: string, attempt: number): Promise<JobClaim> {
-    return this.claims({ id, attempt });
+    return this.writes({ claim: { id, attempt } }) as Promise<JobClaim>;
   }
 
-  private readonly claims = createBatcher<{ id: string; attempt: number }, JobClaim>(async (inputs) => {
-    type Row = Partial<StoredJob> & {
-      claim_id: string;
-      claim_blocked: boolean;
-      claim_activated: boolean;
-      claim_done_steps: string[];
-    };
-    const rows = await this.hot.query<Row>(
-      `WITH ${RELAXED}, ${SILENT},
-       i AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS i(id uuid, attempt int)),
-       -- "= ANY($1)" (the ids again, as an array) makes these index scans: the planner cannot size i.
-       j AS (SELECT * FROM jobs WHERE id = ANY($1::uuid[])),
-       b AS (SELECT j.id, EXISTS (
-               SELECT 1 FROM jobs e
-               WHERE j.container_id IS NOT NULL AND j.container_seq IS NOT NULL
-                 AND e.container_id = j.container_id AND e.container_seq < j.container_seq
-                 AND e.state IN ('queued', 'active', 'waiting-retry')) AS blocked
-             FROM j),
-       u AS (UPDATE jobs SET state = 'active', attempts = i.attempt, started_at = COALESCE(started_at, now()),
-                             updated_at = now()
-             FROM i, b, relaxed, silent
-             WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = i.id AND b.id = i.id AND jobs.state IN ('queued', 'active', 'waiting-retry')
-               AND NOT b.blocked
-             RETURNING jobs.id, jobs.kind, jobs.container_id, i.attempt),
-       a AS (${auditFromUpdate('job.active', `jsonb_build_object('attempt', u.attempt)`)})
-       SELECT j.*, i.id AS claim_id, COALESCE(b.blocked, false) AS claim_blocked,
-              EXISTS (SELECT 1 FROM u WHERE u.id = i.id) AS claim_activated,
-              ARRAY(SELECT data->>'step' FROM audit_events
-                    WHERE job_id = i.id AND action = 'job.step.done') AS claim_done_steps
-       FROM i LEFT JOIN j ON j.id = i.id LEFT JOIN b ON b.id = i.id`,
-      [inputs.map((i) => i.id), JSON.stringify(inputs)],
-    );
-    const byId = new Map(rows.map((r) => [r.claim_id, r]));
-    return inputs.map(({ id }) => {
-      const row = byId.get(id);
-      if (!row) throw new Error(`claim of job ${id}: no answer`);
-      const {
-        claim_id: _id,
-        claim_blocked: blocked,
-        claim_activated: activated,
-        claim_done_steps: steps,
-        ...job
-      } = row;
-      return {
-        job: job.id ? (job as StoredJob) : null,
-        blocked,
-        activated,
-        doneSteps: new Set<string>(steps),
-      };
-    });
-  });
+  /**
+   * Group commit of the hot transitions (createBatcher): the claims and completions made while a statement
+   * is being written go together in the next one, claims and completions alike (under load a worker's
+   * slots are claiming and completing at the same moments: one statement and one commit instead of one
+   * each). Claims alone are a relaxed commit; with a completion the commit is durable. A job is in a
+   * statement once (PostgreSQL does not define two updates of one row by one statement): a second write of
+   * the same job goes in a statement after it.
+   */
+  private readonly writes = createBatcher<HotWrite, JobClaim | boolean | null>((items) =>
+    this.writeHot(items),
+  );
+
+  private async writeHot(items: readonly HotWrite[]): Promise<(JobClaim | boolean | null)[]> {
+    const seen = new Set<string>();
+    const now: HotWrite[] = [];
+    const later: HotWrite[] = [];
+    for (const w of items) {
+      const id = 'claim' in w ? w.claim.id : w.complete.id;
+      (seen.has(id) ? later : now).push(w);
+      seen.add(id);
+    }
+    const claims = now.flatMap((w) => ('claim' in w ? [w.claim] : []));
+    const completions = now.flatMap((w) => ('complete' in w ? [w.complete] : []));
+    const claimParams = [claims.map((c) => c.id), JSON.stringify(claims)];
+    let sql: string;
+    let params: unknown[];
+    if (completions.length === 0) {
+      sql = `WITH ${RELAXED}, ${claimCtes(1, true)} ${CLAIM_ROWS}`;
+      params = claimParams;
+    } else if (claims.length === 0) {
+      sql = `WITH ${completionCtes(1)} ${COMPLETION_ROWS}`;
+      params = completionParams(completions);
+    } else {
+      sql = `WITH ${claimCtes(1, false)}, ${completionCtes(3)} ${CLAIM_ROWS} UNION ALL ${COMPLETION_ROWS}`;
+      params = [...claimParams, ...completionParams(completions)];
+    }
+    const rows = await this.hot.query<HotRow>(sql, params);
+    const claimed = new Map(rows.filter((r) => r.op === 'claim').map((r) => [r.id, r]));
+    const completed = new Map(rows.filter((r) => r.op === 'complete').map((r) => [r.id, r.latest]));
+    const answers = new Map<HotWrite, JobClaim | boolean | null>();
+    for (const w of now) {
+      if ('complete' in w) {
+        answers.set(w, completed.get(w.complete.id) ?? null);
+        continue;
+      }
+      const row = claimed.get(w.claim.id);
+      if (!row) throw new Error(`claim of job ${w.claim.id}: no answer`);
+      answers.set(w, {
+        job: row.job,
+        blocked: row.blocked!,
+        activated: row.activated!,
+        doneSteps: new Set<string>(row.done_steps ?? []),
+      });
+    }
+    if (later.length > 0) {
+      const rest = await this.writeHot(later);
+      later.forEach((w, k) => answers.set(w, rest[k]));
+    }
+    return items.map((w) => answers.get(w)!);
+  }
 
   /**
    * Why some writes are relaxed (`synchronous_commit = off`): ~5 ms less per write on a disk with slow
@@ -216,8 +317,8 @@ export class JobStore {
   /**
    * The job succeeded: its row, its audit events (the step records still to write, then `job.completed`),
    * the container's row as the runtime reports it (`outcome.container`) and the handler's own changes
-   * (`outcome.apply`), atomically. Without `apply` that is one statement, shared with the completions that
-   * arrive while one is being written (createBatcher: one durable commit for all of them). The container's
+   * (`outcome.apply`), atomically. Without `apply` that is one statement, shared with the claims and
+   * completions that arrive while one is being written (see `writes`: one durable commit for all of them). The container's
    * target state becomes its new state when this job is the container's latest (the usual case); when a
    * later job was accepted meanwhile, the target state is recomputed through the pending jobs right after
    * (see recomputeTargetState).
@@ -235,67 +336,17 @@ export class JobStore {
     };
     const latest = apply
       ? await this.ds.transaction(async (m) => {
-          const [row] = await this.writeCompletions((sql, params) => preparedQuery(m, sql, params), [input]);
+          const [row] = await preparedQuery<HotRow>(
+            m,
+            `WITH ${completionCtes(1)} ${COMPLETION_ROWS}`,
+            completionParams([input]),
+          );
           await apply(m);
-          return row;
+          return row?.latest ?? null;
         })
-      : await this.completions(input);
+      : ((await this.writes({ complete: input })) as boolean | null);
     if (container && latest === false)
       await this.ds.transaction((m) => recomputeTargetState(m, container.id));
-  }
-
-  private readonly completions = createBatcher<Completion, boolean | null>((inputs) =>
-    this.writeCompletions((sql, params) => this.hot.query(sql, params), inputs),
-  );
-
-  /**
-   * The completion statement for `inputs`; answers, per input, whether its job is its container's latest
-   * (null when the container's row was not written). A job's events are inserted in order: its step
-   * records, then `job.completed`.
-   */
-  private async writeCompletions(
-    run: (sql: string, params: unknown[]) => Promise<Record<string, unknown>[]>,
-    inputs: readonly Completion[],
-  ): Promise<(boolean | null)[]> {
-    const rows = (await run(
-      `WITH
-       i AS (SELECT * FROM jsonb_to_recordset($3::jsonb)
-                    AS i(id uuid, result jsonb, sync boolean, status text, ip text, steps jsonb, ord int)),
-       u AS (
-         UPDATE jobs SET state = 'completed', result = i.result, progress = '{"stage":"done","percent":100}',
-                error_code = NULL, error_message = NULL, error_step = NULL, finished_at = now(), updated_at = now()
-         -- "= ANY($1)", "= ANY($2)": index scans (the planner cannot size i).
-         -- A job completes once: written again (a batch retried input by input after an error that came
-         -- after its commit), it changes nothing and records nothing.
-         FROM i WHERE jobs.id = ANY($1::uuid[]) AND jobs.id = i.id AND jobs.state <> 'completed'
-         RETURNING jobs.id, jobs.kind, jobs.container_id, jobs.container_seq, i.result, i.sync, i.status, i.ip,
-                   i.steps, i.ord),
-       a AS (
-         INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
-         SELECT '${ACTOR}', e.action, ${SUBJECT}, u.id, jsonb_build_object('kind', u.kind) || e.data
-         FROM u, LATERAL (
-           SELECT x.ord, 'job.step.done' AS action, jsonb_build_object('step', x.step) AS data
-           FROM jsonb_array_elements_text(u.steps) WITH ORDINALITY AS x(step, ord)
-           UNION ALL SELECT 9223372036854775807, 'job.completed', jsonb_build_object('result', u.result)
-         ) e
-         ORDER BY u.ord, e.ord),
-       c AS (
-         UPDATE containers SET state = u.status, ip_address = u.ip::inet, error_code = NULL, version = version + 1,
-                updated_at = now(),
-                -- Re-evaluated on the newest row version when a concurrent enqueue got the row first.
-                target_state = CASE WHEN containers.job_seq = u.container_seq THEN u.status
-                                    ELSE containers.target_state END
-         FROM u WHERE u.sync AND containers.id = ANY($2::uuid[]) AND containers.id = u.container_id
-         RETURNING u.id, containers.job_seq = u.container_seq AS latest)
-       SELECT i.id, c.latest FROM i LEFT JOIN c ON c.id = i.id`,
-      [
-        inputs.map((i) => i.id),
-        inputs.flatMap((i) => (i.containerId ? [i.containerId] : [])),
-        JSON.stringify(inputs.map(({ containerId: _, ...input }, ord) => ({ ...input, ord }))),
-      ],
-    )) as { id: string; latest: boolean | null }[];
-    const byId = new Map(rows.map((r) => [r.id, r.latest]));
-    return inputs.map((input) => byId.get(input.id) ?? null);
   }
 
   async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {

@@ -1,7 +1,10 @@
 import type { MigrationInterface, QueryRunner } from 'typeorm';
 
-/** `berth_job_notify()` with the action payload of JobNotifyAction, plus `ended` for a job's end. */
-const notifyFunction = (ended: string) => `
+/**
+ * `berth_job_notify()` with the action payload of JobNotifyAction, plus `ended` (PL/pgSQL run before the
+ * notification, may extend `head`) and `skip` (actions that do not notify). Also used by later migrations.
+ */
+export const jobNotifyFunction = (ended: string, skip: string[] = []) => `
   CREATE OR REPLACE FUNCTION berth_job_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
   DECLARE
     head text;
@@ -11,7 +14,7 @@ const notifyFunction = (ended: string) => `
       RETURN NEW;
     ELSIF TG_TABLE_NAME = 'jobs' THEN
       PERFORM pg_notify('berth_job', NEW.id::text);
-    ELSIF NEW.job_id IS NOT NULL THEN
+    ELSIF NEW.job_id IS NOT NULL${skip.length ? ` AND NEW.action NOT IN (${skip.map((a) => `'${a}'`).join(', ')})` : ''} THEN
       head := NEW.job_id::text || ' ' || NEW.action;
       ${ended}
       PERFORM pg_notify('berth_job', head);
@@ -20,6 +23,15 @@ const notifyFunction = (ended: string) => `
   END
   $fn$;
 `;
+
+/** What JobNotifyRow adds before the notification: the job's row, for a job's end. */
+export const ENDED_WITH_ROW = `
+      IF NEW.action IN ('job.completed', 'job.failed', 'job.cancelled') THEN
+        SELECT row_to_json(j)::text INTO body FROM jobs j WHERE j.id = NEW.job_id;
+        IF body IS NOT NULL AND octet_length(head) + octet_length(body) < 7900 THEN
+          head := head || ' ' || body;
+        END IF;
+      END IF;`;
 
 /**
  * A job's end brings the job with it: the `berth_job` notification of `job.completed`, `job.failed` and
@@ -33,18 +45,10 @@ export class JobNotifyRow1764600000000 implements MigrationInterface {
   name = 'JobNotifyRow1764600000000';
 
   async up(q: QueryRunner): Promise<void> {
-    await q.query(
-      notifyFunction(`
-      IF NEW.action IN ('job.completed', 'job.failed', 'job.cancelled') THEN
-        SELECT row_to_json(j)::text INTO body FROM jobs j WHERE j.id = NEW.job_id;
-        IF body IS NOT NULL AND octet_length(head) + octet_length(body) < 7900 THEN
-          head := head || ' ' || body;
-        END IF;
-      END IF;`),
-    );
+    await q.query(jobNotifyFunction(ENDED_WITH_ROW));
   }
 
   async down(q: QueryRunner): Promise<void> {
-    await q.query(notifyFunction(''));
+    await q.query(jobNotifyFunction(''));
   }
 }

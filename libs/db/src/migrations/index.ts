@@ -5,6 +5,7 @@ import { DeferredNotify1764300000000 } from './1764300000000-deferred-notify';
 import { HotJobTransitions1764400000000 } from './1764400000000-hot-job-transitions';
 import { JobNotifyAction1764500000000 } from './1764500000000-job-notify-action';
 import { JobNotifyRow1764600000000 } from './1764600000000-job-notify-row';
+import { JobActiveSilent1764700000000 } from './1764700000000-job-active-silent';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -15,4 +16,5 @@ export const migrations = [
   HotJobTransitions1764400000000,
   JobNotifyAction1764500000000,
   JobNotifyRow1764600000000,
+  JobActiveSilent1764700000000,
 ];
