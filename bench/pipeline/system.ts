@@ -1,6 +1,7 @@
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, rm } from 'node:fs/promises';
+import { Agent, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
@@ -193,10 +194,12 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
 
   let api: NestExpressApplication | undefined;
   let worker: ChildWorker | undefined;
+  let agent: Agent | undefined;
   let runtime: HostRuntime | undefined;
   let hostId: string | undefined;
   const listeners: ((m: WorkerMessage) => void)[] = [];
   const close = async () => {
+    agent?.destroy();
     await api?.close().catch(() => undefined);
     await worker?.stop().catch(() => undefined);
     if (runtime) {
@@ -243,6 +246,7 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
     if (!host) throw new Error(`host ${o.hostName} did not register`);
     hostId = host.id as string;
     const baseUrl = `http://127.0.0.1:${port}`;
+    const client = (agent = new Agent({ keepAlive: true }));
     const headers = { Authorization: `Bearer ${key.token}`, 'Content-Type': 'application/json' };
     return {
       config,
@@ -255,19 +259,52 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
       hostId,
       baseUrl,
       token: key.token,
-      async call(method, path, body) {
-        const res = await fetch(`${baseUrl}${path}`, {
-          method,
-          headers,
-          body: body === undefined ? undefined : JSON.stringify(body),
-        });
-        const text = await res.text();
-        return { status: res.status, body: text ? JSON.parse(text) : null };
-      },
+      call: (method, path, body) => httpCall(client, `${baseUrl}${path}`, method, headers, body),
       close,
     };
   } catch (e) {
     await close();
     throw e;
   }
+}
+
+/**
+ * One API request as a billing system's HTTP client makes it: node:http on a keep-alive connection, the
+ * JSON body parsed. Not `fetch`: on this VM its stream machinery added 0.7-1.2 ms per request (0.88 vs
+ * 0.22 ms against a bare Node server), which the latency figures would have counted as the pipeline's.
+ */
+function httpCall(
+  agent: Agent,
+  url: string,
+  method: string,
+  headers: Record<string, string>,
+  body?: unknown,
+): Promise<{ status: number; body: ApiAnswer }> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        method,
+        agent,
+        headers:
+          payload === undefined ? headers : { ...headers, 'Content-Length': Buffer.byteLength(payload) },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => {
+          try {
+            resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : null });
+          } catch (e) {
+            reject(e instanceof Error ? e : new Error(String(e)));
+          }
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
 }
