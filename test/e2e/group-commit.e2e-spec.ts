@@ -51,6 +51,16 @@ describeKernel(
       await p?.close();
     }, 120_000);
 
+    /** `count` no-op jobs for the idle host, submitted at once (one statement); their ids. */
+    const noops = async (count: number) =>
+      (
+        await Promise.all(
+          Array.from({ length: count }, (_, n) =>
+            enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId: idleHost, principal }),
+          ),
+        )
+      ).map((j) => j!.id);
+
     const xmins = async (table: string, ids: string[]) =>
       (
         await p.ds.query(`SELECT DISTINCT xmin::text AS x FROM ${table} WHERE id = ANY($1::uuid[])`, [ids])
@@ -82,12 +92,7 @@ describeKernel(
     });
 
     it('claims and completes concurrent jobs in one statement each, every job exactly once', async () => {
-      const jobs = await Promise.all(
-        Array.from({ length: 3 }, (_, n) =>
-          enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId: idleHost, principal }),
-        ),
-      );
-      const ids = jobs.map((j) => j!.id);
+      const ids = await noops(3);
       const store = p.worker.get(JobStore);
       const claims = await Promise.all(ids.map((id) => store.claim(id, 1)));
       for (const [k, c] of claims.entries()) {
@@ -139,12 +144,7 @@ describeKernel(
     });
 
     it('writes claims and completions made at the same moment in one statement, a job once per statement', async () => {
-      const jobs = await Promise.all(
-        Array.from({ length: 4 }, (_, n) =>
-          enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId: idleHost, principal }),
-        ),
-      );
-      const ids = jobs.map((j) => j!.id);
+      const ids = await noops(4);
       const store = p.worker.get(JobStore);
       const [a, b] = await Promise.all([store.claim(ids[0], 1), store.claim(ids[1], 1)]);
       // Completions of two jobs and claims of two others, all made in one tick: one statement, one commit.

@@ -244,8 +244,11 @@ describe('jobs API: filters, pagination, long-poll', () => {
     expect(Date.now() - t1).toBeLessThan(1_000);
   });
 
-  it("a long-poll never reads the job again on a running job's notifications, and answers its end from the notification", async () => {
-    const job = all[1];
+  /**
+   * Starts a long-poll on `job` and resolves once it listens, counting its reads of the job (JobsService.get):
+   * `reads()` so far, `waiting` its answer, `restore()` undoes the counting.
+   */
+  const longPoll = async (job: string) => {
     const jobs = a.api.get(JobsService);
     const get = jobs.get.bind(jobs);
     let reads = 0;
@@ -253,16 +256,22 @@ describe('jobs API: filters, pagination, long-poll', () => {
       if (id === job) reads++;
       return get(id);
     };
+    const waiting = a
+      .http()
+      .get(`/v1/jobs/${job}/wait?timeout=30`)
+      .set(a.auth())
+      .then((r) => r);
+    // Its first look, then the look it takes once it listens.
+    while (reads < 2) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 50));
+    return { reads: () => reads, waiting, restore: () => (jobs.get = get) };
+  };
+
+  it("a long-poll never reads the job again on a running job's notifications, and answers its end from the notification", async () => {
+    const job = all[1];
+    const poll = await longPoll(job);
     try {
-      const waiting = a
-        .http()
-        .get(`/v1/jobs/${job}/wait?timeout=30`)
-        .set(a.auth())
-        .then((r) => r);
-      // Its first look, then the look it takes once it listens.
-      while (reads < 2) await new Promise((r) => setTimeout(r, 10));
-      await new Promise((r) => setTimeout(r, 50));
-      const before = reads;
+      const before = poll.reads();
       // What a worker writes while the job runs and when it ends, from another connection: each audit
       // event notifies the API with its action.
       const other = new Client({ connectionString: a.databaseUrl });
@@ -279,7 +288,7 @@ describe('jobs API: filters, pagination, long-poll', () => {
         await event('job.step.done', { step: 'start' });
         await new Promise((r) => setTimeout(r, 200));
         // Three changes, none of them an end: the job was not read again.
-        expect(reads).toBe(before);
+        expect(poll.reads()).toBe(before);
         await other.query('BEGIN');
         await other.query(
           `UPDATE jobs SET state = 'completed', finished_at = now(), updated_at = now() WHERE id = $1`,
@@ -290,15 +299,15 @@ describe('jobs API: filters, pagination, long-poll', () => {
       } finally {
         await other.end();
       }
-      const res = await waiting;
+      const res = await poll.waiting;
       expect(res.body.state).toBe('completed');
       // The end's notification carried the job as it ended: not read again, and the same as a read.
-      expect(reads).toBe(before);
+      expect(poll.reads()).toBe(before);
       const read = await a.http().get(`/v1/jobs/${job}`).set(a.auth());
       const { events: _events, ...asRead } = read.body;
       expect(res.body).toEqual(asRead);
     } finally {
-      jobs.get = get;
+      poll.restore();
     }
   });
 
@@ -308,22 +317,9 @@ describe('jobs API: filters, pagination, long-poll', () => {
        VALUES ('system.noop', 'queued', $1, '{}', 'test') RETURNING id`,
       [offlineHost],
     );
-    const jobs = a.api.get(JobsService);
-    const get = jobs.get.bind(jobs);
-    let reads = 0;
-    jobs.get = (id: string) => {
-      if (id === job) reads++;
-      return get(id);
-    };
+    const poll = await longPoll(job);
     try {
-      const waiting = a
-        .http()
-        .get(`/v1/jobs/${job}/wait?timeout=30`)
-        .set(a.auth())
-        .then((r) => r);
-      while (reads < 2) await new Promise((r) => setTimeout(r, 10));
-      await new Promise((r) => setTimeout(r, 50));
-      const before = reads;
+      const before = poll.reads();
       const other = new Client({ connectionString: a.databaseUrl });
       await other.connect();
       // 9000 bytes of result: over PostgreSQL's 8000-byte payload with the rest of the row.
@@ -343,11 +339,11 @@ describe('jobs API: filters, pagination, long-poll', () => {
       } finally {
         await other.end();
       }
-      const res = await waiting;
+      const res = await poll.waiting;
       expect(res.body).toMatchObject({ state: 'completed', result: { big } });
-      expect(reads).toBe(before + 1);
+      expect(poll.reads()).toBe(before + 1);
     } finally {
-      jobs.get = get;
+      poll.restore();
     }
   });
 });
