@@ -108,9 +108,9 @@ export function installWorkerTrace(
   };
 
   const claim = store.claim.bind(store);
-  store.claim = async (id, attempt) => {
+  store.claim = async (id, attempt, bullJobId) => {
     const t = nowMs();
-    const c = await claim(id, attempt);
+    const c = await claim(id, attempt, bullJobId);
     if (detailed) {
       const m = mark(id);
       m.picked ??= t;

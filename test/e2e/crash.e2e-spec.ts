@@ -59,6 +59,7 @@ describeKernel(
       jobId: string,
       when: (actions: string[]) => boolean,
       everyMs = 2,
+      how: 'kill' | 'stop' = 'kill',
     ): Promise<string[]> {
       const end = Date.now() + 30_000;
       const steps = async () =>
@@ -70,6 +71,13 @@ describeKernel(
       while (!when(cheap ? [] : await steps())) {
         if (Date.now() > end) throw new Error(`job ${jobId} never reached the kill point`);
         await (everyMs > 0 ? sleep(everyMs) : new Promise((r) => setImmediate(r)));
+      }
+      if (how === 'stop') {
+        // Graceful: SIGTERM at once (no freeze), and what the job had done when it arrived.
+        const stopping = w.stop();
+        const atStop = await steps();
+        await stopping;
+        return atStop;
       }
       w.proc.kill('SIGSTOP');
       const atKill = await steps();
@@ -165,6 +173,81 @@ describeKernel(
       // The same init: the retried start step found it running (idempotent) instead of launching another.
       expect(survivors[survivors.length - 1]).toMatchObject({ id, pid, start });
       expect(events.filter((e) => e.action === 'job.step.done' && e.data.step === 'create')).toHaveLength(1);
+      expectSurvivorsRunning();
+    }, 120_000);
+
+    it('SIGTERM while a create runs: the worker finishes the job and records it, then marks its host offline and exits', async () => {
+      const { id, jobId } = await create(`crash-d-${process.pid}`);
+      const hostId = await c.hostId();
+      const atStop = await killWhen(jobId, (a) => a.includes('job.active'), 2, 'stop');
+      expect(atStop).not.toContain('job.completed');
+      // Recorded by the stopping worker itself: no other worker runs on this host now.
+      const [job] = await c.ds.query(`SELECT state FROM jobs WHERE id = $1`, [jobId]);
+      expect(job.state).toBe('completed');
+      const [host] = await c.ds.query(`SELECT state FROM hosts WHERE id = $1`, [hostId]);
+      expect(host.state).toBe('offline');
+      const stopped = await c.ds.query(
+        `SELECT data FROM audit_events WHERE subject_id = $1 AND action = 'host.stopped' ORDER BY id DESC LIMIT 1`,
+        [hostId],
+      );
+      expect(stopped[0]?.data).toEqual({ signal: 'SIGTERM' });
+      w = await c.startWorker();
+      await expectExactlyOnce(id, jobId);
+      expectSurvivorsRunning();
+    }, 120_000);
+
+    it('killed after BullMQ recorded a stop as done but before Postgres did: the next worker runs it again, recorded once', async () => {
+      const { id, jobId: created } = await create(`crash-e-${process.pid}`);
+      expect((await waitJob(created)).state).toBe('completed');
+      // The worker frozen while the stop is accepted, so that the container row is locked before it runs.
+      w.proc.kill('SIGSTOP');
+      const res = await c.http().post(`/v1/containers/${id}/stop`).set(c.auth()).send({});
+      expect(res.status).toBe(202);
+      const jobId: string = res.body.job.id;
+      const lock = c.ds.createQueryRunner();
+      await lock.connect();
+      try {
+        await lock.startTransaction();
+        // The job's end syncs the container row: it waits for this lock, after BullMQ was told the job is done.
+        await lock.query(`SELECT 1 FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+        const [{ pid: lockPid }] = await lock.query(`SELECT pg_backend_pid() AS pid`);
+        w.proc.kill('SIGCONT');
+        const queue = await c.queue();
+        for (const t0 = Date.now(); (await (await queue.getJob(jobId))?.getState()) !== 'completed';) {
+          if (Date.now() - t0 > 30_000) throw new Error(`BullMQ never completed job ${jobId}`);
+          await sleep(10);
+        }
+        await w.kill();
+        // The dead worker's statement dies with it (PostgreSQL would otherwise run it once the lock goes).
+        await lock.query(
+          `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`,
+          [lockPid],
+        );
+        await lock.rollbackTransaction();
+      } finally {
+        await lock.release();
+      }
+      // BullMQ: done. Postgres: still active, the container row as before. The kernel: stopped.
+      const [before] = await c.ds.query(`SELECT state FROM jobs WHERE id = $1`, [jobId]);
+      expect(before.state).toBe('active');
+      expect((await rt.containers.get(id)).status).toBe('stopped');
+
+      w = await c.startWorker();
+      const job = await waitJob(jobId);
+      expect(job.state).toBe('completed');
+      const events = (await jobEvents(c.ds, jobId)).map((e) => e.action);
+      expect(events.filter((a) => a === 'job.completed')).toHaveLength(1);
+      expect(events.filter((a) => a === 'job.requeued')).toHaveLength(1);
+      expect(events.filter((a) => a === 'job.active')).toHaveLength(2);
+      const [requeued] = (await jobEvents(c.ds, jobId)).filter((e) => e.action === 'job.requeued');
+      expect(requeued.data).toMatchObject({ bullJobId: jobId, nextBullJobId: `${jobId}-k1` });
+      const api = await c.http().get(`/v1/containers/${id}`).set(c.auth());
+      expect(api.body).toMatchObject({ state: 'stopped' });
+      expect((await rt.containers.get(id)).status).toBe('stopped');
+
+      const destroyed = await c.http().delete(`/v1/containers/${id}`).set(c.auth());
+      expect(destroyed.status).toBe(202);
+      expect((await waitJob(destroyed.body.job.id)).state).toBe('completed');
       expectSurvivorsRunning();
     }, 120_000);
 

@@ -94,7 +94,7 @@ describeKernel(
     it('claims and completes concurrent jobs in one statement each, every job exactly once', async () => {
       const ids = await noops(3);
       const store = p.worker.get(JobStore);
-      const claims = await Promise.all(ids.map((id) => store.claim(id, 1)));
+      const claims = await Promise.all(ids.map((id) => store.claim(id, 1, id)));
       for (const [k, c] of claims.entries()) {
         expect(c.job?.id).toBe(ids[k]);
         expect(c).toMatchObject({ activated: true, blocked: false });
@@ -103,8 +103,8 @@ describeKernel(
       expect(await xmins('jobs', ids)).toHaveLength(1);
       // A claim of an unknown job answers "not known" without disturbing the others of its batch.
       const [unknown, again] = await Promise.all([
-        store.claim('00000000-0000-4000-8000-000000000000', 1),
-        store.claim(ids[0], 2),
+        store.claim('00000000-0000-4000-8000-000000000000', 1, '00000000-0000-4000-8000-000000000000'),
+        store.claim(ids[0], 2, ids[0]),
       ]);
       expect(unknown.job).toBeNull();
       expect(again).toMatchObject({ activated: true, job: { id: ids[0], state: 'active' } });
@@ -146,13 +146,13 @@ describeKernel(
     it('writes claims and completions made at the same moment in one statement, a job once per statement', async () => {
       const ids = await noops(4);
       const store = p.worker.get(JobStore);
-      const [a, b] = await Promise.all([store.claim(ids[0], 1), store.claim(ids[1], 1)]);
+      const [a, b] = await Promise.all([store.claim(ids[0], 1, ids[0]), store.claim(ids[1], 1, ids[1])]);
       // Completions of two jobs and claims of two others, all made in one tick: one statement, one commit.
       await Promise.all([
         store.complete(a.job!, { result: { n: 0 } }),
         store.complete(b.job!, { result: { n: 1 } }),
-        store.claim(ids[2], 1),
-        store.claim(ids[3], 1),
+        store.claim(ids[2], 1, ids[2]),
+        store.claim(ids[3], 1, ids[3]),
       ]);
       expect(await xmins('jobs', ids)).toHaveLength(1);
       const states = await p.ds.query(`SELECT id, state FROM jobs WHERE id = ANY($1::uuid[])`, [ids]);
@@ -161,8 +161,11 @@ describeKernel(
 
       // The same job completed and claimed again at once (a redelivery racing its first run): the claim
       // goes in the statement after the completion, and finds the job ended.
-      const c = (await store.claim(ids[2], 1)).job!;
-      const [, again] = await Promise.all([store.complete(c, { result: { n: 2 } }), store.claim(ids[2], 2)]);
+      const c = (await store.claim(ids[2], 1, ids[2])).job!;
+      const [, again] = await Promise.all([
+        store.complete(c, { result: { n: 2 } }),
+        store.claim(ids[2], 2, ids[2]),
+      ]);
       expect(again).toMatchObject({ activated: false, job: { id: ids[2], state: 'completed' } });
       const events = await p.ds.query(
         `SELECT action FROM audit_events WHERE job_id = $1 AND action <> 'job.queued' ORDER BY id`,
@@ -172,6 +175,42 @@ describeKernel(
         'job.active',
         'job.active',
         'job.completed',
+      ]);
+    });
+
+    it("claims a container's next job in the statement that completes the previous one (FIFO holds)", async () => {
+      const [{ id: containerId }] = await p.ds.query(
+        `INSERT INTO containers (name, host_id, state, target_state, cpus, memory_bytes, disk_bytes, pids_max)
+         VALUES ($1, $2, 'running', 'running', 0.1, 33554432, 67108864, 64) RETURNING id`,
+        [`gc-fifo-${process.pid}`, idleHost],
+      );
+      const submit = (n: number) =>
+        enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId: idleHost, containerId, principal });
+      const first = (await submit(1))!;
+      const second = (await submit(2))!;
+      const third = (await submit(3))!;
+      const store = p.worker.get(JobStore);
+      const a = await store.claim(first.id, 1, `${first.id}-bull`);
+      expect(a).toMatchObject({ activated: true, blocked: false });
+      // While the first is unfinished, the second waits its turn.
+      expect(await store.claim(second.id, 1, second.id)).toMatchObject({ activated: false, blocked: true });
+      // The first's end and the second's claim in one statement: the end no longer blocks the claim.
+      const [, b] = await Promise.all([
+        store.complete(a.job!, { result: {} }),
+        store.claim(second.id, 1, second.id),
+      ]);
+      expect(b).toMatchObject({ activated: true, blocked: false });
+      expect(await xmins('jobs', [first.id, second.id])).toHaveLength(1);
+      // Not the second's end in the same statement: the third still waits for the second.
+      expect(await store.claim(third.id, 1, third.id)).toMatchObject({ activated: false, blocked: true });
+      const active = await p.ds.query(
+        `SELECT job_id, data->>'bullJobId' AS bull FROM audit_events
+         WHERE action = 'job.active' AND job_id = ANY($1::uuid[]) ORDER BY id`,
+        [[first.id, second.id, third.id]],
+      );
+      expect(active).toEqual([
+        { job_id: first.id, bull: `${first.id}-bull` },
+        { job_id: second.id, bull: second.id },
       ]);
     });
 
@@ -191,7 +230,7 @@ describeKernel(
       try {
         await listener.query('LISTEN berth_job');
         const store = p.worker.get(JobStore);
-        const claimed = await store.claim(job.id, 1);
+        const claimed = await store.claim(job.id, 1, job.id);
         expect(claimed.activated).toBe(true);
         await store.complete(claimed.job!, { result: { n: 7 } });
         for (const t0 = Date.now(); heard.length === 0 && Date.now() - t0 < 5_000;)

@@ -1,5 +1,5 @@
 import { Inject, Injectable, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
-import { DelayedError, type Job, UnrecoverableError, Worker } from 'bullmq';
+import { DelayedError, type Job, Queue, UnrecoverableError, Worker } from 'bullmq';
 import { PinoLogger } from 'nestjs-pino';
 import { ZodError } from 'zod';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
@@ -17,11 +17,15 @@ import type { JobContext, JobHandler } from './job-context';
 import { buildRegistry } from './job-registry';
 import { JobStore, type JobFailure, type StoredJob } from './job-store';
 import { markContainerAfterFailure } from './shared/container-sync';
+import { WrittenBehind } from './written-behind';
 
 /** How long a job waits before looking again when an earlier job of its container is unfinished. */
 const FIFO_RECHECK_MS = 100;
 
 const FINAL_STATES = ['completed', 'cancelled', 'failed'];
+
+/** BullMQ states of a job that will not run again by itself ('unknown': the job is gone). */
+const BULL_ENDED = ['completed', 'failed', 'unknown'];
 
 class StepError extends Error {
   constructor(
@@ -52,12 +56,19 @@ export function classify(e: unknown): JobFailure & { permanent: boolean } {
  * Consumes this host's queue (`host-<id>`): per-container FIFO, recorded idempotent steps, transient errors
  * retried with exponential backoff by BullMQ, permanent ones failed at once, every transition written to
  * Postgres (the record; Redis is transport). Processors are thin: the work is in libs/runtime.
+ *
+ * A job's completion is written behind its slot (WrittenBehind): the slot takes its next job while Postgres
+ * commits the end, so a slot waits on Postgres once per job (the claim) instead of twice. Until that commit
+ * the job reads `active` and its waiters wait; a later job of the same container is not claimed before it
+ * (FIFO: blocked until the end is committed, or committed in the same statement). At start, before taking
+ * jobs, the worker puts back in the queue the jobs whose end a dead worker did not record (`sweep`).
  */
 @Injectable()
 export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown {
   private worker?: Worker<QueuedJobData>;
   private readonly handlers = buildRegistry();
   private hostId?: string;
+  private readonly behind: WrittenBehind;
 
   constructor(
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
@@ -67,12 +78,14 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     private readonly log: PinoLogger,
   ) {
     log.setContext(JobRunner.name);
+    this.behind = new WrittenBehind(log);
   }
 
   async onApplicationBootstrap(): Promise<void> {
     this.hostId = await this.registration.registered;
     await this.runtime.get();
     const queue = hostQueueName(this.hostId);
+    await this.sweep(queue);
     this.worker = new Worker<QueuedJobData>(queue, (job, token) => this.process(job, token), {
       connection: bullConnection(this.config.redis.url),
       prefix: this.config.redis.bullPrefix,
@@ -86,11 +99,43 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     this.log.info({ queue, concurrency: this.config.worker.concurrency }, 'consuming host queue');
   }
 
+  /**
+   * Jobs that Postgres records as `active` on this host while their BullMQ job has ended (completed,
+   * failed, or gone): a worker died after BullMQ recorded the end and before Postgres did (the completion is
+   * written behind, see WrittenBehind), or Postgres refused the end until the worker gave up. Each goes
+   * back to the queue (JobStore.requeue) and runs again, resuming after its recorded steps. Jobs whose
+   * BullMQ job is still active or waiting are BullMQ's to hand back (stalled jobs).
+   */
+  private async sweep(queueName: string): Promise<void> {
+    const active = await this.store.unfinishedActive(this.hostId!);
+    if (active.length === 0) return;
+    const queue = new Queue(queueName, {
+      connection: bullConnection(this.config.redis.url),
+      prefix: this.config.redis.bullPrefix,
+    });
+    try {
+      for (const { id, bullJobId } of active) {
+        if (!bullJobId) {
+          this.log.warn({ jobId: id }, 'active job without a recorded BullMQ job: left to BullMQ');
+          continue;
+        }
+        const bull = await queue.getJob(bullJobId);
+        const state = bull ? await bull.getState() : 'unknown';
+        if (!BULL_ENDED.includes(state)) continue;
+        const reason = `BullMQ job ${bullJobId} is ${state} but its end was not recorded`;
+        if (await this.store.requeue(id, reason, bullJobId))
+          this.log.warn({ jobId: id, bullJobId, state }, 'requeued a job whose end was lost');
+      }
+    } finally {
+      await queue.close();
+    }
+  }
+
   private async process(bull: Job<QueuedJobData>, token?: string): Promise<unknown> {
     const { jobId, kind } = bull.data;
     const attempt = bull.attemptsMade + 1;
     // One round trip: load, FIFO check, `active` mark with its audit event, finished steps.
-    const claim = await this.store.claim(jobId, attempt);
+    const claim = await this.store.claim(jobId, attempt, bull.id!);
     const job = claim.job;
     // Postgres is the record: a job it does not know, or one already ended, is not run (again).
     if (!job || FINAL_STATES.includes(job.state)) {
@@ -115,7 +160,11 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     try {
       const outcome = await handler.run(ctx);
       unrecorded.push(...(await settle()));
-      await this.store.complete(job, outcome, unrecorded);
+      const complete = () => this.store.complete(job, outcome, unrecorded);
+      // A handler's own changes (`apply`) commit with the end before the slot moves on; the usual end is
+      // written behind (see WrittenBehind).
+      if (outcome.apply) await complete();
+      else this.behind.add(job.id, complete);
       log.info('job completed');
       return outcome.result;
     } catch (e) {
@@ -229,9 +278,14 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     return { ctx, settle };
   }
 
-  /** Graceful: stop taking jobs and let the active ones finish (BullMQ hands unfinished ones back). */
+  /**
+   * Graceful: stop taking jobs, let the active ones finish (past the grace BullMQ hands unfinished ones back)
+   * and wait for the ends written behind. (Nest shuts the root module down before the modules it imports:
+   * the database pools close after this.)
+   */
   async onApplicationShutdown(): Promise<void> {
     if (!this.worker) return;
+    const deadline = Date.now() + this.config.worker.shutdownGraceMs;
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<void>((r) => (timer = setTimeout(r, this.config.worker.shutdownGraceMs)));
     try {
@@ -239,5 +293,8 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     } finally {
       clearTimeout(timer);
     }
+    const left = await this.behind.drain(Math.max(deadline - Date.now(), 1_000));
+    if (left > 0)
+      this.log.warn({ left }, 'ends not recorded at shutdown: the next start requeues their jobs');
   }
 }

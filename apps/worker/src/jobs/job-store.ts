@@ -2,7 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
 import { createBatcher, PipelinedPool, preparedQuery, recomputeTargetState } from '@berth/db';
-import type { JobKind } from '@berth/jobs';
+import { hostQueueName, type JobKind, type QueuedJobData } from '@berth/jobs';
 import type { JobOutcome } from './job-context';
 
 export interface StoredJob {
@@ -70,8 +70,16 @@ export interface JobClaim {
   doneSteps: Set<string>;
 }
 
+/** A claim as the hot statement takes it: the job, its attempt, the BullMQ job that carries it. */
+interface Claim {
+  id: string;
+  attempt: number;
+  /** Recorded in `job.active`: the start-up sweep looks this BullMQ job up (see JobStore.unfinishedActive). */
+  bull: string;
+}
+
 /** One write of the hot statement (JobStore.writes): a claim or a completion. */
-type HotWrite = { claim: { id: string; attempt: number } } | { complete: Completion };
+type HotWrite = { claim: Claim } | { complete: Completion };
 
 /** A row of the hot statement's answer: a claim's (op `claim`) or a completion's (op `complete`). */
 interface HotRow {
@@ -88,27 +96,31 @@ interface HotRow {
 
 /**
  * The claims' part of the hot statement (CTEs ci … ca; rows: CLAIM_ROWS). `$p`: the job ids, `$p+1`: the
- * claims as JSON (id, attempt). `relaxed`: the statement is claims only, its commit need not be flushed.
+ * claims as JSON (Claim). `relaxed`: the statement is claims only, its commit need not be flushed.
+ * `completing`: the parameter holding the ids of the jobs this statement completes; they do not block a
+ * later job of their container (they end in the same commit that activates it).
  */
-const claimCtes = (p: number, relaxed: boolean) => `
-  ci AS (SELECT * FROM jsonb_to_recordset($${p + 1}::jsonb) AS i(id uuid, attempt int)),
+const claimCtes = (p: number, relaxed: boolean, completing?: number) => `
+  ci AS (SELECT * FROM jsonb_to_recordset($${p + 1}::jsonb) AS i(id uuid, attempt int, bull text)),
   -- "= ANY($${p})" (the ids again, as an array) makes these index scans: the planner cannot size ci.
   cj AS (SELECT * FROM jobs WHERE id = ANY($${p}::uuid[])),
   cb AS (SELECT cj.id, EXISTS (
            SELECT 1 FROM jobs e
            WHERE cj.container_id IS NOT NULL AND cj.container_seq IS NOT NULL
              AND e.container_id = cj.container_id AND e.container_seq < cj.container_seq
-             AND e.state IN ('queued', 'active', 'waiting-retry')) AS blocked
+             AND e.state IN ('queued', 'active', 'waiting-retry')${
+               completing ? ` AND NOT (e.id = ANY($${completing}::uuid[]))` : ''
+             }) AS blocked
          FROM cj),
   cu AS (UPDATE jobs SET state = 'active', attempts = ci.attempt, started_at = COALESCE(started_at, now()),
                          updated_at = now()
          FROM ci, cb${relaxed ? ', relaxed' : ''}
          WHERE jobs.id = ANY($${p}::uuid[]) AND jobs.id = ci.id AND cb.id = ci.id
            AND jobs.state IN ('queued', 'active', 'waiting-retry') AND NOT cb.blocked
-         RETURNING jobs.id, jobs.kind, jobs.container_id, ci.attempt),
+         RETURNING jobs.id, jobs.kind, jobs.container_id, ci.attempt, ci.bull),
   ca AS (INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
          SELECT '${ACTOR}', 'job.active', ${subject('cu')}, cu.id,
-                jsonb_build_object('kind', cu.kind, 'attempt', cu.attempt)
+                jsonb_build_object('kind', cu.kind, 'attempt', cu.attempt, 'bullJobId', cu.bull)
          FROM cu)`;
 
 /** Each claim's answer: the job before the claim, blocked, activated, the steps an earlier attempt did. */
@@ -197,8 +209,8 @@ export class JobStore {
    * `job.active` event notifies nobody (migration JobActiveSilent). Goes with the other claims and
    * completions made while a statement is in flight (see `writes`).
    */
-  claim(id: string, attempt: number): Promise<JobClaim> {
-    return this.writes({ claim: { id, attempt } }) as Promise<JobClaim>;
+  claim(id: string, attempt: number, bullJobId: string): Promise<JobClaim> {
+    return this.writes({ claim: { id, attempt, bull: bullJobId } }) as Promise<JobClaim>;
   }
 
   /**
@@ -234,7 +246,7 @@ export class JobStore {
       sql = `WITH ${completionCtes(1)} ${COMPLETION_ROWS}`;
       params = completionParams(completions);
     } else {
-      sql = `WITH ${claimCtes(1, false)}, ${completionCtes(3)} ${CLAIM_ROWS} UNION ALL ${COMPLETION_ROWS}`;
+      sql = `WITH ${claimCtes(1, false, 3)}, ${completionCtes(3)} ${CLAIM_ROWS} UNION ALL ${COMPLETION_ROWS}`;
       params = [...claimParams, ...completionParams(completions)];
     }
     const rows = await this.hot.query<HotRow>(sql, params);
@@ -347,6 +359,70 @@ export class JobStore {
       : ((await this.writes({ complete: input })) as boolean | null);
     if (container && latest === false)
       await this.ds.transaction((m) => recomputeTargetState(m, container.id));
+  }
+
+  /**
+   * The jobs of this host that Postgres records as `active`, with the BullMQ job that carried their latest
+   * claim (null: claimed by a worker that did not record it). Read by the worker at start, before it takes
+   * jobs: a job whose completion was written behind and lost (the worker died between BullMQ's end and
+   * Postgres's) is `active` here while its BullMQ job has ended. A start-up query: it walks the host's jobs
+   * (`state` has no index, so that job transitions stay HOT updates).
+   */
+  async unfinishedActive(hostId: string): Promise<{ id: string; bullJobId: string | null }[]> {
+    return this.ds.query(
+      `SELECT j.id, (SELECT e.data->>'bullJobId' FROM audit_events e
+                      WHERE e.job_id = j.id AND e.action = 'job.active'
+                      ORDER BY e.id DESC LIMIT 1) AS "bullJobId"
+       FROM jobs j WHERE j.host_id = $1 AND j.state = 'active'`,
+      [hostId],
+    );
+  }
+
+  /**
+   * Puts back in the queue an `active` job whose BullMQ job ended without Postgres recording the end (see
+   * unfinishedActive): the job goes back to `queued` with a `job.requeued` event and an outbox row that
+   * publishes it under a new BullMQ job id (`<id>-k<n>`); it runs again and resumes after its recorded
+   * steps, like a job whose worker was killed mid-run. One transaction; a no-op when the job is no longer
+   * `active`. Answers whether it requeued.
+   */
+  async requeue(jobId: string, reason: string, bullJobId: string): Promise<boolean> {
+    return this.ds.transaction(async (m) => {
+      const [job]: (StoredJob | undefined)[] = await m.query(
+        `WITH u AS (UPDATE jobs SET state = 'queued', updated_at = now() WHERE id = $1 AND state = 'active'
+                    RETURNING *)
+         SELECT * FROM u`,
+        [jobId],
+      );
+      if (!job) return false;
+      const [{ n }] = await m.query(
+        `SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = 'job.requeued'`,
+        [jobId],
+      );
+      const next = `${jobId}-k${n + 1}`;
+      await m.query(
+        `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+         VALUES ('${ACTOR}', 'job.requeued', $1, $2, $3, $4)`,
+        [
+          job.container_id ? 'container' : 'job',
+          job.container_id ?? job.id,
+          job.id,
+          JSON.stringify({ kind: job.kind, reason, bullJobId, nextBullJobId: next }),
+        ],
+      );
+      const data: QueuedJobData & { bullJobId: string } = {
+        jobId,
+        kind: job.kind,
+        payload: job.params,
+        bullJobId: next,
+      };
+      await m.query(`INSERT INTO outbox (queue, job_name, job_id, payload) VALUES ($1, $2, $3, $4)`, [
+        hostQueueName(job.host_id),
+        job.kind,
+        jobId,
+        JSON.stringify(data),
+      ]);
+      return true;
+    });
   }
 
   async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {

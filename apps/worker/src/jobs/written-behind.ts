@@ -1,0 +1,60 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** Retry delays of a failed write: doubling from the first, capped at the last. */
+const FIRST_RETRY_MS = 100;
+const MAX_RETRY_MS = 5_000;
+
+interface Log {
+  warn(obj: object, msg: string): void;
+}
+
+/**
+ * Writes made behind the worker's slots: a job's completion is handed here and the slot takes its next job
+ * while Postgres commits it (the completion's statement is shared with other slots' claims and completions,
+ * see JobStore.writes). A write that fails is retried (doubling delays up to 5 s) for as long as the process
+ * lives; `drain` waits for what is pending, at shutdown. A write lost with the process (a kill, or Postgres
+ * away until the end of the shutdown grace) leaves the job `active` with its BullMQ job ended: the next
+ * worker's start-up sweep puts it back in the queue (JobRunner.sweep).
+ */
+export class WrittenBehind {
+  private readonly pending = new Map<string, Promise<void>>();
+
+  constructor(private readonly log: Log) {}
+
+  /** Starts `write` for job `id` (its result is logged, never thrown). */
+  add(id: string, write: () => Promise<void>): void {
+    const run = async () => {
+      for (let n = 0; ; n++) {
+        try {
+          await write();
+          return;
+        } catch (err) {
+          const retryMs = Math.min(FIRST_RETRY_MS * 2 ** n, MAX_RETRY_MS);
+          this.log.warn({ err, jobId: id, retryMs }, 'completion written behind failed, retrying');
+          await sleep(retryMs);
+        }
+      }
+    };
+    const p = run().finally(() => {
+      if (this.pending.get(id) === p) this.pending.delete(id);
+    });
+    this.pending.set(id, p);
+  }
+
+  /** The jobs whose writes are pending. */
+  get size(): number {
+    return this.pending.size;
+  }
+
+  /** Waits for every pending write (and those added meanwhile), or until `timeoutMs`: answers how many are left. */
+  async drain(timeoutMs: number): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.pending.size > 0 && Date.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((r) => (timer = setTimeout(r, deadline - Date.now())));
+      await Promise.race([Promise.all(this.pending.values()), timeout]);
+      clearTimeout(timer);
+    }
+    return this.pending.size;
+  }
+}
