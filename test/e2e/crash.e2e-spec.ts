@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import type { HostRuntime } from '@berth/runtime';
+import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { describeKernel } from '@test/support/kernel';
 import {
   childCgroups,
@@ -250,6 +251,31 @@ describeKernel(
       expect((await waitJob(destroyed.body.job.id)).state).toBe('completed');
       expectSurvivorsRunning();
     }, 120_000);
+
+    it('an end that Postgres refuses (not only is it away) is retried, then the job is recorded as failed', async () => {
+      // A trigger refuses this one job's completion, as a constraint would; its failure goes through.
+      const fn = `berth_refuse_end_${process.pid}`;
+      await c.ds.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'end refused by the test'; END $$`);
+      await c.ds.query(`CREATE TRIGGER ${fn} BEFORE UPDATE ON jobs FOR EACH ROW
+        WHEN (NEW.state = 'completed' AND NEW.result->>'n' = '-4242') EXECUTE FUNCTION ${fn}()`);
+      try {
+        const job = await c.api.get(JobEnqueuer).submit({
+          kind: 'system.noop',
+          payload: { n: -4242 },
+          hostId: await c.hostId(),
+          principal: { keyId: 'test:crash', tenantId: null, scopes: ['admin'], requestId: '' },
+        });
+        const ended = await c.http().get(`/v1/jobs/${job!.id}/wait?timeout=30`).set(c.auth());
+        expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'END_NOT_RECORDED' } });
+        expect(ended.body.error.message).toMatch(/its end could not be recorded: end refused by the test/);
+        const events = (await jobEvents(c.ds, job!.id)).map((e) => e.action);
+        expect(events).toEqual(['job.queued', 'job.active', 'job.failed']);
+      } finally {
+        await c.ds.query(`DROP TRIGGER IF EXISTS ${fn} ON jobs`);
+        await c.ds.query(`DROP FUNCTION IF EXISTS ${fn}()`);
+      }
+    }, 60_000);
 
     it('destroys everything through the API afterwards: nothing is left on the host', async () => {
       // A failed case above may have left its worker killed: this one needs a live worker.

@@ -164,7 +164,16 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       // A handler's own changes (`apply`) commit with the end before the slot moves on; the usual end is
       // written behind (see WrittenBehind).
       if (outcome.apply) await complete();
-      else this.behind.add(job.id, complete);
+      else
+        this.behind.add(job.id, complete, async (err) => {
+          // Postgres refuses this end (not only is it away): the job is recorded as failed, retryable.
+          const failure: JobFailure = {
+            code: 'END_NOT_RECORDED',
+            message: `the job ran, but its end could not be recorded: ${err instanceof Error ? err.message : String(err)}`,
+            step: null,
+          };
+          await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
+        });
       log.info('job completed');
       return outcome.result;
     } catch (e) {

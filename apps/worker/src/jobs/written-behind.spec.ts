@@ -1,4 +1,4 @@
-import { WrittenBehind } from './written-behind';
+import { FALLBACK_AFTER, WrittenBehind } from './written-behind';
 
 describe('WrittenBehind', () => {
   const warnings: object[] = [];
@@ -20,6 +20,27 @@ describe('WrittenBehind', () => {
       expect.objectContaining({ jobId: 'j1', retryMs: 100 }),
       expect.objectContaining({ jobId: 'j1', retryMs: 200 }),
     ]);
+  });
+
+  it('after FALLBACK_AFTER failures tries the fallback too, and stops once it is written', async () => {
+    const behind = new WrittenBehind(log);
+    let writes = 0;
+    const fallbacks: string[] = [];
+    behind.add(
+      'j2',
+      async () => {
+        writes++;
+        throw new Error('refused');
+      },
+      async (err) => {
+        fallbacks.push((err as Error).message);
+        if (fallbacks.length < 2) throw new Error('away');
+      },
+    );
+    expect(await behind.drain(10_000)).toBe(0);
+    // Fallback tried at the 5th failure (failed), then again at the 6th (written).
+    expect(writes).toBe(FALLBACK_AFTER + 1);
+    expect(fallbacks).toEqual(['refused', 'refused']);
   });
 
   it('drain gives up at its timeout and answers how many writes are left', async () => {

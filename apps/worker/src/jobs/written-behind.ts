@@ -3,6 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 /** Retry delays of a failed write: doubling from the first, capped at the last. */
 const FIRST_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
+/** Failed writes after which the fallback is tried too (after ≈ 1.5 s of retries). */
+export const FALLBACK_AFTER = 5;
 
 interface Log {
   warn(obj: object, msg: string): void;
@@ -12,23 +14,34 @@ interface Log {
  * Writes made behind the worker's slots: a job's completion is handed here and the slot takes its next job
  * while Postgres commits it (the completion's statement is shared with other slots' claims and completions,
  * see JobStore.writes). A write that fails is retried (doubling delays up to 5 s) for as long as the process
- * lives; `drain` waits for what is pending, at shutdown. A write lost with the process (a kill, or Postgres
- * away until the end of the shutdown grace) leaves the job `active` with its BullMQ job ended: the next
- * worker's start-up sweep puts it back in the queue (JobRunner.sweep).
+ * lives; from the FALLBACK_AFTER-th failure on, each round also tries the `fallback` write (recording the
+ * job as failed: Postgres refuses this end, not only is it away) and stops once either succeeds. `drain`
+ * waits for what is pending, at shutdown. A write lost with the process (a kill, or Postgres away until the
+ * end of the shutdown grace) leaves the job `active` with its BullMQ job ended: the next worker's start-up
+ * sweep puts it back in the queue (JobRunner.sweep).
  */
 export class WrittenBehind {
   private readonly pending = new Map<string, Promise<void>>();
 
   constructor(private readonly log: Log) {}
 
-  /** Starts `write` for job `id` (its result is logged, never thrown). */
-  add(id: string, write: () => Promise<void>): void {
+  /** Starts `write` for job `id` (its errors are logged, never thrown); see the class for `fallback`. */
+  add(id: string, write: () => Promise<void>, fallback?: (lastError: unknown) => Promise<void>): void {
     const run = async () => {
       for (let n = 0; ; n++) {
         try {
           await write();
           return;
         } catch (err) {
+          if (fallback && n + 1 >= FALLBACK_AFTER) {
+            try {
+              await fallback(err);
+              this.log.warn({ err, jobId: id }, 'completion refused, recorded the fallback instead');
+              return;
+            } catch (e) {
+              this.log.warn({ err: e, jobId: id }, 'fallback written behind failed too');
+            }
+          }
           const retryMs = Math.min(FIRST_RETRY_MS * 2 ** n, MAX_RETRY_MS);
           this.log.warn({ err, jobId: id, retryMs }, 'completion written behind failed, retrying');
           await sleep(retryMs);
