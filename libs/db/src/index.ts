@@ -9,3 +9,4 @@ export * from './pipelined-tx';
 export * from './batcher';
 export * from './pipelined-pool';
 export * from './pg-listener';
+export * from './outbox';

@@ -2,8 +2,7 @@ import { HttpStatus, Inject, Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { appendAudit, preparedQuery, recomputeTargetState } from '@berth/db';
-import { hostQueueName } from '@berth/jobs';
+import { appendAudit, preparedQuery, publishAgain, recomputeTargetState } from '@berth/db';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
@@ -11,7 +10,7 @@ import { FINAL_JOB_STATES, toJobView, type JobRow, type JobView } from './job-vi
 import { JobNotifications } from './job-notifications';
 
 /** Audit actions of a job that never leave it ended: a long-poll does not look again on these. */
-const NOT_AN_END = new Set(['job.queued', 'job.active', 'job.step.done', 'job.retry']);
+const NOT_AN_END = new Set(['job.queued', 'job.active', 'job.step.done', 'job.retry', 'job.requeued']);
 
 export interface JobFilters {
   state?: string;
@@ -189,12 +188,7 @@ export class JobsService {
       );
       // The job is pending again: the container's target state includes what it will do.
       await this.afterRequeueOrCancel(m, job, 'job.retry.requested', principal);
-      await m.query(`INSERT INTO outbox (queue, job_name, job_id, payload) VALUES ($1, $2, $3, $4)`, [
-        hostQueueName(job.host_id!),
-        job.kind,
-        id,
-        JSON.stringify({ jobId: id, kind: job.kind, payload: job.params, bullJobId: `${id}-r${n + 1}` }),
-      ]);
+      await publishAgain(m, { ...job, host_id: job.host_id! }, `${id}-r${n + 1}`);
     });
     return this.get(id);
   }

@@ -1,8 +1,15 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
-import { createBatcher, PipelinedPool, preparedQuery, recomputeTargetState } from '@berth/db';
-import { hostQueueName, type JobKind, type QueuedJobData } from '@berth/jobs';
+import {
+  appendAudit,
+  createBatcher,
+  PipelinedPool,
+  preparedQuery,
+  publishAgain,
+  recomputeTargetState,
+} from '@berth/db';
+import type { JobKind } from '@berth/jobs';
 import type { JobOutcome } from './job-context';
 
 export interface StoredJob {
@@ -399,28 +406,15 @@ export class JobStore {
         [jobId],
       );
       const next = `${jobId}-k${n + 1}`;
-      await m.query(
-        `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
-         VALUES ('${ACTOR}', 'job.requeued', $1, $2, $3, $4)`,
-        [
-          job.container_id ? 'container' : 'job',
-          job.container_id ?? job.id,
-          job.id,
-          JSON.stringify({ kind: job.kind, reason, bullJobId, nextBullJobId: next }),
-        ],
-      );
-      const data: QueuedJobData & { bullJobId: string } = {
-        jobId,
-        kind: job.kind,
-        payload: job.params,
-        bullJobId: next,
-      };
-      await m.query(`INSERT INTO outbox (queue, job_name, job_id, payload) VALUES ($1, $2, $3, $4)`, [
-        hostQueueName(job.host_id),
-        job.kind,
-        jobId,
-        JSON.stringify(data),
-      ]);
+      await appendAudit(m, {
+        actor: ACTOR,
+        action: 'job.requeued',
+        subjectType: job.container_id ? 'container' : 'job',
+        subjectId: job.container_id ?? job.id,
+        jobId: job.id,
+        data: { kind: job.kind, reason, bullJobId, nextBullJobId: next },
+      });
+      await publishAgain(m, job, next);
       return true;
     });
   }
