@@ -98,6 +98,8 @@ describeKernel(
       const events = await jobEvents(c.ds, jobId);
       expect(events.filter((e) => e.action === 'job.completed')).toHaveLength(1);
       expect(events.filter((e) => e.action === 'job.failed')).toHaveLength(0);
+      // Killed mid-run, its BullMQ job stayed active: BullMQ hands it back, the start-up sweep leaves it alone.
+      expect(events.filter((e) => e.action === 'job.requeued')).toHaveLength(0);
 
       const containers = await rt.containers.list();
       expect(containers.filter((x) => x.id === id)).toHaveLength(1);
