@@ -43,6 +43,20 @@ describe('WrittenBehind', () => {
     expect(fallbacks).toEqual(['refused', 'refused']);
   });
 
+  it('drain waits for every write, also two of one job', async () => {
+    const behind = new WrittenBehind(log);
+    const done: string[] = [];
+    let releaseFirst!: () => void;
+    behind.add('j3', () => new Promise<void>((r) => (releaseFirst = r)).then(() => void done.push('first')));
+    behind.add('j3', async () => void done.push('second'));
+    const draining = behind.drain(5_000);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(done).toEqual(['second']);
+    releaseFirst();
+    expect(await draining).toBe(0);
+    expect(done).toEqual(['second', 'first']);
+  });
+
   it('drain gives up at its timeout and answers how many writes are left', async () => {
     const behind = new WrittenBehind(log);
     let release!: () => void;

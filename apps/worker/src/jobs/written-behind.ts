@@ -21,7 +21,8 @@ interface Log {
  * sweep puts it back in the queue (JobRunner.sweep).
  */
 export class WrittenBehind {
-  private readonly pending = new Map<string, Promise<void>>();
+  /** Every write in progress (a job redelivered while its first end is still retrying has two). */
+  private readonly pending = new Set<Promise<void>>();
 
   constructor(private readonly log: Log) {}
 
@@ -48,13 +49,11 @@ export class WrittenBehind {
         }
       }
     };
-    const p = run().finally(() => {
-      if (this.pending.get(id) === p) this.pending.delete(id);
-    });
-    this.pending.set(id, p);
+    const p: Promise<void> = run().finally(() => this.pending.delete(p));
+    this.pending.add(p);
   }
 
-  /** The jobs whose writes are pending. */
+  /** The writes pending. */
   get size(): number {
     return this.pending.size;
   }
