@@ -79,7 +79,13 @@ export const envSchema = z.object({
   BERTH_ALLOW_IP_FORWARD: bool.default(false),
   HEARTBEAT_INTERVAL_MS: int(100, 600_000).default(5_000),
   HOST_OFFLINE_AFTER_MS: int(1_000, 3_600_000).default(30_000),
+  /** Jobs a worker runs at once (handlers against the runtime). */
   WORKER_CONCURRENCY: int(1, 256).default(4),
+  /**
+   * Jobs a worker takes from its queue and claims ahead of a free slot (default: WORKER_CONCURRENCY), so a
+   * slot that frees does not wait for the next job's claim round trip; 0 turns it off.
+   */
+  WORKER_PREFETCH: int(0, 256).optional(),
   /** BullMQ job lock (renewed while a job runs); a crashed worker's jobs are retried after it expires. */
   WORKER_LOCK_MS: int(1_000, 600_000).default(30_000),
   SHUTDOWN_GRACE_MS: int(0, 600_000).default(30_000),

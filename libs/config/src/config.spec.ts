@@ -23,6 +23,8 @@ describe('loadConfig', () => {
     const c = loadConfig({ API_PORT: '9000', WORKER_CONCURRENCY: '8', BERTH_ALLOW_IP_FORWARD: 'true' });
     expect(c.api.port).toBe(9000);
     expect(c.worker.concurrency).toBe(8);
+    expect(c.worker.prefetch).toBe(8); // follows the concurrency unless set
+    expect(loadConfig({ WORKER_CONCURRENCY: '8', WORKER_PREFETCH: '0' }).worker.prefetch).toBe(0);
     expect(c.runtime.network.allowIpForward).toBe(true);
   });
 

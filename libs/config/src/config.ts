@@ -19,7 +19,14 @@ export interface BerthConfig {
     heartbeatIntervalMs: number;
     offlineAfterMs: number;
   };
-  worker: { concurrency: number; shutdownGraceMs: number; lockMs: number };
+  worker: {
+    /** Jobs run at once. */
+    concurrency: number;
+    /** Jobs taken from the queue and claimed ahead of a free slot. */
+    prefetch: number;
+    shutdownGraceMs: number;
+    lockMs: number;
+  };
   runtime: {
     dataRoot: string;
     cgroupParent: string;
@@ -72,6 +79,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig
     },
     worker: {
       concurrency: e.WORKER_CONCURRENCY,
+      prefetch: e.WORKER_PREFETCH ?? e.WORKER_CONCURRENCY,
       shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
       lockMs: e.WORKER_LOCK_MS,
     },

@@ -55,7 +55,11 @@ export const jobPayloadSchemas = {
       z.strictObject({ type: z.literal('tarball'), path: z.string() }),
     ]),
   }),
-  'system.noop': z.strictObject({ n: z.number().int().optional() }),
+  'system.noop': z.strictObject({
+    n: z.number().int().optional(),
+    /** Holds its worker slot this long (tests and operators see a host's slots at work). */
+    holdMs: z.number().int().min(0).max(60_000).optional(),
+  }),
 } satisfies Record<JobKind, z.ZodType>;
 
 export type JobPayload<K extends JobKind> = z.infer<(typeof jobPayloadSchemas)[K]>;

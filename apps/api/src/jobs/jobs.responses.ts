@@ -17,7 +17,12 @@ export class JobErrorDto {
 export class JobDto {
   @ApiProperty({ format: 'uuid' }) id: string;
   @ApiProperty({ enum: JOB_KINDS }) kind: string;
-  @ApiProperty({ enum: JOB_STATE_VALUES }) state: string;
+  @ApiProperty({
+    enum: JOB_STATE_VALUES,
+    description:
+      "`active`: taken by its host's worker (running, or claimed ahead and waiting for a worker slot: see progress)",
+  })
+  state: string;
   @ApiProperty({ type: String, format: 'uuid', nullable: true }) containerId: string | null;
   @ApiProperty({ type: String, format: 'uuid', nullable: true }) hostId: string | null;
   @ApiProperty({ type: 'object', additionalProperties: true, description: 'the validated job payload' })
@@ -30,7 +35,13 @@ export class JobDto {
   @ApiProperty() maxAttempts: number;
   @ApiProperty({ description: 'the API key id that asked for it' }) requestedBy: string;
   @ApiProperty({ format: 'date-time' }) createdAt: string;
-  @ApiProperty({ type: String, format: 'date-time', nullable: true }) startedAt: string | null;
+  @ApiProperty({
+    type: String,
+    format: 'date-time',
+    nullable: true,
+    description: "when its host's worker first took it",
+  })
+  startedAt: string | null;
   @ApiProperty({ type: String, format: 'date-time', nullable: true }) finishedAt: string | null;
   @ApiPropertyOptional({
     example: 'waiting for host h1: offline since 2025-01-01T00:00:00.000Z',

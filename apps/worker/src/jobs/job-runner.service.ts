@@ -1,4 +1,5 @@
 import { Inject, Injectable, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
+import { E_CANCELED, Semaphore } from 'async-mutex';
 import { DelayedError, type Job, Queue, UnrecoverableError, Worker } from 'bullmq';
 import { PinoLogger } from 'nestjs-pino';
 import { ZodError } from 'zod';
@@ -21,6 +22,9 @@ import { WrittenBehind } from './written-behind';
 
 /** How long a job waits before looking again when an earlier job of its container is unfinished. */
 const FIFO_RECHECK_MS = 100;
+
+/** A job claimed ahead that has waited this long for a slot says so in its progress. */
+const SLOT_WAIT_NOTICE_MS = 50;
 
 const FINAL_STATES = ['completed', 'cancelled', 'failed'];
 
@@ -62,6 +66,12 @@ export function classify(e: unknown): JobFailure & { permanent: boolean } {
  * the job reads `active` and its waiters wait; a later job of the same container is not claimed before it
  * (FIFO: blocked until the end is committed, or committed in the same statement). At start, before taking
  * jobs, the worker puts back in the queue the jobs whose end a dead worker did not record (`sweep`).
+ *
+ * Claims ahead (WORKER_PREFETCH): BullMQ hands the worker up to concurrency + prefetch jobs, each is claimed
+ * at once, and at most `concurrency` handlers run at a time (`slots`); the others wait, claimed (`active`,
+ * progress "waiting for a worker slot" after SLOT_WAIT_NOTICE_MS), for a slot. A slot that frees starts a
+ * job that is already claimed instead of waiting for the next claim's round trip. At shutdown the jobs still
+ * waiting for a slot are handed back to the queue at once (the next worker claims them again).
  */
 @Injectable()
 export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown {
@@ -69,6 +79,10 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
   private readonly handlers = buildRegistry();
   private hostId?: string;
   private readonly behind: WrittenBehind;
+  /** Execution slots: handlers running at once (WORKER_CONCURRENCY). */
+  private readonly slots: Semaphore;
+  /** Set at shutdown: no job starts any more. */
+  private closing = false;
 
   constructor(
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
@@ -79,6 +93,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
   ) {
     log.setContext(JobRunner.name);
     this.behind = new WrittenBehind(log);
+    this.slots = new Semaphore(config.worker.concurrency);
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -89,14 +104,16 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     this.worker = new Worker<QueuedJobData>(queue, (job, token) => this.process(job, token), {
       connection: bullConnection(this.config.redis.url),
       prefix: this.config.redis.bullPrefix,
-      concurrency: this.config.worker.concurrency,
+      // The jobs running plus those claimed ahead, waiting for a slot (see the class comment).
+      concurrency: this.config.worker.concurrency + this.config.worker.prefetch,
       lockDuration: this.config.worker.lockMs,
       stalledInterval: this.config.worker.lockMs,
       // A worker killed mid-job makes its jobs stalled: they are retried, not failed, up to this many times.
       maxStalledCount: 5,
     });
     this.worker.on('error', (e) => this.log.warn({ err: e }, 'queue error'));
-    this.log.info({ queue, concurrency: this.config.worker.concurrency }, 'consuming host queue');
+    const { concurrency, prefetch } = this.config.worker;
+    this.log.info({ queue, concurrency, prefetch }, 'consuming host queue');
   }
 
   /**
@@ -153,13 +170,32 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     }
     const handler = this.handlers.get(kind)!;
     const log = this.log.logger.child({ jobId, kind, containerId: job.container_id, hostId: this.hostId });
+    const releaseSlot = await this.slot(job.id, log);
+    if (!releaseSlot) {
+      // Shutting down: not started, back to the queue now (Postgres keeps it `active` until it is claimed
+      // again, as after a worker's crash).
+      log.info('handed back at shutdown before it started');
+      await bull.moveToDelayed(Date.now(), token);
+      throw new DelayedError();
+    }
     log.info({ attempt }, 'job started');
-    const { ctx, settle } = await this.context(job, handler, bull, claim.doneSteps, log);
+    const { ctx, settle } = await this.context(job, handler, bull, claim.doneSteps, log).catch((e) => {
+      releaseSlot();
+      throw e;
+    });
     // Finished steps whose records are still to write: with the job's end, whichever it is.
     const unrecorded: string[] = [];
+    // The slot frees once the handler is done and its records settled: writing the end does not hold it.
+    const done = async () => {
+      try {
+        unrecorded.push(...(await settle()));
+      } finally {
+        releaseSlot();
+      }
+    };
     try {
       const outcome = await handler.run(ctx);
-      unrecorded.push(...(await settle()));
+      await done();
       const complete = () => this.store.complete(job, outcome, unrecorded);
       // A handler's own changes (`apply`) commit with the end before the slot moves on; the usual end is
       // written behind (see WrittenBehind).
@@ -178,7 +214,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       return outcome.result;
     } catch (e) {
       // The steps finished before the failure are recorded before it (a retry resumes after them).
-      unrecorded.push(...(await settle()));
+      await done();
       for (const step of unrecorded)
         await this.store
           .stepDone(job, step)
@@ -194,6 +230,33 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
       log.warn({ failure, attempt }, 'job failed');
       throw new UnrecoverableError(`${failure.code}: ${failure.message}`);
+    }
+  }
+
+  /**
+   * Waits for an execution slot (see the class comment); answers its release, or null when the worker is
+   * shutting down (the job is not to start). A job claimed ahead that
+   * waits a while says so in its progress, written before the job starts so that it never overwrites the
+   * job's own progress.
+   */
+  private async slot(jobId: string, log: PinoLogger['logger']): Promise<(() => void) | null> {
+    if (this.closing) return null;
+    if (!this.slots.isLocked()) return (await this.slots.acquire())[1];
+    let notice: Promise<void> | undefined;
+    const timer = setTimeout(() => {
+      notice = this.store
+        .progress(jobId, 'waiting for a worker slot', 0)
+        .catch((err: unknown) => log.warn({ err }, 'progress record failed'));
+    }, SLOT_WAIT_NOTICE_MS);
+    try {
+      const [, release] = await this.slots.acquire();
+      return release;
+    } catch (e) {
+      if (e === E_CANCELED) return null; // shutdown (see onApplicationShutdown)
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      await notice;
     }
   }
 
@@ -288,12 +351,15 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
   }
 
   /**
-   * Graceful: stop taking jobs, let the active ones finish (past the grace BullMQ hands unfinished ones back)
-   * and wait for the ends written behind. (Nest shuts the root module down before the modules it imports:
-   * the database pools close after this.)
+   * Graceful: stop taking jobs, hand back those claimed ahead, let the running ones finish (past the grace
+   * BullMQ hands unfinished ones back) and wait for the ends written behind. (Nest shuts the root module
+   * down before the modules it imports: the database pools close after this.)
    */
   async onApplicationShutdown(): Promise<void> {
     if (!this.worker) return;
+    // Jobs claimed ahead do not start now: they go back to the queue (see `process`).
+    this.closing = true;
+    this.slots.cancel();
     const deadline = Date.now() + this.config.worker.shutdownGraceMs;
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<void>((r) => (timer = setTimeout(r, this.config.worker.shutdownGraceMs)));

@@ -1,0 +1,192 @@
+import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
+import type { Principal } from '../../apps/api/src/auth/principal';
+import { describeKernel } from '@test/support/kernel';
+import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
+import { startCluster, until, type Cluster } from '@test/support/worker-process';
+
+const CONCURRENCY = 2;
+const PREFETCH = 2;
+const JOBS = 8;
+const HOLD_MS = 400;
+
+/**
+ * The worker's slots (WORKER_CONCURRENCY) and its claims ahead (WORKER_PREFETCH), with a real worker, Redis
+ * and Postgres: jobs that hold their slot (`system.noop` with `holdMs`) run at most CONCURRENCY at once,
+ * while up to PREFETCH more are already claimed and say that they wait for a slot.
+ */
+describeKernel('worker slots: concurrency and claims ahead', { root: true }, () => {
+  let p: Pipeline;
+  let hostId: string;
+  const principal: Principal = { keyId: 'test:slots', tenantId: null, scopes: ['admin'], requestId: '' };
+
+  beforeAll(async () => {
+    p = await startPipeline('slots', {
+      WORKER_CONCURRENCY: String(CONCURRENCY),
+      WORKER_PREFETCH: String(PREFETCH),
+    });
+    [{ id: hostId }] = await p.ds.query(`SELECT id FROM hosts WHERE name = $1`, [p.hostName]);
+  }, 120_000);
+  afterAll(() => p?.close(), 60_000);
+
+  /** The most intervals open at one instant ([from, to) in ms). */
+  const maxOverlap = (intervals: [number, number][]) => {
+    const points = intervals.flatMap(([from, to]) => [
+      { t: from, d: 1 },
+      { t: to, d: -1 },
+    ]);
+    points.sort((a, b) => a.t - b.t || a.d - b.d);
+    let open = 0;
+    let most = 0;
+    for (const pt of points) most = Math.max(most, (open += pt.d));
+    return most;
+  };
+
+  /** Submits `count` slot-holding no-op jobs at once; their ids. */
+  const submit = async (count: number) =>
+    (
+      await Promise.all(
+        Array.from({ length: count }, (_, n) =>
+          p.api
+            .get(JobEnqueuer)
+            .submit({ kind: 'system.noop', payload: { n, holdMs: HOLD_MS }, hostId, principal }),
+        ),
+      )
+    ).map((j) => j!.id);
+
+  /**
+   * Per job: claimed (its `job.active` event, Postgres's clock) and the handler's run (the worker's clock;
+   * one machine, one clock). A job is held by the worker from its claim to the end of its run.
+   */
+  const timeline = async (ids: string[]) => {
+    const ended = await Promise.all(ids.map((id) => waitJob(p, id, 60)));
+    for (const j of ended) expect(j).toMatchObject({ state: 'completed' });
+    const claims: { job_id: string; at: Date }[] = await p.ds.query(
+      `SELECT job_id, occurred_at AS at FROM audit_events WHERE action = 'job.active' AND job_id = ANY($1::uuid[])`,
+      [ids],
+    );
+    expect(claims).toHaveLength(ids.length);
+    return ended.map((j) => {
+      const r = j.result as { ranFrom: string; ranTo: string };
+      const claimed = claims.find((c) => c.job_id === j.id)!.at.getTime();
+      return { claimed, ranFrom: Date.parse(r.ranFrom), ranTo: Date.parse(r.ranTo) };
+    });
+  };
+
+  it('runs at most WORKER_CONCURRENCY jobs at once, with WORKER_PREFETCH more claimed and waiting', async () => {
+    const ids = await submit(JOBS);
+    // While they run: the progress stages jobs show.
+    const stages = new Set<string>();
+    const watching = (async () => {
+      for (let i = 0; i < 1_000; i++) {
+        const rows: { state: string; stage: string | null }[] = await p.ds.query(
+          `SELECT state, progress->>'stage' AS stage FROM jobs WHERE id = ANY($1::uuid[])`,
+          [ids],
+        );
+        for (const r of rows) if (r.stage) stages.add(`${r.state}:${r.stage}`);
+        if (rows.every((r) => r.state === 'completed')) return;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const t = await timeline(ids);
+    await watching;
+
+    // Execution: the handlers' runs never overlap more than the slots (and do fill them).
+    expect(maxOverlap(t.map((x) => [x.ranFrom, x.ranTo]))).toBe(CONCURRENCY);
+    // Claims ahead: jobs were held (claimed, not yet run to the end) beyond the slots, up to both together;
+    // those claimed ahead waited about one hold for their slot, and said so meanwhile.
+    expect(maxOverlap(t.map((x) => [x.claimed, x.ranTo]))).toBe(CONCURRENCY + PREFETCH);
+    expect(t.filter((x) => x.ranFrom - x.claimed > HOLD_MS / 2).length).toBeGreaterThanOrEqual(PREFETCH);
+    expect(stages).toContain('active:waiting for a worker slot');
+    // The audit trail has each transition once per job: queued, active, completed.
+    const events: { job_id: string; action: string }[] = await p.ds.query(
+      `SELECT job_id, action FROM audit_events WHERE job_id = ANY($1::uuid[]) ORDER BY id`,
+      [ids],
+    );
+    for (const id of ids)
+      expect(events.filter((e) => e.job_id === id).map((e) => e.action)).toEqual([
+        'job.queued',
+        'job.active',
+        'job.completed',
+      ]);
+  }, 60_000);
+
+  it('with WORKER_PREFETCH=0 claims no job ahead of a free slot', async () => {
+    await p.close();
+    p = await startPipeline('slots0', { WORKER_CONCURRENCY: String(CONCURRENCY), WORKER_PREFETCH: '0' });
+    [{ id: hostId }] = await p.ds.query(`SELECT id FROM hosts WHERE name = $1`, [p.hostName]);
+    const t = await timeline(await submit(4));
+    expect(maxOverlap(t.map((x) => [x.ranFrom, x.ranTo]))).toBe(CONCURRENCY);
+    expect(maxOverlap(t.map((x) => [x.claimed, x.ranTo]))).toBe(CONCURRENCY);
+    for (const x of t) expect(x.ranFrom - x.claimed).toBeLessThan(HOLD_MS / 2);
+  }, 120_000);
+});
+
+describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { root: true }, () => {
+  let c: Cluster;
+  const principal: Principal = { keyId: 'test:slots-stop', tenantId: null, scopes: ['admin'], requestId: '' };
+  beforeAll(async () => {
+    c = await startCluster('slotsstop', { WORKER_CONCURRENCY: '1', WORKER_PREFETCH: '2' });
+  }, 120_000);
+  afterAll(() => c?.close(), 60_000);
+
+  it('SIGTERM: the running job finishes and is recorded; the waiting ones are not started, and run on the next worker', async () => {
+    const w = await c.startWorker();
+    const hostId = await c.hostId();
+    const enqueuer = c.api.get(JobEnqueuer);
+    const ids: string[] = [];
+    // One after the other, so that the first one is the one running.
+    for (let n = 0; n < 3; n++)
+      ids.push(
+        (await enqueuer.submit({
+          kind: 'system.noop',
+          payload: { n, holdMs: 1_500 },
+          hostId,
+          principal,
+        }))!.id,
+      );
+    const rows = async () =>
+      (await c.ds.query(
+        `SELECT id, state, progress->>'stage' AS stage FROM jobs WHERE id = ANY($1::uuid[])`,
+        [ids],
+      )) as { id: string; state: string; stage: string | null }[];
+    // All three claimed, two of them waiting for the one slot.
+    await until(
+      'three jobs claimed, two waiting for the slot',
+      async () => {
+        const r = await rows();
+        return r.filter((x) => x.state === 'active' && x.stage === 'waiting for a worker slot').length ===
+          2 && r.every((x) => x.state === 'active')
+          ? r
+          : undefined;
+      },
+      20_000,
+    );
+    const waiting = (await rows()).filter((x) => x.stage === 'waiting for a worker slot').map((x) => x.id);
+    const running = ids.find((id) => !waiting.includes(id))!;
+    await w.stop();
+
+    const after = await rows();
+    expect(after.find((x) => x.id === running)!.state).toBe('completed');
+    const queue = await c.queue();
+    for (const id of waiting) {
+      // Not run: still `active` in Postgres (claimed), and back in BullMQ's queue, not held by anybody.
+      expect(after.find((x) => x.id === id)!.state).toBe('active');
+      expect(['delayed', 'waiting', 'prioritized']).toContain(await (await queue.getJob(id))!.getState());
+    }
+
+    await c.startWorker();
+    for (const id of ids) {
+      const res = await c.http().get(`/v1/jobs/${id}/wait?timeout=30`).set(c.auth());
+      expect(res.body).toMatchObject({ state: 'completed' });
+    }
+    const events: { job_id: string; action: string }[] = await c.ds.query(
+      `SELECT job_id, action FROM audit_events WHERE job_id = ANY($1::uuid[]) ORDER BY id`,
+      [ids],
+    );
+    const of = (id: string) => events.filter((e) => e.job_id === id).map((e) => e.action);
+    expect(of(running)).toEqual(['job.queued', 'job.active', 'job.completed']);
+    // Claimed by both workers, run and completed once.
+    for (const id of waiting)
+      expect(of(id)).toEqual(['job.queued', 'job.active', 'job.active', 'job.completed']);
+  }, 90_000);
+});
