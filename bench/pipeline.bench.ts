@@ -9,8 +9,10 @@
  *      long-poll answer) is timed in-process, so a slow stage shows by name.
  *   2. Throughput: `system.noop` jobs through the same path as the API's container operations
  *      (JobEnqueuer.submit, group-committed → outbox row handed to the relay → BullMQ → worker → job store
- *      + audit), against raw BullMQ (`Queue.add` + a no-op `Worker`) on the same Redis, same concurrency,
- *      same run: rounds of one run each, alternating which goes first; the median round's ratio counts.
+ *      + audit), against raw BullMQ (`Queue.add` + a no-op `Worker`) on the same Redis, same run: at the
+ *      same concurrency (jobs running at once; the target's peer) and at Berth's fetch depth (concurrency +
+ *      WORKER_PREFETCH: the jobs Berth's worker holds, running or claimed ahead). Rounds of one run each,
+ *      alternating which goes first; the median round's ratio counts.
  *
  * Process layout (as in production, where API and worker are separate processes): the API (HTTP, enqueuer,
  * outbox relay) runs in this process, next to the bench's clients; Berth's worker runs in its own process
@@ -22,7 +24,8 @@
  * Run: node -r ts-node/register/transpile-only -r tsconfig-paths/register bench/pipeline.bench.ts
  * Settings (environment): BENCH_DIR (/var/tmp/berth-bench), BENCH_RESULTS_DIR (bench/results),
  * BENCH_PIPELINE_RUNS (200), BENCH_PIPELINE_BATCH (20), BENCH_PIPELINE_JOBS (2000),
- * BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4), BENCH_PIPELINE_ROUNDS (5).
+ * BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4), BENCH_PIPELINE_PREFETCH (= concurrency),
+ * BENCH_PIPELINE_ROUNDS (5).
  */
 import { randomUUID } from 'node:crypto';
 import { cpus, release, totalmem } from 'node:os';
@@ -57,6 +60,8 @@ const settings = {
   rounds: intEnv('BENCH_PIPELINE_ROUNDS', 5),
   /** Worker concurrency, Berth's worker and the raw BullMQ worker alike (Berth's default is 4). */
   concurrency: intEnv('BENCH_PIPELINE_CONCURRENCY', 4),
+  /** Berth's WORKER_PREFETCH (jobs claimed ahead of a free slot); its default follows the concurrency. */
+  prefetch: intEnv('BENCH_PIPELINE_PREFETCH', Number(process.env.BENCH_PIPELINE_CONCURRENCY ?? 4), 0),
   /** Upper bound of any single wait (a job that never ends fails the bench instead of hanging it). */
   jobTimeoutS: 60,
   throughputTimeoutMs: 300_000,
@@ -273,14 +278,19 @@ async function berthNoop(sys: BenchSystem, trace: PipelineTrace, principal: Prin
 }
 
 /** Raw BullMQ: `Queue.add` from this process, a no-op `Worker` in its own process (like Berth's worker). */
-async function rawBullmq(sys: BenchSystem, n: number, tag: string): Promise<ThroughputRun> {
+async function rawBullmq(
+  sys: BenchSystem,
+  n: number,
+  tag: string,
+  concurrency = settings.concurrency,
+): Promise<ThroughputRun> {
   const name = `raw-bench-${tag}`;
   const connection = bullConnection(sys.config.redis.url);
   const prefix = sys.config.redis.bullPrefix;
   const queue = new Queue(name, { connection, prefix });
   const c = countdown(n);
   const worker = await spawnChildWorker(
-    ['raw', name, String(settings.concurrency)],
+    ['raw', name, String(concurrency)],
     sys.workerEnv,
     (m) => m.t === 'completed' && c.tick(m.n),
   );
@@ -305,23 +315,42 @@ async function throughput(sys: BenchSystem, trace: PipelineTrace) {
   log(`throughput: warm-up (${warm} jobs each)`);
   await berthNoop(sys, trace, principal, warm);
   await rawBullmq(sys, warm, 'warm');
-  // Rounds of one raw BullMQ run and one Berth run, the order alternating (this VM's speed drifts by tens
+  // Raw BullMQ at Berth's fetch depth too, when it differs from the concurrency.
+  const depth = settings.concurrency + settings.prefetch;
+  const rawDeep = (tag: string) =>
+    depth === settings.concurrency ? null : rawBullmq(sys, settings.jobs, `${tag}d`, depth);
+  // Rounds of raw BullMQ runs and one Berth run, the order alternating (this VM's speed drifts by tens
   // of percent within a minute): each round's ratio compares runs made seconds apart, and the result is
   // the median round.
-  const rounds: { raw: ThroughputRun; berth: ThroughputRun; ratio: number }[] = [];
+  const rounds: {
+    raw: ThroughputRun;
+    rawDeep: ThroughputRun | null;
+    berth: ThroughputRun;
+    ratio: number;
+    ratioDeep: number | null;
+  }[] = [];
   for (let r = 0; r < settings.rounds; r++) {
     checkAbort();
     log(`throughput: round ${r + 1}/${settings.rounds}, ${settings.jobs} jobs each`);
     let raw: ThroughputRun;
+    let deep: ThroughputRun | null;
     let berth: ThroughputRun;
     if (r % 2 === 0) {
       raw = await rawBullmq(sys, settings.jobs, `r${r}`);
       berth = await berthNoop(sys, trace, principal, settings.jobs);
+      deep = await rawDeep(`r${r}`);
     } else {
+      deep = await rawDeep(`r${r}`);
       berth = await berthNoop(sys, trace, principal, settings.jobs);
       raw = await rawBullmq(sys, settings.jobs, `r${r}`);
     }
-    rounds.push({ raw, berth, ratio: berth.jobsPerSecond / raw.jobsPerSecond });
+    rounds.push({
+      raw,
+      rawDeep: deep,
+      berth,
+      ratio: berth.jobsPerSecond / raw.jobsPerSecond,
+      ratioDeep: deep ? berth.jobsPerSecond / deep.jobsPerSecond : null,
+    });
   }
   const [{ completed }] = await sys.ds.query(
     `SELECT count(*)::int AS completed FROM jobs WHERE kind = 'system.noop' AND state = 'completed'`,
@@ -336,6 +365,9 @@ async function throughput(sys: BenchSystem, trace: PipelineTrace) {
     berthJobsPerSecond: median(rounds.map((x) => x.berth.jobsPerSecond)),
     rawJobsPerSecond: median(rounds.map((x) => x.raw.jobsPerSecond)),
     ratio: median(rounds.map((x) => x.ratio)),
+    rawDeepJobsPerSecond:
+      depth === settings.concurrency ? null : median(rounds.map((x) => x.rawDeep!.jobsPerSecond)),
+    ratioDeep: depth === settings.concurrency ? null : median(rounds.map((x) => x.ratioDeep!)),
   };
 }
 
@@ -355,6 +387,7 @@ async function main(): Promise<void> {
     bullPrefix: tag,
     hostName: tag,
     workerConcurrency: settings.concurrency,
+    env: { WORKER_PREFETCH: String(settings.prefetch) },
   });
   try {
     const trace = new PipelineTrace();
@@ -434,28 +467,42 @@ function latencyReport(driver: string, lat: LatencyResult): string[] {
 function throughputReport(tp: ThroughputResult): string[] {
   const rate = (r: number) => `${Math.round(r)} jobs/s`;
   const pct = (x: number) => `${(x * 100).toFixed(0)} %`;
+  const depth = settings.concurrency + settings.prefetch;
+  const deep = tp.ratioDeep !== null;
   return [
-    `### Pipeline throughput: system.noop, ${settings.jobs} jobs per run, ${settings.inflight} submitters, worker concurrency ${settings.concurrency}`,
+    `### Pipeline throughput: system.noop, ${settings.jobs} jobs per run, ${settings.inflight} submitters, worker concurrency ${settings.concurrency} (Berth: + ${settings.prefetch} claimed ahead)`,
     '',
     markdownTable(
       [
         'round',
-        'raw BullMQ Queue.add + Worker',
+        `raw BullMQ Queue.add + Worker, concurrency ${settings.concurrency}`,
+        ...(deep ? [`raw BullMQ, concurrency ${depth}`] : []),
         'Berth: enqueuer + outbox + relay + BullMQ + worker + audit',
-        'Berth / raw',
+        `Berth / raw (${settings.concurrency})`,
+        ...(deep ? [`Berth / raw (${depth})`] : []),
       ],
       [
         ...tp.rounds.map((r, i) => [
-          `${i + 1} (${i % 2 === 0 ? 'raw first' : 'Berth first'})`,
+          `${i + 1} (${i % 2 === 0 ? 'raw first' : 'raw last'})`,
           rate(r.raw.jobsPerSecond),
+          ...(deep ? [rate(r.rawDeep!.jobsPerSecond)] : []),
           rate(r.berth.jobsPerSecond),
           pct(r.ratio),
+          ...(deep ? [pct(r.ratioDeep!)] : []),
         ]),
-        ['median', rate(tp.rawJobsPerSecond), rate(tp.berthJobsPerSecond), pct(tp.ratio)],
+        [
+          'median',
+          rate(tp.rawJobsPerSecond),
+          ...(deep ? [rate(tp.rawDeepJobsPerSecond!)] : []),
+          rate(tp.berthJobsPerSecond),
+          pct(tp.ratio),
+          ...(deep ? [pct(tp.ratioDeep!)] : []),
+        ],
       ],
     ),
     '',
-    `Berth / raw BullMQ, median of ${tp.rounds.length} rounds: ${pct(tp.ratio)} (target ≥ 50 %: ${ok(tp.ratio >= 0.5)}).`,
+    `Berth / raw BullMQ at the same concurrency, median of ${tp.rounds.length} rounds: ${pct(tp.ratio)} (target ≥ 50 %: ${ok(tp.ratio >= 0.5)}).` +
+      (deep ? ` Against raw BullMQ at Berth's fetch depth (${depth}): ${pct(tp.ratioDeep!)}.` : ''),
     '',
   ];
 }
