@@ -93,10 +93,12 @@ describeKernel('worker slots: concurrency and claims ahead', { root: true }, () 
     // Execution: the handlers' runs never overlap more than the slots (and do fill them).
     expect(maxOverlap(t.map((x) => [x.ranFrom, x.ranTo]))).toBe(CONCURRENCY);
     // Claims ahead: jobs were held (claimed, not yet run to the end) beyond the slots, up to both together;
-    // those claimed ahead waited about one hold for their slot, and said so meanwhile.
+    // those claimed ahead waited about one hold for their slot, and said so meanwhile…
     expect(maxOverlap(t.map((x) => [x.claimed, x.ranTo]))).toBe(CONCURRENCY + PREFETCH);
     expect(t.filter((x) => x.ranFrom - x.claimed > HOLD_MS / 2).length).toBeGreaterThanOrEqual(PREFETCH);
     expect(stages).toContain('active:waiting for a worker slot');
+    // …and that it runs, once it does (a handler without progress of its own would show the wait till its end).
+    expect(stages).toContain('active:running');
     // The audit trail has each transition once per job: queued, active, completed.
     const events: { job_id: string; action: string }[] = await p.ds.query(
       `SELECT job_id, action FROM audit_events WHERE job_id = ANY($1::uuid[]) ORDER BY id`,

@@ -170,19 +170,22 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     }
     const handler = this.handlers.get(kind)!;
     const log = this.log.logger.child({ jobId, kind, containerId: job.container_id, hostId: this.hostId });
-    const releaseSlot = await this.slot(job.id, log);
-    if (!releaseSlot) {
+    const slot = await this.slot(job.id, log);
+    if (!slot) {
       // Shutting down: not started, back to the queue now (Postgres keeps it `active` until it is claimed
       // again, as after a worker's crash).
       log.info('handed back at shutdown before it started');
       await bull.moveToDelayed(Date.now(), token);
       throw new DelayedError();
     }
+    const releaseSlot = slot.release;
     log.info({ attempt }, 'job started');
     const { ctx, settle } = await this.context(job, handler, bull, claim.doneSteps, log).catch((e) => {
       releaseSlot();
       throw e;
     });
+    // A job that said it waited for a slot says it runs now (before any progress of its own).
+    if (slot.noticed) ctx.progress('running', 0);
     // Finished steps whose records are still to write: with the job's end, whichever it is.
     const unrecorded: string[] = [];
     // The slot frees once the handler is done and its records settled: writing the end does not hold it.
@@ -235,13 +238,15 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
 
   /**
    * Waits for an execution slot (see the class comment); answers its release, or null when the worker is
-   * shutting down (the job is not to start). A job claimed ahead that
-   * waits a while says so in its progress, written before the job starts so that it never overwrites the
-   * job's own progress.
+   * shutting down (the job is not to start). A job claimed ahead that waits a while says so in its
+   * progress (`noticed`), written before the job starts so that it never overwrites the job's own progress.
    */
-  private async slot(jobId: string, log: PinoLogger['logger']): Promise<(() => void) | null> {
+  private async slot(
+    jobId: string,
+    log: PinoLogger['logger'],
+  ): Promise<{ release: () => void; noticed: boolean } | null> {
     if (this.closing) return null;
-    if (!this.slots.isLocked()) return (await this.slots.acquire())[1];
+    if (!this.slots.isLocked()) return { release: (await this.slots.acquire())[1], noticed: false };
     let notice: Promise<void> | undefined;
     const timer = setTimeout(() => {
       notice = this.store
@@ -250,7 +255,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     }, SLOT_WAIT_NOTICE_MS);
     try {
       const [, release] = await this.slots.acquire();
-      return release;
+      return { release, noticed: notice !== undefined };
     } catch (e) {
       if (e === E_CANCELED) return null; // shutdown (see onApplicationShutdown)
       throw e;
