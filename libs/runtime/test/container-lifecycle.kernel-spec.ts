@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { describeKernel } from '@test/support/kernel';
 import { readProcStat } from '@berth/runtime';
 import { openTestHost, spec, type TestHost } from './runtime-harness';
@@ -151,5 +151,24 @@ describeKernel('container lifecycle on the real kernel (btrfs pool)', needs, () 
     await expect(host.containers.start('../etc')).rejects.toMatchObject({ code: 'INVALID_NAME' });
     expect(await host.containers.list()).toEqual([]);
     expect(await host.storage.list()).toEqual([]);
+  });
+
+  it('a create whose clone fails while its cgroup is being made leaves no cgroup and no record', async () => {
+    // A directory where the volume goes: the clone fails at once (VOLUME_EXISTS) while the cgroup, made
+    // side by side with it, is still being created in the v1 hierarchies.
+    const clash = 'clash1';
+    const planted = host.storage.rootfsPath(clash);
+    mkdirSync(planted, { recursive: true });
+    try {
+      await expect(host.containers.create(spec(clash))).rejects.toMatchObject({ code: 'VOLUME_EXISTS' });
+      const left = ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio']
+        .map((c) => `/sys/fs/cgroup/${c}/${host.cgroupParent}/${clash}`)
+        .filter((d) => existsSync(d));
+      expect(left).toEqual([]);
+      expect((await host.containers.list()).map((c) => c.id)).not.toContain(clash);
+      expect(await host.containers.store.readConfig(clash)).toBeNull();
+    } finally {
+      rmSync(planted, { recursive: true, force: true });
+    }
   });
 });

