@@ -131,7 +131,14 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
   }, 120_000);
   afterAll(() => c?.close(), 60_000);
 
-  it('SIGTERM: the running job finishes and is recorded; the waiting ones are not started, and run on the next worker', async () => {
+  /** The job rows: state and progress stage. */
+  const rows = async (ids: string[]) =>
+    (await c.ds.query(`SELECT id, state, progress->>'stage' AS stage FROM jobs WHERE id = ANY($1::uuid[])`, [
+      ids,
+    ])) as { id: string; state: string; stage: string | null }[];
+
+  /** A worker with one slot, three slot-holding jobs: one running, two claimed ahead and waiting. */
+  async function oneRunningTwoWaiting() {
     const w = await c.startWorker();
     const hostId = await c.hostId();
     const enqueuer = c.api.get(JobEnqueuer);
@@ -146,16 +153,11 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
           principal,
         }))!.id,
       );
-    const rows = async () =>
-      (await c.ds.query(
-        `SELECT id, state, progress->>'stage' AS stage FROM jobs WHERE id = ANY($1::uuid[])`,
-        [ids],
-      )) as { id: string; state: string; stage: string | null }[];
     // All three claimed, two of them waiting for the one slot.
     await until(
       'three jobs claimed, two waiting for the slot',
       async () => {
-        const r = await rows();
+        const r = await rows(ids);
         return r.filter((x) => x.state === 'active' && x.stage === 'waiting for a worker slot').length ===
           2 && r.every((x) => x.state === 'active')
           ? r
@@ -163,11 +165,32 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
       },
       20_000,
     );
-    const waiting = (await rows()).filter((x) => x.stage === 'waiting for a worker slot').map((x) => x.id);
-    const running = ids.find((id) => !waiting.includes(id))!;
+    const waiting = (await rows(ids)).filter((x) => x.stage === 'waiting for a worker slot').map((x) => x.id);
+    return { w, ids, waiting, running: ids.find((id) => !waiting.includes(id))! };
+  }
+
+  /** Waits for each job's end through the API; each must be completed. */
+  async function allCompleted(ids: string[]) {
+    for (const id of ids) {
+      const res = await c.http().get(`/v1/jobs/${id}/wait?timeout=30`).set(c.auth());
+      expect(res.body).toMatchObject({ state: 'completed' });
+    }
+  }
+
+  /** The audit actions of each job, in order. */
+  async function actionsOf(ids: string[]) {
+    const events: { job_id: string; action: string }[] = await c.ds.query(
+      `SELECT job_id, action FROM audit_events WHERE job_id = ANY($1::uuid[]) ORDER BY id`,
+      [ids],
+    );
+    return (id: string) => events.filter((e) => e.job_id === id).map((e) => e.action);
+  }
+
+  it('SIGTERM: the running job finishes and is recorded; the waiting ones are not started, and run on the next worker', async () => {
+    const { w, ids, waiting, running } = await oneRunningTwoWaiting();
     await w.stop();
 
-    const after = await rows();
+    const after = await rows(ids);
     expect(after.find((x) => x.id === running)!.state).toBe('completed');
     const queue = await c.queue();
     for (const id of waiting) {
@@ -176,19 +199,28 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
       expect(['delayed', 'waiting', 'prioritized']).toContain(await (await queue.getJob(id))!.getState());
     }
 
-    await c.startWorker();
-    for (const id of ids) {
-      const res = await c.http().get(`/v1/jobs/${id}/wait?timeout=30`).set(c.auth());
-      expect(res.body).toMatchObject({ state: 'completed' });
-    }
-    const events: { job_id: string; action: string }[] = await c.ds.query(
-      `SELECT job_id, action FROM audit_events WHERE job_id = ANY($1::uuid[]) ORDER BY id`,
-      [ids],
-    );
-    const of = (id: string) => events.filter((e) => e.job_id === id).map((e) => e.action);
+    const w2 = await c.startWorker();
+    await allCompleted(ids);
+    const of = await actionsOf(ids);
     expect(of(running)).toEqual(['job.queued', 'job.active', 'job.completed']);
     // Claimed by both workers, run and completed once.
     for (const id of waiting)
       expect(of(id)).toEqual(['job.queued', 'job.active', 'job.active', 'job.completed']);
+    await w2.stop();
+  }, 90_000);
+
+  it('SIGKILL with jobs claimed ahead: after a restart every job runs to its end and is completed once', async () => {
+    const { w, ids } = await oneRunningTwoWaiting();
+    await w.kill();
+    expect((await rows(ids)).every((x) => x.state === 'active')).toBe(true);
+    // The dead worker's BullMQ jobs are stalled (their locks expire): the next worker takes all three again.
+    const w2 = await c.startWorker();
+    await allCompleted(ids);
+    const of = await actionsOf(ids);
+    for (const id of ids) {
+      expect(of(id).filter((a) => a === 'job.completed')).toHaveLength(1);
+      expect(of(id).filter((a) => a === 'job.failed')).toHaveLength(0);
+    }
+    await w2.stop();
   }, 90_000);
 });
