@@ -47,6 +47,9 @@ const intEnv = (name: string, fallback: number, min = 1): number => {
   return v;
 };
 
+/** Worker concurrency, Berth's worker and the raw BullMQ worker alike (Berth's default is 4). */
+const concurrency = intEnv('BENCH_PIPELINE_CONCURRENCY', 4);
+
 const settings = {
   dir: resolve(process.env.BENCH_DIR ?? '/var/tmp/berth-bench'),
   resultsDir: resolve(process.env.BENCH_RESULTS_DIR ?? join(__dirname, 'results')),
@@ -58,10 +61,9 @@ const settings = {
   inflight: intEnv('BENCH_PIPELINE_INFLIGHT', 16),
   /** Throughput rounds (one raw BullMQ run and one Berth run each); the median round is the result. */
   rounds: intEnv('BENCH_PIPELINE_ROUNDS', 5),
-  /** Worker concurrency, Berth's worker and the raw BullMQ worker alike (Berth's default is 4). */
-  concurrency: intEnv('BENCH_PIPELINE_CONCURRENCY', 4),
-  /** Berth's WORKER_PREFETCH (jobs claimed ahead of a free slot); its default follows the concurrency. */
-  prefetch: intEnv('BENCH_PIPELINE_PREFETCH', Number(process.env.BENCH_PIPELINE_CONCURRENCY ?? 4), 0),
+  concurrency,
+  /** Berth's WORKER_PREFETCH (jobs claimed ahead of a free slot); as in Berth, it follows the concurrency. */
+  prefetch: intEnv('BENCH_PIPELINE_PREFETCH', concurrency, 0),
   /** Upper bound of any single wait (a job that never ends fails the bench instead of hanging it). */
   jobTimeoutS: 60,
   throughputTimeoutMs: 300_000,
@@ -317,8 +319,8 @@ async function throughput(sys: BenchSystem, trace: PipelineTrace) {
   await rawBullmq(sys, warm, 'warm');
   // Raw BullMQ at Berth's fetch depth too, when it differs from the concurrency.
   const depth = settings.concurrency + settings.prefetch;
-  const rawDeep = (tag: string) =>
-    depth === settings.concurrency ? null : rawBullmq(sys, settings.jobs, `${tag}d`, depth);
+  const deep = depth !== settings.concurrency;
+  const rawDeep = (tag: string) => (deep ? rawBullmq(sys, settings.jobs, `${tag}d`, depth) : null);
   // Rounds of raw BullMQ runs and one Berth run, the order alternating (this VM's speed drifts by tens
   // of percent within a minute): each round's ratio compares runs made seconds apart, and the result is
   // the median round.
@@ -365,9 +367,8 @@ async function throughput(sys: BenchSystem, trace: PipelineTrace) {
     berthJobsPerSecond: median(rounds.map((x) => x.berth.jobsPerSecond)),
     rawJobsPerSecond: median(rounds.map((x) => x.raw.jobsPerSecond)),
     ratio: median(rounds.map((x) => x.ratio)),
-    rawDeepJobsPerSecond:
-      depth === settings.concurrency ? null : median(rounds.map((x) => x.rawDeep!.jobsPerSecond)),
-    ratioDeep: depth === settings.concurrency ? null : median(rounds.map((x) => x.ratioDeep!)),
+    rawDeepJobsPerSecond: deep ? median(rounds.map((x) => x.rawDeep!.jobsPerSecond)) : null,
+    ratioDeep: deep ? median(rounds.map((x) => x.ratioDeep!)) : null,
   };
 }
 
