@@ -186,7 +186,7 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     return (id: string) => events.filter((e) => e.job_id === id).map((e) => e.action);
   }
 
-  it('SIGTERM: the running job finishes and is recorded; the waiting ones are not started, and run on the next worker', async () => {
+  it('SIGTERM: the running job finishes and is recorded; the waiting ones are not started, are cancellable, and run on the next worker', async () => {
     const { w, ids, waiting, running } = await oneRunningTwoWaiting();
     await w.stop();
 
@@ -199,14 +199,61 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
       expect(['delayed', 'waiting', 'prioritized']).toContain(await (await queue.getJob(id))!.getState());
     }
 
-    const w2 = await c.startWorker();
-    await allCompleted(ids);
+    // Handed back, not started: still cancellable while no worker has it.
+    const [gone, kept] = waiting;
+    const cancel = (id: string) => c.http().post(`/v1/jobs/${id}/cancel`).set(c.auth()).send({});
+    expect((await cancel(gone)).body).toMatchObject({ state: 'cancelled' });
+
+    // The next worker has a free slot for the other one: claimed again, it starts at once, and from its
+    // claim on it is no longer "waiting" (nor cancellable) while it runs.
+    const w2 = await c.startWorker({ WORKER_CONCURRENCY: '2' });
+    await until('the handed-back job claimed again', async () => {
+      const [{ n }] = await c.ds.query(
+        `SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = 'job.active'`,
+        [kept],
+      );
+      return n === 2;
+    });
+    const refused = await cancel(kept);
+    expect({ status: refused.status, code: refused.body.code }).toEqual({
+      status: 409,
+      code: 'JOB_NOT_CANCELLABLE',
+    });
+    await allCompleted([running, kept]);
     const of = await actionsOf(ids);
     expect(of(running)).toEqual(['job.queued', 'job.active', 'job.completed']);
     // Claimed by both workers, run and completed once.
-    for (const id of waiting)
-      expect(of(id)).toEqual(['job.queued', 'job.active', 'job.active', 'job.completed']);
+    expect(of(kept)).toEqual(['job.queued', 'job.active', 'job.active', 'job.completed']);
+    // Cancelled while handed back: the next worker let it go without running it.
+    expect(of(gone)).toEqual(['job.queued', 'job.active', 'job.cancelled']);
+    expect((await c.ds.query(`SELECT result FROM jobs WHERE id = $1`, [gone]))[0].result).toBeNull();
     await w2.stop();
+  }, 90_000);
+
+  it('a job waiting for a slot can be cancelled and never runs; a running one cannot', async () => {
+    const { w, ids, waiting, running } = await oneRunningTwoWaiting();
+    const cancel = (id: string) => c.http().post(`/v1/jobs/${id}/cancel`).set(c.auth()).send({});
+    const refused = await cancel(running);
+    expect(refused.status).toBe(409);
+    expect(refused.body).toMatchObject({ code: 'JOB_NOT_CANCELLABLE' });
+    const [gone, kept] = waiting;
+    const cancelled = await cancel(gone);
+    expect(cancelled.status).toBe(200);
+    expect(cancelled.body).toMatchObject({ id: gone, state: 'cancelled' });
+
+    await allCompleted([running, kept]);
+    const queue = await c.queue();
+    const bull = await until('the worker to let go of the cancelled job', async () => {
+      const j = await queue.getJob(gone);
+      return j && (await j.getState()) === 'completed' ? j : undefined;
+    });
+    expect(bull.returnvalue).toEqual({ skipped: 'cancelled' });
+    const [row] = await c.ds.query(`SELECT state, result FROM jobs WHERE id = $1`, [gone]);
+    expect(row).toEqual({ state: 'cancelled', result: null }); // never ran
+    const of = await actionsOf(ids);
+    expect(of(gone)).toEqual(['job.queued', 'job.active', 'job.cancelled']);
+    expect(of(kept)).toEqual(['job.queued', 'job.active', 'job.completed']);
+    await w.stop();
   }, 90_000);
 
   it('SIGKILL with jobs claimed ahead: after a restart every job runs to its end and is completed once', async () => {

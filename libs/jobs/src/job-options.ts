@@ -24,3 +24,9 @@ export function jobOptionsFor(kind: JobKind, jobId: string): JobsOptions {
 export function maxAttemptsFor(kind: JobKind): number {
   return jobOptionsFor(kind, 'x').attempts ?? 1;
 }
+
+/**
+ * The progress stage of a job its host's worker claimed ahead of a free slot and that is still waiting for
+ * one (WORKER_PREFETCH): such a job has not started and can still be cancelled.
+ */
+export const SLOT_WAIT_STAGE = 'waiting for a worker slot';

@@ -143,7 +143,9 @@ export class JobsController {
 
   @Post(':id/cancel')
   @HttpCode(200)
-  @ApiOperation({ summary: 'Cancel a job that has not started yet' })
+  @ApiOperation({
+    summary: 'Cancel a job that has not started yet (queued, or claimed and waiting for a worker slot)',
+  })
   @ApiWrite(JobDto, 'the job, cancelled', 404)
   cancel(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.jobs.cancel(id, p);

@@ -3,6 +3,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit, preparedQuery, publishAgain, recomputeTargetState } from '@berth/db';
+import { SLOT_WAIT_STAGE } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
@@ -193,16 +194,21 @@ export class JobsService {
     return this.get(id);
   }
 
-  /** Cancels a job that has not started (queued or waiting to retry). The worker skips cancelled jobs. */
+  /**
+   * Cancels a job that has not started: queued, waiting to retry, or claimed by its host's worker and still
+   * waiting for a worker slot (progress SLOT_WAIT_STAGE; the worker starts such a job only if it is still
+   * `active`, see JobStore.startAfterWait). The worker skips cancelled jobs.
+   */
   async cancel(id: string, principal: Principal): Promise<JobView> {
     await this.ds.transaction(async (m) => {
       const [job]: JobRow[] = await m.query(`SELECT * FROM jobs WHERE id = $1 FOR UPDATE`, [id]);
       if (!job) throw notFound('job', id);
-      if (job.state !== 'queued' && job.state !== 'waiting-retry') {
+      const waitingForSlot = job.state === 'active' && job.progress?.stage === SLOT_WAIT_STAGE;
+      if (job.state !== 'queued' && job.state !== 'waiting-retry' && !waitingForSlot) {
         throw new ApiError(
           HttpStatus.CONFLICT,
           'JOB_NOT_CANCELLABLE',
-          `job ${id} is ${job.state}; only queued jobs can be cancelled`,
+          `job ${id} is ${job.state}; only jobs that have not started (queued, or waiting for a worker slot) can be cancelled`,
         );
       }
       await m.query(

@@ -8,6 +8,7 @@ import {
   bullConnection,
   hostQueueName,
   parseJobPayload,
+  SLOT_WAIT_STAGE,
   type JobKind,
   type QueuedJobData,
 } from '@berth/jobs';
@@ -23,8 +24,16 @@ import { WrittenBehind } from './written-behind';
 /** How long a job waits before looking again when an earlier job of its container is unfinished. */
 const FIFO_RECHECK_MS = 100;
 
-/** A job claimed ahead that has waited this long for a slot says so in its progress. */
+/** A job claimed ahead that has waited this long for a slot says so in its progress (SLOT_WAIT_STAGE). */
 const SLOT_WAIT_NOTICE_MS = 50;
+
+/** A rejection handler that releases the slot and passes the error on. */
+const release =
+  (releaseSlot: () => void) =>
+  (e: unknown): never => {
+    releaseSlot();
+    throw e;
+  };
 
 const FINAL_STATES = ['completed', 'cancelled', 'failed'];
 
@@ -69,9 +78,10 @@ export function classify(e: unknown): JobFailure & { permanent: boolean } {
  *
  * Claims ahead (WORKER_PREFETCH): BullMQ hands the worker up to concurrency + prefetch jobs, each is claimed
  * at once, and at most `concurrency` handlers run at a time (`slots`); the others wait, claimed (`active`,
- * progress "waiting for a worker slot" after SLOT_WAIT_NOTICE_MS), for a slot. A slot that frees starts a
- * job that is already claimed instead of waiting for the next claim's round trip. At shutdown the jobs still
- * waiting for a slot are handed back to the queue at once (the next worker claims them again).
+ * progress SLOT_WAIT_STAGE after SLOT_WAIT_NOTICE_MS, cancellable through the API), for a slot; such a job
+ * starts only if it is still `active` (JobStore.startAfterWait). A slot that frees starts a job that is
+ * already claimed instead of waiting for the next claim's round trip. At shutdown the jobs still waiting for
+ * a slot are handed back to the queue at once (the next worker claims them again).
  */
 @Injectable()
 export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown {
@@ -179,13 +189,16 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       throw new DelayedError();
     }
     const releaseSlot = slot.release;
-    log.info({ attempt }, 'job started');
-    const { ctx, settle } = await this.context(job, handler, bull, claim.doneSteps, log).catch((e) => {
+    // A job that said it waited for a slot starts only if nobody cancelled it meanwhile.
+    if (slot.noticed && !(await this.store.startAfterWait(job.id).catch(release(releaseSlot)))) {
       releaseSlot();
-      throw e;
-    });
-    // A job that said it waited for a slot says it runs now (before any progress of its own).
-    if (slot.noticed) ctx.progress('running', 0);
+      log.info('cancelled while it waited for a worker slot');
+      return { skipped: 'cancelled' };
+    }
+    log.info({ attempt }, 'job started');
+    const { ctx, settle } = await this.context(job, handler, bull, claim.doneSteps, log).catch(
+      release(releaseSlot),
+    );
     // Finished steps whose records are still to write: with the job's end, whichever it is.
     const unrecorded: string[] = [];
     // The slot frees once the handler is done and its records settled: writing the end does not hold it.
@@ -250,7 +263,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     let notice: Promise<void> | undefined;
     const timer = setTimeout(() => {
       notice = this.store
-        .progress(jobId, 'waiting for a worker slot', 0)
+        .progress(jobId, SLOT_WAIT_STAGE, 0)
         .catch((err: unknown) => log.warn({ err }, 'progress record failed'));
     }, SLOT_WAIT_NOTICE_MS);
     try {

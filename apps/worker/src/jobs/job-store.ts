@@ -9,7 +9,7 @@ import {
   publishAgain,
   recomputeTargetState,
 } from '@berth/db';
-import type { JobKind } from '@berth/jobs';
+import { SLOT_WAIT_STAGE, type JobKind } from '@berth/jobs';
 import type { JobOutcome } from './job-context';
 
 export interface StoredJob {
@@ -119,8 +119,12 @@ const claimCtes = (p: number, relaxed: boolean, completing?: number) => `
                completing ? ` AND NOT (e.id = ANY($${completing}::uuid[]))` : ''
              }) AS blocked
          FROM cj),
+  -- A job claimed again (handed back at a shutdown while it waited for a slot) no longer waits: the worker
+  -- writes the waiting stage again if it has to wait (the API cancels jobs in that stage).
   cu AS (UPDATE jobs SET state = 'active', attempts = ci.attempt, started_at = COALESCE(started_at, now()),
-                         updated_at = now()
+                         updated_at = now(),
+                         progress = CASE WHEN jobs.progress->>'stage' = '${SLOT_WAIT_STAGE}' THEN NULL
+                                         ELSE jobs.progress END
          FROM ci, cb${relaxed ? ', relaxed' : ''}
          WHERE jobs.id = ANY($${p}::uuid[]) AND jobs.id = ci.id AND cb.id = ci.id
            AND jobs.state IN ('queued', 'active', 'waiting-retry') AND NOT cb.blocked
@@ -304,6 +308,21 @@ export class JobStore {
   }
 
   /** Progress is a relaxed write too, in one statement. */
+  /**
+   * A job that waited for a worker slot (progress SLOT_WAIT_STAGE) starts: its progress says `running`,
+   * provided it is still `active` (the API may have cancelled it meanwhile: then false, and it must not
+   * run). The row lock orders this against a cancel; durable, so that a crash of PostgreSQL cannot bring
+   * back a "waiting" job that in fact runs, and let it be cancelled.
+   */
+  async startAfterWait(jobId: string): Promise<boolean> {
+    const rows = await this.hot.query(
+      `UPDATE jobs SET progress = '{"stage":"running","percent":0}', updated_at = now()
+       WHERE id = $1 AND state = 'active' RETURNING id`,
+      [jobId],
+    );
+    return rows.length > 0;
+  }
+
   async progress(jobId: string, stage: string, percent: number): Promise<void> {
     await this.hot.query(
       `WITH ${RELAXED}
