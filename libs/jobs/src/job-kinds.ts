@@ -57,7 +57,7 @@ export const jobPayloadSchemas = {
   }),
   'system.noop': z.strictObject({
     n: z.number().int().optional(),
-    /** Holds its worker slot this long (tests and operators see a host's slots at work). */
+    /** Holds its worker slot this long (tests and the bench see a host's slots at work). */
     holdMs: z.number().int().min(0).max(60_000).optional(),
   }),
 } satisfies Record<JobKind, z.ZodType>;

@@ -307,7 +307,6 @@ export class JobStore {
     );
   }
 
-  /** Progress is a relaxed write too, in one statement. */
   /**
    * A job that waited for a worker slot (progress SLOT_WAIT_STAGE) starts: its progress says `running`,
    * provided it is still `active` (the API may have cancelled it meanwhile: then false, and it must not
@@ -323,6 +322,7 @@ export class JobStore {
     return rows.length > 0;
   }
 
+  /** Progress is a relaxed write too, in one statement. */
   async progress(jobId: string, stage: string, percent: number): Promise<void> {
     await this.hot.query(
       `WITH ${RELAXED}

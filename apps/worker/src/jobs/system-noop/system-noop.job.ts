@@ -3,7 +3,7 @@ import type { JobHandler } from '../job-context';
 
 /**
  * Does nothing: measures the pipeline itself (API → outbox → BullMQ → worker → audit). With `holdMs` it holds
- * its worker slot that long and answers when it ran (the worker's clock), so the slots' use can be checked.
+ * its worker slot that long and answers when it ran (the worker's clock), so tests can check the slots.
  */
 export const systemNoopJob: JobHandler<'system.noop'> = {
   kind: 'system.noop',
