@@ -108,6 +108,18 @@ describe('migrations', () => {
     await ds.query(`DELETE FROM hosts WHERE id = $1`, [host.id]);
   });
 
+  it('index the audit trail only for the ways it is read (each job writes three or more events)', async () => {
+    // GET /v1/audit walks `id` within a subject, a job's events walk `id` within the job: no time index.
+    const rows: { indexname: string }[] = await ds.query(
+      `SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'audit_events' ORDER BY 1`,
+    );
+    expect(rows.map((r) => r.indexname)).toEqual([
+      'audit_events_job_idx',
+      'audit_events_pkey',
+      'audit_events_subject_idx',
+    ]);
+  });
+
   it('are a no-op when applied twice', async () => {
     expect(await ds.runMigrations({ transaction: 'each' })).toEqual([]);
   });

@@ -6,6 +6,7 @@ import { HotJobTransitions1764400000000 } from './1764400000000-hot-job-transiti
 import { JobNotifyAction1764500000000 } from './1764500000000-job-notify-action';
 import { JobNotifyRow1764600000000 } from './1764600000000-job-notify-row';
 import { JobActiveSilent1764700000000 } from './1764700000000-job-active-silent';
+import { AuditIndexUnused1764800000000 } from './1764800000000-audit-index-unused';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -17,4 +18,5 @@ export const migrations = [
   JobNotifyAction1764500000000,
   JobNotifyRow1764600000000,
   JobActiveSilent1764700000000,
+  AuditIndexUnused1764800000000,
 ];
