@@ -88,7 +88,9 @@ cleanup_host
 trap cleanup_host EXIT
 trap 'exit 130' INT TERM HUP
 
-node=(node -r ts-node/register/transpile-only -r tsconfig-paths/register)
+# The API's and the worker's production flag (scripts/up.sh); the bench's worker processes, Berth's and
+# the raw BullMQ peer's alike, inherit it (bench/pipeline/system.ts).
+node=(node --max-semi-space-size=32 -r ts-node/register/transpile-only -r tsconfig-paths/register)
 # The harness's own logic (percentiles, tables, result files) first: a wrong table is worse than none.
 npx jest --selectProjects unit --testPathPatterns 'bench/lib' --silent >/dev/null 2>&1 || {
   npx jest --selectProjects unit --testPathPatterns 'bench/lib' >&2

@@ -86,8 +86,9 @@ export async function spawnChildWorker(
   const proc = spawn(
     process.execPath,
     [
-      // `node --cpu-prof --cpu-prof-dir=… bench/pipeline.bench.ts` profiles the worker processes too.
-      ...process.execArgv.filter((a) => a.startsWith('--cpu-prof')),
+      // `node --cpu-prof --cpu-prof-dir=… bench/pipeline.bench.ts` profiles the worker processes too; they
+      // get the bench's V8 heap flag (scripts/bench.sh: the API's and worker's production flag), both peers.
+      ...process.execArgv.filter((a) => a.startsWith('--cpu-prof') || a.startsWith('--max-semi-space-size')),
       '-r',
       'ts-node/register/transpile-only',
       '-r',
