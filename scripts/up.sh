@@ -39,8 +39,9 @@ if [ ! -f dist/.built ] || [ -n "$(find apps libs -name '*.ts' -newer dist/.buil
 fi
 
 # A larger young generation (V8's default semi-space is 16 MiB): both processes make much short-lived
-# garbage per request and per job; a 32 MiB semi-space halves the scavenges (≈ 5 % more jobs/s in the
-# pipeline bench, docs/benchmarks.md) for at most 32 MiB more memory each. Same flag in package.json.
+# garbage per request and per job; with 32 MiB semi-spaces they collect it less often (≈ 5 % more jobs/s
+# in the pipeline bench, docs/benchmarks.md), for at most 32 MiB more memory each (two semi-spaces).
+# Same flag in package.json's start:* scripts.
 NODE_FLAGS=(--max-semi-space-size=32)
 
 start_one() {
