@@ -21,7 +21,8 @@
  * Redis, with a dedicated database (dropped and recreated), its own BullMQ prefix, data root and cgroup
  * parent; everything is removed at the end. All traffic is on loopback.
  *
- * Run: node -r ts-node/register/transpile-only -r tsconfig-paths/register bench/pipeline.bench.ts
+ * Run: node --max-semi-space-size=32 -r ts-node/register/transpile-only -r tsconfig-paths/register \
+ *   bench/pipeline.bench.ts   (the API's and worker's production V8 flag, as scripts/bench.sh gives it)
  * Settings (environment): BENCH_DIR (/var/tmp/berth-bench), BENCH_RESULTS_DIR (bench/results),
  * BENCH_PIPELINE_RUNS (200), BENCH_PIPELINE_BATCH (20), BENCH_PIPELINE_JOBS (2000),
  * BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4), BENCH_PIPELINE_PREFETCH (= concurrency),
