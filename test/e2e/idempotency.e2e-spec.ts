@@ -30,6 +30,20 @@ describe('Idempotency-Key on writes', () => {
         [name],
       )
     )[0].n as number;
+  /** Waits until `n` statements of this database wait on a row lock (the tests hold a container's). */
+  const waitForLockWaiters = async (n: number, until: number) => {
+    const waiting = async () =>
+      (
+        await a.ds.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+           WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+        )
+      )[0].n as number;
+    while ((await waiting()) < n) {
+      if (Date.now() > until) throw new Error(`fewer than ${n} requests ever waited on the container lock`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
   const keyRow = async (key: string) =>
     (await a.ds.query(`SELECT * FROM idempotency_keys WHERE key = $1`, [key])) as {
       state: string;
@@ -101,18 +115,8 @@ describe('Idempotency-Key on writes', () => {
         if (Date.now() > end) throw new Error('the first request never claimed its key');
         await new Promise((r) => setTimeout(r, 20));
       }
-      // It is really waiting on the lock (not done yet): its enqueue updates the container's row.
-      const lockWaits = async () =>
-        (
-          await a.ds.query(
-            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database()
-               AND wait_event_type = 'Lock' AND query LIKE '%UPDATE containers SET job_seq%'`,
-          )
-        )[0].n as number;
-      while ((await lockWaits()) < 1) {
-        if (Date.now() > end) throw new Error('the first request never waited on the container lock');
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      // It is really waiting on the lock (not done yet): it locks the container's row.
+      await waitForLockWaiters(1, end);
       const second = await start();
       expect(second.status).toBe(409);
       expect(second.headers['content-type']).toMatch(/^application\/problem\+json/);
@@ -135,6 +139,106 @@ describe('Idempotency-Key on writes', () => {
       await blocker.end();
     }
   }, 30_000);
+
+  it('writes nothing for a request whose key was taken over while it ran: one job, one answer', async () => {
+    const made = await create('k-setup-over', body('idem-over'));
+    const id = made.body.container.id as string;
+    const blocker = new Client({ connectionString: a.databaseUrl });
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query(`SELECT id FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+      const start = () =>
+        a.http().post(`/v1/containers/${id}/start`).set(a.auth()).set('Idempotency-Key', 'k-over').send({});
+      const end = Date.now() + 10_000;
+      const first = start().then((r) => r);
+      await waitForLockWaiters(1, end);
+      // The first request looks abandoned (its key is older than the takeover age): a retry takes it over
+      // and waits on the same lock.
+      await a.ds.query(
+        `UPDATE idempotency_keys SET created_at = now() - interval '10 minutes' WHERE key = 'k-over'`,
+      );
+      const retry = start().then((r) => r);
+      await waitForLockWaiters(2, end);
+      await blocker.query('COMMIT');
+      const answers = await Promise.all([first, retry]);
+      // The first gets the lock first, cannot store its answer (the key is no longer its own) and rolls
+      // back its job with it; the retry is accepted.
+      expect(answers.map((r) => r.status)).toEqual([409, 202]);
+      expect(answers[0].body.code).toBe('IDEMPOTENCY_KEY_IN_FLIGHT');
+      const replay = await start();
+      expect(replay.headers['idempotent-replayed']).toBe('true');
+      expect(replay.body.job.id).toBe(answers[1].body.job.id);
+      expect(
+        await a.ds.query(
+          `SELECT count(*)::int AS n FROM jobs WHERE container_id = $1 AND kind = 'container.start'`,
+          [id],
+        ),
+      ).toEqual([{ n: 1 }]);
+    } finally {
+      await blocker.query('ROLLBACK').catch(() => undefined);
+      await blocker.end();
+    }
+  }, 30_000);
+
+  it("stores every write's answer in the transaction that wrote the request", async () => {
+    // No crash between the request's commit and its stored answer can leave a job without its answer
+    // (a retry would run it again): the key row and the request's audit event are written by one
+    // transaction (the same xmin), for every write endpoint.
+    const sameTx = async (key: string, audit: string, subject: string) => {
+      const [row] = await a.ds.query(
+        `SELECT k.state, k.xmin::text AS k_tx, e.xmin::text AS e_tx
+         FROM idempotency_keys k, audit_events e
+         WHERE k.key = $1 AND e.action = $2 AND e.subject_id = $3 ORDER BY e.id DESC LIMIT 1`,
+        [key, audit, subject],
+      );
+      expect(row).toBeDefined();
+      expect(row.state).toBe('done');
+      expect(row.k_tx).toBe(row.e_tx);
+    };
+    const send = (method: 'post' | 'patch' | 'delete', path: string, key: string, b: object = {}) =>
+      a.http()[method](path).set(a.auth()).set('Idempotency-Key', key).send(b);
+
+    const made = await create('k-tx-create', body('idem-tx'));
+    expect(made.status).toBe(202);
+    const id = made.body.container.id as string;
+    await sameTx('k-tx-create', 'container.create.requested', id);
+    // The create job never runs here (no worker): the container's target state is what allows the rest.
+    const start = await send('post', `/v1/containers/${id}/start`, 'k-tx-start');
+    expect(start.status).toBe(202);
+    await sameTx('k-tx-start', 'container.start.requested', id);
+    const resize = await send('patch', `/v1/containers/${id}`, 'k-tx-resize', { memoryBytes: 96 * MiB });
+    expect(resize.status).toBe(202);
+    await sameTx('k-tx-resize', 'container.resize.requested', id);
+    const cancel = await send('post', `/v1/jobs/${resize.body.job.id}/cancel`, 'k-tx-cancel');
+    expect(cancel.status).toBe(200);
+    await sameTx('k-tx-cancel', 'job.cancelled', id);
+    const retry = await send('post', `/v1/jobs/${resize.body.job.id}/retry`, 'k-tx-retry');
+    expect(retry.status).toBe(202);
+    await sameTx('k-tx-retry', 'job.retry.requested', id);
+    const destroy = await send('delete', `/v1/containers/${id}`, 'k-tx-destroy');
+    expect(destroy.status).toBe(202);
+    await sameTx('k-tx-destroy', 'container.destroy.requested', id);
+    const tpl = await send('post', '/v1/templates', 'k-tx-template', {
+      name: 'idem-tx-t',
+      source: 'builtin:busybox',
+    });
+    expect(tpl.status).toBe(202);
+    await sameTx('k-tx-template', 'template.import.requested', tpl.body.template.id);
+    const drain = await send('post', `/v1/hosts/${a.hostId}/drain`, 'k-tx-drain');
+    expect(drain.status).toBe(200);
+    await sameTx('k-tx-drain', 'host.drain', a.hostId);
+    const undrain = await send('post', `/v1/hosts/${a.hostId}/undrain`, 'k-tx-undrain');
+    expect(undrain.status).toBe(200);
+    await sameTx('k-tx-undrain', 'host.undrain', a.hostId);
+    // And each replays what it answered.
+    const again = await send('patch', `/v1/containers/${id}`, 'k-tx-resize', { memoryBytes: 96 * MiB });
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(again.headers.location).toBe(`/v1/jobs/${resize.body.job.id}`);
+    expect(again.body).toEqual(resize.body);
+    const drainAgain = await send('post', `/v1/hosts/${a.hostId}/drain`, 'k-tx-drain');
+    expect(drainAgain.body).toEqual(drain.body);
+  });
 
   it('keeps the keys of different API keys apart', async () => {
     const other = await createTestKey(a.ds);

@@ -1,5 +1,6 @@
 import { createParamDecorator, type ExecutionContext, SetMetadata } from '@nestjs/common';
 import type { Request } from 'express';
+import type { IdempotencyClaim } from '../idempotency/idempotency-claim';
 
 /** Who is calling: the API key's id (the audit trail's actor), its tenant and scopes. */
 export interface Principal {
@@ -8,6 +9,11 @@ export interface Principal {
   scopes: string[];
   /** The request id (X-Request-Id), for the audit trail. */
   requestId: string;
+  /**
+   * The request's Idempotency-Key, when it has one: a write stores its answer with it inside its own
+   * transaction (see IdempotencyClaim).
+   */
+  idempotency?: IdempotencyClaim;
 }
 
 export type AuthedRequest = Request & { principal?: Principal; id?: string };

@@ -4,6 +4,7 @@ import type { Response } from 'express';
 import type { JobKind } from '@berth/jobs';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
+import { jobLocation } from '../jobs/job-view';
 import { ApiAcceptedJob, ApiProblems, UuidPipe } from '../common/problem.dto';
 import {
   CreateContainerDto,
@@ -16,7 +17,7 @@ import { ContainerAcceptedDto, ContainerDto, ContainerPageDto } from './containe
 import { ContainersService, type Accepted } from './containers.service';
 
 function accepted(res: Response, a: Accepted): Accepted {
-  res.setHeader('Location', `/v1/jobs/${a.job.id}`);
+  res.setHeader('Location', jobLocation(a.job.id));
   return a;
 }
 

@@ -8,8 +8,9 @@ import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
 import { PlacementService } from '../hosts/placement.service';
-import { JobEnqueuer } from '../jobs/job-enqueuer';
-import { toJobView, type JobView } from '../jobs/job-view';
+import type { IdempotencyClaim } from '../idempotency/idempotency-claim';
+import { JobEnqueuer, type EnqueuedJob, type EnqueueInput } from '../jobs/job-enqueuer';
+import { jobLocation, toJobView, type JobView } from '../jobs/job-view';
 import { CONTAINER_SELECT, toContainerView, type ContainerRow, type ContainerView } from './container-view';
 import type { CreateContainerDto, ListContainersQuery } from './containers.dto';
 
@@ -89,8 +90,10 @@ export class ContainersService {
         },
       });
       // Both are on the wire, and the COMMIT right behind them; when the insert fails the enqueue fails
-      // with it (the transaction is aborted) and the COMMIT rolls back.
-      tx.commit();
+      // with it (the transaction is aborted) and the COMMIT rolls back. A request with an Idempotency-Key
+      // stores its answer in the transaction first, and commits after.
+      const claim = principal.idempotency;
+      if (!claim) tx.commit();
       const [inserted, enqueued] = await Promise.allSettled([insert, enqueue]);
       if (inserted.status === 'rejected') {
         if ((inserted.reason as { code?: string }).code === '23505') {
@@ -107,7 +110,9 @@ export class ContainersService {
       const job = enqueued.value;
       row.last_job_id = job.id;
       row.template_name = template.name;
-      return { job: toJobView(job), container: toContainerView(row) };
+      const answer = { job: toJobView(job), container: toContainerView(row) };
+      await claim?.store(tx, answer, jobLocation(job.id));
+      return answer;
     });
   }
 
@@ -117,6 +122,7 @@ export class ContainersService {
    * transaction: the container's row is read and the transition checked, then the job is written with
    * the enqueues of concurrent requests (JobEnqueuer.submit), guarded by the target state that was
    * checked; when another request changed it in between, the check is made again on the new row.
+   * A request with an Idempotency-Key is written in a transaction of its own instead, with its answer.
    */
   async operate(
     id: string,
@@ -124,38 +130,16 @@ export class ContainersService {
     principal: Principal,
     extra: Record<string, unknown> = {},
   ): Promise<Accepted> {
+    if (principal.idempotency) return this.operateKeyed(id, kind, principal, principal.idempotency, extra);
     for (let attempt = 1; ; attempt++) {
       const [row] = await preparedQuery<ContainerRow>(this.ds, `${CONTAINER_SELECT} WHERE c.id = $1`, [id]);
-      if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId))
-        throw notFound('container', id);
-      const check = checkTransition(kind, row.target_state as ContainerState);
-      if (!check.allowed) {
-        throw new ApiError(HttpStatus.CONFLICT, 'INVALID_TRANSITION', check.reason!, {
-          state: row.state,
-          targetState: row.target_state,
-        });
-      }
+      const next = this.transition(row, id, kind, principal);
       // The target state, the request's audit event and the job in one statement.
       const job = await this.enqueuer.submit({
-        kind,
-        hostId: row.host_id!,
-        containerId: id,
-        tenantId: row.tenant_id,
-        principal,
-        requested: { action: `${kind}.requested`, data: extra },
-        targetState: check.next,
+        ...this.operation(row, kind, principal, extra, next),
         expectTargetState: row.target_state,
-        payload: { containerId: id, name: row.name, ...extra },
       });
-      if (job) {
-        const updated: ContainerRow = {
-          ...row,
-          target_state: check.next!,
-          last_job_id: job.id,
-          updated_at: job.container_updated_at ?? row.updated_at,
-        };
-        return { job: toJobView(job), container: toContainerView(updated) };
-      }
+      if (job) return this.accepted(row, job, next);
       if (attempt >= 5)
         throw new ApiError(
           HttpStatus.CONFLICT,
@@ -163,6 +147,80 @@ export class ContainersService {
           'the container kept changing while this request was being accepted; try again',
         );
     }
+  }
+
+  /**
+   * `operate` for a request with an Idempotency-Key: the container's row locked, the transition checked,
+   * the job and the request's stored answer written in one pipelined transaction (JobEnqueuer.enqueue).
+   */
+  private operateKeyed(
+    id: string,
+    kind: JobKind,
+    principal: Principal,
+    claim: IdempotencyClaim,
+    extra: Record<string, unknown>,
+  ): Promise<Accepted> {
+    return this.pipelined.transaction(async (tx) => {
+      const [row] = await preparedQuery<ContainerRow>(
+        tx,
+        `${CONTAINER_SELECT} WHERE c.id = $1 FOR UPDATE OF c`,
+        [id],
+      );
+      const next = this.transition(row, id, kind, principal);
+      const job = await this.enqueuer.enqueue(tx, this.operation(row, kind, principal, extra, next));
+      const answer = this.accepted(row, job, next);
+      await claim.store(tx, answer, jobLocation(job.id));
+      return answer;
+    });
+  }
+
+  /** The target state `kind` leads `row` to: 404 when it is not the caller's, 409 when not allowed. */
+  private transition(
+    row: ContainerRow | undefined,
+    id: string,
+    kind: JobKind,
+    principal: Principal,
+  ): ContainerState {
+    if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId)) throw notFound('container', id);
+    const check = checkTransition(kind, row.target_state as ContainerState);
+    if (!check.allowed) {
+      throw new ApiError(HttpStatus.CONFLICT, 'INVALID_TRANSITION', check.reason!, {
+        state: row.state,
+        targetState: row.target_state,
+      });
+    }
+    return check.next;
+  }
+
+  /** The job of an operation on `row`, with its audit event and the container's new target state. */
+  private operation(
+    row: ContainerRow,
+    kind: JobKind,
+    principal: Principal,
+    extra: Record<string, unknown>,
+    next: ContainerState,
+  ): EnqueueInput {
+    return {
+      kind,
+      hostId: row.host_id!,
+      containerId: row.id,
+      tenantId: row.tenant_id,
+      principal,
+      requested: { action: `${kind}.requested`, data: extra },
+      targetState: next,
+      payload: { containerId: row.id, name: row.name, ...extra },
+    };
+  }
+
+  /** The answer to an accepted operation: its job, and the container as it will be. */
+  private accepted(row: ContainerRow, job: EnqueuedJob, next: ContainerState): Accepted {
+    const updated: ContainerRow = {
+      ...row,
+      target_state: next,
+      last_job_id: job.id,
+      updated_at: job.container_updated_at ?? row.updated_at,
+    };
+    return { job: toJobView(job), container: toContainerView(updated) };
   }
 
   async get(id: string, principal: Principal): Promise<ContainerView> {

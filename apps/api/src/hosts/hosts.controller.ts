@@ -1,7 +1,7 @@
 import { Controller, Get, HttpCode, Inject, Injectable, Param, Post } from '@nestjs/common';
 import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { InjectDataSource } from '@nestjs/typeorm';
-import type { DataSource } from 'typeorm';
+import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit } from '@berth/db';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
@@ -17,8 +17,8 @@ export class HostsService {
   ) {}
 
   /** Hosts with capacity, reservations and liveness (offline = heartbeat older than the threshold). */
-  async list(id?: string) {
-    const rows = await this.ds.query(
+  async list(id?: string, on: DataSource | EntityManager = this.ds) {
+    const rows = await on.query(
       `SELECT h.*, (h.state = 'online' AND h.last_heartbeat_at >= now() - make_interval(secs => $1::float / 1000)) AS live,
               COALESCE(u.n, 0)::int AS containers, COALESCE(u.cpus, 0)::float AS cpus_reserved,
               COALESCE(u.mem, 0) AS mem_reserved, COALESCE(u.disk, 0) AS disk_reserved
@@ -48,7 +48,7 @@ export class HostsService {
   }
 
   async setDraining(id: string, draining: boolean, principal: Principal) {
-    await this.ds.transaction(async (m) => {
+    return this.ds.transaction(async (m) => {
       const r = await m.query(
         `UPDATE hosts SET draining = $2, updated_at = now() WHERE id = $1 RETURNING id`,
         [id, draining],
@@ -61,8 +61,10 @@ export class HostsService {
         subjectId: id,
         requestId: principal.requestId,
       });
+      const [host] = await this.list(id, m);
+      await principal.idempotency?.store(m, host);
+      return host;
     });
-    return (await this.list(id))[0];
   }
 }
 

@@ -15,6 +15,7 @@ import type { DataSource } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import type { AuthedRequest } from '../auth/principal';
 import { ApiError } from '../common/api-error';
+import { IdempotencyClaim } from './idempotency-claim';
 
 const KEY_RE = /^[\x21-\x7e]{1,255}$/;
 /** An in-flight key older than this belonged to a request that died with its process: it may be taken over. */
@@ -37,6 +38,11 @@ function canonical(v: unknown): string {
  * the same key with the same request gets the stored answer again (Idempotent-Replayed: true); with a
  * different request `422`; while the first is still running `409`. Keys are kept IDEMPOTENCY_TTL_HOURS
  * (≥ 24 h). A request that fails releases its key, so a corrected retry can use it.
+ *
+ * The key is claimed (`in_flight`) by a statement of its own before the request runs; the answer is
+ * stored by the request's own transaction (IdempotencyClaim, on `Principal.idempotency`), so that no crash
+ * can leave a job written without its answer. A write whose service does not store it gets it stored
+ * here, after its commit: only right for a write that may run twice (every write endpoint stores its own).
  */
 @Injectable()
 export class IdempotencyInterceptor implements NestInterceptor {
@@ -73,8 +79,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const hash = createHash('sha256')
       .update(`${req.method} ${req.originalUrl}\n${canonical(req.body)}`)
       .digest('hex');
-    const claimed = await this.claim(scope, key, hash, req.method, path);
-    if (!claimed) {
+    const token = await this.claim(scope, key, hash, req.method, path);
+    if (token === null) {
       const [row] = await this.ds.query(`SELECT * FROM idempotency_keys WHERE scope = $1 AND key = $2`, [
         scope,
         key,
@@ -100,38 +106,41 @@ export class IdempotencyInterceptor implements NestInterceptor {
       res.setHeader('Idempotent-Replayed', 'true');
       return row.response_body;
     }
+    const status =
+      (Reflect.getMetadata(HTTP_CODE_METADATA, ctx.getHandler()) as number | undefined) ??
+      (req.method === 'POST' ? 201 : 200);
+    const claim = new IdempotencyClaim(scope, key, token, status);
+    req.principal!.idempotency = claim;
     try {
       const body = await lastValueFrom(next.handle(), { defaultValue: undefined });
-      const status =
-        (Reflect.getMetadata(HTTP_CODE_METADATA, ctx.getHandler()) as number | undefined) ??
-        (req.method === 'POST' ? 201 : 200);
-      const location = res.getHeader('Location');
-      await this.ds.query(
-        `UPDATE idempotency_keys SET state = 'done', response_status = $3, response_headers = $4, response_body = $5
-         WHERE scope = $1 AND key = $2`,
-        [
-          scope,
-          key,
-          status,
-          JSON.stringify(location ? { Location: String(location) } : {}),
-          JSON.stringify(body ?? null),
-        ],
-      );
+      if (!claim.stored) {
+        const location = res.getHeader('Location');
+        await claim.store(this.ds, body, location === undefined ? undefined : String(location));
+      }
       return body;
     } catch (e) {
-      await this.ds.query(`DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2`, [scope, key]);
+      // Only while it is still this request's and in flight: an answer stored in a transaction that
+      // committed stays (whatever failed after it), and a key taken over is the other request's.
+      await this.ds.query(
+        `DELETE FROM idempotency_keys
+         WHERE scope = $1 AND key = $2 AND state = 'in_flight' AND created_at = $3::timestamptz`,
+        [scope, key, token],
+      );
       throw e;
     }
   }
 
-  /** Inserts the key as in flight; true when this request owns it. Expired or abandoned keys are replaced. */
+  /**
+   * Inserts the key as in flight; its `created_at` (as text, the claim's token) when this request owns it,
+   * null when another does. Expired or abandoned keys are replaced.
+   */
   private async claim(
     scope: string,
     key: string,
     hash: string,
     method: string,
     path: string,
-  ): Promise<boolean> {
+  ): Promise<string | null> {
     const rows = await this.ds.query(
       `INSERT INTO idempotency_keys (scope, key, request_hash, method, path, state, expires_at)
        VALUES ($1, $2, $3, $4, $5, 'in_flight', now() + make_interval(hours => $6))
@@ -140,9 +149,9 @@ export class IdempotencyInterceptor implements NestInterceptor {
          response_body = NULL, created_at = now(), expires_at = EXCLUDED.expires_at
        WHERE idempotency_keys.expires_at < now()
           OR (idempotency_keys.state = 'in_flight' AND idempotency_keys.created_at < now() - make_interval(secs => $7))
-       RETURNING key`,
+       RETURNING created_at::text AS token`,
       [scope, key, hash, method, path, this.config.api.idempotencyTtlHours, ABANDONED_AFTER_S],
     );
-    return rows.length > 0;
+    return rows.length > 0 ? (rows[0].token as string) : null;
   }
 }

@@ -43,6 +43,11 @@ export interface JobRow {
 
 export const FINAL_JOB_STATES = ['completed', 'failed', 'cancelled'];
 
+/** Where a job is read: the `Location` of every answer that accepted one. */
+export function jobLocation(id: string): string {
+  return `/v1/jobs/${id}`;
+}
+
 export function toJobView(r: JobRow): JobView {
   return {
     id: r.id,

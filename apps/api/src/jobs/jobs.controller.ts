@@ -19,7 +19,7 @@ import type { Request, Response } from 'express';
 import { Observable } from 'rxjs';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiAcceptedJob, ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
-import { FINAL_JOB_STATES } from './job-view';
+import { FINAL_JOB_STATES, jobLocation } from './job-view';
 import { ListJobsQuery, WaitQuery } from './jobs.dto';
 import { JobDto, JobPageDto, JobWithEventsDto } from './jobs.responses';
 import { JobsService } from './jobs.service';
@@ -137,7 +137,7 @@ export class JobsController {
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    res.setHeader('Location', `/v1/jobs/${id}`);
+    res.setHeader('Location', jobLocation(id));
     return this.jobs.retry(id, p);
   }
 

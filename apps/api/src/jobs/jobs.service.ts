@@ -7,7 +7,7 @@ import { SLOT_WAIT_STAGE } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
-import { FINAL_JOB_STATES, toJobView, type JobRow, type JobView } from './job-view';
+import { FINAL_JOB_STATES, jobLocation, toJobView, type JobRow, type JobView } from './job-view';
 import { JobNotifications } from './job-notifications';
 
 /** Audit actions of a job that never leave it ended: a long-poll does not look again on these. */
@@ -40,13 +40,14 @@ export class JobsService {
     private readonly notifications: JobNotifications,
   ) {}
 
-  async get(id: string): Promise<JobView> {
+  /** The job `id` as the API shows it, read on `on` (a request's transaction) or the pool. */
+  async get(id: string, on: DataSource | EntityManager = this.ds): Promise<JobView> {
     // Long-polls ask this at every change of the job: a prepared statement.
-    const [row] = await preparedQuery<JobRow>(this.ds, `SELECT * FROM jobs WHERE id = $1`, [id]);
+    const [row] = await preparedQuery<JobRow>(on, `SELECT * FROM jobs WHERE id = $1`, [id]);
     if (!row) throw notFound('job', id);
     const view = toJobView(row);
     if (row.state === 'queued' && row.host_id) {
-      const [host] = await this.ds.query(
+      const [host] = await on.query(
         `SELECT name, state, last_heartbeat_at,
                 (state = 'offline' OR last_heartbeat_at < now() - make_interval(secs => $2::float / 1000)) AS offline
          FROM hosts WHERE id = $1`,
@@ -156,7 +157,7 @@ export class JobsService {
    * under a new BullMQ job id; the steps it finished before stay done (the worker resumes after them).
    */
   async retry(id: string, principal: Principal): Promise<JobView> {
-    await this.ds.transaction(async (m) => {
+    return this.ds.transaction(async (m) => {
       const [job]: JobRow[] = await m.query(`SELECT * FROM jobs WHERE id = $1 FOR UPDATE`, [id]);
       if (!job) throw notFound('job', id);
       if (job.state !== 'failed' && job.state !== 'cancelled') {
@@ -190,8 +191,8 @@ export class JobsService {
       // The job is pending again: the container's target state includes what it will do.
       await this.afterRequeueOrCancel(m, job, 'job.retry.requested', principal);
       await publishAgain(m, { ...job, host_id: job.host_id! }, `${id}-r${n + 1}`);
+      return this.answer(m, id, principal, jobLocation(id));
     });
-    return this.get(id);
   }
 
   /**
@@ -200,7 +201,7 @@ export class JobsService {
    * `active`, see JobStore.startAfterWait). The worker skips cancelled jobs.
    */
   async cancel(id: string, principal: Principal): Promise<JobView> {
-    await this.ds.transaction(async (m) => {
+    return this.ds.transaction(async (m) => {
       const [job]: JobRow[] = await m.query(`SELECT * FROM jobs WHERE id = $1 FOR UPDATE`, [id]);
       if (!job) throw notFound('job', id);
       const waitingForSlot = job.state === 'active' && job.progress?.stage === SLOT_WAIT_STAGE;
@@ -217,8 +218,15 @@ export class JobsService {
       );
       // What this job would have done no longer happens: project the present state through what is left.
       await this.afterRequeueOrCancel(m, job, 'job.cancelled', principal);
+      return this.answer(m, id, principal);
     });
-    return this.get(id);
+  }
+
+  /** The job as a write's answer, read in its transaction `m` and stored there for its Idempotency-Key. */
+  private async answer(m: EntityManager, id: string, principal: Principal, location?: string) {
+    const view = await this.get(id, m);
+    await principal.idempotency?.store(m, view, location);
+    return view;
   }
 
   /** A job re-entered or left the queue: recompute its container's target state and audit the request. */

@@ -16,7 +16,7 @@ import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
 import { ApiAcceptedJob, ApiProblems } from '../common/problem.dto';
 import { JobEnqueuer } from '../jobs/job-enqueuer';
-import { toJobView } from '../jobs/job-view';
+import { jobLocation, toJobView } from '../jobs/job-view';
 import { TemplateDto, TemplateImportAcceptedDto } from './templates.responses';
 
 export class ImportTemplateDto {
@@ -135,7 +135,9 @@ export class TemplatesService {
         requestId: principal.requestId,
         data: { name: dto.name, source, hosts: hosts.map((h) => h.id) },
       });
-      return { template: { id: tpl.id, name: dto.name, source }, jobs };
+      const answer = { template: { id: tpl.id, name: dto.name, source }, jobs };
+      await principal.idempotency?.store(m, answer, jobLocation(jobs[0].id));
+      return answer;
     });
   }
 }
@@ -168,7 +170,7 @@ export class TemplatesController {
     @Res({ passthrough: true }) res: Response,
   ) {
     const r = await this.templates.import(dto, p);
-    res.setHeader('Location', `/v1/jobs/${r.jobs[0].id}`);
+    res.setHeader('Location', jobLocation(r.jobs[0].id));
     return r;
   }
 }
