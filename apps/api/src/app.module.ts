@@ -13,6 +13,9 @@ import { HostsController, HostsService } from './hosts/hosts.controller';
 import { PlacementService } from './hosts/placement.service';
 import { IdempotencyModule } from './idempotency/idempotency.module';
 import { JobsModule } from './jobs/jobs.module';
+import { MetricsController } from './ops/metrics.controller';
+import { MetricsService } from './ops/metrics.service';
+import { QueueBoard } from './ops/queue-board';
 import { OutboxRelay } from './outbox/outbox.relay';
 import { TemplatesController, TemplatesService } from './templates/templates.controller';
 
@@ -30,13 +33,21 @@ export class AppModule {
         IdempotencyModule,
         JobsModule,
       ],
-      controllers: [ContainersController, TemplatesController, HostsController, AuditController],
+      controllers: [
+        ContainersController,
+        TemplatesController,
+        HostsController,
+        AuditController,
+        MetricsController,
+      ],
       providers: [
         ContainersService,
         TemplatesService,
         HostsService,
         PlacementService,
         OutboxRelay,
+        MetricsService,
+        QueueBoard,
         { provide: APP_FILTER, useClass: ProblemFilter },
       ],
     };

@@ -7,6 +7,8 @@ import { Logger } from 'nestjs-pino';
 import type { BerthConfig } from '@berth/config';
 import { AppModule } from './app.module';
 import { ApiError } from './common/api-error';
+import { MetricsService } from './ops/metrics.service';
+import { QUEUE_BOARD_PATH, QueueBoard } from './ops/queue-board';
 
 function hasBody(req: Request): boolean {
   const length = req.headers['content-length'];
@@ -48,6 +50,10 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
     bodyParser: false,
   });
   app.useLogger(app.get(Logger));
+  // First, so that every request is timed, refused ones too.
+  app.use(app.get(MetricsService).httpMiddleware());
+  // The queue dashboard (admins, read-only): plain Express middleware ahead of Nest's routes.
+  app.use(QUEUE_BOARD_PATH, ...app.get(QueueBoard).handlers());
   // Bodies: JSON only, bounded. A body of another type is refused (415) rather than silently read as
   // empty; parser errors get their stable codes here, because Nest turns a JSON SyntaxError into a plain
   // BadRequestException the ProblemFilter could no longer tell from any other 400.

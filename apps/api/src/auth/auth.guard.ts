@@ -2,9 +2,12 @@ import { type CanActivate, type ExecutionContext, HttpStatus, Injectable } from 
 import { Reflector } from '@nestjs/core';
 import { ApiError } from '../common/api-error';
 import { ApiKeyService } from './api-key.service';
-import { type AuthedRequest, IS_PUBLIC } from './principal';
+import { ADMIN_ONLY, type AuthedRequest, IS_PUBLIC, isAdmin } from './principal';
 
-/** Every endpoint needs `Authorization: Bearer <api key>`, except those marked @Public (health). */
+/**
+ * Every endpoint needs `Authorization: Bearer <api key>`, except those marked @Public (health); those
+ * marked @AdminOnly (metrics) need an admin key.
+ */
 @Injectable()
 export class AuthGuard implements CanActivate {
   constructor(
@@ -24,6 +27,12 @@ export class AuthGuard implements CanActivate {
         'UNAUTHORIZED',
         'a valid API key is required (Authorization: Bearer …)',
       );
+    }
+    if (
+      !isAdmin(principal) &&
+      this.reflector.getAllAndOverride<boolean>(ADMIN_ONLY, [ctx.getHandler(), ctx.getClass()])
+    ) {
+      throw new ApiError(HttpStatus.FORBIDDEN, 'FORBIDDEN', 'this endpoint needs an admin API key');
     }
     req.principal = principal;
     return true;

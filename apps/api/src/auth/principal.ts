@@ -22,6 +22,13 @@ export const IS_PUBLIC = 'berth:public';
 /** Marks an endpoint that needs no API key (health only). */
 export const Public = () => SetMetadata(IS_PUBLIC, true);
 
+export const ADMIN_ONLY = 'berth:admin-only';
+/** Marks an endpoint only admin keys (scope `admin`) may call: others get 403. */
+export const AdminOnly = () => SetMetadata(ADMIN_ONLY, true);
+
+/** Whether the key has the `admin` scope (the key made at first start has it; tenant keys will not). */
+export const isAdmin = (p: Principal): boolean => p.scopes.includes('admin');
+
 export const CurrentPrincipal = createParamDecorator((_: unknown, ctx: ExecutionContext): Principal => {
   const req = ctx.switchToHttp().getRequest<AuthedRequest>();
   if (!req.principal) throw new Error('no principal on an authenticated route');

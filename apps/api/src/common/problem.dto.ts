@@ -44,6 +44,7 @@ export class ProblemDto {
 const PROBLEM_DESCRIPTIONS: Record<number, string> = {
   400: 'invalid request: validation failed, malformed JSON, unknown field, bad id or cursor',
   401: 'no valid API key (missing, malformed, unknown or revoked)',
+  403: 'the API key may not call this endpoint (admin keys only)',
   404: 'no such resource',
   409: 'conflict: the state machine refuses the transition (INVALID_TRANSITION), the container kept changing while the request was accepted (CONCURRENT_CHANGE: retry), or the Idempotency-Key is still in flight',
   413: 'the body is larger than the limit',

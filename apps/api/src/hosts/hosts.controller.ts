@@ -9,6 +9,25 @@ import { notFound } from '../common/api-error';
 import { ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
 import { HostDto } from './hosts.responses';
 
+/** A row of HostsService.list's query. */
+interface HostRow {
+  id: string;
+  name: string;
+  live: boolean;
+  draining: boolean;
+  last_heartbeat_at: Date;
+  kernel_version: string;
+  cgroup_version: number;
+  storage_drivers: string[];
+  cpu_count: number;
+  memory_bytes: string;
+  disk_bytes: string;
+  containers: number;
+  cpus_reserved: number;
+  mem_reserved: string;
+  disk_reserved: string;
+}
+
 @Injectable()
 export class HostsService {
   constructor(
@@ -17,8 +36,8 @@ export class HostsService {
   ) {}
 
   /** Hosts with capacity, reservations and liveness (offline = heartbeat older than the threshold). */
-  async list(id?: string, on: DataSource | EntityManager = this.ds) {
-    const rows = await on.query(
+  async list(id?: string, on: DataSource | EntityManager = this.ds): Promise<HostDto[]> {
+    const rows: HostRow[] = await on.query(
       `SELECT h.*, (h.state = 'online' AND h.last_heartbeat_at >= now() - make_interval(secs => $1::float / 1000)) AS live,
               COALESCE(u.n, 0)::int AS containers, COALESCE(u.cpus, 0)::float AS cpus_reserved,
               COALESCE(u.mem, 0) AS mem_reserved, COALESCE(u.disk, 0) AS disk_reserved
@@ -28,12 +47,12 @@ export class HostsService {
        ${id ? 'WHERE h.id = $2' : ''} ORDER BY h.name`,
       id ? [this.config.host.offlineAfterMs, id] : [this.config.host.offlineAfterMs],
     );
-    return rows.map((h: Record<string, unknown>) => ({
+    return rows.map((h) => ({
       id: h.id,
       name: h.name,
       state: h.live ? 'online' : 'offline',
       draining: h.draining,
-      lastHeartbeatAt: (h.last_heartbeat_at as Date).toISOString(),
+      lastHeartbeatAt: h.last_heartbeat_at.toISOString(),
       kernelVersion: h.kernel_version,
       cgroupVersion: h.cgroup_version,
       storageDrivers: h.storage_drivers,
