@@ -44,6 +44,26 @@ describe('Idempotency-Key on writes', () => {
       await new Promise((r) => setTimeout(r, 20));
     }
   };
+  /** Runs `fn` while another connection holds container `id`'s row lock, until `fn` calls `release`. */
+  const withContainerLocked = async (id: string, fn: (release: () => Promise<void>) => Promise<void>) => {
+    const blocker = new Client({ connectionString: a.databaseUrl });
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query(`SELECT id FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+      await fn(async () => void (await blocker.query('COMMIT')));
+    } finally {
+      await blocker.query('ROLLBACK').catch(() => undefined);
+      await blocker.end();
+    }
+  };
+  const startJobs = async (id: string) =>
+    (
+      await a.ds.query(
+        `SELECT count(*)::int AS n FROM jobs WHERE container_id = $1 AND kind = 'container.start'`,
+        [id],
+      )
+    )[0].n as number;
   const keyRow = async (key: string) =>
     (await a.ds.query(`SELECT * FROM idempotency_keys WHERE key = $1`, [key])) as {
       state: string;
@@ -102,11 +122,7 @@ describe('Idempotency-Key on writes', () => {
     expect(made.status).toBe(202);
     const id = made.body.container.id as string;
     // Hold the container's row lock from another connection: the start request waits on it, in flight.
-    const blocker = new Client({ connectionString: a.databaseUrl });
-    await blocker.connect();
-    try {
-      await blocker.query('BEGIN');
-      await blocker.query(`SELECT id FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+    await withContainerLocked(id, async (release) => {
       const start = () =>
         a.http().post(`/v1/containers/${id}/start`).set(a.auth()).set('Idempotency-Key', 'k-flight').send({});
       const slow = start().then((r) => r); // supertest sends on then()
@@ -121,33 +137,21 @@ describe('Idempotency-Key on writes', () => {
       expect(second.status).toBe(409);
       expect(second.headers['content-type']).toMatch(/^application\/problem\+json/);
       expect(second.body.code).toBe('IDEMPOTENCY_KEY_IN_FLIGHT');
-      await blocker.query('COMMIT');
+      await release();
       const first = await slow;
       expect(first.status).toBe(202);
       const third = await start();
       expect(third.status).toBe(202);
       expect(third.headers['idempotent-replayed']).toBe('true');
       expect(third.body.job.id).toBe(first.body.job.id);
-      expect(
-        await a.ds.query(
-          `SELECT count(*)::int AS n FROM jobs WHERE container_id = $1 AND kind = 'container.start'`,
-          [id],
-        ),
-      ).toEqual([{ n: 1 }]);
-    } finally {
-      await blocker.query('ROLLBACK').catch(() => undefined);
-      await blocker.end();
-    }
+      expect(await startJobs(id)).toBe(1);
+    });
   }, 30_000);
 
   it('writes nothing for a request whose key was taken over while it ran: one job, one answer', async () => {
     const made = await create('k-setup-over', body('idem-over'));
     const id = made.body.container.id as string;
-    const blocker = new Client({ connectionString: a.databaseUrl });
-    await blocker.connect();
-    try {
-      await blocker.query('BEGIN');
-      await blocker.query(`SELECT id FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+    await withContainerLocked(id, async (release) => {
       const start = () =>
         a.http().post(`/v1/containers/${id}/start`).set(a.auth()).set('Idempotency-Key', 'k-over').send({});
       const end = Date.now() + 10_000;
@@ -160,7 +164,7 @@ describe('Idempotency-Key on writes', () => {
       );
       const retry = start().then((r) => r);
       await waitForLockWaiters(2, end);
-      await blocker.query('COMMIT');
+      await release();
       const answers = await Promise.all([first, retry]);
       // The first gets the lock first, cannot store its answer (the key is no longer its own) and rolls
       // back its job with it; the retry is accepted.
@@ -169,16 +173,8 @@ describe('Idempotency-Key on writes', () => {
       const replay = await start();
       expect(replay.headers['idempotent-replayed']).toBe('true');
       expect(replay.body.job.id).toBe(answers[1].body.job.id);
-      expect(
-        await a.ds.query(
-          `SELECT count(*)::int AS n FROM jobs WHERE container_id = $1 AND kind = 'container.start'`,
-          [id],
-        ),
-      ).toEqual([{ n: 1 }]);
-    } finally {
-      await blocker.query('ROLLBACK').catch(() => undefined);
-      await blocker.end();
-    }
+      expect(await startJobs(id)).toBe(1);
+    });
   }, 30_000);
 
   it("stores every write's answer in the transaction that wrote the request", async () => {

@@ -81,30 +81,23 @@ export class MetricsService {
       const now = Date.now();
       for (const h of s.hosts) g.set({ host: h.name }, (now - Date.parse(h.lastHeartbeatAt)) / 1000);
     });
-    gauge(
-      'berth_host_capacity',
-      'Host capacity: cpus, memory_bytes, disk_bytes',
-      ['host', 'resource'],
-      (g, s) => {
+    const resources = [
+      ['berth_host_capacity', 'Host capacity: cpus, memory_bytes, disk_bytes', 'capacity'],
+      [
+        'berth_host_reserved',
+        "Host resources reserved by its containers (placement's accounting)",
+        'reserved',
+      ],
+    ] as const;
+    for (const [name, help, field] of resources) {
+      gauge(name, help, ['host', 'resource'], (g, s) => {
         for (const h of s.hosts) {
-          g.set({ host: h.name, resource: 'cpus' }, h.capacity.cpus);
-          g.set({ host: h.name, resource: 'memory_bytes' }, h.capacity.memoryBytes);
-          g.set({ host: h.name, resource: 'disk_bytes' }, h.capacity.diskBytes);
+          g.set({ host: h.name, resource: 'cpus' }, h[field].cpus);
+          g.set({ host: h.name, resource: 'memory_bytes' }, h[field].memoryBytes);
+          g.set({ host: h.name, resource: 'disk_bytes' }, h[field].diskBytes);
         }
-      },
-    );
-    gauge(
-      'berth_host_reserved',
-      "Host resources reserved by its containers (the placement's accounting)",
-      ['host', 'resource'],
-      (g, s) => {
-        for (const h of s.hosts) {
-          g.set({ host: h.name, resource: 'cpus' }, h.reserved.cpus);
-          g.set({ host: h.name, resource: 'memory_bytes' }, h.reserved.memoryBytes);
-          g.set({ host: h.name, resource: 'disk_bytes' }, h.reserved.diskBytes);
-        }
-      },
-    );
+      });
+    }
     gauge('berth_containers', 'Containers not destroyed, by host and state', ['host', 'state'], (g, s) => {
       for (const c of s.containers) g.set({ host: c.host, state: c.state }, c.n);
     });
