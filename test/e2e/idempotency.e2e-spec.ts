@@ -1,6 +1,7 @@
 import { Client } from 'pg';
 import { createTestKey } from '@test/support/pipeline';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
+import { IdempotencyKeyPurge } from '../../apps/api/src/idempotency/idempotency-purge';
 
 const MiB = 1024 * 1024;
 const HOUR_MS = 3_600_000;
@@ -283,6 +284,27 @@ describe('Idempotency-Key on writes', () => {
       .send({});
     expect(start.status).toBe(202);
     expect(start.headers['idempotent-replayed']).toBeUndefined();
+  });
+
+  it('removes expired keys (in batches), and only those', async () => {
+    expect((await create('k-purge-live', body('idem-purge'))).status).toBe(202);
+    for (const k of ['k-purge-1', 'k-purge-2', 'k-purge-3']) {
+      await a.ds.query(
+        `INSERT INTO idempotency_keys (scope, key, request_hash, method, path, state, created_at, expires_at)
+         VALUES ('test', $1, 'h', 'POST', '/v1/containers', 'done', now() - interval '25 hours',
+                 now() - interval '1 hour')`,
+        [k],
+      );
+    }
+    const purge = a.api.get(IdempotencyKeyPurge);
+    expect(await purge.purge(2)).toBe(3);
+    expect(await keyRow('k-purge-1')).toEqual([]);
+    expect(await keyRow('k-purge-3')).toEqual([]);
+    expect((await keyRow('k-purge-live'))[0].state).toBe('done');
+    // Still answered from the store: the live key was not touched.
+    const again = await create('k-purge-live', body('idem-purge'));
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(await purge.purge()).toBe(0);
   });
 
   it('refuses a malformed key with 400, nothing written', async () => {
