@@ -71,6 +71,8 @@ async function waitJob(id) {
   console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" ${base}/v1/jobs/${jobId}/wait`);
   console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" ${base}/v1/containers?name=${name}`);
   console.log(`  npm run runtime -- exec ${containerId} -- ps   # on this host, as root`);
+  console.log(`  ${base}/admin/queues   # queue board: basic auth, any user, the admin key as password`);
+  console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" ${base}/metrics`);
 })().catch((e) => {
   console.error(`main job failed: ${e.message}`);
   process.exit(1);
