@@ -1,5 +1,8 @@
+import type { Queue } from 'bullmq';
 import { createTestKey } from '@test/support/pipeline';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
+import { MetricsService } from '../../apps/api/src/ops/metrics.service';
+import { OutboxRelay } from '../../apps/api/src/outbox/outbox.relay';
 
 const MiB = 1024 * 1024;
 
@@ -26,7 +29,8 @@ describe('Ops: /metrics and the queue board', () => {
   afterAll(() => a?.close(), 30_000);
 
   const metrics = async () => {
-    const res = await a.http().get('/metrics').set(a.auth());
+    // Bounded: a scrape that hangs fails here instead of holding the suite.
+    const res = await a.http().get('/metrics').set(a.auth()).timeout(4_000);
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toMatch(/^text\/plain;.*version=0\.0\.4/);
     return res.text;
@@ -81,6 +85,31 @@ describe('Ops: /metrics and the queue board', () => {
     expect(sample(after, 'berth_host_reserved', { host, resource: 'memory_bytes' })).toBe(64 * MiB);
     expect(sample(after, 'berth_host_up', { host: 'ops-h2' })).toBe(0);
     expect(sample(after, 'berth_host_draining', { host: 'ops-h2' })).toBe(1);
+  });
+
+  it('answers a scrape when Redis does not: source_up 0 for it, its gauges left out', async () => {
+    const metricsService = a.api.get(MetricsService);
+    const relay = a.api.get(OutboxRelay);
+    // A queue whose Redis never answers (BullMQ's calls wait forever while Redis is away).
+    const dead = { getJobCounts: () => new Promise<never>(() => undefined) } as unknown as Queue;
+    const queue = relay.queue.bind(relay);
+    relay.queue = () => dead;
+    metricsService.sourceTimeoutMs = 300;
+    try {
+      await new Promise((r) => setTimeout(r, 150)); // past the previous scrape's shared snapshot
+      const started = Date.now();
+      const text = await metrics();
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(sample(text, 'berth_metrics_source_up', { source: 'redis' })).toBe(0);
+      expect(sample(text, 'berth_metrics_source_up', { source: 'postgres' })).toBe(1);
+      expect(sample(text, 'berth_queue_jobs', { host: 'ops-h1', state: 'waiting' })).toBeUndefined();
+      expect(sample(text, 'berth_host_up', { host: 'ops-h1' })).toBe(1);
+    } finally {
+      relay.queue = queue;
+      metricsService.sourceTimeoutMs = 3_000;
+    }
+    await new Promise((r) => setTimeout(r, 150));
+    expect(sample(await metrics(), 'berth_metrics_source_up', { source: 'redis' })).toBe(1);
   });
 
   it('times HTTP requests by route pattern, never by raw path', async () => {

@@ -149,6 +149,9 @@ export class MetricsService {
     return this.pending;
   }
 
+  /** How long a scrape waits for each source before it reports it down (BullMQ's Redis calls wait forever). */
+  sourceTimeoutMs = 3_000;
+
   private async read(): Promise<Snapshot> {
     const s: Snapshot = {
       up: { postgres: true, redis: true },
@@ -158,29 +161,57 @@ export class MetricsService {
       queues: [],
     };
     try {
-      s.hosts = await this.hosts.list();
-      s.containers = await this.ds.query(
-        `SELECT COALESCE(h.name, '') AS host, c.state, count(*)::int AS n
-         FROM containers c LEFT JOIN hosts h ON h.id = c.host_id
-         WHERE c.destroyed_at IS NULL GROUP BY 1, 2`,
+      // Returned, not assigned as they come: a read that outlives its time must not change the snapshot.
+      Object.assign(
+        s,
+        await this.bounded('Postgres', async () => ({
+          hosts: await this.hosts.list(),
+          containers: (await this.ds.query(
+            `SELECT COALESCE(h.name, '') AS host, c.state, count(*)::int AS n
+             FROM containers c LEFT JOIN hosts h ON h.id = c.host_id
+             WHERE c.destroyed_at IS NULL GROUP BY 1, 2`,
+          )) as Snapshot['containers'],
+          outbox: (await this.ds.query(`SELECT count(*)::int AS n FROM outbox`))[0].n as number,
+        })),
       );
-      s.outbox = (await this.ds.query(`SELECT count(*)::int AS n FROM outbox`))[0].n;
     } catch (e) {
       s.up.postgres = false;
-      this.log.warn(`metrics: Postgres unreadable: ${e instanceof Error ? e.message : String(e)}`);
+      this.log.warn(`metrics: ${e instanceof Error ? e.message : String(e)}`);
     }
     try {
-      s.queues = await Promise.all(
-        s.hosts.map(async (h) => ({
-          host: h.name,
-          counts: await this.relay.queue(hostQueueName(h.id)).getJobCounts(...QUEUE_STATES),
-        })),
+      s.queues = await this.bounded('Redis', () =>
+        Promise.all(
+          s.hosts.map(async (h) => ({
+            host: h.name,
+            counts: await this.relay.queue(hostQueueName(h.id)).getJobCounts(...QUEUE_STATES),
+          })),
+        ),
       );
     } catch (e) {
       s.up.redis = false;
       s.queues = [];
-      this.log.warn(`metrics: Redis unreadable: ${e instanceof Error ? e.message : String(e)}`);
+      this.log.warn(`metrics: ${e instanceof Error ? e.message : String(e)}`);
     }
     return s;
+  }
+
+  /** `read()`, or an error once `sourceTimeoutMs` passed (the read goes on, its result unused). */
+  private async bounded<T>(source: string, read: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`${source} did not answer within ${this.sourceTimeoutMs} ms`)),
+        this.sourceTimeoutMs,
+      );
+    });
+    const reading = read();
+    reading.catch(() => undefined);
+    try {
+      return await Promise.race([reading, late]);
+    } catch (e) {
+      throw new Error(`${source} unreadable: ${e instanceof Error ? e.message : String(e)}`);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
