@@ -209,7 +209,7 @@ export class MetricsService {
     try {
       return await Promise.race([reading, late]);
     } catch (e) {
-      throw new Error(`${source} unreadable: ${e instanceof Error ? e.message : String(e)}`);
+      throw new Error(`${source} unreadable: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     } finally {
       clearTimeout(timer);
     }
