@@ -5,6 +5,7 @@ import { DbModule } from '@berth/db';
 import { HostRegistrationService } from './host/host-registration.service';
 import { JobRunner } from './jobs/job-runner.service';
 import { JobStore } from './jobs/job-store';
+import { WorkerMetrics } from './metrics/worker-metrics';
 import { HostRuntimeService } from './runtime/host-runtime.service';
 
 @Module({})
@@ -13,8 +14,8 @@ export class WorkerModule {
     return {
       module: WorkerModule,
       imports: [ConfigModule.forRoot(config), LoggerModule.forRoot(loggerParams(config, 'worker')), DbModule],
-      providers: [HostRegistrationService, HostRuntimeService, JobStore, JobRunner],
-      exports: [HostRegistrationService, HostRuntimeService, JobRunner],
+      providers: [HostRegistrationService, HostRuntimeService, JobStore, JobRunner, WorkerMetrics],
+      exports: [HostRegistrationService, HostRuntimeService, JobRunner, WorkerMetrics],
     };
   }
 }

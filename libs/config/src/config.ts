@@ -26,6 +26,8 @@ export interface BerthConfig {
     prefetch: number;
     shutdownGraceMs: number;
     lockMs: number;
+    /** Prometheus metrics of the worker; port 0: off. */
+    metrics: { host: string; port: number };
   };
   runtime: {
     dataRoot: string;
@@ -82,6 +84,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig
       prefetch: e.WORKER_PREFETCH ?? e.WORKER_CONCURRENCY,
       shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
       lockMs: e.WORKER_LOCK_MS,
+      metrics: { host: e.WORKER_METRICS_HOST, port: e.WORKER_METRICS_PORT },
     },
     runtime: {
       dataRoot: e.BERTH_DATA_ROOT,

@@ -14,6 +14,7 @@ import {
 } from '@berth/jobs';
 import { RuntimeError } from '@berth/runtime';
 import { HostRegistrationService } from '../host/host-registration.service';
+import { WorkerMetrics } from '../metrics/worker-metrics';
 import { HostRuntimeService } from '../runtime/host-runtime.service';
 import type { JobContext, JobHandler } from './job-context';
 import { buildRegistry } from './job-registry';
@@ -100,6 +101,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     private readonly runtime: HostRuntimeService,
     private readonly store: JobStore,
     private readonly log: PinoLogger,
+    private readonly metrics: WorkerMetrics,
   ) {
     log.setContext(JobRunner.name);
     this.behind = new WrittenBehind(log);
@@ -167,6 +169,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     // Postgres is the record: a job it does not know, or one already ended, is not run (again).
     if (!job || FINAL_STATES.includes(job.state)) {
       this.log.info({ jobId, state: job?.state }, 'skipping a job that is not pending');
+      this.metrics.ended(kind, 'skipped');
       return { skipped: job?.state ?? 'unknown' };
     }
     if (claim.blocked) {
@@ -176,11 +179,13 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     if (!claim.activated) {
       // Ended (cancelled) between BullMQ's hand-over and the claim.
       this.log.info({ jobId }, 'skipping a job that ended meanwhile');
+      this.metrics.ended(kind, 'skipped');
       return { skipped: 'ended' };
     }
     const handler = this.handlers.get(kind)!;
     const log = this.log.logger.child({ jobId, kind, containerId: job.container_id, hostId: this.hostId });
-    const slot = await this.slot(job.id, log);
+    this.metrics.waiting.inc();
+    const slot = await this.slot(job.id, log).finally(() => this.metrics.waiting.dec());
     if (!slot) {
       // Shutting down: not started, back to the queue now (Postgres keeps it `active` until it is claimed
       // again, as after a worker's crash).
@@ -188,11 +193,19 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       await bull.moveToDelayed(Date.now(), token);
       throw new DelayedError();
     }
-    const releaseSlot = slot.release;
+    this.metrics.running.inc();
+    let released = false;
+    const releaseSlot = () => {
+      if (released) return;
+      released = true;
+      this.metrics.running.dec();
+      slot.release();
+    };
     // A job that said it waited for a slot starts only if nobody cancelled it meanwhile.
     if (slot.noticed && !(await this.store.startAfterWait(job.id).catch(release(releaseSlot)))) {
       releaseSlot();
       log.info('cancelled while it waited for a worker slot');
+      this.metrics.ended(kind, 'skipped');
       return { skipped: 'cancelled' };
     }
     log.info({ attempt }, 'job started');
@@ -209,8 +222,11 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
         releaseSlot();
       }
     };
+    const started = performance.now();
+    const seconds = () => (performance.now() - started) / 1000;
     try {
       const outcome = await handler.run(ctx);
+      this.metrics.ended(kind, 'completed', seconds());
       await done();
       const complete = () => this.store.complete(job, outcome, unrecorded);
       // A handler's own changes (`apply`) commit with the end before the slot moves on; the usual end is
@@ -229,6 +245,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       log.info('job completed');
       return outcome.result;
     } catch (e) {
+      const ran = seconds();
       // The steps finished before the failure are recorded before it (a retry resumes after them).
       await done();
       for (const step of unrecorded)
@@ -240,10 +257,12 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       if (!failure.permanent && attempt < maxAttempts) {
         const delayMs = 1_000 * 2 ** (attempt - 1);
         await this.store.waitingRetry(job, failure, attempt, delayMs);
+        this.metrics.ended(kind, 'retry', ran);
         log.warn({ failure, attempt }, 'job failed, will retry');
         throw e;
       }
       await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
+      this.metrics.ended(kind, 'failed', ran);
       log.warn({ failure, attempt }, 'job failed');
       throw new UnrecoverableError(`${failure.code}: ${failure.message}`);
     }
