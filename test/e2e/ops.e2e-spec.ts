@@ -1,22 +1,11 @@
 import type { Queue } from 'bullmq';
 import { createTestKey } from '@test/support/pipeline';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
+import { sample } from '@test/support/prometheus';
 import { MetricsService } from '../../apps/api/src/ops/metrics.service';
 import { OutboxRelay } from '../../apps/api/src/outbox/outbox.relay';
 
 const MiB = 1024 * 1024;
-
-/** The value of the series `name{labels}` in a Prometheus text exposition (undefined: not there). */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = new Set((m[2] ?? '').split(/,(?=[a-zA-Z_]+=")/).filter(Boolean));
-    if (want.every((l) => have.has(l))) return Number(m[3]);
-  }
-  return undefined;
-}
 
 describe('Ops: /metrics and the queue board', () => {
   let a: ApiOnly;

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
 import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
+import { sample } from '@test/support/prometheus';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 
 /** A loopback port nobody listens on right now. */
@@ -10,16 +11,6 @@ async function freePort(): Promise<number> {
   const { port } = s.address() as AddressInfo;
   await new Promise<void>((r) => s.close(() => r()));
   return port;
-}
-
-/** The value of `name{labels}` in a Prometheus text exposition (undefined: not there). */
-function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
-  const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} (\S+)$/.exec(line);
-    if (m?.[1] === name && want.every((l) => m[2].split(',').includes(l))) return Number(m[3]);
-  }
-  return undefined;
 }
 
 describe('Worker metrics (WORKER_METRICS_PORT)', () => {
