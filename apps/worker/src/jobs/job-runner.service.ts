@@ -222,11 +222,13 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
         releaseSlot();
       }
     };
+    // Time in the handler, for the metrics (counted once the run's end is settled, whichever it is).
     const started = performance.now();
-    const seconds = () => (performance.now() - started) / 1000;
+    let ran: number | undefined;
+    const seconds = () => (ran ??= (performance.now() - started) / 1000);
     try {
       const outcome = await handler.run(ctx);
-      this.metrics.ended(kind, 'completed', seconds());
+      seconds();
       await done();
       const complete = () => this.store.complete(job, outcome, unrecorded);
       // A handler's own changes (`apply`) commit with the end before the slot moves on; the usual end is
@@ -242,10 +244,11 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
           };
           await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
         });
+      this.metrics.ended(kind, 'completed', seconds());
       log.info('job completed');
       return outcome.result;
     } catch (e) {
-      const ran = seconds();
+      seconds();
       // The steps finished before the failure are recorded before it (a retry resumes after them).
       await done();
       for (const step of unrecorded)
@@ -257,12 +260,12 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       if (!failure.permanent && attempt < maxAttempts) {
         const delayMs = 1_000 * 2 ** (attempt - 1);
         await this.store.waitingRetry(job, failure, attempt, delayMs);
-        this.metrics.ended(kind, 'retry', ran);
+        this.metrics.ended(kind, 'retry', seconds());
         log.warn({ failure, attempt }, 'job failed, will retry');
         throw e;
       }
       await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
-      this.metrics.ended(kind, 'failed', ran);
+      this.metrics.ended(kind, 'failed', seconds());
       log.warn({ failure, attempt }, 'job failed');
       throw new UnrecoverableError(`${failure.code}: ${failure.message}`);
     }
