@@ -142,5 +142,9 @@ describe('Ops: /metrics and the queue board', () => {
     expect(pause.body.code).toBe('READ_ONLY');
     const clean = await a.http().put(`/admin/queues/api/queues/host-${a.hostId}/clean/waiting`).set(a.auth());
     expect(clean.status).toBe(405);
+    // Its requests are timed as the board's, the refused ones too.
+    const text = await metrics();
+    const board = { method: 'PUT', route: '/admin/queues', status: '405' };
+    expect(sample(text, 'berth_http_request_duration_seconds_count', board)).toBe(2);
   });
 });

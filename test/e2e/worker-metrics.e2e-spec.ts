@@ -35,6 +35,7 @@ describe('Worker metrics (WORKER_METRICS_PORT)', () => {
     const before = await scrape();
     expect(sample(before, 'berth_worker_slots', { host })).toBe(Number(c.env.WORKER_CONCURRENCY ?? 4));
     expect(sample(before, 'berth_worker_slots_busy', { host })).toBe(0);
+    expect(sample(before, 'process_resident_memory_bytes', { host })).toBeGreaterThan(0);
     const [{ id: hostId }] = await c.ds.query(`SELECT id FROM hosts WHERE name = $1`, [host]);
     const enqueuer = c.api.get(JobEnqueuer);
     const principal = { keyId: 'test:metrics', tenantId: null, scopes: ['admin'], requestId: '' };

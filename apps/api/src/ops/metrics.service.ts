@@ -7,6 +7,7 @@ import { hostQueueName } from '@berth/jobs';
 import { HostsService } from '../hosts/hosts.controller';
 import type { HostDto } from '../hosts/hosts.responses';
 import { OutboxRelay } from '../outbox/outbox.relay';
+import { QUEUE_BOARD_PATH } from './queue-board';
 
 /** The BullMQ job states reported per host queue. */
 const QUEUE_STATES = ['waiting', 'prioritized', 'delayed', 'active', 'failed'] as const;
@@ -125,12 +126,18 @@ export class MetricsService {
     return (req: Request, res: Response, next: NextFunction): void => {
       const end = this.http.startTimer();
       res.on('finish', () => {
-        // The route's pattern, never the raw path (ids would make a series per container); no route, or
+        // The route's pattern, never the raw path (ids would make a series per container). The queue
+        // board's pages and refusals (plain Express, no route) count as the board; no route otherwise, or
         // Nest's catch-all that answers 404, is `unmatched`.
         const route = (req.route as { path?: unknown } | undefined)?.path;
         end({
           method: req.method,
-          route: typeof route === 'string' && !route.includes('*') ? `${req.baseUrl}${route}` : 'unmatched',
+          route:
+            typeof route === 'string' && !route.includes('*')
+              ? `${req.baseUrl}${route}`
+              : req.originalUrl.startsWith(QUEUE_BOARD_PATH)
+                ? QUEUE_BOARD_PATH
+                : 'unmatched',
           status: String(res.statusCode),
         });
       });

@@ -33,7 +33,8 @@ export class WorkerMetrics implements OnApplicationBootstrap, OnApplicationShutd
   ) {
     log.setContext(WorkerMetrics.name);
     this.registry.setDefaultLabels({ host: config.host.name });
-    collectDefaultMetrics({ register: this.registry });
+    // The process's own metrics sample the event loop and observe every GC: only when they are served.
+    if (config.worker.metrics.port !== 0) collectDefaultMetrics({ register: this.registry });
     const registers = [this.registry];
     this.runs = new Counter({
       name: 'berth_worker_jobs_total',
