@@ -63,6 +63,13 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     expect(body.reasons).toEqual(
       expect.arrayContaining([expect.stringMatching(new RegExp(`^${c.hostName}: not enough memory`))]),
     );
+    // CPU is checked before memory, and said with two decimals.
+    const cpu = await expectRefused({ cpus: 1024, memoryBytes: TiB }, /not enough CPU/);
+    expect(cpu.reasons).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(new RegExp(`^${c.hostName}: not enough CPU \\(\\d+\\.\\d\\d free\\)$`)),
+      ]),
+    );
   });
 
   it('creates racing for the last room: exactly as many are accepted as fit, the others get 503', async () => {
@@ -95,6 +102,12 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     expect(res.status).toBe(202);
     expect(res.body.container.hostId).toBe(hostId);
     expect(await wait(res.body.job.id)).toMatchObject({ state: 'completed', hostId });
+    // The request's audit event names the host the placement chose (in the same statement).
+    const [requested] = await c.ds.query(
+      `SELECT data FROM audit_events WHERE subject_id = $1 AND action = 'container.create.requested'`,
+      [res.body.container.id],
+    );
+    expect(requested.data).toMatchObject({ host: c.hostName, template: small.template, start: true });
     await expectRefused(
       { host: hostId, memoryBytes: TiB },
       new RegExp(`host ${c.hostName} cannot take it: not enough memory`),

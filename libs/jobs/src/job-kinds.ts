@@ -81,7 +81,10 @@ export function parseJobPayload<K extends JobKind>(kind: K, payload: unknown): J
   return jobPayloadSchemas[kind].parse(payload) as JobPayload<K>;
 }
 
+/** What a host's queue name starts with (the API's enqueue statement builds the names in SQL too). */
+export const HOST_QUEUE_PREFIX = 'host-';
+
 /** The queue of a host: each worker consumes only its own. */
 export function hostQueueName(hostId: string): string {
-  return `host-${hostId}`;
+  return `${HOST_QUEUE_PREFIX}${hostId}`;
 }

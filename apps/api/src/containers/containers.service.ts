@@ -35,8 +35,9 @@ export class ContainersService {
   ) {}
 
   /**
-   * One pipelined transaction (see PipelinedPool): placement under its lock, then the container row, its
-   * create job and the commit sent back to back without waiting for each other (two round trips).
+   * One pipelined transaction (see PipelinedPool), one round trip: the placement lock, the choice of host
+   * with the container's row and the request's audit event (PlacementService.placeAndInsert), the create
+   * job and the COMMIT, sent back to back without waiting for each other.
    */
   async create(dto: CreateContainerDto, principal: Principal): Promise<Accepted> {
     return this.pipelined.transaction(async (tx) => {
@@ -46,39 +47,31 @@ export class ContainersService {
         diskBytes: dto.diskBytes ?? GiB,
         pidsMax: dto.pidsMax ?? 512,
       };
-      const host = await this.placement.place(tx, { template: dto.template, ...resources, hostId: dto.host });
-      const template = host.template;
       const start = dto.start ?? true;
       const id = randomUUID();
-      const insert = preparedQuery<ContainerRow>(
+      const placed = this.placement.placeAndInsert(
         tx,
-        `INSERT INTO containers (id, tenant_id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
-                                 disk_bytes, pids_max, network_mode)
-         VALUES ($1, $2, $3, $4, $5, 'creating', $6, $7, $8, $9, $10, $11) RETURNING *`,
-        [
+        { template: dto.template, ...resources, hostId: dto.host },
+        {
           id,
-          principal.tenantId,
-          dto.name,
-          host.id,
-          template.id,
-          start ? 'running' : 'stopped',
-          resources.cpus,
-          resources.memoryBytes,
-          resources.diskBytes,
-          resources.pidsMax,
-          dto.network ?? 'none',
-        ],
+          tenantId: principal.tenantId,
+          name: dto.name,
+          targetState: start ? 'running' : 'stopped',
+          pidsMax: resources.pidsMax,
+          networkMode: dto.network ?? 'none',
+        },
+        {
+          actor: principal.keyId,
+          requestId: principal.requestId || null,
+          data: { name: dto.name, template: dto.template, ...resources, start },
+        },
       );
+      // On the container's host (from its row: the placement chose it in the statement before).
       const enqueue = this.enqueuer.enqueue(tx, {
         kind: 'container.create',
-        hostId: host.id,
         containerId: id,
         tenantId: principal.tenantId,
         principal,
-        requested: {
-          action: 'container.create.requested',
-          data: { name: dto.name, template: dto.template, host: host.name, ...resources, start },
-        },
         payload: {
           containerId: id,
           name: dto.name,
@@ -89,12 +82,13 @@ export class ContainersService {
           start,
         },
       });
-      // Both are on the wire, and the COMMIT right behind them; when the insert fails the enqueue fails
-      // with it (the transaction is aborted) and the COMMIT rolls back. A request with an Idempotency-Key
+      // All on the wire, and the COMMIT right behind them; when the placement refuses, nothing was inserted
+      // and the enqueue wrote nothing either (no container row); when a statement fails the rest fail with
+      // it (the transaction is aborted) and the COMMIT rolls back. A request with an Idempotency-Key
       // stores its answer in the transaction first, and commits after.
       const claim = principal.idempotency;
       if (!claim) tx.commit();
-      const [inserted, enqueued] = await Promise.allSettled([insert, enqueue]);
+      const [inserted, enqueued] = await Promise.allSettled([placed, enqueue]);
       if (inserted.status === 'rejected') {
         if ((inserted.reason as { code?: string }).code === '23505') {
           throw new ApiError(
@@ -106,10 +100,9 @@ export class ContainersService {
         throw inserted.reason;
       }
       if (enqueued.status === 'rejected') throw enqueued.reason;
-      const [row] = inserted.value;
+      const { host_name: _, ...row } = inserted.value;
       const job = enqueued.value;
       row.last_job_id = job.id;
-      row.template_name = template.name;
       const answer = { job: toJobView(job), container: toContainerView(row) };
       await claim?.store(tx, answer, jobLocation(job.id));
       return answer;

@@ -1,8 +1,8 @@
 import { HttpStatus, Inject, Injectable } from '@nestjs/common';
-import type { EntityManager } from 'typeorm';
-import { preparedQuery, type SqlTx } from '@berth/db';
+import { type SqlTx } from '@berth/db';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { ApiError } from '../common/api-error';
+import type { ContainerRow } from '../containers/container-view';
 
 export interface PlacementRequest {
   /** The template by name: unknown → 422 TEMPLATE_NOT_FOUND. */
@@ -14,115 +14,169 @@ export interface PlacementRequest {
   hostId?: string;
 }
 
-interface Candidate {
+/** The new container's row as the caller decided it (everything but its host and template ids). */
+export interface NewContainer {
   id: string;
+  tenantId: string | null;
   name: string;
-  online: boolean;
-  draining: boolean;
-  has_template: boolean;
-  cpu_free: number;
-  mem_free: string;
-  disk_free: string;
+  targetState: string;
+  pidsMax: number;
+  networkMode: string;
 }
+
+/** The request's own audit event (`container.create.requested`), written with the row; `host` is added. */
+export interface CreateRequested {
+  actor: string;
+  requestId: string | null;
+  data: Record<string, unknown>;
+}
+
+/** The inserted row, with the names of its template and host. */
+export type PlacedContainer = ContainerRow & { template_name: string; host_name: string };
 
 /** CPU is shared by time (overcommitted like every VPS host does); memory and disk are hard reservations. */
 export const CPU_OVERCOMMIT = 16;
 
 /**
- * Picks the host for a new container: online (fresh heartbeat), not draining, the template ready there,
- * room for its CPU, memory and disk (reservations summed from the live containers). Runs inside the
- * create transaction under an advisory lock, so two concurrent creates cannot both take the last room.
+ * The placement lock (held to the end of the caller's transaction) with the template's lookup. The next
+ * statement's snapshot is taken once this one holds the lock: it sees every create committed before.
+ */
+const LOCK = `SELECT t.id FROM (SELECT pg_advisory_xact_lock(hashtext('berth.placement'))) l
+  LEFT JOIN templates t ON t.name = $1`;
+
+/**
+ * Chooses the host and inserts the container and its request's audit event, in one statement. Each host
+ * (or only `$4`, an explicit one) gets the first reason it cannot take the container, null when it can:
+ * offline (no fresh heartbeat), draining, the template not ready there, not enough CPU, memory or disk
+ * (reservations summed from the live containers). The fitting host with the most free memory wins (then
+ * by name). The answer is one row: the inserted container (its columns null when nothing fitted), how
+ * many hosts were considered, every unfit host's reason in that order, and whether the template exists.
+ * `$1` template, `$2` offline threshold (ms), `$3` cpus, `$4` host or null, `$5` memory, `$6` disk, `$7` id,
+ * `$8` tenant, `$9` name, `$10` target state, `$11` pids, `$12` network mode, `$13` actor, `$14` request
+ * id, `$15` the audit event's data.
+ */
+const PLACE_AND_INSERT = `WITH
+  u AS (SELECT host_id, sum(cpus)::float AS cpus, sum(memory_bytes) AS mem, sum(disk_bytes) AS disk
+        FROM containers WHERE destroyed_at IS NULL GROUP BY host_id),
+  f AS (SELECT h.*, h.cpu_count * ${CPU_OVERCOMMIT} - COALESCE(u.cpus, 0) AS cpu_free,
+               h.memory_bytes - COALESCE(u.mem, 0) AS mem_free, h.disk_bytes - COALESCE(u.disk, 0) AS disk_free
+        FROM hosts h LEFT JOIN u ON u.host_id = h.id
+        WHERE $4::uuid IS NULL OR h.id = $4::uuid),
+  h AS (SELECT f.id, f.name, f.mem_free, CASE
+          WHEN NOT (f.state = 'online' AND f.last_heartbeat_at >= now() - make_interval(secs => $2::float / 1000))
+            THEN 'offline'
+          WHEN f.draining THEN 'draining'
+          WHEN NOT EXISTS (SELECT 1 FROM template_replicas r JOIN templates t ON t.id = r.template_id
+                           WHERE r.host_id = f.id AND t.name = $1 AND r.state = 'ready')
+            THEN 'template not available there'
+          WHEN f.cpu_free < $3::float THEN format('not enough CPU (%s free)', round(f.cpu_free::numeric, 2))
+          WHEN f.mem_free < $5::bigint THEN format('not enough memory (%s bytes free)', f.mem_free)
+          WHEN f.disk_free < $6::bigint THEN format('not enough disk (%s bytes free)', f.disk_free)
+        END AS why
+        FROM f),
+  t AS (SELECT id, name FROM templates WHERE name = $1),
+  pick AS (SELECT h.id, h.name FROM h WHERE h.why IS NULL ORDER BY h.mem_free DESC, h.name LIMIT 1),
+  c AS (INSERT INTO containers (id, tenant_id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
+                                disk_bytes, pids_max, network_mode)
+        SELECT $7, $8, $9, pick.id, t.id, 'creating', $10, $3, $5, $6, $11, $12 FROM pick, t
+        RETURNING *),
+  a AS (INSERT INTO audit_events (actor, action, subject_type, subject_id, request_id, data)
+        SELECT $13, 'container.create.requested', 'container', c.id, $14,
+               $15::jsonb || jsonb_build_object('host', pick.name)
+        FROM c, pick)
+SELECT c.*, t.name AS template_name, pick.name AS host_name,
+       (SELECT count(*) FROM h)::int AS placement_hosts,
+       (SELECT json_agg(h.name || ': ' || h.why ORDER BY h.mem_free DESC, h.name) FROM h WHERE h.why IS NOT NULL)
+         AS placement_reasons,
+       t.id IS NOT NULL AS placement_template
+FROM (SELECT 1) one LEFT JOIN c ON true LEFT JOIN pick ON true LEFT JOIN t ON true`;
+
+type PlacementAnswer = PlacedContainer & {
+  placement_hosts: number;
+  placement_reasons: string[] | null;
+  placement_template: boolean;
+};
+
+/**
+ * Places a new container: on an online (fresh heartbeat), non-draining host where its template is ready,
+ * with room for its CPU, memory and disk; an explicit host is honoured or refused with the reason.
  */
 @Injectable()
 export class PlacementService {
   constructor(@Inject(BERTH_CONFIG) private readonly config: BerthConfig) {}
 
   /**
-   * The host for a new container, and its template. Takes the placement lock (held to the end of the
-   * caller's transaction) with the template lookup; the hosts are read by the next statement, sent with it
-   * (one round trip on a pipelined connection), whose snapshot sees every create committed before the
-   * lock was granted.
+   * Places the container and inserts its row and its request's audit event in the caller's pipelined
+   * transaction: the placement lock, then the choice of host and the inserts, sent together (no round
+   * trip between them, and the caller may send its next statements and the COMMIT right behind: the lock
+   * is held for one round trip and the commit, so concurrent creates queue on it that much less). Two
+   * concurrent creates cannot both take the last room. Nothing fits: nothing is written, and the promise
+   * rejects with 503 NO_CAPACITY (the reason per host), 422 TEMPLATE_NOT_FOUND or 422 HOST_NOT_FOUND.
    */
-  async place(
-    m: EntityManager | SqlTx,
+  placeAndInsert(
+    tx: SqlTx,
     req: PlacementRequest,
-  ): Promise<{ id: string; name: string; template: { id: string; name: string } }> {
-    // Both statements go out at once; PostgreSQL runs them in order, so the second one's snapshot is
-    // taken once the first holds the lock.
-    const templateQuery = preparedQuery<{ id: string | null; name: string | null }>(
-      m,
-      `SELECT t.id, t.name FROM (SELECT pg_advisory_xact_lock(hashtext('berth.placement'))) l
-       LEFT JOIN templates t ON t.name = $1`,
-      [req.template],
-    );
-    const hostsQuery = preparedQuery<Candidate>(
-      m,
-      `SELECT h.id, h.name, h.draining,
-              (h.state = 'online' AND h.last_heartbeat_at >= now() - make_interval(secs => $2::float / 1000)) AS online,
-              EXISTS (SELECT 1 FROM template_replicas r JOIN templates t ON t.id = r.template_id
-                      WHERE r.host_id = h.id AND t.name = $1 AND r.state = 'ready') AS has_template,
-              h.cpu_count * ${CPU_OVERCOMMIT} - COALESCE(u.cpus, 0) AS cpu_free,
-              h.memory_bytes - COALESCE(u.mem, 0) AS mem_free,
-              h.disk_bytes - COALESCE(u.disk, 0) AS disk_free
-       FROM hosts h
-       LEFT JOIN (SELECT host_id, sum(cpus)::float AS cpus, sum(memory_bytes) AS mem, sum(disk_bytes) AS disk
-                  FROM containers WHERE destroyed_at IS NULL GROUP BY host_id) u ON u.host_id = h.id
-       ${req.hostId ? 'WHERE h.id = $3' : ''}
-       ORDER BY h.memory_bytes - COALESCE(u.mem, 0) DESC, h.name`,
-      req.hostId
-        ? [req.template, this.config.host.offlineAfterMs, req.hostId]
-        : [req.template, this.config.host.offlineAfterMs],
-    );
-    const [templateRows, hostRows] = await Promise.allSettled([templateQuery, hostsQuery]);
-    if (templateRows.status === 'rejected') throw templateRows.reason;
-    const [template] = templateRows.value;
-    if (!template?.id) {
+    row: NewContainer,
+    requested: CreateRequested,
+  ): Promise<PlacedContainer> {
+    const lock = tx.query(LOCK, [req.template]);
+    const insert = tx.query<PlacementAnswer>(PLACE_AND_INSERT, [
+      req.template,
+      this.config.host.offlineAfterMs,
+      req.cpus,
+      req.hostId ?? null,
+      req.memoryBytes,
+      req.diskBytes,
+      row.id,
+      row.tenantId,
+      row.name,
+      row.targetState,
+      row.pidsMax,
+      row.networkMode,
+      requested.actor,
+      requested.requestId,
+      JSON.stringify(requested.data),
+    ]);
+    return Promise.all([lock, insert]).then(([, [answer]]) => this.placed(answer, req));
+  }
+
+  private placed(answer: PlacementAnswer, req: PlacementRequest): PlacedContainer {
+    const {
+      placement_hosts: hosts,
+      placement_reasons: reasons,
+      placement_template: template,
+      ...row
+    } = answer;
+    if (!template) {
       throw new ApiError(
         HttpStatus.UNPROCESSABLE_ENTITY,
         'TEMPLATE_NOT_FOUND',
         `template ${req.template} does not exist`,
       );
     }
-    if (hostRows.status === 'rejected') throw hostRows.reason;
-    const hosts = hostRows.value;
-    const reasons: string[] = [];
-    for (const h of hosts) {
-      const why = this.unfit(h, req);
-      if (!why) return { id: h.id, name: h.name, template: { id: template.id, name: template.name! } };
-      reasons.push(`${h.name}: ${why}`);
-    }
+    if (row.id) return row;
+    const why = reasons ?? [];
     if (req.hostId) {
-      if (hosts.length === 0) {
+      if (hosts === 0) {
         throw new ApiError(
           HttpStatus.UNPROCESSABLE_ENTITY,
           'HOST_NOT_FOUND',
           `host ${req.hostId} does not exist`,
         );
       }
+      const [name, ...reason] = why[0].split(': ');
       throw new ApiError(
         HttpStatus.SERVICE_UNAVAILABLE,
         'NO_CAPACITY',
-        `host ${hosts[0].name} cannot take it: ${reasons[0].split(': ').slice(1).join(': ')}`,
-        {
-          reasons,
-        },
+        `host ${name} cannot take it: ${reason.join(': ')}`,
+        { reasons: why },
       );
     }
     throw new ApiError(
       HttpStatus.SERVICE_UNAVAILABLE,
       'NO_CAPACITY',
-      hosts.length ? 'no host can take this container now' : 'no host is registered',
-      { reasons },
+      hosts ? 'no host can take this container now' : 'no host is registered',
+      { reasons: why },
     );
-  }
-
-  private unfit(h: Candidate, r: PlacementRequest): string | null {
-    if (!h.online) return 'offline';
-    if (h.draining) return 'draining';
-    if (!h.has_template) return 'template not available there';
-    if (Number(h.cpu_free) < r.cpus) return `not enough CPU (${Number(h.cpu_free).toFixed(2)} free)`;
-    if (Number(h.mem_free) < r.memoryBytes) return `not enough memory (${h.mem_free} bytes free)`;
-    if (Number(h.disk_free) < r.diskBytes) return `not enough disk (${h.disk_free} bytes free)`;
-    return null;
   }
 }

@@ -5,6 +5,7 @@ import type { DataSource, EntityManager, EntitySubscriberInterface, TransactionC
 import { createBatcher, PipelinedPool, preparedQuery, type SqlTx } from '@berth/db';
 import {
   hostQueueName,
+  HOST_QUEUE_PREFIX,
   maxAttemptsFor,
   parseJobPayload,
   type JobKind,
@@ -16,7 +17,8 @@ import type { JobRow } from './job-view';
 export interface EnqueueInput {
   kind: JobKind;
   payload: Record<string, unknown>;
-  hostId: string;
+  /** The host that runs it; for a container job, by default the container's (read by the statement). */
+  hostId?: string;
   containerId?: string | null;
   tenantId?: string | null;
   principal: Principal;
@@ -124,6 +126,7 @@ export class JobEnqueuer implements EntitySubscriberInterface {
     const [row] = await preparedQuery<EnqueueAnswer>(m, ENQUEUE, [
       item.containerIds,
       JSON.stringify([item.sql]),
+      HOST_QUEUE_PREFIX,
     ]);
     if (!row) throw new Error(`enqueue of a ${input.kind} job: its container ${input.containerId} is gone`);
     const { job, outbox } = this.answer(item, row);
@@ -166,6 +169,7 @@ export class JobEnqueuer implements EntitySubscriberInterface {
     const rows = await this.hot.query<EnqueueAnswer>(ENQUEUE, [
       now.flatMap((it) => it.containerIds),
       JSON.stringify(now.map((it, ord) => ({ ...it.sql, ord }))),
+      HOST_QUEUE_PREFIX,
     ]);
     const byId = new Map(rows.map((r) => [r.id, r]));
     const answers = new Map<EnqueueItem, EnqueuedJob | null>();
@@ -192,20 +196,19 @@ export class JobEnqueuer implements EntitySubscriberInterface {
   private item(input: EnqueueInput & { expectTargetState?: string }): EnqueueItem {
     const payload = parseJobPayload(input.kind, input.payload) as Record<string, unknown>;
     if (input.targetState && !input.containerId) throw new TypeError('targetState needs a containerId');
+    if (!input.hostId && !input.containerId) throw new TypeError('a job needs a host or a container');
     const id = randomUUID();
-    const queue = hostQueueName(input.hostId);
     const queued: QueuedJobData = { jobId: id, kind: input.kind, payload };
     const requested = input.requested ?? null;
     return {
       queued,
-      queue,
       containerIds: input.containerId ? [input.containerId] : [],
       sql: {
         id,
         kind: input.kind,
         tenant_id: input.tenantId ?? null,
         container_id: input.containerId ?? null,
-        host_id: input.hostId,
+        host_id: input.hostId ?? null,
         params: payload,
         max_attempts: maxAttemptsFor(input.kind),
         requested_by: input.principal.keyId,
@@ -215,7 +218,6 @@ export class JobEnqueuer implements EntitySubscriberInterface {
         requested_data: requested?.data ?? null,
         target_state: input.targetState ?? null,
         expect_target_state: input.expectTargetState ?? null,
-        queue,
         outbox_payload: queued,
       },
     };
@@ -225,7 +227,7 @@ export class JobEnqueuer implements EntitySubscriberInterface {
     const { outbox_id: outboxId, ...job } = row;
     const outbox: OutboxRow = {
       id: outboxId,
-      queue: item.queue,
+      queue: hostQueueName(job.host_id!),
       job_name: item.sql.kind,
       job_id: item.sql.id,
       payload: item.queued,
@@ -237,14 +239,14 @@ export class JobEnqueuer implements EntitySubscriberInterface {
 /** One job to write, as the ENQUEUE statement reads it (`jsonb_to_recordset`). */
 interface EnqueueItem {
   queued: QueuedJobData;
-  queue: string;
   containerIds: string[];
   sql: {
     id: string;
     kind: JobKind;
     tenant_id: string | null;
     container_id: string | null;
-    host_id: string;
+    /** Null: the container's host. */
+    host_id: string | null;
     params: Record<string, unknown>;
     max_attempts: number;
     requested_by: string;
@@ -254,7 +256,6 @@ interface EnqueueItem {
     requested_data: Record<string, unknown> | null;
     target_state: string | null;
     expect_target_state: string | null;
-    queue: string;
     outbox_payload: QueuedJobData;
   };
 }
@@ -265,17 +266,18 @@ type EnqueueAnswer = EnqueuedJob & { outbox_id: string };
  * Jobs in one statement (data-modifying CTEs: one round trip, one commit): for each, its container's
  * sequence number (the UPDATE row-locks the container, so concurrent enqueues for it are numbered in
  * commit order; guarded by `expect_target_state` when given), the job, its audit event(s) and the outbox
- * row. A container job whose container row was not updated is not written (and not answered). `$1`: the
+ * row. A container job whose container row was not updated is not written (and not answered). A job
+ * without a host runs on its container's, and its outbox row goes to that host's queue. `$1`: the
  * container ids again, as an array (`= ANY` lets the planner use the primary key; it cannot size `i`);
- * `$2`: the jobs (EnqueueItem.sql, with `ord`: their order). The triggers' notifications are deferred:
- * see the class comment.
+ * `$2`: the jobs (EnqueueItem.sql, with `ord`: their order); `$3`: HOST_QUEUE_PREFIX (a host's queue is
+ * the prefix and its id). The triggers' notifications are deferred: see the class comment.
  */
 const ENQUEUE = `WITH
   deferred AS (SELECT set_config('berth.defer_notify', 'on', true) AS v),
   i AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS i(
           id uuid, kind text, tenant_id uuid, container_id uuid, host_id uuid, params jsonb, max_attempts int,
           requested_by text, request_id text, subject_type text, requested_action text, requested_data jsonb,
-          target_state text, expect_target_state text, queue text, outbox_payload jsonb, ord int)),
+          target_state text, expect_target_state text, outbox_payload jsonb, ord int)),
   c AS (
     UPDATE containers SET job_seq = job_seq + 1, last_job_id = i.id,
            target_state = COALESCE(i.target_state, containers.target_state),
@@ -283,13 +285,14 @@ const ENQUEUE = `WITH
     FROM i, deferred
     WHERE containers.id = ANY($1::uuid[]) AND containers.id = i.container_id
       AND (i.expect_target_state IS NULL OR containers.target_state = i.expect_target_state)
-    RETURNING i.id AS job_id, containers.job_seq, containers.updated_at),
+    RETURNING i.id AS job_id, containers.job_seq, containers.updated_at, containers.host_id),
   ok AS (SELECT i.* FROM i, deferred
          WHERE i.container_id IS NULL OR EXISTS (SELECT 1 FROM c WHERE c.job_id = i.id)),
   j AS (
     INSERT INTO jobs (id, kind, state, tenant_id, container_id, host_id, container_seq, params, max_attempts,
                       requested_by, request_id)
-    SELECT ok.id, ok.kind, 'queued', ok.tenant_id, ok.container_id, ok.host_id,
+    SELECT ok.id, ok.kind, 'queued', ok.tenant_id, ok.container_id,
+           COALESCE(ok.host_id, (SELECT c.host_id FROM c WHERE c.job_id = ok.id)),
            (SELECT c.job_seq FROM c WHERE c.job_id = ok.id), ok.params, ok.max_attempts, ok.requested_by,
            ok.request_id
     FROM ok ORDER BY ok.ord RETURNING *),
@@ -305,6 +308,7 @@ const ENQUEUE = `WITH
     ORDER BY ok.ord, e.ord),
   o AS (
     INSERT INTO outbox (queue, job_name, job_id, payload)
-    SELECT ok.queue, ok.kind, ok.id, ok.outbox_payload FROM ok ORDER BY ok.ord RETURNING id, job_id)
+    SELECT $3::text || j.host_id, ok.kind, ok.id, ok.outbox_payload FROM ok JOIN j ON j.id = ok.id
+    ORDER BY ok.ord RETURNING id, job_id)
   SELECT j.*, (SELECT c.updated_at FROM c WHERE c.job_id = j.id) AS container_updated_at, o.id AS outbox_id
   FROM j JOIN o ON o.job_id = j.id`;
