@@ -21,8 +21,10 @@
  * Redis, with a dedicated database (dropped and recreated), its own BullMQ prefix, data root and cgroup
  * parent; everything is removed at the end. All traffic is on loopback.
  *
- * Run: node --max-semi-space-size=32 -r ts-node/register/transpile-only -r tsconfig-paths/register \
- *   bench/pipeline.bench.ts   (the API's and worker's production V8 flag, as scripts/bench.sh gives it)
+ * Run: `npx nest build bench && node --max-semi-space-size=32 dist/bench/bench/pipeline.bench.js` (compiled,
+ * as production runs, with the API's and worker's production V8 flag: what scripts/bench.sh does). From the
+ * sources (`node -r ts-node/register/transpile-only -r tsconfig-paths/register bench/pipeline.bench.ts`)
+ * every process also pays for ts-node, which loads node:domain (see scripts/bench.sh).
  * Settings (environment): BENCH_DIR (/var/tmp/berth-bench), BENCH_RESULTS_DIR (bench/results),
  * BENCH_PIPELINE_RUNS (200), BENCH_PIPELINE_BATCH (20), BENCH_PIPELINE_JOBS (2000),
  * BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4), BENCH_PIPELINE_PREFETCH (= concurrency),
@@ -36,7 +38,7 @@ import { bullConnection, jobOptionsFor } from '@berth/jobs';
 import { JobEnqueuer } from '../apps/api/src/jobs/job-enqueuer';
 import type { Principal } from '../apps/api/src/auth/principal';
 import { fmtMs, markdownTable } from './lib/markdown';
-import { writeResults } from './lib/results';
+import { defaultResultsDir, writeResults } from './lib/results';
 import { summarize, type Summary } from './lib/stats';
 import { nowMs, Samples, sleep } from './lib/timing';
 import { spawnChildWorker, startBenchSystem, type BenchSystem } from './pipeline/system';
@@ -53,7 +55,7 @@ const concurrency = intEnv('BENCH_PIPELINE_CONCURRENCY', 4);
 
 const settings = {
   dir: resolve(process.env.BENCH_DIR ?? '/var/tmp/berth-bench'),
-  resultsDir: resolve(process.env.BENCH_RESULTS_DIR ?? join(__dirname, 'results')),
+  resultsDir: resolve(process.env.BENCH_RESULTS_DIR ?? defaultResultsDir()),
   runs: intEnv('BENCH_PIPELINE_RUNS', 200, 0),
   batch: intEnv('BENCH_PIPELINE_BATCH', 20),
   warmup: 3,

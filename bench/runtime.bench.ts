@@ -20,7 +20,7 @@ import { benchSpec, openBenchHost, removeCgroupParent, type BenchHost } from './
 import { LxcPeer, removeLxcCgroups } from './lib/lxc-peer';
 import { compareRow, fmtBytes, fmtMs, markdownTable } from './lib/markdown';
 import { memAvailableBytes, parentPid, processMemory, type ProcessMemory } from './lib/proc';
-import { writeResults } from './lib/results';
+import { defaultResultsDir, writeResults } from './lib/results';
 import { summarize, type Summary } from './lib/stats';
 import { Samples, sleep, timed } from './lib/timing';
 
@@ -32,7 +32,7 @@ const intEnv = (name: string, fallback: number): number => {
 
 const config = {
   dir: resolve(process.env.BENCH_DIR ?? '/var/tmp/berth-bench'),
-  resultsDir: resolve(process.env.BENCH_RESULTS_DIR ?? join(__dirname, 'results')),
+  resultsDir: resolve(process.env.BENCH_RESULTS_DIR ?? defaultResultsDir()),
   runs: intEnv('BENCH_RUNS', 30),
   warmup: 2,
   lxcStopRuns: intEnv('BENCH_LXC_STOP_RUNS', 5),

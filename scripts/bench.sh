@@ -88,14 +88,20 @@ cleanup_host
 trap cleanup_host EXIT
 trap 'exit 130' INT TERM HUP
 
+# Compiled, as production runs the API and the worker (`npm run build`, node dist/…): from the sources
+# through ts-node every process would also carry ts-node's side effects (it loads node:repl, which loads
+# node:domain, and from then on every EventEmitter of the process pays for domains: 10-20 % more Node time
+# per PostgreSQL query on this VM), the code under test's and its peers' alike.
+say "compiling the benches (dist/bench)"
+npx nest build bench >/dev/null
 # The API's and the worker's production flag (scripts/up.sh); the bench's worker processes, Berth's and
 # the raw BullMQ peer's alike, inherit it (bench/pipeline/system.ts).
-node=(node --max-semi-space-size=32 -r ts-node/register/transpile-only -r tsconfig-paths/register)
+node=(node --max-semi-space-size=32)
 # The harness's own logic (percentiles, tables, result files) first: a wrong table is worse than none.
 npx jest --selectProjects unit --testPathPatterns 'bench/lib' --silent >/dev/null 2>&1 || {
   npx jest --selectProjects unit --testPathPatterns 'bench/lib' >&2
   say "self-checks of bench/lib failed"
   exit 1
 }
-"${node[@]}" bench/runtime.bench.ts
-"${node[@]}" bench/pipeline.bench.ts
+"${node[@]}" dist/bench/bench/runtime.bench.js
+"${node[@]}" dist/bench/bench/pipeline.bench.js

@@ -1,5 +1,6 @@
 import { mkdir, rename, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 
 /** Where a benchmark's results were written. */
 export interface WrittenResults {
@@ -41,3 +42,18 @@ export async function writeResults(
   }
   return { dated, latest };
 }
+
+/**
+ * The checkout's root: the nearest directory above this file holding `nest-cli.json`. The benches run
+ * from the sources (ts-node) or compiled under dist/bench (`npm run bench`); either way their results go
+ * to `<root>/bench/results` and their worker processes start in the root.
+ */
+export function checkoutRoot(from = __dirname): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'nest-cli.json'))) return dir;
+    if (dirname(dir) === dir) throw new Error(`no nest-cli.json above ${from}`);
+  }
+}
+
+/** The default results directory: `<checkout>/bench/results`. */
+export const defaultResultsDir = (): string => join(checkoutRoot(), 'bench', 'results');

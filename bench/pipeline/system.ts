@@ -3,11 +3,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 import { Queue } from 'bullmq';
 import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { loadConfig, type BerthConfig } from '@berth/config';
+import { checkoutRoot } from '../lib/results';
 import { createDataSource } from '@berth/db';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { openHostRuntime, type HostRuntime } from '@berth/runtime';
@@ -67,7 +68,9 @@ export interface BenchSystem {
   close(): Promise<void>;
 }
 
-const CHILD = join(__dirname, 'worker-child.ts');
+/** ./worker-child, as this file runs: from the sources (ts-node) or compiled (dist/bench, `npm run bench`). */
+const COMPILED = extname(__filename) === '.js';
+const CHILD = join(__dirname, `worker-child${extname(__filename)}`);
 
 /** A bench worker process (./worker-child.ts) with an IPC channel. */
 export interface ChildWorker {
@@ -89,15 +92,12 @@ export async function spawnChildWorker(
       // `node --cpu-prof --cpu-prof-dir=… bench/pipeline.bench.ts` profiles the worker processes too; they
       // get the bench's V8 heap flag (scripts/bench.sh: the API's and worker's production flag), both peers.
       ...process.execArgv.filter((a) => a.startsWith('--cpu-prof') || a.startsWith('--max-semi-space-size')),
-      '-r',
-      'ts-node/register/transpile-only',
-      '-r',
-      'tsconfig-paths/register',
+      ...(COMPILED ? [] : ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register']),
       CHILD,
       ...args,
     ],
     {
-      cwd: join(__dirname, '..', '..'),
+      cwd: checkoutRoot(),
       env: { ...process.env, ...env },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     },
