@@ -51,6 +51,21 @@ describe('pipelined transactions and prepared statements', () => {
     }
   });
 
+  it('compiles nothing with JIT, even a plan that has to scan a table (its cost counts as switched off)', async () => {
+    const client = await pool.connect();
+    try {
+      // No index can serve this filter: the scan stays, at the cost PostgreSQL gives a disabled path.
+      const text = `SELECT count(*) FROM ${table} WHERE v <> $1`;
+      await client.query({ name: statementName(text), text, values: ['x'] });
+      const explained = await client.query(`EXPLAIN (ANALYZE) EXECUTE ${statementName(text)}('x')`);
+      const plan = explained.rows.map((r: { 'QUERY PLAN': string }) => r['QUERY PLAN']).join('\n');
+      expect(plan).toMatch(/Seq Scan/);
+      expect(plan).not.toMatch(/JIT/);
+    } finally {
+      client.release();
+    }
+  });
+
   it('commits statements sent without waiting for each other, in order, then runs onCommit', async () => {
     const committed: string[] = [];
     const result = await pipelinedTransaction(pool, async (tx) => {
