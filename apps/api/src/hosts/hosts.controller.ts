@@ -39,11 +39,9 @@ export class HostsService {
   async list(id?: string, on: DataSource | EntityManager = this.ds): Promise<HostDto[]> {
     const rows: HostRow[] = await on.query(
       `SELECT h.*, (h.state = 'online' AND h.last_heartbeat_at >= now() - make_interval(secs => $1::float / 1000)) AS live,
-              COALESCE(u.n, 0)::int AS containers, COALESCE(u.cpus, 0)::float AS cpus_reserved,
-              COALESCE(u.mem, 0) AS mem_reserved, COALESCE(u.disk, 0) AS disk_reserved
+              h.reserved_containers AS containers, h.reserved_cpus::float AS cpus_reserved,
+              h.reserved_memory_bytes AS mem_reserved, h.reserved_disk_bytes AS disk_reserved
        FROM hosts h
-       LEFT JOIN (SELECT host_id, count(*) AS n, sum(cpus) AS cpus, sum(memory_bytes) AS mem, sum(disk_bytes) AS disk
-                  FROM containers WHERE destroyed_at IS NULL GROUP BY host_id) u ON u.host_id = h.id
        ${id ? 'WHERE h.id = $2' : ''} ORDER BY h.name`,
       id ? [this.config.host.offlineAfterMs, id] : [this.config.host.offlineAfterMs],
     );

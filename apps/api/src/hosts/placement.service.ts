@@ -48,7 +48,8 @@ const LOCK = `SELECT t.id FROM (SELECT pg_advisory_xact_lock(hashtext('berth.pla
  * Chooses the host and inserts the container and its request's audit event, in one statement. Each host
  * (or only `$4`, an explicit one) gets the first reason it cannot take the container, null when it can:
  * offline (no fresh heartbeat), draining, the template not ready there, not enough CPU, memory or disk
- * (reservations summed from the live containers). The fitting host with the most free memory wins (then
+ * (what its live containers reserve: the host's counters, kept by a trigger on the containers table, see
+ * migration HostReservations). The fitting host with the most free memory wins (then
  * by name). The answer is one row: the inserted container (its columns null when nothing fitted), how
  * many hosts were considered, every unfit host's reason in that order, and whether the template exists.
  * `$1` template, `$2` offline threshold (ms), `$3` cpus, `$4` host or null, `$5` memory, `$6` disk, `$7` id,
@@ -56,11 +57,9 @@ const LOCK = `SELECT t.id FROM (SELECT pg_advisory_xact_lock(hashtext('berth.pla
  * id, `$15` the audit event's data.
  */
 const PLACE_AND_INSERT = `WITH
-  u AS (SELECT host_id, sum(cpus)::float AS cpus, sum(memory_bytes) AS mem, sum(disk_bytes) AS disk
-        FROM containers WHERE destroyed_at IS NULL GROUP BY host_id),
-  f AS (SELECT h.*, h.cpu_count * ${CPU_OVERCOMMIT} - COALESCE(u.cpus, 0) AS cpu_free,
-               h.memory_bytes - COALESCE(u.mem, 0) AS mem_free, h.disk_bytes - COALESCE(u.disk, 0) AS disk_free
-        FROM hosts h LEFT JOIN u ON u.host_id = h.id
+  f AS (SELECT h.*, h.cpu_count * ${CPU_OVERCOMMIT} - h.reserved_cpus::float AS cpu_free,
+               h.memory_bytes - h.reserved_memory_bytes AS mem_free, h.disk_bytes - h.reserved_disk_bytes AS disk_free
+        FROM hosts h
         WHERE $4::uuid IS NULL OR h.id = $4::uuid),
   h AS (SELECT f.id, f.name, f.mem_free, CASE
           WHEN NOT (f.state = 'online' AND f.last_heartbeat_at >= now() - make_interval(secs => $2::float / 1000))

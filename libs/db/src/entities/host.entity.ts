@@ -26,4 +26,33 @@ export class Host {
   @Column('timestamptz', { name: 'last_heartbeat_at' }) lastHeartbeatAt: Date;
   @Column('timestamptz', { name: 'registered_at' }) registeredAt: Date;
   @Column('timestamptz', { name: 'updated_at' }) updatedAt: Date;
+  // What its live containers reserve, kept by a trigger on `containers` (migration HostReservations).
+  @Column({ type: 'integer', name: 'reserved_containers', insert: false, update: false })
+  reservedContainers: number;
+  @Column({
+    type: 'numeric',
+    name: 'reserved_cpus',
+    precision: 12,
+    scale: 2,
+    insert: false,
+    update: false,
+    transformer: numberTransformer,
+  })
+  reservedCpus: number;
+  @Column({
+    type: 'bigint',
+    name: 'reserved_memory_bytes',
+    insert: false,
+    update: false,
+    transformer: numberTransformer,
+  })
+  reservedMemoryBytes: number;
+  @Column({
+    type: 'bigint',
+    name: 'reserved_disk_bytes',
+    insert: false,
+    update: false,
+    transformer: numberTransformer,
+  })
+  reservedDiskBytes: number;
 }

@@ -7,6 +7,7 @@ import { JobNotifyAction1764500000000 } from './1764500000000-job-notify-action'
 import { JobNotifyRow1764600000000 } from './1764600000000-job-notify-row';
 import { JobActiveSilent1764700000000 } from './1764700000000-job-active-silent';
 import { AuditIndexUnused1764800000000 } from './1764800000000-audit-index-unused';
+import { HostReservations1764900000000 } from './1764900000000-host-reservations';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -19,4 +20,5 @@ export const migrations = [
   JobNotifyRow1764600000000,
   JobActiveSilent1764700000000,
   AuditIndexUnused1764800000000,
+  HostReservations1764900000000,
 ];

@@ -1,0 +1,133 @@
+import { Client } from 'pg';
+import type { DataSource } from 'typeorm';
+import { createDataSource } from '@berth/db';
+
+/**
+ * hosts.reserved_* (migration HostReservations): what a host's live containers reserve, kept by a trigger
+ * on `containers`, equal at every step to the sum that placement used to compute at each create.
+ */
+describe('host reservation counters', () => {
+  const base = new URL(process.env.BERTH_TEST_DATABASE_URL!);
+  const dbName = `berth_reservations_${process.pid}`;
+  let admin: Client;
+  let ds: DataSource;
+  let h1: string;
+  let h2: string;
+  let tpl: string;
+  let n = 0;
+
+  beforeAll(async () => {
+    admin = new Client({ connectionString: base.toString() });
+    await admin.connect();
+    await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    await admin.query(`CREATE DATABASE ${dbName}`);
+    const url = new URL(base.toString());
+    url.pathname = `/${dbName}`;
+    ds = createDataSource(url.toString());
+    await ds.initialize();
+    await ds.runMigrations({ transaction: 'each' });
+    const host = async (name: string) =>
+      (
+        await ds.query(
+          `INSERT INTO hosts (name, cpu_count, memory_bytes, disk_bytes, kernel_version, cgroup_version,
+                              storage_drivers, last_heartbeat_at)
+           VALUES ($1, 4, 8589934592, 107374182400, '6', 1, '{dir}', now()) RETURNING id`,
+          [name],
+        )
+      )[0].id as string;
+    h1 = await host('r1');
+    h2 = await host('r2');
+    [{ id: tpl }] = await ds.query(
+      `INSERT INTO templates (name, source) VALUES ('t', 'builtin:busybox') RETURNING id`,
+    );
+  });
+
+  afterAll(async () => {
+    await ds?.destroy();
+    await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    await admin.end();
+  });
+
+  const create = async (hostId: string | null, cpus: number, mem: number, disk: number): Promise<string> =>
+    (
+      await ds.query(
+        `INSERT INTO containers (id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
+                                 disk_bytes, pids_max, network_mode)
+         VALUES (gen_random_uuid(), $1, $2, $3, 'creating', 'running', $4, $5, $6, 64, 'none') RETURNING id`,
+        [`c${n++}`, hostId, tpl, cpus, mem, disk],
+      )
+    )[0].id as string;
+
+  /** Each host's counters and the sum over its live containers, which they must equal. */
+  const both = async () => {
+    const rows: { id: string; counters: number[]; sums: number[] }[] = await ds.query(
+      `SELECT h.id,
+              ARRAY[h.reserved_containers, h.reserved_cpus, h.reserved_memory_bytes, h.reserved_disk_bytes]::float[] AS counters,
+              ARRAY[count(c.id), COALESCE(sum(c.cpus), 0), COALESCE(sum(c.memory_bytes), 0),
+                    COALESCE(sum(c.disk_bytes), 0)]::float[] AS sums
+       FROM hosts h LEFT JOIN containers c ON c.host_id = h.id AND c.destroyed_at IS NULL
+       GROUP BY h.id`,
+    );
+    for (const r of rows)
+      expect({ host: r.id, counters: r.counters }).toEqual({ host: r.id, counters: r.sums });
+    return Object.fromEntries(rows.map((r) => [r.id, r.counters]));
+  };
+
+  it('follow creates, resizes, moves, destroys and deletes, and equal the sums at every step', async () => {
+    expect(await both()).toEqual({ [h1]: [0, 0, 0, 0], [h2]: [0, 0, 0, 0] });
+    const a = await create(h1, 1.5, 100, 1000);
+    const b = await create(h1, 0.25, 50, 500);
+    await create(null, 1, 1, 1); // no host (yet): counts nowhere
+    expect((await both())[h1]).toEqual([2, 1.75, 150, 1500]);
+    // Resize (and an update of other columns, which changes nothing).
+    await ds.query(`UPDATE containers SET cpus = 2, memory_bytes = 300 WHERE id = $1`, [a]);
+    await ds.query(`UPDATE containers SET state = 'running', cpus = cpus WHERE id = $1`, [b]);
+    expect((await both())[h1]).toEqual([2, 2.25, 350, 1500]);
+    // Moved to another host.
+    await ds.query(`UPDATE containers SET host_id = $2 WHERE id = $1`, [b, h2]);
+    expect(await both()).toEqual({ [h1]: [1, 2, 300, 1000], [h2]: [1, 0.25, 50, 500] });
+    // Destroyed: no longer reserves; a later change of a destroyed row changes nothing.
+    await ds.query(`UPDATE containers SET destroyed_at = now(), state = 'destroyed' WHERE id = $1`, [a]);
+    await ds.query(`UPDATE containers SET cpus = 3 WHERE id = $1`, [a]);
+    expect((await both())[h1]).toEqual([0, 0, 0, 0]);
+    // Deleted rows (live or not) and several rows in one statement.
+    await create(h2, 1, 10, 10);
+    await ds.query(`DELETE FROM containers WHERE id = $1`, [a]);
+    await ds.query(`DELETE FROM containers WHERE host_id = $1`, [h2]);
+    expect(await both()).toEqual({ [h1]: [0, 0, 0, 0], [h2]: [0, 0, 0, 0] });
+    // A rolled back change leaves them as they were.
+    await ds
+      .transaction(async (m) => {
+        await m.query(
+          `INSERT INTO containers (id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
+                                   disk_bytes, pids_max, network_mode)
+           VALUES (gen_random_uuid(), 'rolled-back', $1, $2, 'creating', 'running', 1, 1, 1, 64, 'none')`,
+          [h1, tpl],
+        );
+        throw new Error('rollback');
+      })
+      .catch(() => undefined);
+    expect((await both())[h1]).toEqual([0, 0, 0, 0]);
+  });
+
+  it('are filled from the containers that exist when the migration runs', async () => {
+    await create(h1, 1, 100, 1000);
+    await create(h1, 2, 200, 2000);
+    const gone = await create(h2, 4, 400, 4000);
+    await ds.query(`UPDATE containers SET destroyed_at = now() WHERE id = $1`, [gone]);
+    await create(h2, 0.5, 5, 50);
+    const before = await both();
+    // Back to before HostReservations (and whatever came after it), then forward again.
+    const hasCounters = async () =>
+      (
+        await ds.query(
+          `SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                          WHERE table_name = 'hosts' AND column_name = 'reserved_cpus') AS e`,
+        )
+      )[0].e as boolean;
+    while (await hasCounters()) await ds.undoLastMigration({ transaction: 'each' });
+    await ds.runMigrations({ transaction: 'each' });
+    expect(await both()).toEqual(before);
+    expect(before).toEqual({ [h1]: [2, 3, 300, 3000], [h2]: [1, 0.5, 5, 50] });
+  });
+});
