@@ -3,7 +3,6 @@ import { Queue } from 'bullmq';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Client } from 'pg';
 import request from 'supertest';
 import type { DataSource } from 'typeorm';
 import type { BerthConfig } from '@berth/config';
@@ -11,7 +10,10 @@ import { createDataSource } from '@berth/db';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { createApiApp } from '../../apps/api/src/bootstrap';
 import { testConfig } from './config';
+import { createMigratedDatabase, dropDatabase } from './databases';
 import { createTestKey } from './pipeline';
+
+export { createMigratedDatabase, dropDatabase } from './databases';
 
 const GiB = 1024 * 1024 * 1024;
 
@@ -40,36 +42,6 @@ export interface ApiOnly {
    */
   counts(): Promise<{ containers: number; jobs: number; outbox: number }>;
   close(): Promise<void>;
-}
-
-/** Creates `name` on the test server, empty and migrated; returns its URL. */
-export async function createMigratedDatabase(name: string): Promise<string> {
-  const base = new URL(process.env.BERTH_TEST_DATABASE_URL!);
-  const admin = new Client({ connectionString: base.toString() });
-  await admin.connect();
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE "${name}"`);
-  } finally {
-    await admin.end();
-  }
-  const url = new URL(base.toString());
-  url.pathname = `/${name}`;
-  const ds = createDataSource(url.toString());
-  await ds.initialize();
-  await ds.runMigrations({ transaction: 'each' });
-  await ds.destroy();
-  return url.toString();
-}
-
-export async function dropDatabase(name: string): Promise<void> {
-  const admin = new Client({ connectionString: process.env.BERTH_TEST_DATABASE_URL! });
-  await admin.connect();
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-  } finally {
-    await admin.end();
-  }
 }
 
 export async function startApiOnly(tag: string, env: Record<string, string> = {}): Promise<ApiOnly> {

@@ -1,15 +1,13 @@
-import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { createDataSource } from '@berth/db';
+import { createEmptyDatabase, dropDatabase } from '@test/support/databases';
 
 /**
  * hosts.reserved_* (migration HostReservations): what a host's live containers reserve, kept by a trigger
  * on `containers`, equal at every step to the sum that placement used to compute at each create.
  */
 describe('host reservation counters', () => {
-  const base = new URL(process.env.BERTH_TEST_DATABASE_URL!);
   const dbName = `berth_reservations_${process.pid}`;
-  let admin: Client;
   let ds: DataSource;
   let h1: string;
   let h2: string;
@@ -17,13 +15,7 @@ describe('host reservation counters', () => {
   let n = 0;
 
   beforeAll(async () => {
-    admin = new Client({ connectionString: base.toString() });
-    await admin.connect();
-    await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE ${dbName}`);
-    const url = new URL(base.toString());
-    url.pathname = `/${dbName}`;
-    ds = createDataSource(url.toString());
+    ds = createDataSource(await createEmptyDatabase(dbName));
     await ds.initialize();
     await ds.runMigrations({ transaction: 'each' });
     const host = async (name: string) =>
@@ -44,8 +36,7 @@ describe('host reservation counters', () => {
 
   afterAll(async () => {
     await ds?.destroy();
-    await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await admin.end();
+    await dropDatabase(dbName);
   });
 
   const create = async (hostId: string | null, cpus: number, mem: number, disk: number): Promise<string> =>

@@ -1,6 +1,6 @@
-import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { createDataSource, migrations } from '@berth/db';
+import { createEmptyDatabase, dropDatabase } from '@test/support/databases';
 
 const TABLES = [
   'api_keys',
@@ -19,26 +19,17 @@ const TABLES = [
 ];
 
 describe('migrations', () => {
-  const base = new URL(process.env.BERTH_TEST_DATABASE_URL!);
   const dbName = `berth_migrations_${process.pid}`;
-  let admin: Client;
   let ds: DataSource;
 
   beforeAll(async () => {
-    admin = new Client({ connectionString: base.toString() });
-    await admin.connect();
-    await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE ${dbName}`);
-    const url = new URL(base.toString());
-    url.pathname = `/${dbName}`;
-    ds = createDataSource(url.toString());
+    ds = createDataSource(await createEmptyDatabase(dbName));
     await ds.initialize();
   });
 
   afterAll(async () => {
     await ds?.destroy();
-    await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await admin.end();
+    await dropDatabase(dbName);
   });
 
   const tables = async (): Promise<string[]> =>
