@@ -38,11 +38,10 @@ export type PlacedContainer = ContainerRow & { template_name: string; host_name:
 export const CPU_OVERCOMMIT = 16;
 
 /**
- * The placement lock (held to the end of the caller's transaction) with the template's lookup. The next
- * statement's snapshot is taken once this one holds the lock: it sees every create committed before.
+ * The placement lock, held to the end of the caller's transaction. The next statement's snapshot is taken
+ * once this one holds the lock: it sees every create committed before.
  */
-const LOCK = `SELECT t.id FROM (SELECT pg_advisory_xact_lock(hashtext('berth.placement'))) l
-  LEFT JOIN templates t ON t.name = $1`;
+const LOCK = `SELECT pg_advisory_xact_lock(hashtext('berth.placement'))`;
 
 /**
  * Chooses the host and inserts the container and its request's audit event, in one statement. Each host
@@ -118,7 +117,7 @@ export class PlacementService {
     row: NewContainer,
     requested: CreateRequested,
   ): Promise<PlacedContainer> {
-    const lock = tx.query(LOCK, [req.template]);
+    const lock = tx.query(LOCK);
     const insert = tx.query<PlacementAnswer>(PLACE_AND_INSERT, [
       req.template,
       this.config.host.offlineAfterMs,
