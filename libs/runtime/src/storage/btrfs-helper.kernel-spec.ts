@@ -13,8 +13,10 @@ import { cleanStaleTestRoots, forceCleanTestRoot } from './testing/storage-test-
 
 /**
  * The btrfs driver takes snapshots and deletes subvolumes through berth-launch's ioctl subcommands, and
- * falls back to the `btrfs` command when the helper is missing or too old to know them. A wrapper script
- * in front of the real helper records every call, so the tests see which path was taken.
+ * falls back to the `btrfs` command when the helper is missing or too old to know them. The requests go to
+ * one long-lived `berth-launch btrfs-serve` (a helper without it is spawned per request). A wrapper script
+ * in front of the real helper records every call, and every request sent to its server, so the tests see
+ * which path was taken.
  */
 
 function builtHelper(): string {
@@ -38,17 +40,32 @@ describeKernel(
     let dataRoot: string;
     let root: string;
     let callLog: string;
+    let serverLog: string;
     let wrapper: string;
     const tpl = 'helper-tpl';
 
     const driverWith = (options: Partial<StorageDriverOptions>) =>
       new BtrfsStorageDriver({ root, poolSizeBytes: 1024 ** 3, ...options });
 
-    /** The helper subcommands the wrapper saw since the last call, one line each. */
+    /**
+     * The helper subcommands the wrapper saw since the last call, one line each, spawned or sent to its
+     * server (a request line, `<id> TAB <subcommand> TAB <args…>`, reads like the spawn's arguments).
+     */
     async function takeCalls(): Promise<string[]> {
       const text = await readFile(callLog, 'utf8').catch(() => '');
-      await rm(callLog, { force: true });
-      return text.split('\n').filter(Boolean);
+      // Emptied, not removed: a server's tee keeps appending to the file it opened.
+      await writeFile(callLog, '');
+      return text
+        .split('\n')
+        .filter((line) => line && line !== 'btrfs-serve')
+        .map((line) => (line.includes('\t') ? line.split('\t').slice(1).join(' ') : line));
+    }
+
+    /** How many `btrfs-serve` servers the wrapper started since the last call. */
+    async function takeServers(): Promise<number> {
+      const text = await readFile(serverLog, 'utf8').catch(() => '');
+      await rm(serverLog, { force: true });
+      return text.split('\n').filter(Boolean).length;
     }
 
     async function isReadonly(path: string): Promise<boolean> {
@@ -61,8 +78,15 @@ describeKernel(
       dataRoot = mkdtempSync(join(tmpdir(), `berth-storage-test-${process.pid}-`));
       root = storageRoot(dataRoot, 'btrfs');
       callLog = join(dataRoot, 'calls.log');
+      serverLog = join(dataRoot, 'servers.log');
       wrapper = join(dataRoot, 'helper-wrapper');
-      await writeFile(wrapper, `#!/bin/sh\necho "$*" >> '${callLog}'\nexec '${REAL_HELPER}' "$@"\n`);
+      // A server's requests are copied to the call log on their way in (tee: line by line, unbuffered).
+      await writeFile(
+        wrapper,
+        `#!/bin/sh\n` +
+          `if [ "$1" = btrfs-serve ]; then echo serve >> '${serverLog}'; tee -a '${callLog}' | '${REAL_HELPER}' "$@"; exit; fi\n` +
+          `echo "$*" >> '${callLog}'\nexec '${REAL_HELPER}' "$@"\n`,
+      );
       await chmod(wrapper, 0o755);
       const driver = driverWith({ nativeHelper: false });
       await driver.prepare();
@@ -113,6 +137,75 @@ describeKernel(
       expect(await driver.listSnapshots('ct-h')).toEqual([]);
       await driver.delete('ct-h');
       expect(await takeCalls()).toEqual([]);
+      // All of it through one long-lived helper: no spawn per operation.
+      expect(await takeServers()).toBe(1);
+    });
+
+    it('side by side requests to the server each get their own answer', async () => {
+      const driver = driverWith({ nativeHelper: wrapper });
+      const ids = ['ct-p1', 'ct-p2', 'ct-p3', 'ct-p4'];
+      const clones = await Promise.all(ids.map((id) => driver.clone(tpl, id)));
+      for (const { rootfs } of clones)
+        expect(await readFile(join(rootfs, 'etc/hostname'), 'utf8')).toBe('template\n');
+      // One of these is refused by the kernel (it exists), the others succeed.
+      const again = (
+        driver as unknown as { snapshotSubvolume(s: string, t: string, r: boolean): Promise<void> }
+      ).snapshotSubvolume(driver.templatePath(tpl), clones[0].rootfs, false);
+      const results = await Promise.allSettled([
+        again,
+        ...ids.slice(1).map((id) => driver.snapshot(id, 'pre')),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(['rejected', 'fulfilled', 'fulfilled', 'fulfilled']);
+      expect((results[0] as PromiseRejectedResult).reason).toMatchObject({ code: 'COMMAND_FAILED' });
+      await Promise.all(ids.map((id) => driver.delete(id)));
+      expect(await driver.list()).toEqual([]);
+      expect(await takeServers()).toBe(1);
+      await takeCalls();
+    });
+
+    it('a server that dies is replaced at the next request', async () => {
+      const driver = driverWith({ nativeHelper: wrapper });
+      await driver.clone(tpl, 'ct-k1');
+      expect(await takeServers()).toBe(1);
+      // Kill the server (the wrapper, its tee and the helper behind it), as a crash would.
+      type Served = { server?: { child?: { pid?: number } } };
+      const pid = (driver as unknown as Served).server?.child?.pid;
+      expect(pid).toEqual(expect.any(Number));
+      await run('pkill', ['-KILL', '-P', String(pid)], { okCodes: [0, 1] });
+      try {
+        process.kill(pid!, 'SIGKILL');
+      } catch {
+        // the wrapper may already have ended with its pipeline
+      }
+      for (let i = 0; i < 100 && (driver as unknown as Served).server?.child; i++)
+        await new Promise((r) => setTimeout(r, 20));
+      expect((driver as unknown as Served).server?.child).toBeUndefined();
+      await driver.clone(tpl, 'ct-k2');
+      expect(await takeServers()).toBe(1);
+      await driver.delete('ct-k1');
+      await driver.delete('ct-k2');
+      expect(await driver.list()).toEqual([]);
+      await takeCalls();
+    });
+
+    it('a helper without the server is spawned per request', async () => {
+      // A berth-launch built before btrfs-serve: the subcommands, but its launch usage error for the server.
+      const older = join(dataRoot, 'older-helper');
+      await writeFile(
+        older,
+        `#!/bin/sh\necho "$*" >> '${callLog}'\n` +
+          `if [ "$1" = btrfs-serve ]; then echo '{"error":"args","errno":22,"message":"unknown option"}'; exit 2; fi\n` +
+          `exec '${REAL_HELPER}' "$@"\n`,
+      );
+      await chmod(older, 0o755);
+      const driver = driverWith({ nativeHelper: older });
+      const { rootfs } = await driver.clone(tpl, 'ct-older');
+      await driver.delete('ct-older');
+      expect(await takeCalls()).toEqual([
+        `btrfs-snapshot ${driver.templatePath(tpl)} ${rootfs}`,
+        `btrfs-delete ${rootfs}`,
+      ]);
+      expect(driver.subvolumeTool()).toBe(older);
     });
 
     it('a kernel refusal through the helper is COMMAND_FAILED, not a silent fallback', async () => {
@@ -155,8 +248,8 @@ describeKernel(
       expect(driver.subvolumeTool()).toBeNull();
       await driver.snapshot('ct-stale', 's');
       await driver.delete('ct-stale');
-      // asked once, then never again
-      expect(await takeCalls()).toHaveLength(1);
+      // asked for its server, then once for the subcommand, then never again
+      expect(await takeCalls()).toEqual([expect.stringMatching(/^btrfs-snapshot /)]);
       expect(await driver.list()).toEqual([]);
     });
   },

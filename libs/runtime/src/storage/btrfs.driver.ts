@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { run } from '../common/exec';
 import { CommandFailedError, DependencyMissingError, RuntimeError } from '../common/errors';
 import { helperPath } from '../namespaces/launcher';
+import { BtrfsHelperServer } from './btrfs-helper-server';
 import { LoopPool, runBtrfsTool } from './loop-pool';
 import { mountAt } from './mount-table';
 import { withReverter } from '../common/reverter';
@@ -44,6 +45,8 @@ export class BtrfsStorageDriver implements StorageDriver {
   private preparing?: Promise<void>;
   /** The helper for snapshot/delete by ioctl; null: use the `btrfs` command; undefined: not looked up yet. */
   private helper?: string | null;
+  /** The long-lived helper taking this driver's requests (started at the first one). */
+  private server?: BtrfsHelperServer;
 
   constructor(options: StorageDriverOptions) {
     this.root = validateDriverRoot(options.root);
@@ -103,6 +106,8 @@ export class BtrfsStorageDriver implements StorageDriver {
   }
 
   async release(): Promise<void> {
+    this.server?.close();
+    this.server = undefined;
     await this.loop?.release();
   }
 
@@ -289,13 +294,23 @@ export class BtrfsStorageDriver implements StorageDriver {
   }
 
   /**
-   * Runs `berth-launch <args>` and answers true, or false when the helper cannot do it (missing, or built
-   * before it knew the btrfs subcommands): the caller then uses the `btrfs` command and so does every later
-   * call. Throws CommandFailedError when the helper ran and the kernel refused.
+   * Runs `berth-launch <args>` (through the long-lived helper when it can take it, else spawned) and
+   * answers true, or false when the helper cannot do it (missing, or built before it knew the btrfs
+   * subcommands): the caller then uses the `btrfs` command and so does every later call. Throws
+   * CommandFailedError when the helper ran and the kernel refused.
    */
   private async viaHelper(args: string[]): Promise<boolean> {
     const helper = this.subvolumeTool();
     if (helper === null) return false;
+    if (this.server?.helper !== helper) {
+      this.server?.close();
+      this.server = new BtrfsHelperServer(helper);
+    }
+    const served = await this.server.run(args);
+    if (served) {
+      if (served.code === 0) return true;
+      throw new CommandFailedError(helper, args, served.code, served.output);
+    }
     let result;
     try {
       result = await run(helper, args, { okCodes: [0, 1, 2] });

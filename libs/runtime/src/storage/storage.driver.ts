@@ -45,9 +45,11 @@ export interface StorageDriverOptions {
   btrfsPath?: string;
   /**
    * btrfs: the berth-launch helper whose `btrfs-snapshot` / `btrfs-delete` subcommands take snapshots and
-   * delete subvolumes by ioctl (one static exec instead of the dynamic `btrfs` program). Default: the build
-   * output (see `helperPath()`); when it is not built, or is too old to know the subcommands, the driver
-   * uses the `btrfs` command instead. `false` always uses the `btrfs` command.
+   * delete subvolumes by ioctl (one static exec instead of the dynamic `btrfs` program), sent to one
+   * long-lived `berth-launch btrfs-serve` (no spawn per operation; see BtrfsHelperServer). Default: the
+   * build output (see `helperPath()`); a helper without `btrfs-serve` is spawned per operation, and when
+   * it is not built, or is too old to know the subcommands, the driver uses the `btrfs` command instead.
+   * `false` always uses the `btrfs` command.
    */
   nativeHelper?: string | false;
 }
