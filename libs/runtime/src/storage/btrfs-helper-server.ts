@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import type { Readable, Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 
 /** A btrfs subcommand's outcome, as a one-shot `berth-launch <args>` would end: exit code and its output. */
 export interface HelperAnswer {
@@ -24,24 +24,22 @@ const HELLO = 'berth-btrfs-serve 1';
  * flight it does not keep this process alive.
  */
 export class BtrfsHelperServer {
-  private child?: ChildProcess;
-  private greeted = false;
+  /** The server taking new requests (each server keeps its own stream and requests in flight). */
+  private current?: Server;
   private unsupported = false;
-  private buffered = '';
   private nextId = 1;
-  private readonly pending = new Map<number, (answer: HelperAnswer | null | Error) => void>();
 
   constructor(readonly helper: string) {}
 
   async run(args: readonly string[]): Promise<HelperAnswer | null> {
     if (this.unsupported || args.some((a) => /[\t\n]/.test(a))) return null;
-    const child = this.child ?? this.start();
-    if (!child) return null;
+    const server = this.current ?? this.start();
+    if (!server) return null;
     const id = this.nextId++;
     const answer = await new Promise<HelperAnswer | null | Error>((resolve) => {
-      this.pending.set(id, resolve);
-      this.hold(true);
-      (child.stdin as Writable).write(`${id}\t${args.join('\t')}\n`);
+      server.pending.set(id, resolve);
+      hold(server, true);
+      (server.child.stdin as Writable).write(`${id}\t${args.join('\t')}\n`);
     });
     if (answer instanceof Error) throw answer;
     return answer;
@@ -49,75 +47,80 @@ export class BtrfsHelperServer {
 
   /** Ends the helper (it exits at the end of its input); requests in flight still get their answers. */
   close(): void {
-    this.child?.stdin?.end();
-    this.child = undefined;
+    this.current?.child.stdin?.end();
+    this.current = undefined;
   }
 
-  private start(): ChildProcess | undefined {
+  private start(): Server | undefined {
     let child: ChildProcess;
     try {
       child = spawn(this.helper, ['btrfs-serve'], { stdio: ['pipe', 'pipe', 'ignore'] });
     } catch {
       return undefined;
     }
-    this.child = child;
-    this.greeted = false;
-    this.buffered = '';
+    const server: Server = { child, greeted: false, buffered: '', pending: new Map() };
+    this.current = server;
     child.stdin!.on('error', () => undefined);
     child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (chunk: string) => this.receive(child, chunk));
+    child.stdout!.on('data', (chunk: string) => this.receive(server, chunk));
     // 'close': the helper and the children answering its last requests (they share its stdout) are done.
-    child.on('error', () => this.gone(child));
-    child.on('close', () => this.gone(child));
+    child.on('error', () => this.gone(server));
+    child.on('close', () => this.gone(server));
     child.unref();
-    this.hold(false, child);
-    return child;
+    hold(server, false);
+    return server;
   }
 
-  private receive(child: ChildProcess, chunk: string): void {
-    this.buffered += chunk;
+  private receive(server: Server, chunk: string): void {
+    server.buffered += chunk;
     let nl: number;
-    while ((nl = this.buffered.indexOf('\n')) >= 0) {
-      const line = this.buffered.slice(0, nl);
-      this.buffered = this.buffered.slice(nl + 1);
-      if (!this.greeted) {
-        if (line !== HELLO) return this.gone(child);
-        this.greeted = true;
+    while ((nl = server.buffered.indexOf('\n')) >= 0) {
+      const line = server.buffered.slice(0, nl);
+      server.buffered = server.buffered.slice(nl + 1);
+      if (!server.greeted) {
+        if (line !== HELLO) return this.gone(server);
+        server.greeted = true;
         continue;
       }
       const [id, code, ...output] = line.split('\t');
-      const resolve = this.pending.get(Number(id));
+      const resolve = server.pending.get(Number(id));
       if (!resolve) continue;
-      this.pending.delete(Number(id));
+      server.pending.delete(Number(id));
       resolve({ code: Number(code), output: output.join(' ') });
     }
-    this.hold(this.pending.size > 0);
+    hold(server, server.pending.size > 0);
   }
 
   /**
-   * The server exited (or failed to start, or did not greet). Before its greeting: a helper without
-   * `btrfs-serve`, whose requests never ran (answered null: the caller spawns them). After: the requests
-   * in flight fail.
+   * A server exited (or failed to start, or did not greet). Before its greeting: a helper without
+   * `btrfs-serve`, whose requests never ran (answered null: the caller spawns them, and so do all later
+   * requests). After: its requests in flight fail.
    */
-  private gone(child: ChildProcess): void {
-    if (this.child === child) this.child = undefined;
-    if (!this.greeted) this.unsupported = true;
-    const failure = this.greeted ? new Error('the btrfs helper server exited with requests in flight') : null;
-    for (const resolve of this.pending.values()) resolve(failure);
-    this.pending.clear();
-    child.kill();
+  private gone(server: Server): void {
+    if (this.current === server) this.current = undefined;
+    if (!server.greeted) this.unsupported = true;
+    const failure = server.greeted
+      ? new Error('the btrfs helper server exited with requests in flight')
+      : null;
+    for (const resolve of server.pending.values()) resolve(failure);
+    server.pending.clear();
+    server.child.kill();
   }
+}
 
-  /** Keeps this process alive while requests are in flight, and only then. */
-  private hold(busy: boolean, child = this.child): void {
-    const out = child?.stdout as (Readable & { ref?(): void; unref?(): void }) | undefined;
-    const inp = child?.stdin as (Writable & { ref?(): void; unref?(): void }) | undefined;
-    if (busy) {
-      out?.ref?.();
-      inp?.ref?.();
-    } else {
-      out?.unref?.();
-      inp?.unref?.();
-    }
+/** One `btrfs-serve` process: its output read so far, whether it greeted, its requests in flight by id. */
+interface Server {
+  child: ChildProcess;
+  greeted: boolean;
+  buffered: string;
+  pending: Map<number, (answer: HelperAnswer | null | Error) => void>;
+}
+
+/** Keeps this process alive while the server has requests in flight, and only then. */
+function hold(server: Server, busy: boolean): void {
+  type Handle = { ref?(): void; unref?(): void };
+  for (const stream of [server.child.stdout, server.child.stdin] as (Handle | null)[]) {
+    if (busy) stream?.ref?.();
+    else stream?.unref?.();
   }
 }

@@ -6,6 +6,7 @@ import { describeKernel } from '@test/support/kernel';
 import { run } from '../common/exec';
 import { RuntimeError } from '../common/errors';
 import { helperPath } from '../namespaces/launcher';
+import { BtrfsHelperServer } from './btrfs-helper-server';
 import { BtrfsStorageDriver } from './btrfs.driver';
 import { storageRoot } from './registry';
 import { StorageDriverOptions } from './storage.driver';
@@ -168,8 +169,8 @@ describeKernel(
       await driver.clone(tpl, 'ct-k1');
       expect(await takeServers()).toBe(1);
       // Kill the server (the wrapper, its tee and the helper behind it), as a crash would.
-      type Served = { server?: { child?: { pid?: number } } };
-      const pid = (driver as unknown as Served).server?.child?.pid;
+      type Served = { server?: { current?: { child: { pid?: number } } } };
+      const pid = (driver as unknown as Served).server?.current?.child.pid;
       expect(pid).toEqual(expect.any(Number));
       await run('pkill', ['-KILL', '-P', String(pid)], { okCodes: [0, 1] });
       try {
@@ -177,15 +178,26 @@ describeKernel(
       } catch {
         // the wrapper may already have ended with its pipeline
       }
-      for (let i = 0; i < 100 && (driver as unknown as Served).server?.child; i++)
+      for (let i = 0; i < 100 && (driver as unknown as Served).server?.current; i++)
         await new Promise((r) => setTimeout(r, 20));
-      expect((driver as unknown as Served).server?.child).toBeUndefined();
+      expect((driver as unknown as Served).server?.current).toBeUndefined();
       await driver.clone(tpl, 'ct-k2');
       expect(await takeServers()).toBe(1);
       await driver.delete('ct-k1');
       await driver.delete('ct-k2');
       expect(await driver.list()).toEqual([]);
       await takeCalls();
+    });
+
+    it('a closed server answers what it was asked; the next request starts another', async () => {
+      const server = new BtrfsHelperServer(REAL_HELPER);
+      const missing = join(dataRoot, 'no-such-subvolume');
+      const first = server.run(['btrfs-delete', missing]);
+      server.close();
+      const second = server.run(['btrfs-delete', `${missing}-2`]);
+      expect(await first).toEqual({ code: 1, output: expect.stringContaining(`(${missing})`) });
+      expect(await second).toEqual({ code: 1, output: expect.stringContaining(`(${missing}-2)`) });
+      server.close();
     });
 
     it('a helper without the server is spawned per request', async () => {
