@@ -17,7 +17,7 @@ const HELLO = 'berth-btrfs-serve 1';
  * are matched to their answers by id.
  *
  * `run` answers null when the server cannot take the request: a helper built before `btrfs-serve` (it
- * exits without its greeting), a request with a tab or newline in an argument, or a server that could not
+ * exits without its greeting), a request it cannot read (see `servable`), or a server that could not
  * start; the caller then spawns the subcommand itself. A server that dies with requests in flight fails
  * them (the operation may or may not have happened: not retried blindly); the next request starts a new
  * one. The helper exits at the end of its input, so it never outlives this process; while no request is in
@@ -32,7 +32,7 @@ export class BtrfsHelperServer {
   constructor(readonly helper: string) {}
 
   async run(args: readonly string[]): Promise<HelperAnswer | null> {
-    if (this.unsupported || args.some((a) => /[\t\n]/.test(a))) return null;
+    if (this.unsupported || !servable(args)) return null;
     const server = this.current ?? this.start();
     if (!server) return null;
     const id = this.nextId++;
@@ -106,6 +106,20 @@ export class BtrfsHelperServer {
     server.pending.clear();
     server.child.kill();
   }
+}
+
+/**
+ * What `btrfs-serve` reads: up to 62 arguments (a delete of more subvolumes is spawned) and a line under its
+ * 64 KiB buffer, without tabs or newlines inside an argument.
+ */
+function servable(args: readonly string[]): boolean {
+  if (args.length > 62) return false;
+  let bytes = 32;
+  for (const a of args) {
+    if (/[\t\n]/.test(a)) return false;
+    bytes += Buffer.byteLength(a) + 1;
+  }
+  return bytes < 60_000;
 }
 
 /** One `btrfs-serve` process: its output read so far, whether it greeted, its requests in flight by id. */

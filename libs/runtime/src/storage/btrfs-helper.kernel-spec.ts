@@ -200,6 +200,21 @@ describeKernel(
       server.close();
     });
 
+    it('a delete of more subvolumes than the server reads at once is spawned', async () => {
+      const driver = driverWith({ nativeHelper: wrapper });
+      await driver.clone(tpl, 'ct-many');
+      for (let i = 0; i < 63; i++) await driver.snapshot('ct-many', `s${i}`);
+      await writeFile(callLog, '');
+      await driver.delete('ct-many');
+      const raw = (await readFile(callLog, 'utf8')).split('\n').filter(Boolean);
+      // One spawn (its arguments as the wrapper saw them, space-separated), not a request to the server.
+      expect(raw).toHaveLength(1);
+      expect(raw[0]).not.toContain('\t');
+      expect(raw[0].split(' ')).toHaveLength(1 + 64);
+      expect(await driver.list()).toEqual([]);
+      await takeCalls();
+    }, 60_000);
+
     it('a helper without the server is spawned per request', async () => {
       // A berth-launch built before btrfs-serve: the subcommands, but its launch usage error for the server.
       const older = join(dataRoot, 'older-helper');
