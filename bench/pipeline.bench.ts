@@ -41,7 +41,7 @@ import { fmtMs, markdownTable } from './lib/markdown';
 import { defaultResultsDir, writeResults } from './lib/results';
 import { summarize, type Summary } from './lib/stats';
 import { nowMs, Samples, sleep } from './lib/timing';
-import { spawnChildWorker, startBenchSystem, type BenchSystem } from './pipeline/system';
+import { spawnChildWorker, startBenchSystem, type BenchSystem, type ChildWorker } from './pipeline/system';
 import { PipelineTrace } from './pipeline/trace';
 
 const intEnv = (name: string, fallback: number, min = 1): number => {
@@ -60,6 +60,8 @@ const settings = {
   batch: intEnv('BENCH_PIPELINE_BATCH', 20),
   warmup: 3,
   jobs: intEnv('BENCH_PIPELINE_JOBS', 2000, 0),
+  /** Jobs through each side of the throughput comparison before its measured rounds. */
+  warmupJobs: intEnv('BENCH_PIPELINE_WARMUP_JOBS', 2000),
   /** Jobs being submitted at once (concurrent API clients) in the throughput runs, both sides alike. */
   inflight: intEnv('BENCH_PIPELINE_INFLIGHT', 16),
   /** Throughput rounds (one raw BullMQ run and one Berth run each); the median round is the result. */
@@ -282,33 +284,60 @@ async function berthNoop(sys: BenchSystem, trace: PipelineTrace, principal: Prin
   }
 }
 
-/** Raw BullMQ: `Queue.add` from this process, a no-op `Worker` in its own process (like Berth's worker). */
-async function rawBullmq(
-  sys: BenchSystem,
-  n: number,
-  tag: string,
-  concurrency = settings.concurrency,
-): Promise<ThroughputRun> {
-  const name = `raw-bench-${tag}`;
-  const connection = bullConnection(sys.config.redis.url);
-  const prefix = sys.config.redis.bullPrefix;
-  const queue = new Queue(name, { connection, prefix });
+/**
+ * The raw BullMQ peer: `Queue.add` from this process, a no-op `Worker` in its own process (like Berth's
+ * worker). One process per concurrency for the whole throughput part, warmed up like Berth's worker and
+ * reused for every round: a worker spawned per run spent most of a 2000-job run in V8's unoptimized tiers
+ * (1600-2200 jobs/s here against 2800-3500 once warm, measured 2026-12-02), and Berth's worker, which
+ * lives through the whole bench, never did.
+ */
+interface RawPeer {
+  queue: Queue;
+  worker: ChildWorker;
+  concurrency: number;
+  /** The countdown of the run in progress. */
+  onCompleted?: (n: number) => void;
+}
+
+async function startRawPeer(sys: BenchSystem, concurrency: number): Promise<RawPeer> {
+  const name = `raw-bench-c${concurrency}`;
+  const peer: Partial<RawPeer> = { concurrency };
+  peer.queue = new Queue(name, {
+    connection: bullConnection(sys.config.redis.url),
+    prefix: sys.config.redis.bullPrefix,
+  });
+  try {
+    peer.worker = await spawnChildWorker(
+      ['raw', name, String(concurrency)],
+      sys.workerEnv,
+      (m) => m.t === 'completed' && peer.onCompleted?.(m.n),
+    );
+  } catch (e) {
+    await peer.queue.close();
+    throw e;
+  }
+  return peer as RawPeer;
+}
+
+async function stopRawPeer(peer: RawPeer): Promise<void> {
+  await peer.worker.stop();
+  await peer.queue.obliterate({ force: true }).catch(() => undefined);
+  await peer.queue.close();
+}
+
+let rawRuns = 0;
+async function rawBullmq(peer: RawPeer, n: number): Promise<ThroughputRun> {
+  const tag = `run${rawRuns++}`;
   const c = countdown(n);
-  const worker = await spawnChildWorker(
-    ['raw', name, String(concurrency)],
-    sys.workerEnv,
-    (m) => m.t === 'completed' && c.tick(m.n),
-  );
+  peer.onCompleted = c.tick;
   try {
     return await drive(
       n,
-      (i) => queue.add('system.noop', { n: i }, jobOptionsFor('system.noop', `${tag}-${i}`)),
+      (i) => peer.queue.add('system.noop', { n: i }, jobOptionsFor('system.noop', `${tag}-${i}`)),
       c.done,
     );
   } finally {
-    await worker.stop();
-    await queue.obliterate({ force: true }).catch(() => undefined);
-    await queue.close();
+    peer.onCompleted = undefined;
   }
 }
 
@@ -316,63 +345,71 @@ async function throughput(sys: BenchSystem, trace: PipelineTrace) {
   const [key] = await sys.ds.query(`SELECT id FROM api_keys WHERE name = 'bench'`);
   const principal: Principal = { keyId: key.id, tenantId: null, scopes: ['admin'], requestId: '' };
   trace.detailed = false;
-  const warm = Math.min(100, settings.jobs);
-  log(`throughput: warm-up (${warm} jobs each)`);
-  await berthNoop(sys, trace, principal, warm);
-  await rawBullmq(sys, warm, 'warm');
   // Raw BullMQ at Berth's fetch depth too, when it differs from the concurrency.
   const depth = settings.concurrency + settings.prefetch;
   const deep = depth !== settings.concurrency;
-  const rawDeep = (tag: string) => (deep ? rawBullmq(sys, settings.jobs, `${tag}d`, depth) : null);
-  // Rounds of raw BullMQ runs and one Berth run, the order alternating (this VM's speed drifts by tens
-  // of percent within a minute): each round's ratio compares runs made seconds apart, and the result is
-  // the median round.
-  const rounds: {
-    raw: ThroughputRun;
-    rawDeep: ThroughputRun | null;
-    berth: ThroughputRun;
-    ratio: number;
-    ratioDeep: number | null;
-  }[] = [];
-  for (let r = 0; r < settings.rounds; r++) {
-    checkAbort();
-    log(`throughput: round ${r + 1}/${settings.rounds}, ${settings.jobs} jobs each`);
-    let raw: ThroughputRun;
-    let deep: ThroughputRun | null;
-    let berth: ThroughputRun;
-    if (r % 2 === 0) {
-      raw = await rawBullmq(sys, settings.jobs, `r${r}`);
-      berth = await berthNoop(sys, trace, principal, settings.jobs);
-      deep = await rawDeep(`r${r}`);
-    } else {
-      deep = await rawDeep(`r${r}`);
-      berth = await berthNoop(sys, trace, principal, settings.jobs);
-      raw = await rawBullmq(sys, settings.jobs, `r${r}`);
+  const peers: RawPeer[] = [];
+  try {
+    const peer = await startRawPeer(sys, settings.concurrency);
+    peers.push(peer);
+    const deepPeer = deep ? await startRawPeer(sys, depth) : null;
+    if (deepPeer) peers.push(deepPeer);
+    // The same number of jobs through each side before the measured rounds (their processes stay warm).
+    log(`throughput: warm-up (${settings.warmupJobs} jobs each)`);
+    await berthNoop(sys, trace, principal, settings.warmupJobs);
+    for (const p of peers) await rawBullmq(p, settings.warmupJobs);
+    // Rounds of raw BullMQ runs and one Berth run, the order alternating (this VM's speed drifts by tens
+    // of percent within a minute): each round's ratio compares runs made seconds apart, and the result is
+    // the median round.
+    const rounds: {
+      raw: ThroughputRun;
+      rawDeep: ThroughputRun | null;
+      berth: ThroughputRun;
+      ratio: number;
+      ratioDeep: number | null;
+    }[] = [];
+    const rawDeep = () => (deepPeer ? rawBullmq(deepPeer, settings.jobs) : null);
+    for (let r = 0; r < settings.rounds; r++) {
+      checkAbort();
+      log(`throughput: round ${r + 1}/${settings.rounds}, ${settings.jobs} jobs each`);
+      let raw: ThroughputRun;
+      let deepRun: ThroughputRun | null;
+      let berth: ThroughputRun;
+      if (r % 2 === 0) {
+        raw = await rawBullmq(peer, settings.jobs);
+        berth = await berthNoop(sys, trace, principal, settings.jobs);
+        deepRun = await rawDeep();
+      } else {
+        deepRun = await rawDeep();
+        berth = await berthNoop(sys, trace, principal, settings.jobs);
+        raw = await rawBullmq(peer, settings.jobs);
+      }
+      rounds.push({
+        raw,
+        rawDeep: deepRun,
+        berth,
+        ratio: berth.jobsPerSecond / raw.jobsPerSecond,
+        ratioDeep: deepRun ? berth.jobsPerSecond / deepRun.jobsPerSecond : null,
+      });
     }
-    rounds.push({
-      raw,
-      rawDeep: deep,
-      berth,
-      ratio: berth.jobsPerSecond / raw.jobsPerSecond,
-      ratioDeep: deep ? berth.jobsPerSecond / deep.jobsPerSecond : null,
-    });
-  }
-  const [{ completed }] = await sys.ds.query(
-    `SELECT count(*)::int AS completed FROM jobs WHERE kind = 'system.noop' AND state = 'completed'`,
-  );
-  if (completed !== settings.jobs * settings.rounds + warm)
-    throw new Error(
-      `expected ${settings.jobs * settings.rounds + warm} completed noop jobs in Postgres, found ${completed}`,
+    const [{ completed }] = await sys.ds.query(
+      `SELECT count(*)::int AS completed FROM jobs WHERE kind = 'system.noop' AND state = 'completed'`,
     );
-  const median = (xs: number[]) => summarize(xs).p50;
-  return {
-    rounds,
-    berthJobsPerSecond: median(rounds.map((x) => x.berth.jobsPerSecond)),
-    rawJobsPerSecond: median(rounds.map((x) => x.raw.jobsPerSecond)),
-    ratio: median(rounds.map((x) => x.ratio)),
-    rawDeepJobsPerSecond: deep ? median(rounds.map((x) => x.rawDeep!.jobsPerSecond)) : null,
-    ratioDeep: deep ? median(rounds.map((x) => x.ratioDeep!)) : null,
-  };
+    const expected = settings.jobs * settings.rounds + settings.warmupJobs;
+    if (completed !== expected)
+      throw new Error(`expected ${expected} completed noop jobs in Postgres, found ${completed}`);
+    const median = (xs: number[]) => summarize(xs).p50;
+    return {
+      rounds,
+      berthJobsPerSecond: median(rounds.map((x) => x.berth.jobsPerSecond)),
+      rawJobsPerSecond: median(rounds.map((x) => x.raw.jobsPerSecond)),
+      ratio: median(rounds.map((x) => x.ratio)),
+      rawDeepJobsPerSecond: deep ? median(rounds.map((x) => x.rawDeep!.jobsPerSecond)) : null,
+      ratioDeep: deep ? median(rounds.map((x) => x.ratioDeep!)) : null,
+    };
+  } finally {
+    for (const p of peers) await stopRawPeer(p).catch(() => undefined);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -514,7 +551,8 @@ function throughputReport(tp: ThroughputResult): string[] {
 /** How the bench lays out its processes (printed with the results, stored in the JSON). */
 const LAYOUT =
   'Processes: API (HTTP, enqueuer, outbox relay) in the bench process with its clients and producers; ' +
-  "Berth's worker and the raw BullMQ peer's worker each in their own process, as in production.";
+  "Berth's worker and the raw BullMQ peer's worker each in their own process, as in production; " +
+  'both warmed up with the same number of jobs and kept for every round.';
 
 function report(driver: string, lat: LatencyResult | null, tp: ThroughputResult | null): string {
   return [LAYOUT, '', ...(lat ? latencyReport(driver, lat) : []), ...(tp ? throughputReport(tp) : [])].join(
