@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Response } from 'supertest';
 import { createDataSource } from '@berth/db';
 import { createApiApp } from '../../apps/api/src/bootstrap';
+import { ApiKeyService } from '../../apps/api/src/auth/api-key.service';
 import { generateApiKey } from '../../apps/api/src/auth/api-keys';
 import { createMigratedDatabase, dropDatabase, startApiOnly, type ApiOnly } from '@test/support/api-only';
 import { testConfig } from '@test/support/config';
@@ -261,6 +262,45 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       await a.ds.query(`UPDATE api_keys SET revoked_at = now() WHERE prefix = $1`, [real.prefix]);
       expectProblem(await a.http().get('/v1/jobs').set(a.auth(real.token)), 401, 'UNAUTHORIZED');
     }, 60_000);
+
+    it('looks the key up once per request, as it arrives; a request refused before its guard leaves nothing behind', async () => {
+      const keys = a.api.get(ApiKeyService) as unknown as { lookup: (token: string) => Promise<unknown> };
+      const lookup = jest.spyOn(keys, 'lookup');
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown) => unhandled.push(reason);
+      process.on('unhandledRejection', onUnhandled);
+      try {
+        // The early lookup's answer is the guard's: one lookup for an accepted write with a body.
+        const ok = await a
+          .http()
+          .post('/v1/containers')
+          .set(a.auth())
+          .send({ name: 'edge-early', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+        expect(ok.status).toBe(202);
+        expect(lookup).toHaveBeenCalledTimes(1);
+        // A lookup that fails (PostgreSQL away) for a request its body already refuses: the 400, and no
+        // unhandled rejection.
+        lookup.mockClear();
+        lookup.mockImplementationOnce(() => Promise.reject(new Error('lookup failed')));
+        const bad = await a
+          .http()
+          .post('/v1/containers')
+          .set(a.auth())
+          .set('Content-Type', 'application/json')
+          .send('{"name": ');
+        expectProblem(bad, 400, 'MALFORMED_JSON');
+        expect(lookup).toHaveBeenCalledTimes(1);
+        // A failed lookup that the guard awaits answers an error, never lets the request in.
+        lookup.mockImplementationOnce(() => Promise.reject(new Error('lookup failed')));
+        const failed = await a.http().get('/v1/jobs').set(a.auth());
+        expect(failed.status).toBeGreaterThanOrEqual(500);
+        await new Promise((r) => setTimeout(r, 50));
+        expect(unhandled).toEqual([]);
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+        lookup.mockRestore();
+      }
+    });
   });
 
   describe('bad input: 4xx problem+json, nothing written, no job', () => {

@@ -6,6 +6,7 @@ import type { NextFunction, Request, Response } from 'express';
 import { Logger } from 'nestjs-pino';
 import type { BerthConfig } from '@berth/config';
 import { AppModule } from './app.module';
+import { ApiKeyService } from './auth/api-key.service';
 import { ApiError } from './common/api-error';
 import { MetricsService } from './ops/metrics.service';
 import { QUEUE_BOARD_PATH, QueueBoard } from './ops/queue-board';
@@ -52,6 +53,8 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
   app.useLogger(app.get(Logger));
   // First, so that every request is timed, refused ones too.
   app.use(app.get(MetricsService).httpMiddleware());
+  // The API key's lookup starts now and runs while the body is read; the guard awaits its answer.
+  app.use(app.get(ApiKeyService).lookupEarly());
   // The queue dashboard (admins, read-only): plain Express middleware ahead of Nest's routes.
   app.use(QUEUE_BOARD_PATH, ...app.get(QueueBoard).handlers());
   // Bodies: JSON only, bounded. A body of another type is refused (415) rather than silently read as

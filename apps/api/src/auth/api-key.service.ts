@@ -1,5 +1,6 @@
 import { Inject, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { DataSource } from 'typeorm';
@@ -7,6 +8,19 @@ import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit, preparedQuery } from '@berth/db';
 import { generateApiKey, parseApiKey, secretMatches } from './api-keys';
 import type { Principal } from './principal';
+
+/** What a key grants, as found by its lookup (a request's Principal adds the request's own fields). */
+export type KeyGrant = Pick<Principal, 'keyId' | 'tenantId' | 'scopes'>;
+
+/** The lookup started for a request as its headers arrived (ApiKeyService.lookupEarly). */
+const EARLY = Symbol('berth.earlyKeyLookup');
+type WithEarlyLookup = Request & { [EARLY]?: { token: string; grant: Promise<KeyGrant | null> } };
+
+/** The token of an `Authorization: Bearer …` header, else null. */
+export function bearerToken(header: string | undefined): string | null {
+  const m = /^Bearer\s+(\S+)$/i.exec(header ?? '');
+  return m ? m[1] : null;
+}
 
 /** Verifies API keys and, on the very first start, creates the admin key (local mode). */
 @Injectable()
@@ -18,8 +32,38 @@ export class ApiKeyService implements OnApplicationBootstrap {
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
   ) {}
 
-  /** The principal of a bearer token, or null when the token is unknown, malformed or revoked. */
-  async verify(token: string, requestId: string): Promise<Principal | null> {
+  /**
+   * Express middleware, mounted first: starts looking up a request's bearer key as soon as its headers are
+   * in, so that the PostgreSQL round trip runs while the body is read and parsed; the guard then awaits it
+   * (`principalFor`). A request refused before the guard (bad body, unknown route) leaves the answer
+   * unused. The lookup reads the key's current row, as the guard's own would: a revocation is seen by
+   * every request whose headers arrive after it commits.
+   */
+  lookupEarly(): RequestHandler {
+    return (req: Request, _res: Response, next: NextFunction) => {
+      const token = bearerToken(req.headers.authorization);
+      if (token) {
+        const grant = this.lookup(token);
+        // Handled here too: a request refused before its guard never awaits it.
+        grant.catch(() => undefined);
+        (req as WithEarlyLookup)[EARLY] = { token, grant };
+      }
+      next();
+    };
+  }
+
+  /**
+   * The principal of `token` for `req` (the early lookup's answer when it looked up this token), or null
+   * when the token is unknown, malformed or revoked.
+   */
+  async principalFor(req: Request, token: string, requestId: string): Promise<Principal | null> {
+    const early = (req as WithEarlyLookup)[EARLY];
+    const grant = await (early?.token === token ? early.grant : this.lookup(token));
+    return grant && { ...grant, requestId };
+  }
+
+  /** What a bearer token grants, or null when it is unknown, malformed or revoked. */
+  private async lookup(token: string): Promise<KeyGrant | null> {
     const parsed = parseApiKey(token);
     if (!parsed) return null;
     // Every request asks this: a prepared statement (parsed and planned once per connection).
@@ -35,7 +79,7 @@ export class ApiKeyService implements OnApplicationBootstrap {
     );
     const row = rows[0];
     if (!row || !secretMatches(parsed.secret, row.secret_hash)) return null;
-    return { keyId: row.id, tenantId: row.tenant_id, scopes: row.scopes, requestId };
+    return { keyId: row.id, tenantId: row.tenant_id, scopes: row.scopes };
   }
 
   /**

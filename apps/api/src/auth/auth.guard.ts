@@ -1,7 +1,7 @@
 import { type CanActivate, type ExecutionContext, HttpStatus, Injectable } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import { ApiError } from '../common/api-error';
-import { ApiKeyService } from './api-key.service';
+import { ApiKeyService, bearerToken } from './api-key.service';
 import { ADMIN_ONLY, type AuthedRequest, IS_PUBLIC, isAdmin } from './principal';
 
 /**
@@ -18,9 +18,9 @@ export class AuthGuard implements CanActivate {
   async canActivate(ctx: ExecutionContext): Promise<boolean> {
     if (this.reflector.getAllAndOverride<boolean>(IS_PUBLIC, [ctx.getHandler(), ctx.getClass()])) return true;
     const req = ctx.switchToHttp().getRequest<AuthedRequest>();
-    const header = req.headers.authorization ?? '';
-    const m = /^Bearer\s+(\S+)$/i.exec(header);
-    const principal = m ? await this.keys.verify(m[1], String(req.id ?? '')) : null;
+    const token = bearerToken(req.headers.authorization);
+    // Usually looked up already while the body was read (ApiKeyService.lookupEarly).
+    const principal = token ? await this.keys.principalFor(req, token, String(req.id ?? '')) : null;
     if (!principal) {
       throw new ApiError(
         HttpStatus.UNAUTHORIZED,

@@ -49,7 +49,7 @@ export class QueueBoard {
   private async admit(req: Request, res: Response): Promise<void> {
     const token = bearerOrBasicPassword(req.headers.authorization);
     const principal = token
-      ? await this.keys.verify(token, String((req as { id?: unknown }).id ?? ''))
+      ? await this.keys.principalFor(req, token, String((req as { id?: unknown }).id ?? ''))
       : null;
     if (!principal) {
       res.setHeader('WWW-Authenticate', 'Basic realm="Berth queues", charset="UTF-8"');
