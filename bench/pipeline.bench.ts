@@ -35,13 +35,12 @@ import { cpus, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Queue } from 'bullmq';
 import { bullConnection, jobOptionsFor } from '@berth/jobs';
-import { JobEnqueuer } from '../apps/api/src/jobs/job-enqueuer';
-import type { Principal } from '../apps/api/src/auth/principal';
 import { fmtMs, markdownTable } from './lib/markdown';
 import { defaultResultsDir, writeResults } from './lib/results';
 import { summarize, type Summary } from './lib/stats';
 import { nowMs, Samples, sleep } from './lib/timing';
 import { spawnChildWorker, startBenchSystem, type BenchSystem, type ChildWorker } from './pipeline/system';
+import { runLanes } from './pipeline/lanes';
 import { PipelineTrace } from './pipeline/trace';
 
 const intEnv = (name: string, fallback: number, min = 1): number => {
@@ -147,8 +146,13 @@ async function latency(sys: BenchSystem, trace: PipelineTrace): Promise<LatencyR
     await waitJob(sys, jobId);
     const tDone = nowMs();
     if (record) {
-      // The long-poll may answer (NOTIFY at commit) before the worker's own `complete` call has returned.
-      for (let i = 0; i < 200 && !trace.marks.get(jobId)?.completed; i++) await sleep(1);
+      // The long-poll may answer (NOTIFY at commit) before the worker's own `complete` call has returned
+      // (and the marks come from other processes).
+      for (let i = 0; i < 200; i++) {
+        const m = trace.marks.get(jobId);
+        if (m?.completed && m.published) break;
+        await sleep(1);
+      }
       const m = trace.marks.get(jobId);
       if (!m?.published || !m.picked || !m.active || m.runtimeMs === undefined || !m.completed)
         throw new Error(`job ${jobId}: incomplete trace ${JSON.stringify(m)}`);
@@ -224,17 +228,13 @@ interface ThroughputRun {
   jobsPerSecond: number;
 }
 
-/** Runs `submit(i)` for i in 0..n-1 with `inflight` at a time; resolves when `finished` resolves. */
+/** Runs `produce` (which submits `n` jobs); resolves when it and `finished` (all n done) resolve. */
 async function drive(
   n: number,
-  submit: (i: number) => Promise<unknown>,
+  produce: () => Promise<unknown>,
   finished: Promise<void>,
 ): Promise<ThroughputRun> {
-  let next = 0;
   const t0 = nowMs();
-  const lane = async () => {
-    while (next < n) await submit(next++);
-  };
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
@@ -243,10 +243,7 @@ async function drive(
     );
   });
   try {
-    await Promise.race([
-      Promise.all([Promise.all(Array.from({ length: settings.inflight }, lane)), finished]),
-      timeout,
-    ]);
+    await Promise.race([Promise.all([produce(), finished]), timeout]);
   } finally {
     clearTimeout(timer);
   }
@@ -268,17 +265,13 @@ function countdown(n: number): { tick: (k?: number) => void; done: Promise<void>
   };
 }
 
-async function berthNoop(sys: BenchSystem, trace: PipelineTrace, principal: Principal, n: number) {
-  const enqueuer = sys.api.get(JobEnqueuer);
+async function berthNoop(sys: BenchSystem, trace: PipelineTrace, keyId: string, n: number) {
   const c = countdown(n);
   trace.onCompleted = c.tick;
   try {
-    return await drive(
-      n,
-      // As the API writes a request's job (JobEnqueuer.submit: e.g. a container operation).
-      (i) => enqueuer.submit({ kind: 'system.noop', payload: { n: i }, hostId: sys.hostId, principal }),
-      c.done,
-    );
+    // In the API process, as its handlers write a request's job (JobEnqueuer.submit: e.g. a container
+    // operation), `inflight` at a time.
+    return await drive(n, () => sys.submitNoops(n, settings.inflight, keyId), c.done);
   } finally {
     trace.onCompleted = undefined;
   }
@@ -333,7 +326,10 @@ async function rawBullmq(peer: RawPeer, n: number): Promise<ThroughputRun> {
   try {
     return await drive(
       n,
-      (i) => peer.queue.add('system.noop', { n: i }, jobOptionsFor('system.noop', `${tag}-${i}`)),
+      () =>
+        runLanes(n, settings.inflight, (i) =>
+          peer.queue.add('system.noop', { n: i }, jobOptionsFor('system.noop', `${tag}-${i}`)),
+        ),
       c.done,
     );
   } finally {
@@ -343,7 +339,7 @@ async function rawBullmq(peer: RawPeer, n: number): Promise<ThroughputRun> {
 
 async function throughput(sys: BenchSystem, trace: PipelineTrace) {
   const [key] = await sys.ds.query(`SELECT id FROM api_keys WHERE name = 'bench'`);
-  const principal: Principal = { keyId: key.id, tenantId: null, scopes: ['admin'], requestId: '' };
+  const keyId = key.id as string;
   trace.detailed = false;
   // Raw BullMQ at Berth's fetch depth too, when it differs from the concurrency.
   const depth = settings.concurrency + settings.prefetch;
@@ -356,7 +352,7 @@ async function throughput(sys: BenchSystem, trace: PipelineTrace) {
     if (deepPeer) peers.push(deepPeer);
     // The same number of jobs through each side before the measured rounds (their processes stay warm).
     log(`throughput: warm-up (${settings.warmupJobs} jobs each)`);
-    await berthNoop(sys, trace, principal, settings.warmupJobs);
+    await berthNoop(sys, trace, keyId, settings.warmupJobs);
     for (const p of peers) await rawBullmq(p, settings.warmupJobs);
     // Rounds of raw BullMQ runs and one Berth run, the order alternating (this VM's speed drifts by tens
     // of percent within a minute): each round's ratio compares runs made seconds apart, and the result is
@@ -377,11 +373,11 @@ async function throughput(sys: BenchSystem, trace: PipelineTrace) {
       let berth: ThroughputRun;
       if (r % 2 === 0) {
         raw = await rawBullmq(peer, settings.jobs);
-        berth = await berthNoop(sys, trace, principal, settings.jobs);
+        berth = await berthNoop(sys, trace, keyId, settings.jobs);
         deepRun = await rawDeep();
       } else {
         deepRun = await rawDeep();
-        berth = await berthNoop(sys, trace, principal, settings.jobs);
+        berth = await berthNoop(sys, trace, keyId, settings.jobs);
         raw = await rawBullmq(peer, settings.jobs);
       }
       rounds.push({
@@ -550,9 +546,10 @@ function throughputReport(tp: ThroughputResult): string[] {
 
 /** How the bench lays out its processes (printed with the results, stored in the JSON). */
 const LAYOUT =
-  'Processes: API (HTTP, enqueuer, outbox relay) in the bench process with its clients and producers; ' +
-  "Berth's worker and the raw BullMQ peer's worker each in their own process, as in production; " +
-  'both warmed up with the same number of jobs and kept for every round.';
+  "Processes, as in production: Berth's API (HTTP, enqueuer, outbox relay; the throughput runs' noop " +
+  "jobs are submitted through its enqueuer there), Berth's worker and the raw BullMQ peer's worker each in " +
+  "their own process; the bench process holds the HTTP clients and the raw peer's producers. Both " +
+  'throughput peers are warmed up with the same number of jobs and kept for every round.';
 
 function report(driver: string, lat: LatencyResult | null, tp: ThroughputResult | null): string {
   return [LAYOUT, '', ...(lat ? latencyReport(driver, lat) : []), ...(tp ? throughputReport(tp) : [])].join(

@@ -1,8 +1,6 @@
-import type { NestExpressApplication } from '@nestjs/platform-express';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { extname, join } from 'node:path';
 import { Queue } from 'bullmq';
 import { Client } from 'pg';
@@ -13,7 +11,6 @@ import { createDataSource } from '@berth/db';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { openHostRuntime, type HostRuntime } from '@berth/runtime';
 import { generateApiKey } from '../../apps/api/src/auth/api-keys';
-import { createApiApp } from '../../apps/api/src/bootstrap';
 import { removeCgroupParent } from '../lib/berth-host';
 import type { BenchMessage, WorkerMessage } from './trace';
 
@@ -43,21 +40,26 @@ export interface ApiAnswer {
 }
 
 /**
- * API (with its outbox relay; in this process, listening on loopback) + one worker (its own process, as in
- * production: ./worker-child.ts) + a dedicated database.
+ * The API (with its outbox relay, listening on loopback) and one worker, each in its own process as in
+ * production (./worker-child.ts), + a dedicated database. The bench process holds the clients.
  */
 export interface BenchSystem {
   config: BerthConfig;
-  api: NestExpressApplication;
   /** The bench's own connection to the bench database (for reads and for driving the enqueuer). */
   ds: DataSource;
   /** This host's runtime opened in the bench process (direct create + start, cleanup). */
   runtime: HostRuntime;
   /** Environment of the worker processes (Berth's config, without the inherited environment). */
   workerEnv: Record<string, string>;
-  /** Listens to the worker process's messages (marks, completions). */
-  onWorkerMessage(fn: (m: WorkerMessage) => void): void;
-  sendToWorker(m: BenchMessage): void;
+  /** Listens to the API's and the worker's messages (marks, completions). */
+  onChildMessage(fn: (m: WorkerMessage) => void): void;
+  /** To the API and the worker. */
+  sendToChildren(m: BenchMessage): void;
+  /**
+   * Has the API process submit `n` `system.noop` jobs for this host through its JobEnqueuer, `inflight` at
+   * a time, as API key `keyId`; resolves once all are submitted (not run).
+   */
+  submitNoops(n: number, inflight: number, keyId: string): Promise<void>;
   hostId: string;
   /** `http://127.0.0.1:<port>` of the API. */
   baseUrl: string;
@@ -72,9 +74,11 @@ export interface BenchSystem {
 const COMPILED = extname(__filename) === '.js';
 const CHILD = join(__dirname, `worker-child${extname(__filename)}`);
 
-/** A bench worker process (./worker-child.ts) with an IPC channel. */
+/** A bench child process (./worker-child.ts) with an IPC channel. */
 export interface ChildWorker {
   proc: ChildProcess;
+  /** The loopback port it listens on (the API). */
+  port?: number;
   /** SIGTERM (graceful), SIGKILL after 20 s; resolves on exit. */
   stop(): Promise<void>;
 }
@@ -112,6 +116,7 @@ export async function spawnChildWorker(
     await exited;
     clearTimeout(t);
   };
+  let port: number | undefined;
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(
       () => reject(new Error(`bench worker ${args[0]} not ready in ${readyTimeoutMs} ms`)),
@@ -119,6 +124,7 @@ export async function spawnChildWorker(
     );
     proc.on('message', (m: WorkerMessage) => {
       if (m.t === 'ready') {
+        port = m.port;
         clearTimeout(timer);
         resolve();
       } else onMessage(m);
@@ -131,7 +137,7 @@ export async function spawnChildWorker(
     await stop();
     throw e;
   });
-  return { proc, stop };
+  return { proc, port, stop };
 }
 
 function databaseUrl(base: string, name: string): string {
@@ -162,9 +168,9 @@ async function dropDatabase(serverUrl: string, name: string): Promise<void> {
 }
 
 /**
- * Boots Berth against its own freshly migrated database: the worker as a child process (as in production,
- * and like test/support/worker-process.ts), the API in this process on a real loopback socket (keep-alive
- * HTTP, as a client would see it).
+ * Boots Berth against its own freshly migrated database: the worker and the API as child processes (as in
+ * production, and like test/support/worker-process.ts), the API on a real loopback socket (keep-alive
+ * HTTP from this process, as a client on the machine would see it).
  */
 export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSystem> {
   if (!/^[a-z_][a-z0-9_]*$/.test(o.database)) throw new RangeError(`bad database name ${o.database}`);
@@ -193,15 +199,18 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
   await ds.initialize();
   await ds.runMigrations({ transaction: 'each' });
 
-  let api: NestExpressApplication | undefined;
+  let api: ChildWorker | undefined;
   let worker: ChildWorker | undefined;
   let agent: Agent | undefined;
   let runtime: HostRuntime | undefined;
   let hostId: string | undefined;
   const listeners: ((m: WorkerMessage) => void)[] = [];
+  /** Noop runs the API process is submitting. */
+  const runs = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  let nextRun = 0;
   const close = async () => {
     agent?.destroy();
-    await api?.close().catch(() => undefined);
+    await api?.stop().catch(() => undefined);
     await worker?.stop().catch(() => undefined);
     if (runtime) {
       for (const c of await runtime.containers.list().catch(() => []))
@@ -227,16 +236,25 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
   };
 
   try {
-    worker = await spawnChildWorker(['berth'], workerEnv, (m) => listeners.forEach((fn) => fn(m)));
+    const fromChild = (m: WorkerMessage) => {
+      if (m.t === 'submitted') {
+        const run = runs.get(m.run);
+        runs.delete(m.run);
+        if (m.error) run?.reject(new Error(`noop submissions failed in the API process: ${m.error}`));
+        else run?.resolve();
+      } else listeners.forEach((fn) => fn(m));
+    };
+    worker = await spawnChildWorker(['berth'], workerEnv, fromChild);
     // The worker prepared the storage pool and registered the host before it reported ready.
     runtime = await openHostRuntime({
       dataRoot: config.runtime.dataRoot,
       cgroupParent: config.runtime.cgroupParent,
       storageDriver: config.runtime.storageDriver,
     });
-    api = await createApiApp(config);
-    await api.listen(0, '127.0.0.1');
-    const port = (api.getHttpServer().address() as AddressInfo).port;
+    api = await spawnChildWorker(['api'], workerEnv, fromChild);
+    const apiProc = api.proc;
+    const port = api.port;
+    if (!port) throw new Error('the bench API process did not report its port');
     const key = generateApiKey();
     await ds.query(`INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES ('bench', $1, $2, $3)`, [
       key.prefix,
@@ -251,12 +269,20 @@ export async function startBenchSystem(o: BenchSystemOptions): Promise<BenchSyst
     const headers = { Authorization: `Bearer ${key.token}`, 'Content-Type': 'application/json' };
     return {
       config,
-      api,
       ds,
       runtime,
       workerEnv,
-      onWorkerMessage: (fn) => listeners.push(fn),
-      sendToWorker: (m) => worker?.proc.send(m),
+      onChildMessage: (fn) => listeners.push(fn),
+      sendToChildren: (m) => {
+        worker?.proc.send(m);
+        apiProc.send(m);
+      },
+      submitNoops: (n, inflight, keyId) =>
+        new Promise<void>((resolve, reject) => {
+          const run = nextRun++;
+          runs.set(run, { resolve, reject });
+          apiProc.send({ t: 'noop', run, n, inflight, hostId: hostId!, keyId } satisfies BenchMessage);
+        }),
       hostId,
       baseUrl,
       token: key.token,

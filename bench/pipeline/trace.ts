@@ -1,14 +1,14 @@
 import type { HostRuntime } from '@berth/runtime';
-import { OutboxRelay } from '../../apps/api/src/outbox/outbox.relay';
+import type { OutboxRelay } from '../../apps/api/src/outbox/outbox.relay';
 import type { JobStore } from '../../apps/worker/src/jobs/job-store';
 import { nowMs } from '../lib/timing';
 import type { BenchSystem } from './system';
 
 /**
  * Moments of one job on its way through the pipeline (`nowMs()`: CLOCK_MONOTONIC, the same clock in every
- * process of the machine, so the worker process's marks and the bench's compare), recorded by wrapping
- * the relay's publish (in the bench process, where the API runs), and the worker's JobStore and the
- * runtime's create/start (in the worker process, see `installWorkerTrace`). Missing = not seen.
+ * process of the machine, so the API's and the worker's marks and the bench's compare), recorded by
+ * wrapping the relay's publish (in the API process, see `installApiTrace`), and the worker's JobStore and
+ * the runtime's create/start (in the worker process, see `installWorkerTrace`). Missing = not seen.
  */
 export interface JobMarks {
   /** The relay's `Queue.add` for the job returned (BullMQ has it). */
@@ -27,16 +27,27 @@ export interface JobMarks {
   completed?: number;
 }
 
-/** Messages of the worker process to the bench (over the IPC channel). */
+/** Messages of the bench's child processes (API, workers) to the bench (over the IPC channel). */
 export type WorkerMessage =
-  | { t: 'ready' }
+  /** Up (the API: listening on loopback at `port`). */
+  | { t: 'ready'; port?: number }
   /** Jobs completed since the previous message (batched: one message per event-loop turn at most). */
   | { t: 'completed'; n: number }
   /** The marks of one job, when it completed (detailed mode only). */
-  | { t: 'marks'; jobId: string; marks: JobMarks };
+  | { t: 'marks'; jobId: string; marks: JobMarks }
+  /** The API's relay published these jobs at `at` (detailed mode only). */
+  | { t: 'published'; jobIds: string[]; at: number }
+  /** The API process submitted every job of the noop run `run` (or failed to). */
+  | { t: 'submitted'; run: number; error?: string };
 
-/** Messages of the bench to the worker process. */
-export type BenchMessage = { t: 'detailed'; value: boolean };
+/** Messages of the bench to its child processes. */
+export type BenchMessage =
+  | { t: 'detailed'; value: boolean }
+  /**
+   * To the API process: submit `n` `system.noop` jobs for host `hostId` through its JobEnqueuer, as its
+   * request handlers do, `inflight` at a time, as API key `keyId`; answered with `submitted`.
+   */
+  | { t: 'noop'; run: number; n: number; inflight: number; hostId: string; keyId: string };
 
 /** Per-job marks (merged from both processes), plus a hook called per completed job. */
 export class PipelineTrace {
@@ -49,7 +60,7 @@ export class PipelineTrace {
   /** When false, only completions are counted (no per-job marks), for the throughput runs. */
   set detailed(value: boolean) {
     this.isDetailed = value;
-    this.sys?.sendToWorker({ t: 'detailed', value });
+    this.sys?.sendToChildren({ t: 'detailed', value });
   }
   get detailed(): boolean {
     return this.isDetailed;
@@ -64,23 +75,39 @@ export class PipelineTrace {
     return m;
   }
 
-  /** Installs the relay wrapper and listens to the worker process's marks (once). */
+  /** Listens to the marks of the API and worker processes (once). */
   install(sys: BenchSystem): void {
     this.sys = sys;
-    // The relay publishes a claimed batch of outbox rows at once.
-    type Publish = (rows: { job_id: string }[]) => Promise<void>;
-    const relay = sys.api.get(OutboxRelay) as unknown as { publish: Publish };
-    const publish = relay.publish.bind(relay);
-    relay.publish = async (rows) => {
-      await publish(rows);
-      const t = nowMs();
-      if (this.isDetailed) for (const row of rows) this.mark(row.job_id).published = t;
-    };
-    sys.onWorkerMessage((msg) => {
+    sys.onChildMessage((msg) => {
       if (msg.t === 'completed') this.onCompleted?.(msg.n);
       else if (msg.t === 'marks' && this.isDetailed) Object.assign(this.mark(msg.jobId), msg.marks);
+      else if (msg.t === 'published' && this.isDetailed)
+        for (const id of msg.jobIds) this.mark(id).published = msg.at;
     });
   }
+}
+
+/**
+ * The API process's side: wraps its relay's publish (a claimed batch of outbox rows at once) and reports
+ * when each job reached BullMQ.
+ */
+export function installApiTrace(
+  relay: OutboxRelay,
+  send: (m: WorkerMessage) => void,
+): { setDetailed(value: boolean): void } {
+  let detailed = true;
+  type Publish = (rows: { job_id: string }[]) => Promise<void>;
+  const r = relay as unknown as { publish: Publish };
+  const publish = r.publish.bind(relay);
+  r.publish = async (rows) => {
+    await publish(rows);
+    if (detailed) send({ t: 'published', jobIds: rows.map((row) => row.job_id), at: nowMs() });
+  };
+  return {
+    setDetailed(value) {
+      detailed = value;
+    },
+  };
 }
 
 /**

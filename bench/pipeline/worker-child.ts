@@ -1,22 +1,31 @@
 /**
- * The bench's worker processes (spawned by ./system.ts and ../pipeline.bench.ts with an IPC channel), so
- * that the consumers run in their own process as in production, on both sides of the comparison:
+ * The bench's child processes (spawned by ./system.ts and ../pipeline.bench.ts with an IPC channel), so
+ * that Berth's API and the consumers run in their own processes as in production, apart from the bench's
+ * clients:
  *
- *   worker-child.ts berth          Berth's worker (apps/worker, configured from the environment like
- *                                  apps/worker/src/main.ts), with the trace of ./trace.ts installed
+ *   worker-child.ts api            Berth's API (apps/api, configured from the environment like
+ *                                  apps/api/src/main.ts) on a loopback port it reports, with the relay's
+ *                                  trace; on request it submits noop jobs through its JobEnqueuer
+ *   worker-child.ts berth          Berth's worker (apps/worker, configured like apps/worker/src/main.ts),
+ *                                  with the trace of ./trace.ts installed
  *   worker-child.ts raw <queue> <concurrency>
  *                                  a bare BullMQ Worker with a no-op processor (the raw peer)
  *
- * Both report completions (and Berth's worker the per-job marks) over IPC, and stop on SIGTERM.
+ * They report readiness, completions and marks over IPC, and stop on SIGTERM.
  */
 import 'reflect-metadata';
 import { Worker } from 'bullmq';
 import { loadConfig } from '@berth/config';
 import { bullConnection } from '@berth/jobs';
+import type { AddressInfo } from 'node:net';
+import { createApiApp } from '../../apps/api/src/bootstrap';
+import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
+import { OutboxRelay } from '../../apps/api/src/outbox/outbox.relay';
 import { createWorker } from '../../apps/worker/src/bootstrap';
 import { JobStore } from '../../apps/worker/src/jobs/job-store';
 import { HostRuntimeService } from '../../apps/worker/src/runtime/host-runtime.service';
-import { installWorkerTrace, type BenchMessage, type WorkerMessage } from './trace';
+import { runLanes } from './lanes';
+import { installApiTrace, installWorkerTrace, type BenchMessage, type WorkerMessage } from './trace';
 
 const send = (m: WorkerMessage) => {
   if (process.connected) process.send!(m);
@@ -32,6 +41,29 @@ async function berth(): Promise<void> {
     if (m.t === 'detailed') trace.setDetailed(m.value);
   });
   send({ t: 'ready' });
+}
+
+async function api(): Promise<void> {
+  const config = loadConfig();
+  const app = await createApiApp(config);
+  await app.listen(0, '127.0.0.1');
+  const trace = installApiTrace(app.get(OutboxRelay), send);
+  const enqueuer = app.get(JobEnqueuer);
+  process.on('message', (m: BenchMessage) => {
+    if (m.t === 'detailed') trace.setDetailed(m.value);
+    else if (m.t === 'noop') {
+      const principal = { keyId: m.keyId, tenantId: null, scopes: ['admin'], requestId: '' };
+      // As the API's container operations write a request's job (JobEnqueuer.submit: group commit).
+      runLanes(m.n, m.inflight, (i) =>
+        enqueuer.submit({ kind: 'system.noop', payload: { n: i }, hostId: m.hostId, principal }),
+      ).then(
+        () => send({ t: 'submitted', run: m.run }),
+        (e: unknown) =>
+          send({ t: 'submitted', run: m.run, error: e instanceof Error ? e.message : String(e) }),
+      );
+    }
+  });
+  send({ t: 'ready', port: (app.getHttpServer().address() as AddressInfo).port });
 }
 
 async function raw(queue: string, concurrency: number): Promise<void> {
@@ -57,7 +89,7 @@ async function raw(queue: string, concurrency: number): Promise<void> {
 }
 
 const [mode, queue, concurrency] = process.argv.slice(2);
-(mode === 'raw' ? raw(queue, Number(concurrency)) : berth()).catch((e: unknown) => {
+(mode === 'raw' ? raw(queue, Number(concurrency)) : mode === 'api' ? api() : berth()).catch((e: unknown) => {
   process.stderr.write(`bench worker: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
   process.exit(1);
 });
