@@ -60,7 +60,7 @@ const settings = {
   warmup: 3,
   jobs: intEnv('BENCH_PIPELINE_JOBS', 2000, 0),
   /** Jobs through each side of the throughput comparison before its measured rounds. */
-  warmupJobs: intEnv('BENCH_PIPELINE_WARMUP_JOBS', 2000),
+  warmupJobs: intEnv('BENCH_PIPELINE_WARMUP_JOBS', 6000),
   /** Jobs being submitted at once (concurrent API clients) in the throughput runs, both sides alike. */
   inflight: intEnv('BENCH_PIPELINE_INFLIGHT', 16),
   /** Throughput rounds (one raw BullMQ run and one Berth run each); the median round is the result. */
