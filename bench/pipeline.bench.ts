@@ -6,18 +6,20 @@
  *      own create + start time for the same containers (measured inside the worker) and to create + start
  *      called directly on the same runtime (interleaved batches). Overhead = end to end − runtime, per run.
  *      Each stage of the way (accept, relay publish, BullMQ pick-up, job.active, runtime, job.completed,
- *      long-poll answer) is timed in-process, so a slow stage shows by name.
+ *      long-poll answer) is timed where it happens, so a slow stage shows by name.
  *   2. Throughput: `system.noop` jobs through the same path as the API's container operations
  *      (JobEnqueuer.submit, group-committed → outbox row handed to the relay → BullMQ → worker → job store
  *      + audit), against raw BullMQ (`Queue.add` + a no-op `Worker`) on the same Redis, same run: at the
  *      same concurrency (jobs running at once; the target's peer) and at Berth's fetch depth (concurrency +
- *      WORKER_PREFETCH: the jobs Berth's worker holds, running or claimed ahead). Rounds of one run each,
- *      alternating which goes first; the median round's ratio counts.
+ *      WORKER_PREFETCH: the jobs Berth's worker holds, running or claimed ahead). Both sides warm: each raw
+ *      peer is one worker process for the whole part, and every side first runs BENCH_PIPELINE_WARMUP_JOBS.
+ *      Rounds of one run each, alternating which goes first; the median round's ratio counts.
  *
  * Process layout (as in production, where API and worker are separate processes): the API (HTTP, enqueuer,
- * outbox relay) runs in this process, next to the bench's clients; Berth's worker runs in its own process
- * (bench/pipeline/worker-child.ts), and so does the raw BullMQ peer's worker; both sides' producers run
- * here. The worker's per-stage marks come over IPC (same monotonic clock). Against the local Postgres and
+ * outbox relay), Berth's worker and the raw BullMQ peer's worker each run in their own process
+ * (bench/pipeline/worker-child.ts); this process holds the HTTP clients and the raw peer's producers, and
+ * has the API process submit Berth's noop jobs through its enqueuer. The API's and the worker's per-stage
+ * marks come over IPC (same monotonic clock). Against the local Postgres and
  * Redis, with a dedicated database (dropped and recreated), its own BullMQ prefix, data root and cgroup
  * parent; everything is removed at the end. All traffic is on loopback.
  *
@@ -27,7 +29,7 @@
  * every process also pays for ts-node, which loads node:domain (see scripts/bench.sh).
  * Settings (environment): BENCH_DIR (/var/tmp/berth-bench), BENCH_RESULTS_DIR (bench/results),
  * BENCH_PIPELINE_RUNS (200), BENCH_PIPELINE_BATCH (20), BENCH_PIPELINE_JOBS (2000),
- * BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4), BENCH_PIPELINE_PREFETCH (= concurrency),
+ * BENCH_PIPELINE_WARMUP_JOBS (6000), BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4), BENCH_PIPELINE_PREFETCH (= concurrency),
  * BENCH_PIPELINE_ROUNDS (5).
  */
 import { randomUUID } from 'node:crypto';
@@ -414,9 +416,7 @@ type ThroughputResult = Awaited<ReturnType<typeof throughput>>;
 
 async function main(): Promise<void> {
   const tag = `bench-pipeline-${process.pid}`;
-  log(
-    `booting API (this process) + worker (own process) (database berth_bench_${process.pid}, prefix ${tag})`,
-  );
+  log(`booting API and worker (own processes) (database berth_bench_${process.pid}, prefix ${tag})`);
   const sys = await startBenchSystem({
     dataRoot: join(settings.dir, 'berth-pipeline'),
     cgroupParent: 'berth-bench-pipeline',
