@@ -44,11 +44,7 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
   beforeAll(async () => {
     a = await startApiOnly('edge');
     // One accepted container, for the endpoints that take an existing id.
-    const res = await a
-      .http()
-      .post('/v1/containers')
-      .set(a.auth())
-      .send({ name: 'edge-ok', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+    const res = await a.createStopped('edge-ok');
     expect(res.status).toBe(202);
     containerId = res.body.container.id;
   }, 60_000);
@@ -271,11 +267,7 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       process.on('unhandledRejection', onUnhandled);
       try {
         // The early lookup's answer is the guard's: one lookup for an accepted write with a body.
-        const ok = await a
-          .http()
-          .post('/v1/containers')
-          .set(a.auth())
-          .send({ name: 'edge-early', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+        const ok = await a.createStopped('edge-early');
         expect(ok.status).toBe(202);
         expect(lookup).toHaveBeenCalledTimes(1);
         // A lookup that fails (PostgreSQL away) for a request its body already refuses: the 400, and no

@@ -7,7 +7,6 @@ import { startApiOnly, type ApiOnly } from '@test/support/api-only';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, type Pipeline } from '@test/support/pipeline';
 
-const MiB = 1024 * 1024;
 const UNKNOWN = '00000000-0000-4000-8000-000000000000';
 
 interface SseMessage {
@@ -79,11 +78,7 @@ describe('jobs API: filters, pagination, long-poll', () => {
   beforeAll(async () => {
     a = await startApiOnly('jobsapi');
     const mk = async (name: string) => {
-      const res = await a
-        .http()
-        .post('/v1/containers')
-        .set(a.auth())
-        .send({ name, template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+      const res = await a.createStopped(name);
       expect(res.status).toBe(202);
       all.push(res.body.job.id);
       return res.body.container.id as string;

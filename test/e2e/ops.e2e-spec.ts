@@ -50,11 +50,7 @@ describe('Ops: /metrics and the queue board', () => {
     const waiting = sample(before, 'berth_queue_jobs', { host, state: 'waiting' }) ?? 0;
 
     // No worker here: the job is published and waits in the host's queue.
-    const made = await a
-      .http()
-      .post('/v1/containers')
-      .set(a.auth())
-      .send({ name: 'ops-1', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+    const made = await a.createStopped('ops-1');
     expect(made.status).toBe(202);
     const stale = await a.addHost('ops-h2', { stale: true });
     expect((await a.http().post(`/v1/hosts/${stale}/drain`).set(a.auth())).status).toBe(200);

@@ -34,6 +34,8 @@ export interface ApiOnly {
   dir: string;
   http(): ReturnType<typeof request>;
   auth(token?: string): { Authorization: string };
+  /** `POST /v1/containers` with the admin key: a small container on `template`, not started. */
+  createStopped(name: string): request.Test;
   /** Inserts another host row (no worker behind it); fresh heartbeat unless `stale`. */
   addHost(name: string, opts?: { stale?: boolean }): Promise<string>;
   /**
@@ -93,6 +95,11 @@ export async function startApiOnly(tag: string, env: Record<string, string> = {}
     dir,
     http: () => request(api.getHttpServer()),
     auth: (t = token) => ({ Authorization: `Bearer ${t}` }),
+    createStopped: (name) =>
+      request(api.getHttpServer())
+        .post('/v1/containers')
+        .set({ Authorization: `Bearer ${token}` })
+        .send({ name, template, cpus: 1, memoryBytes: 64 * 1024 * 1024, start: false }),
     addHost,
     async counts() {
       const [r] = await ds.query(
