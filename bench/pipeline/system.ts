@@ -45,11 +45,11 @@ export interface ApiAnswer {
  */
 export interface BenchSystem {
   config: BerthConfig;
-  /** The bench's own connection to the bench database (for reads and for driving the enqueuer). */
+  /** The bench's own connection to the bench database (reads, the bench's API key). */
   ds: DataSource;
   /** This host's runtime opened in the bench process (direct create + start, cleanup). */
   runtime: HostRuntime;
-  /** Environment of the worker processes (Berth's config, without the inherited environment). */
+  /** Environment of the API and worker processes (Berth's config, without the inherited environment). */
   workerEnv: Record<string, string>;
   /** Listens to the API's and the worker's messages (marks, completions). */
   onChildMessage(fn: (m: WorkerMessage) => void): void;
