@@ -14,10 +14,10 @@
  * They report readiness, completions and marks over IPC, and stop on SIGTERM.
  */
 import 'reflect-metadata';
+import type { AddressInfo } from 'node:net';
 import { Worker } from 'bullmq';
 import { loadConfig } from '@berth/config';
 import { bullConnection } from '@berth/jobs';
-import type { AddressInfo } from 'node:net';
 import { createApiApp } from '../../apps/api/src/bootstrap';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { OutboxRelay } from '../../apps/api/src/outbox/outbox.relay';
