@@ -29,8 +29,8 @@
  * every process also pays for ts-node, which loads node:domain (see scripts/bench.sh).
  * Settings (environment): BENCH_DIR (/var/tmp/berth-bench), BENCH_RESULTS_DIR (bench/results),
  * BENCH_PIPELINE_RUNS (200), BENCH_PIPELINE_BATCH (20), BENCH_PIPELINE_JOBS (2000),
- * BENCH_PIPELINE_WARMUP_JOBS (6000), BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4), BENCH_PIPELINE_PREFETCH (= concurrency),
- * BENCH_PIPELINE_ROUNDS (5).
+ * BENCH_PIPELINE_WARMUP_JOBS (6000), BENCH_PIPELINE_INFLIGHT (16), BENCH_PIPELINE_CONCURRENCY (4),
+ * BENCH_PIPELINE_PREFETCH (= concurrency), BENCH_PIPELINE_ROUNDS (5).
  */
 import { randomUUID } from 'node:crypto';
 import { cpus, release, totalmem } from 'node:os';
@@ -284,19 +284,18 @@ async function berthNoop(sys: BenchSystem, trace: PipelineTrace, keyId: string, 
  * worker). One process per concurrency for the whole throughput part, warmed up like Berth's worker and
  * reused for every round: a worker spawned per run spent most of a 2000-job run in V8's unoptimized tiers
  * (1600-2200 jobs/s here against 2800-3500 once warm, measured 2026-12-02), and Berth's worker, which
- * lives through the whole bench, never did.
+ * lives through the whole bench, never did. A peer waits idle (blocked in Redis) while the others run.
  */
 interface RawPeer {
   queue: Queue;
   worker: ChildWorker;
-  concurrency: number;
   /** The countdown of the run in progress. */
   onCompleted?: (n: number) => void;
 }
 
 async function startRawPeer(sys: BenchSystem, concurrency: number): Promise<RawPeer> {
   const name = `raw-bench-c${concurrency}`;
-  const peer: Partial<RawPeer> = { concurrency };
+  const peer: Partial<RawPeer> = {};
   peer.queue = new Queue(name, {
     connection: bullConnection(sys.config.redis.url),
     prefix: sys.config.redis.bullPrefix,
