@@ -352,6 +352,48 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       expect(res.body.errors.join(' ')).toContain(field);
     });
 
+    it.each([['diskBytes'], ['pidsMax'], ['network'], ['privileged'], ['host'], ['start']])(
+      'refuses %s = null (left out is fine; null is not a value)',
+      async (field) => {
+        const res = await refused(create({ ...valid(), [field]: null }), 400, 'VALIDATION_FAILED');
+        expect(res.body.errors.join(' ')).toContain(field);
+      },
+    );
+
+    it('refuses null in the optional fields of the other writes', async () => {
+      for (const [method, url, body] of [
+        ['patch', `/v1/containers/${containerId}`, { cpus: null }],
+        ['patch', `/v1/containers/${containerId}`, { cpus: 2, memoryBytes: null }],
+        // Validation comes before the state machine: edge-ok's stop would be a 409 with a valid body.
+        ['post', `/v1/containers/${containerId}/stop`, { timeoutMs: null }],
+        ['post', '/v1/templates', { name: 'edge-null', source: 'tarball', path: null }],
+      ] as [Method, string, object][]) {
+        const res = await refused(
+          () => a.http()[method](url).set(a.auth()).send(body),
+          400,
+          'VALIDATION_FAILED',
+        );
+        expect(res.body.errors.join(' ')).toMatch(/cpus|memoryBytes|timeoutMs|path/);
+      }
+    });
+
+    it("refuses '..' inside snapshot and template names, which the runtime would refuse later", async () => {
+      await refused(
+        () => a.http().post(`/v1/containers/${containerId}/snapshots`).set(a.auth()).send({ name: 'a..b' }),
+        400,
+        'VALIDATION_FAILED',
+      );
+      await refused(create({ ...valid(), template: 'a..b' }), 400, 'VALIDATION_FAILED');
+      const templates = async () => (await a.http().get('/v1/templates').set(a.auth())).body.length;
+      const before = await templates();
+      await refused(
+        () => a.http().post('/v1/templates').set(a.auth()).send({ name: 'a..b', source: 'builtin:busybox' }),
+        400,
+        'VALIDATION_FAILED',
+      );
+      expect(await templates()).toBe(before);
+    });
+
     it('refuses missing required fields', async () => {
       const res = await refused(create({ name: 'edge-missing' }), 400, 'VALIDATION_FAILED');
       expect(res.body.errors.join(' ')).toMatch(/template[\s\S]*cpus[\s\S]*memoryBytes/);
@@ -424,6 +466,21 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       );
     });
 
+    it('reads a +json body like a JSON one: its fields are validated, not dropped', async () => {
+      const res = await refused(
+        () =>
+          a
+            .http()
+            .patch(`/v1/containers/${containerId}`)
+            .set(a.auth())
+            .set('Content-Type', 'application/merge-patch+json')
+            .send(JSON.stringify({ cpus: 2, root: true })),
+        400,
+        'VALIDATION_FAILED',
+      );
+      expect(res.body.errors).toContain('property root should not exist');
+    });
+
     it('refuses an invalid UUID in the path with 400 INVALID_ID', async () => {
       for (const [method, url] of [
         ['get', '/v1/containers/nope'],
@@ -484,6 +541,42 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       await refused(() => a.http().get('/v1/jobs?limit=0').set(a.auth()), 400, 'VALIDATION_FAILED');
       await refused(() => a.http().get('/v1/jobs?since=yesterday').set(a.auth()), 400, 'VALIDATION_FAILED');
       await refused(() => a.http().get('/v1/containers?cursor=abc').set(a.auth()), 400, 'INVALID_CURSOR');
+      // ISO 8601 forms PostgreSQL does not read as a timestamp, and an impossible day.
+      for (const since of ['2024-W01-1', '2024', '2024-02-30T00:00:00Z', '-2024-01-01'])
+        await refused(
+          () =>
+            a
+              .http()
+              .get(`/v1/jobs?since=${encodeURIComponent(since)}`)
+              .set(a.auth()),
+          400,
+          'VALIDATION_FAILED',
+        );
+      expect((await a.http().get('/v1/jobs?since=2024-02-29T10:00:00Z').set(a.auth())).status).toBe(200);
+      // Cursors of the right shape but with a date or an id PostgreSQL would refuse.
+      const cursor = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+      for (const c of [
+        cursor(['2024-02-30T00:00:00.000000Z', UNKNOWN]),
+        cursor(['2024-01-01T00:00:00.000000Z', '-'.repeat(36)]),
+        cursor(['2024-01-01', UNKNOWN]),
+        cursor([1, UNKNOWN]),
+      ]) {
+        for (const list of ['/v1/jobs', '/v1/containers'])
+          await refused(() => a.http().get(`${list}?cursor=${c}`).set(a.auth()), 400, 'INVALID_CURSOR');
+      }
+      // Audit event ids are bigints: no exponent, no more digits than they have.
+      for (const after of ['1e30', '99999999999999999999', '-1', '1.5'])
+        await refused(() => a.http().get(`/v1/audit?after=${after}`).set(a.auth()), 400, 'VALIDATION_FAILED');
+      expect((await a.http().get('/v1/audit?after=0&limit=1').set(a.auth())).status).toBe(200);
+    });
+
+    it('sets Location only on an accepted retry, not on its problem', async () => {
+      const res = await refused(
+        () => a.http().post(`/v1/jobs/${UNKNOWN}/retry`).set(a.auth()).send({}),
+        404,
+        'JOB_NOT_FOUND',
+      );
+      expect(res.headers.location).toBeUndefined();
     });
 
     it('still accepts the valid request after all of that', async () => {

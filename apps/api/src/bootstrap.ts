@@ -72,7 +72,12 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
     }
     next();
   });
-  app.useBodyParser('json', { limit: config.api.bodyLimitBytes, strict: true });
+  // The same types the check above lets through: a `+json` body left unread would reach the handlers as {}.
+  app.useBodyParser('json', {
+    limit: config.api.bodyLimitBytes,
+    strict: true,
+    type: ['application/json', 'application/*+json'],
+  });
   app.use((err: unknown, _req: Request, _res: Response, next: NextFunction) => next(bodyParserProblem(err)));
   app.useGlobalPipes(
     new ValidationPipe({

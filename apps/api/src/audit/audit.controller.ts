@@ -2,7 +2,7 @@ import { Controller, Get, Query } from '@nestjs/common';
 import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiPropertyOptional, ApiTags } from '@nestjs/swagger';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { Type } from 'class-transformer';
-import { IsInt, IsOptional, IsUUID, Max, Min } from 'class-validator';
+import { IsInt, IsOptional, IsUUID, Matches, Max, Min } from 'class-validator';
 import type { DataSource } from 'typeorm';
 import { ApiProblems } from '../common/problem.dto';
 import { AuditEventDto } from './audit.responses';
@@ -13,12 +13,15 @@ export class AuditQuery {
   @IsUUID()
   subject?: string;
   @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() job?: string;
-  @ApiPropertyOptional({ description: 'events after this id (for paging forward)' })
+  @ApiPropertyOptional({
+    type: 'string',
+    pattern: '^\\d{1,18}$',
+    description: 'events after this id (for paging forward)',
+  })
   @IsOptional()
-  @Type(() => Number)
-  @IsInt()
-  @Min(0)
-  after?: number;
+  // Digits, kept as a string: a bigint id; a number such as 1e30 would overflow it in PostgreSQL.
+  @Matches(/^\d{1,18}$/, { message: 'after must be an event id (up to 18 digits)' })
+  after?: string;
   @ApiPropertyOptional({ minimum: 1, maximum: 1000, default: 200 })
   @IsOptional()
   @Type(() => Number)
@@ -51,7 +54,7 @@ export class AuditController {
       args.push(q.job);
       where.push(`job_id = $${args.length}`);
     }
-    args.push(q.after ?? 0);
+    args.push(q.after ?? '0');
     where.push(`id > $${args.length}`);
     args.push(q.limit ?? 200);
     const rows = await this.ds.query(

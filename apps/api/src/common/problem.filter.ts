@@ -7,6 +7,7 @@ import {
   Logger,
 } from '@nestjs/common';
 import type { Request, Response } from 'express';
+import { ZodError } from 'zod';
 import { ApiError } from './api-error';
 
 interface Problem {
@@ -97,6 +98,18 @@ export class ProblemFilter implements ExceptionFilter {
             ([k, v]) => !['message', 'statusCode', 'status', 'code'].includes(k) && typeof v === 'object',
           ),
         ),
+      };
+    }
+    // A job's payload schema refused what the request's validation let through: still the caller's input.
+    if (e instanceof ZodError) {
+      const errors = e.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`);
+      return {
+        type: 'about:blank',
+        title: 'BAD_REQUEST',
+        status: HttpStatus.BAD_REQUEST,
+        code: 'VALIDATION_FAILED',
+        detail: errors.join('; '),
+        errors,
       };
     }
     // body-parser errors (malformed JSON, too large) carry a status and a type.

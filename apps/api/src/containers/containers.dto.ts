@@ -14,6 +14,7 @@ import {
   MaxLength,
   Min,
 } from 'class-validator';
+import { OmittedOrValid } from '../common/body-optional';
 
 export const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const MiB = 1024 * 1024;
@@ -28,7 +29,9 @@ export class CreateContainerDto {
   @ApiProperty({ example: 'busybox' })
   @IsString()
   @MaxLength(63)
-  @Matches(/^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/, { message: 'template must be a template name' })
+  @Matches(/^(?!.*\.\.)[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/, {
+    message: 'template must be a template name',
+  })
   template: string;
 
   @ApiProperty({ example: 1, minimum: 0.01, maximum: 1024, description: 'CPU cores (fractional)' })
@@ -49,57 +52,57 @@ export class CreateContainerDto {
   memoryBytes: number;
 
   @ApiPropertyOptional({ example: 1073741824, minimum: 64 * MiB, maximum: 64 * TiB, default: 1073741824 })
-  @IsOptional()
+  @OmittedOrValid()
   @IsInt()
   @Min(64 * MiB)
   @Max(64 * TiB)
   diskBytes?: number;
 
   @ApiPropertyOptional({ example: 512, minimum: 8, maximum: 4194304, default: 512 })
-  @IsOptional()
+  @OmittedOrValid()
   @IsInt()
   @Min(8)
   @Max(4_194_304)
   pidsMax?: number;
 
   @ApiPropertyOptional({ enum: ['none', 'bridge'], default: 'none' })
-  @IsOptional()
+  @OmittedOrValid()
   @IsIn(['none', 'bridge'])
   network?: 'none' | 'bridge';
 
   @ApiPropertyOptional({ default: false, description: 'run with real root inside (no user namespace)' })
-  @IsOptional()
+  @OmittedOrValid()
   @IsBoolean()
   privileged?: boolean;
 
   @ApiPropertyOptional({ description: 'host id to place it on; default: placement picks one' })
-  @IsOptional()
+  @OmittedOrValid()
   @IsUUID()
   host?: string;
 
   @ApiPropertyOptional({ default: true, description: 'start it once created' })
-  @IsOptional()
+  @OmittedOrValid()
   @IsBoolean()
   start?: boolean;
 }
 
 export class ResizeContainerDto {
   @ApiPropertyOptional({ minimum: 0.01, maximum: 1024 })
-  @IsOptional()
+  @OmittedOrValid()
   @IsNumber({ allowNaN: false, allowInfinity: false, maxDecimalPlaces: 2 })
   @Min(0.01)
   @Max(1024)
   cpus?: number;
 
   @ApiPropertyOptional({ minimum: 16 * MiB, maximum: TiB })
-  @IsOptional()
+  @OmittedOrValid()
   @IsInt()
   @Min(16 * MiB)
   @Max(TiB)
   memoryBytes?: number;
 
   @ApiPropertyOptional({ minimum: 8, maximum: 4194304 })
-  @IsOptional()
+  @OmittedOrValid()
   @IsInt()
   @Min(8)
   @Max(4_194_304)
@@ -108,7 +111,7 @@ export class ResizeContainerDto {
 
 export class StopContainerDto {
   @ApiPropertyOptional({ minimum: 0, maximum: 600000, description: 'SIGTERM → SIGKILL grace in ms' })
-  @IsOptional()
+  @OmittedOrValid()
   @IsInt()
   @Min(0)
   @Max(600_000)
@@ -118,7 +121,11 @@ export class StopContainerDto {
 export class SnapshotDto {
   @ApiProperty({ example: 'before-upgrade' })
   @IsString()
-  @Matches(/^[a-z0-9][a-z0-9_.-]{0,62}$/, { message: 'snapshot name: a-z 0-9 _ . -, up to 63 characters' })
+  // The runtime's rule for a volume id, within the 63 characters of a name: no `..` anywhere.
+  @Matches(/^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62}$/, {
+    message:
+      "snapshot name: a-z 0-9 _ . -, up to 63 characters, starting with a letter or digit, without '..'",
+  })
   name: string;
 }
 

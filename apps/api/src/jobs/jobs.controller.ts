@@ -132,13 +132,15 @@ export class JobsController {
   @HttpCode(202)
   @ApiOperation({ summary: 'Retry a failed or cancelled job (resumes after its finished steps)' })
   @ApiAcceptedJob(JobDto, 'the job, queued again; Location: /v1/jobs/<id>', 404)
-  retry(
+  async retry(
     @Param('id', UuidPipe) id: string,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
+    const view = await this.jobs.retry(id, p);
+    // Only on the answer: a refused retry's problem has no job to point at.
     res.setHeader('Location', jobLocation(id));
-    return this.jobs.retry(id, p);
+    return view;
   }
 
   @Post(':id/cancel')

@@ -1,7 +1,9 @@
 import { ApiPropertyOptional } from '@nestjs/swagger';
 import { Type } from 'class-transformer';
-import { IsIn, IsInt, IsISO8601, IsOptional, IsString, IsUUID, Max, Min } from 'class-validator';
+import { IsIn, IsInt, IsISO8601, IsOptional, IsString, IsUUID, Matches, Max, Min } from 'class-validator';
 import { JOB_KINDS } from '@berth/jobs';
+
+const SINCE = /^[1-9]\d{3}-\d\d-\d\d(T\d\d:\d\d(:\d\d(\.\d{1,6})?)?(Z|[+-]\d\d:?\d\d)?)?$/;
 
 export const JOB_STATE_VALUES = ['queued', 'active', 'waiting-retry', 'completed', 'failed', 'cancelled'];
 
@@ -11,8 +13,13 @@ export class ListJobsQuery {
   @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() container?: string;
   @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() host?: string;
   @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() campaign?: string;
-  @ApiPropertyOptional({ description: 'ISO 8601 time: jobs created at or after it' })
+  @ApiPropertyOptional({
+    description: 'ISO 8601 date or date-time (e.g. 2026-12-01T10:00:00Z): jobs created at or after it',
+  })
   @IsOptional()
+  // A calendar date and time PostgreSQL reads as a timestamp: ISO 8601 also has week dates, ordinal dates
+  // and bare years, which IsISO8601 accepts and PostgreSQL refuses (a 500 instead of a 400).
+  @Matches(SINCE, { message: 'since must be an ISO 8601 date or date-time, e.g. 2026-12-01T10:00:00Z' })
   @IsISO8601({ strict: true })
   since?: string;
   @ApiPropertyOptional({ minimum: 1, maximum: 500, default: 50 })

@@ -8,12 +8,13 @@ import {
   ApiTags,
 } from '@nestjs/swagger';
 import { InjectDataSource } from '@nestjs/typeorm';
-import { IsIn, IsOptional, IsString, IsUUID, Matches, MaxLength } from 'class-validator';
+import { IsIn, IsString, IsUUID, Matches, MaxLength } from 'class-validator';
 import type { Response } from 'express';
 import type { DataSource } from 'typeorm';
 import { appendAudit } from '@berth/db';
 import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
+import { OmittedOrValid } from '../common/body-optional';
 import { ApiAcceptedJob, ApiProblems } from '../common/problem.dto';
 import { JobEnqueuer } from '../jobs/job-enqueuer';
 import { jobLocation, toJobView } from '../jobs/job-view';
@@ -23,8 +24,8 @@ export class ImportTemplateDto {
   @ApiProperty({ example: 'busybox' })
   @IsString()
   @MaxLength(63)
-  @Matches(/^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/, {
-    message: 'name: a-z 0-9 . _ -, starting and ending alphanumeric',
+  @Matches(/^(?!.*\.\.)[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/, {
+    message: "name: a-z 0-9 . _ -, starting and ending alphanumeric, without '..'",
   })
   name: string;
 
@@ -38,14 +39,14 @@ export class ImportTemplateDto {
   @ApiPropertyOptional({
     description: 'absolute path of a rootfs tarball on the host(s), for source=tarball',
   })
-  @IsOptional()
+  @OmittedOrValid()
   @IsString()
   @MaxLength(4096)
   @Matches(/^\/(?!.*(^|\/)\.\.(\/|$))[^\0]*$/, { message: 'path must be absolute, without ..' })
   path?: string;
 
   @ApiPropertyOptional({ description: 'import on this host only; default: every online host' })
-  @IsOptional()
+  @OmittedOrValid()
   @IsUUID()
   host?: string;
 }
