@@ -1,4 +1,7 @@
-import { FALLBACK_AFTER, WrittenBehind } from './written-behind';
+import { FALLBACK_AFTER, refusedByPostgres, WrittenBehind } from './written-behind';
+
+/** An error as node-postgres reports PostgreSQL's: its SQLSTATE in `code`. */
+const pgError = (message: string, code: string) => Object.assign(new Error(message), { code });
 
 describe('WrittenBehind', () => {
   const warnings: object[] = [];
@@ -30,7 +33,8 @@ describe('WrittenBehind', () => {
       'j2',
       async () => {
         writes++;
-        throw new Error('refused');
+        // raise_exception, as a trigger or a constraint would refuse it
+        throw pgError('refused', 'P0001');
       },
       async (err) => {
         fallbacks.push((err as Error).message);
@@ -41,6 +45,40 @@ describe('WrittenBehind', () => {
     // Fallback tried at the 5th failure (failed), then again at the 6th (written).
     expect(writes).toBe(FALLBACK_AFTER + 1);
     expect(fallbacks).toEqual(['refused', 'refused']);
+  });
+
+  it('never tries the fallback while the write fails for want of PostgreSQL, not by its refusal', async () => {
+    const behind = new WrittenBehind(log);
+    const errors = [
+      Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }),
+      new Error('Connection terminated unexpectedly'),
+      pgError('terminating connection due to administrator command', '57P01'),
+      pgError('deadlock detected', '40P01'),
+      pgError('connection failure', '08006'),
+    ];
+    let writes = 0;
+    let fallbacks = 0;
+    behind.add(
+      'j5',
+      async () => {
+        if (writes < errors.length) throw errors[writes++];
+        writes++;
+      },
+      async () => void fallbacks++,
+    );
+    expect(await behind.drain(20_000)).toBe(0);
+    // FALLBACK_AFTER failures and more: the fallback would have been tried at the last one.
+    expect(errors.length).toBeGreaterThanOrEqual(FALLBACK_AFTER);
+    expect({ writes, fallbacks }).toEqual({ writes: errors.length + 1, fallbacks: 0 });
+  }, 30_000);
+
+  it('tells PostgreSQL refusing a write from PostgreSQL being away', () => {
+    expect(refusedByPostgres(pgError('violates check constraint', '23514'))).toBe(true);
+    expect(refusedByPostgres({ driverError: { code: '22P02' } })).toBe(true);
+    expect(refusedByPostgres(pgError('admin shutdown', '57P01'))).toBe(false);
+    expect(refusedByPostgres(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' }))).toBe(false);
+    expect(refusedByPostgres(new Error('no code'))).toBe(false);
+    expect(refusedByPostgres(null)).toBe(false);
   });
 
   it('drain waits for every write, also two of one job', async () => {

@@ -6,6 +6,24 @@ const MAX_RETRY_MS = 5_000;
 /** Failed writes after which the fallback is tried too (after ≈ 1.5 s of retries). */
 export const FALLBACK_AFTER = 5;
 
+/**
+ * SQLSTATE classes of errors that say nothing against the write itself: connection trouble (08),
+ * transaction rollback such as a deadlock or a serialization failure (40), insufficient resources (53),
+ * operator intervention such as a shutdown or a restart (57), system errors (58).
+ */
+const TRANSIENT_CLASSES = new Set(['08', '40', '53', '57', '58']);
+
+/**
+ * Whether PostgreSQL answered the write and refused it (a constraint, a trigger, bad data): an error
+ * with a SQLSTATE outside TRANSIENT_CLASSES. An error without one (the connection was lost, refused,
+ * timed out: Node's, not PostgreSQL's) is no refusal either: the write may even have committed.
+ */
+export function refusedByPostgres(err: unknown): boolean {
+  const e = err as { code?: unknown; driverError?: { code?: unknown } } | null;
+  const code = typeof e?.code === 'string' ? e.code : e?.driverError?.code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !TRANSIENT_CLASSES.has(code.slice(0, 2));
+}
+
 interface Log {
   warn(obj: object, msg: string): void;
 }
@@ -14,8 +32,10 @@ interface Log {
  * Writes made behind the worker's slots: a job's completion is handed here and the slot takes its next job
  * while Postgres commits it (the completion's statement is shared with other slots' claims and completions,
  * see JobStore.writes). A write that fails is retried (doubling delays up to 5 s) for as long as the process
- * lives; from the FALLBACK_AFTER-th failure on, each round also tries the `fallback` write (recording the
- * job as failed: Postgres refuses this end, not only is it away) and stops once either succeeds. `drain`
+ * lives; from the FALLBACK_AFTER-th failure on, each round whose error is PostgreSQL's refusal of the
+ * write (refusedByPostgres: not a lost connection, a restart, a deadlock) also tries the `fallback` write
+ * (recording the job as failed) and stops once either succeeds. A job whose end was written while its
+ * answer got lost, or could not be written while PostgreSQL was away, is not recorded as failed. `drain`
  * waits for what is pending, at shutdown. A write lost with the process (a kill, or Postgres away until the
  * end of the shutdown grace) leaves the job `active` with its BullMQ job ended: the next worker's start-up
  * sweep puts it back in the queue (JobRunner.sweep).
@@ -34,7 +54,7 @@ export class WrittenBehind {
           await write();
           return;
         } catch (err) {
-          if (fallback && n + 1 >= FALLBACK_AFTER) {
+          if (fallback && n + 1 >= FALLBACK_AFTER && refusedByPostgres(err)) {
             try {
               await fallback(err);
               this.log.warn({ err, jobId: id }, 'completion refused, recorded the fallback instead');
