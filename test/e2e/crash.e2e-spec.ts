@@ -279,6 +279,39 @@ describeKernel(
       }
     }, 60_000);
 
+    it('a claim that fails (PostgreSQL away or refusing) uses up no attempt: the job is handed back and runs', async () => {
+      // The first three claims of this one job fail; system.noop has a single attempt, which a failed
+      // claim counted as the job's failure would end in BullMQ while PostgreSQL still says `queued`.
+      const fn = `berth_refuse_claim_${process.pid}`;
+      await c.ds.query(`CREATE SEQUENCE ${fn}`);
+      await c.ds.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF nextval('${fn}') <= 3 THEN RAISE EXCEPTION 'claim refused by the test'; END IF;
+          RETURN NEW;
+        END $$`);
+      await c.ds.query(`CREATE TRIGGER ${fn} BEFORE UPDATE ON jobs FOR EACH ROW
+        WHEN (NEW.state = 'active' AND NEW.params->>'n' = '-4343') EXECUTE FUNCTION ${fn}()`);
+      try {
+        const job = await c.api.get(JobEnqueuer).submit({
+          kind: 'system.noop',
+          payload: { n: -4343 },
+          hostId: await c.hostId(),
+          principal: { keyId: 'test:crash', tenantId: null, scopes: ['admin'], requestId: '' },
+        });
+        const ended = await c.http().get(`/v1/jobs/${job!.id}/wait?timeout=30`).set(c.auth());
+        expect(ended.body).toMatchObject({ state: 'completed', attempts: 1, result: { n: -4343 } });
+        const events = (await jobEvents(c.ds, job!.id)).map((e) => e.action);
+        expect(events).toEqual(['job.queued', 'job.active', 'job.completed']);
+        // Four claims: three refused, the fourth went through.
+        const [{ last_value: claims }] = await c.ds.query(`SELECT last_value FROM ${fn}`);
+        expect(Number(claims)).toBe(4);
+      } finally {
+        await c.ds.query(`DROP TRIGGER IF EXISTS ${fn} ON jobs`);
+        await c.ds.query(`DROP FUNCTION IF EXISTS ${fn}()`);
+        await c.ds.query(`DROP SEQUENCE IF EXISTS ${fn}`);
+      }
+    }, 60_000);
+
     it('destroys everything through the API afterwards: nothing is left on the host', async () => {
       // A failed case above may have left its worker killed: this one needs a live worker.
       if (w.proc.exitCode !== null || w.proc.signalCode !== null) w = await c.startWorker();

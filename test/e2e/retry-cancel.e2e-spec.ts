@@ -159,6 +159,69 @@ describeKernel(
       expect(await wait(paused.body.job.id)).toMatchObject({ state: 'completed' });
     }, 120_000);
 
+    it('a retried job goes last in its container’s FIFO, runs once (not also by its old BullMQ job), and is checked like a new request', async () => {
+      const made = await create({ template });
+      expect(await wait(made.body.job.id)).toMatchObject({ state: 'completed' });
+      const id: string = made.body.container.id;
+      const published = (jobId: string) =>
+        until(
+          `job ${jobId} to be published`,
+          async () => (await c.ds.query(`SELECT 1 FROM outbox WHERE job_id = $1`, [jobId])).length === 0,
+        );
+      const post = (path: string, body: object = {}) => c.http().post(path).set(c.auth()).send(body);
+      const accepted = (res: { status: number; body: { job: { id: string } } }) => {
+        expect(res.status).toBe(202);
+        return res.body.job.id;
+      };
+
+      await w.stop();
+      // A resize, published (its BullMQ job waits in the host's queue), then cancelled.
+      const resize = accepted(await c.http().patch(`/v1/containers/${id}`).set(c.auth()).send({ cpus: 0.2 }));
+      await published(resize);
+      expect((await post(`/v1/jobs/${resize}/cancel`)).status).toBe(200);
+      // A pause accepted after it; then the resize is retried: it goes after the pause.
+      const pause = accepted(await post(`/v1/containers/${id}/pause`));
+      const retried = await post(`/v1/jobs/${resize}/retry`);
+      expect(retried.status).toBe(202);
+      await published(resize);
+      // A resume, cancelled; a stop; the resume retried would now resume a stopped container: refused.
+      const resume = accepted(await post(`/v1/containers/${id}/resume`));
+      expect((await post(`/v1/jobs/${resume}/cancel`)).status).toBe(200);
+      const stop = accepted(await post(`/v1/containers/${id}/stop`));
+      const refused = await post(`/v1/jobs/${resume}/retry`);
+      expect(refused.status).toBe(409);
+      expect(refused.body).toMatchObject({ code: 'INVALID_TRANSITION', targetState: 'stopped' });
+      expect(refused.headers.location).toBeUndefined();
+      const seqs: { id: string; container_seq: number }[] = await c.ds.query(
+        `SELECT id, container_seq FROM jobs WHERE id = ANY($1) ORDER BY container_seq`,
+        [[resize, pause, stop]],
+      );
+      expect(seqs.map((r) => r.id)).toEqual([pause, resize, stop]);
+
+      w = await c.startWorker();
+      expect(await wait(stop)).toMatchObject({ state: 'completed', result: { status: 'stopped' } });
+      for (const j of [pause, resize]) expect(await wait(j)).toMatchObject({ state: 'completed' });
+      expect(await wait(resume)).toMatchObject({ state: 'cancelled' });
+      // Executed in FIFO order, the retried resize once, after the pause it was retried behind.
+      const ran: { job_id: string }[] = await c.ds.query(
+        `SELECT job_id FROM audit_events WHERE job_id = ANY($1) AND action = 'job.active' ORDER BY id`,
+        [[resize, pause, stop, resume]],
+      );
+      expect(ran.map((r) => r.job_id)).toEqual([pause, resize, stop]);
+      // Its first BullMQ job was still in the queue: it no longer carries the job, and ran nothing.
+      const q = await c.queue();
+      const old = await until('the old BullMQ job of the resize to end', async () => {
+        const j = await q.getJob(resize);
+        return j?.finishedOn ? j : undefined;
+      });
+      expect(old.returnvalue).toEqual({ skipped: 'superseded' });
+      expect(await container(id)).toMatchObject({
+        state: 'stopped',
+        targetState: 'stopped',
+        resources: { cpus: 0.2 },
+      });
+    }, 120_000);
+
     it('cancels a job queued while its host is stopped: the worker never runs it; later jobs are not blocked', async () => {
       const made = await create({ template });
       expect(await wait(made.body.job.id)).toMatchObject({ state: 'completed' });

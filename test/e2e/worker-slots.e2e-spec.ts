@@ -230,6 +230,32 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     await w2.stop();
   }, 90_000);
 
+  it('SIGTERM with a job running past the shutdown grace: the worker exits at the grace, and the job runs on the next worker', async () => {
+    const HOLD = 10_000;
+    const w = await c.startWorker({ SHUTDOWN_GRACE_MS: '500', WORKER_LOCK_MS: '2000' });
+    const job = await c.api
+      .get(JobEnqueuer)
+      .submit({ kind: 'system.noop', payload: { n: 99, holdMs: HOLD }, hostId: await c.hostId(), principal });
+    await until('the long job running', async () => {
+      const [r] = await rows([job!.id]);
+      return r.state === 'active' && r.stage !== 'waiting for a worker slot';
+    });
+    const t0 = Date.now();
+    await w.stop();
+    // Not the rest of the job's 10 s: the grace, and the rest of the shutdown.
+    expect(Date.now() - t0).toBeLessThan(HOLD / 2);
+    expect(w.output()).toMatch(/shutdown grace over with jobs still running/);
+    expect((await rows([job!.id]))[0].state).toBe('active');
+
+    // Its BullMQ job stalls (its lock lapses): the next worker runs it to its end, recorded once.
+    const w2 = await c.startWorker({ WORKER_LOCK_MS: '2000' });
+    const res = await c.http().get(`/v1/jobs/${job!.id}/wait?timeout=60`).set(c.auth());
+    expect(res.body).toMatchObject({ state: 'completed', result: { n: 99 } });
+    const of = await actionsOf([job!.id]);
+    expect(of(job!.id)).toEqual(['job.queued', 'job.active', 'job.active', 'job.completed']);
+    await w2.stop();
+  }, 90_000);
+
   it('a job waiting for a slot can be cancelled and never runs; a running one cannot', async () => {
     const { w, ids, waiting, running } = await oneRunningTwoWaiting();
     const cancel = (id: string) => c.http().post(`/v1/jobs/${id}/cancel`).set(c.auth()).send({});

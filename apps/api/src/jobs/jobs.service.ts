@@ -3,7 +3,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit, preparedQuery, publishAgain, recomputeTargetState } from '@berth/db';
-import { SLOT_WAIT_STAGE } from '@berth/jobs';
+import { checkTransition, SLOT_WAIT_STAGE, type ContainerState, type JobKind } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
@@ -12,6 +12,20 @@ import { JobNotifications } from './job-notifications';
 
 /** Audit actions of a job that never leave it ended: a long-poll does not look again on these. */
 const NOT_AN_END = new Set(['job.queued', 'job.active', 'job.step.done', 'job.retry', 'job.requeued']);
+
+/**
+ * Why a container's job may not run again after the jobs accepted so far (its container's target state),
+ * or null: a create only while the container was never made (`creating`, or `error` after the failed
+ * create), any other operation as the state machine allows it as a new request.
+ */
+function retryRefusal(kind: JobKind, target: ContainerState): string | null {
+  if (kind === 'container.create')
+    return target === 'creating' || target === 'error'
+      ? null
+      : `cannot create again a container that is (or will be) ${target}`;
+  const check = checkTransition(kind, target);
+  return check.allowed ? null : check.reason!;
+}
 
 export interface JobFilters {
   state?: string;
@@ -167,8 +181,9 @@ export class JobsService {
           `job ${id} is ${job.state}; only failed or cancelled jobs can be retried`,
         );
       }
+      let seq: number | null = null;
       if (job.container_id) {
-        const [c] = await m.query(`SELECT state FROM containers WHERE id = $1 FOR UPDATE`, [
+        const [c] = await m.query(`SELECT state, target_state FROM containers WHERE id = $1 FOR UPDATE`, [
           job.container_id,
         ]);
         if (c?.state === 'destroyed') {
@@ -178,6 +193,21 @@ export class JobsService {
             'the container of this job is destroyed',
           );
         }
+        // Checked like a new request: the job runs again after every job accepted so far.
+        const reason = retryRefusal(job.kind, c.target_state as ContainerState);
+        if (reason) {
+          throw new ApiError(HttpStatus.CONFLICT, 'INVALID_TRANSITION', reason, {
+            state: c.state,
+            targetState: c.target_state,
+          });
+        }
+        // Its new place in the container's FIFO: last. With its old one it would not wait for the jobs
+        // accepted after it (they ran, or run, once it had failed), and could run beside one of them.
+        [{ job_seq: seq }] = await m.query(
+          `WITH u AS (UPDATE containers SET job_seq = job_seq + 1, last_job_id = $2 WHERE id = $1 RETURNING job_seq)
+           SELECT job_seq FROM u`,
+          [job.container_id, id],
+        );
       }
       const [{ n }] = await m.query(
         `SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = 'job.retry.requested'`,
@@ -185,8 +215,9 @@ export class JobsService {
       );
       await m.query(
         `UPDATE jobs SET state = 'queued', attempts = 0, error_code = NULL, error_message = NULL, error_step = NULL,
-                finished_at = NULL, updated_at = now() WHERE id = $1`,
-        [id],
+                finished_at = NULL, updated_at = now(), container_seq = COALESCE($2, container_seq)
+         WHERE id = $1`,
+        [id, seq],
       );
       // The job is pending again: the container's target state includes what it will do.
       await this.afterRequeueOrCancel(m, job, 'job.retry.requested', principal);

@@ -25,6 +25,13 @@ import { WrittenBehind } from './written-behind';
 /** How long a job waits before looking again when an earlier job of its container is unfinished. */
 const FIFO_RECHECK_MS = 100;
 
+/**
+ * A job whose bookkeeping before its handler failed (PostgreSQL away at its claim, say) is handed back to
+ * BullMQ's delayed set, doubling from this delay up to BOOKKEEPING_MAX_MS: it keeps its attempts.
+ */
+const BOOKKEEPING_FIRST_MS = 500;
+const BOOKKEEPING_MAX_MS = 30_000;
+
 /** A job claimed ahead that has waited this long for a slot says so in its progress (SLOT_WAIT_STAGE). */
 const SLOT_WAIT_NOTICE_MS = 50;
 
@@ -49,6 +56,19 @@ class StepError extends Error {
     super(original instanceof Error ? original.message : String(original));
   }
 }
+
+/** Bookkeeping before a job's handler failed: not the job's failure (see JobRunner.process). */
+class BookkeepingError extends Error {
+  constructor(what: string, cause: unknown) {
+    super(`${what} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/** `p`, its failure made a BookkeepingError about `what`. */
+const bookkeeping = <T>(what: string, p: Promise<T>): Promise<T> =>
+  p.catch((e: unknown) => {
+    throw new BookkeepingError(what, e);
+  });
 
 /** Permanent: the request or the state is wrong; retrying the same job cannot help. */
 export function classify(e: unknown): JobFailure & { permanent: boolean } {
@@ -94,6 +114,8 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
   private readonly slots: Semaphore;
   /** Set at shutdown: no job starts any more. */
   private closing = false;
+  /** Jobs whose bookkeeping before their handler failed, by BullMQ job id: how many times in a row. */
+  private readonly bookkeepingFailures = new Map<string, number>();
 
   constructor(
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
@@ -160,17 +182,53 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     }
   }
 
+  /**
+   * Runs one BullMQ job. What fails before the handler starts (the claim, the start after a slot wait, the
+   * handler's context: PostgreSQL or the runtime away) is not the job's failure: the job goes back to
+   * BullMQ's delayed set without using up an attempt (`DelayedError`), with a growing delay, and is claimed
+   * again. Counted as an attempt, three such failures (one for a job of a single attempt) would end the
+   * BullMQ job while PostgreSQL still records it as pending: nothing would publish it again, and every
+   * later job of its container would wait behind it for ever.
+   */
   private async process(bull: Job<QueuedJobData>, token?: string): Promise<unknown> {
+    try {
+      const answer = await this.run(bull, token);
+      this.bookkeepingFailures.delete(bull.id!);
+      return answer;
+    } catch (e) {
+      if (!(e instanceof BookkeepingError)) {
+        this.bookkeepingFailures.delete(bull.id!);
+        throw e;
+      }
+      const n = (this.bookkeepingFailures.get(bull.id!) ?? 0) + 1;
+      this.bookkeepingFailures.set(bull.id!, n);
+      const delayMs = Math.min(BOOKKEEPING_FIRST_MS * 2 ** (n - 1), BOOKKEEPING_MAX_MS);
+      this.log.warn(
+        { err: e.cause, jobId: bull.data.jobId, bullJobId: bull.id, failures: n, delayMs },
+        `job not started: ${e.message}; handed back to the queue`,
+      );
+      await bull.moveToDelayed(Date.now() + delayMs, token);
+      throw new DelayedError();
+    }
+  }
+
+  private async run(bull: Job<QueuedJobData>, token?: string): Promise<unknown> {
     const { jobId, kind } = bull.data;
     const attempt = bull.attemptsMade + 1;
     // One round trip: load, FIFO check, `active` mark with its audit event, finished steps.
-    const claim = await this.store.claim(jobId, attempt, bull.id!);
+    const claim = await bookkeeping('its claim', this.store.claim(jobId, attempt, bull.id!));
     const job = claim.job;
     // Postgres is the record: a job it does not know, or one already ended, is not run (again).
     if (!job || FINAL_STATES.includes(job.state)) {
       this.log.info({ jobId, state: job?.state }, 'skipping a job that is not pending');
       this.metrics.ended(kind, 'skipped');
       return { skipped: job?.state ?? 'unknown' };
+    }
+    if (claim.superseded) {
+      // Published again under another BullMQ job id (a retry after a cancel): that one runs it.
+      this.log.info({ jobId, bullJobId: bull.id }, 'skipping a superseded carrier of a job');
+      this.metrics.ended(kind, 'skipped');
+      return { skipped: 'superseded' };
     }
     if (claim.blocked) {
       await bull.moveToDelayed(Date.now() + FIFO_RECHECK_MS, token);
@@ -202,16 +260,22 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       slot.release();
     };
     // A job that said it waited for a slot starts only if nobody cancelled it meanwhile.
-    if (slot.noticed && !(await this.store.startAfterWait(job.id).catch(release(releaseSlot)))) {
+    if (
+      slot.noticed &&
+      !(await bookkeeping('its start', this.store.startAfterWait(job.id, bull.id!)).catch(
+        release(releaseSlot),
+      ))
+    ) {
       releaseSlot();
       log.info('cancelled while it waited for a worker slot');
       this.metrics.ended(kind, 'skipped');
       return { skipped: 'cancelled' };
     }
     log.info({ attempt }, 'job started');
-    const { ctx, settle } = await this.context(job, handler, bull, claim.doneSteps, log).catch(
-      release(releaseSlot),
-    );
+    const { ctx, settle } = await bookkeeping(
+      'its context',
+      this.context(job, handler, bull, claim.doneSteps, log),
+    ).catch(release(releaseSlot));
     // Finished steps whose records are still to write: with the job's end, whichever it is.
     const unrecorded: string[] = [];
     // The slot frees once the handler is done and its records settled: writing the end does not hold it.
@@ -306,7 +370,8 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     m: Parameters<NonNullable<JobHandler['onFailed']>>[1],
     failure: JobFailure,
   ) {
-    if (handler.onFailed) return handler.onFailed(ctx, m, failure);
+    // A handler's own clean-up reads the payload: not when the payload itself is what failed the job.
+    if (handler.onFailed && failure.code !== 'INVALID_PAYLOAD') return handler.onFailed(ctx, m, failure);
     const id = ctx.job.container_id;
     if (!id) return;
     const status = await ctx.runtime.containers.get(id).then(
@@ -362,9 +427,13 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       queue.push(r);
       setImmediate(pump);
     };
+    let payload: JobContext['payload'] | undefined;
     const ctx: JobContext = {
       job,
-      payload: parseJobPayload(handler.kind as JobKind, job.params) as JobContext['payload'],
+      // Parsed when the handler reads it: a payload its schema refuses fails the job for good (classify).
+      get payload() {
+        return (payload ??= parseJobPayload(handler.kind as JobKind, job.params) as JobContext['payload']);
+      },
       runtime,
       hostId: this.hostId!,
       step: async <T>(name: string, fn: () => Promise<T>) => {
@@ -402,9 +471,19 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     this.slots.cancel();
     const deadline = Date.now() + this.config.worker.shutdownGraceMs;
     let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<void>((r) => (timer = setTimeout(r, this.config.worker.shutdownGraceMs)));
+    const grace = new Promise<'grace'>(
+      (r) => (timer = setTimeout(() => r('grace'), this.config.worker.shutdownGraceMs)),
+    );
     try {
-      await Promise.race([this.worker.close(), grace.then(() => this.worker?.close(true))]);
+      // Not `close(true)` at the grace's end: once `close()` runs, BullMQ answers any later close with the
+      // same promise (it waits for every handler). The shutdown goes on without them instead: their BullMQ
+      // jobs stall once this process is gone and another worker (or this one restarted) takes them again.
+      const closed = await Promise.race([this.worker.close().then(() => 'closed' as const), grace]);
+      if (closed === 'grace')
+        this.log.warn(
+          { running: this.config.worker.concurrency - this.slots.getValue() },
+          'shutdown grace over with jobs still running: they are handed back when their locks lapse',
+        );
     } finally {
       clearTimeout(timer);
     }

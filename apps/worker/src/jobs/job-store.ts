@@ -73,6 +73,11 @@ export interface JobClaim {
   blocked: boolean;
   /** The job was pending and is now `active` (with its `job.active` audit event). */
   activated: boolean;
+  /**
+   * This BullMQ job no longer carries the job: it was published again under another id (a retry, a
+   * requeue; see publishAgain) and only that one may run it. Not claimed.
+   */
+  superseded: boolean;
   /** Steps an earlier attempt finished (recorded `job.step.done` events). */
   doneSteps: Set<string>;
 }
@@ -96,6 +101,7 @@ interface HotRow {
   job: StoredJob | null;
   blocked: boolean | null;
   activated: boolean | null;
+  superseded: boolean | null;
   done_steps: string[] | null;
   /** Completion: whether the job is its container's latest (null when the container row was not written). */
   latest: boolean | null;
@@ -128,6 +134,7 @@ const claimCtes = (p: number, relaxed: boolean, completing?: number) => `
          FROM ci, cb${relaxed ? ', relaxed' : ''}
          WHERE jobs.id = ANY($${p}::uuid[]) AND jobs.id = ci.id AND cb.id = ci.id
            AND jobs.state IN ('queued', 'active', 'waiting-retry') AND NOT cb.blocked
+           AND (jobs.carrier IS NULL OR jobs.carrier = ci.bull)
          RETURNING jobs.id, jobs.kind, jobs.container_id, ci.attempt, ci.bull),
   ca AS (INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
          SELECT '${ACTOR}', 'job.active', ${subject('cu')}, cu.id,
@@ -143,6 +150,7 @@ const CLAIM_ROWS = `
            'attempts', cj.attempts, 'max_attempts', cj.max_attempts) END AS job,
          COALESCE(cb.blocked, false) AS blocked,
          EXISTS (SELECT 1 FROM cu WHERE cu.id = ci.id) AS activated,
+         COALESCE(cj.carrier <> ci.bull, false) AS superseded,
          ARRAY(SELECT data->>'step' FROM audit_events
                WHERE job_id = ci.id AND action = 'job.step.done') AS done_steps,
          NULL::boolean AS latest
@@ -186,7 +194,7 @@ const completionCtes = (p: number) => `
 /** Each completion's answer: whether its job is its container's latest (null: container row not written). */
 const COMPLETION_ROWS = `
   SELECT 'complete' AS op, i.id, NULL::jsonb AS job, NULL::boolean AS blocked, NULL::boolean AS activated,
-         NULL::text[] AS done_steps, c.latest
+         NULL::boolean AS superseded, NULL::text[] AS done_steps, c.latest
   FROM i LEFT JOIN c ON c.id = i.id`;
 
 const completionParams = (inputs: readonly Completion[]) => [
@@ -275,6 +283,7 @@ export class JobStore {
         job: row.job,
         blocked: row.blocked!,
         activated: row.activated!,
+        superseded: row.superseded!,
         doneSteps: new Set<string>(row.done_steps ?? []),
       });
     }
@@ -310,14 +319,15 @@ export class JobStore {
   /**
    * A job that waited for a worker slot (progress SLOT_WAIT_STAGE) starts: its progress says `running`,
    * provided it is still `active` (the API may have cancelled it meanwhile: then false, and it must not
-   * run). The row lock orders this against a cancel; durable, so that a crash of PostgreSQL cannot bring
+   * run) and still carried by `bullJobId` (cancelled and retried meanwhile: the retry's carrier runs it,
+   * see JobClaim.superseded). The row lock orders this against a cancel; durable, so that a crash of PostgreSQL cannot bring
    * back a "waiting" job that in fact runs, and let it be cancelled.
    */
-  async startAfterWait(jobId: string): Promise<boolean> {
+  async startAfterWait(jobId: string, bullJobId: string): Promise<boolean> {
     const rows = await this.hot.query(
       `UPDATE jobs SET progress = '{"stage":"running","percent":0}', updated_at = now()
-       WHERE id = $1 AND state = 'active' RETURNING id`,
-      [jobId],
+       WHERE id = $1 AND state = 'active' AND (carrier IS NULL OR carrier = $2) RETURNING id`,
+      [jobId, bullJobId],
     );
     return rows.length > 0;
   }
@@ -337,7 +347,8 @@ export class JobStore {
    * handler's changes commit together. The audit event's trigger notifies `berth_job` at that commit, so
    * a long-poll answers without another round trip. (A notifying commit holds PostgreSQL's notify lock
    * through its WAL flush: only these terminal transitions are durable notifying commits; enqueues do
-   * not notify and the `active` mark is not flushed.)
+   * not notify and the `active` mark is not flushed.) With `apply`, `sql` must answer a row when its
+   * transition happened: without one, `apply` is not run.
    */
   private async write<T extends Record<string, unknown> = Record<string, unknown>>(
     sql: string,
@@ -347,7 +358,8 @@ export class JobStore {
     if (!apply) return this.hot.query<T>(sql, params);
     return this.ds.transaction(async (m) => {
       const rows = await preparedQuery<T>(m, sql, params);
-      await apply(m);
+      // The transition did not happen (the job is no longer `active`): nor do the handler's changes.
+      if (rows.length > 0) await apply(m);
       return rows;
     });
   }
@@ -438,18 +450,24 @@ export class JobStore {
     });
   }
 
+  /**
+   * The job's attempt failed and another follows after `delayMs`; the failure is recorded. Only from
+   * `active`: a job that ended meanwhile (e.g. completed by another run of the same carrier that BullMQ
+   * handed out again as stalled) keeps its end.
+   */
   async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {
     await this.write(
       `WITH
        u AS (
          UPDATE jobs SET state = 'waiting-retry', error_code = $2, error_message = $3, error_step = $4,
                 updated_at = now()
-         WHERE id = $1 RETURNING id, kind, container_id)
+         WHERE id = $1 AND state = 'active' RETURNING id, kind, container_id)
        ${auditFromUpdate('job.retry', `jsonb_build_object('attempt', $5::int, 'delayMs', $6::bigint, 'error', $7::jsonb)`)}`,
       [job.id, failure.code, failure.message, failure.step, attempt, delayMs, JSON.stringify(failure)],
     );
   }
 
+  /** The job failed for good (see waitingRetry for why only from `active`), with the handler's `apply`. */
   async fail(
     job: StoredJob,
     failure: JobFailure,
@@ -460,8 +478,9 @@ export class JobStore {
        u AS (
          UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, error_step = $4, finished_at = now(),
                 updated_at = now()
-         WHERE id = $1 RETURNING id, kind, container_id)
-       ${auditFromUpdate('job.failed', `jsonb_build_object('error', $5::jsonb)`)}`,
+         WHERE id = $1 AND state = 'active' RETURNING id, kind, container_id)
+       ${auditFromUpdate('job.failed', `jsonb_build_object('error', $5::jsonb)`)}
+       RETURNING job_id`,
       [job.id, failure.code, failure.message, failure.step, JSON.stringify(failure)],
       apply,
     );

@@ -19,6 +19,8 @@ export class Job {
   @Column('uuid', { name: 'campaign_id', nullable: true }) campaignId: string | null;
   /** Position in its container's FIFO; null for jobs not bound to a container. */
   @Column('integer', { name: 'container_seq', nullable: true }) containerSeq: number | null;
+  /** The BullMQ job that carries it once it has had several (migration JobCarrier); null: its first. */
+  @Column('text', { nullable: true }) carrier: string | null;
   @Column('jsonb') params: Record<string, unknown>;
   @Column('jsonb', { nullable: true }) result: Record<string, unknown> | null;
   @Column('jsonb', { nullable: true }) progress: JobProgress | null;

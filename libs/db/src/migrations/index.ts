@@ -8,6 +8,7 @@ import { JobNotifyRow1764600000000 } from './1764600000000-job-notify-row';
 import { JobActiveSilent1764700000000 } from './1764700000000-job-active-silent';
 import { AuditIndexUnused1764800000000 } from './1764800000000-audit-index-unused';
 import { HostReservations1764900000000 } from './1764900000000-host-reservations';
+import { JobCarrier1765000000000 } from './1765000000000-job-carrier';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -21,4 +22,5 @@ export const migrations = [
   JobActiveSilent1764700000000,
   AuditIndexUnused1764800000000,
   HostReservations1764900000000,
+  JobCarrier1765000000000,
 ];
