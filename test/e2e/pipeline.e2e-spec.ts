@@ -74,6 +74,23 @@ describeKernel(
       expect(readFileSync(cg('pids', 'cgroup.procs'), 'utf8')).toContain(String(pid));
     }, 60_000);
 
+    it('restarts: a new init in the cgroup, the old one gone; stop and start recorded as its two steps', async () => {
+      const before = (await p.http().get(`/v1/containers/${id}`).set(p.auth())).body;
+      const oldPid = (await p.ds.query(`SELECT result FROM jobs WHERE id = $1`, [before.lastJobId]))[0].result
+        .initPid as number;
+      const job = await accepted(await p.http().post(`/v1/containers/${id}/restart`).set(p.auth()).send({}));
+      const pid = (job.result as { initPid: number }).initPid;
+      expect(pid).not.toBe(oldPid);
+      const procs = readFileSync(cg('pids', 'cgroup.procs'), 'utf8').split('\n');
+      expect(procs).toContain(String(pid));
+      expect(procs).not.toContain(String(oldPid));
+      const steps: { step: string }[] = await p.ds.query(
+        `SELECT data->>'step' AS step FROM audit_events WHERE job_id = $1 AND action = 'job.step.done' ORDER BY id`,
+        [job.id],
+      );
+      expect(steps.map((s) => s.step)).toEqual(['stop', 'start']);
+    }, 60_000);
+
     it('resizes live and pauses/resumes, checked in the cgroup', async () => {
       await accepted(
         await p
@@ -117,7 +134,8 @@ describeKernel(
       expect(actions).toEqual(
         expect.arrayContaining(['job.queued', 'job.active', 'job.step.done', 'job.completed']),
       );
-      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(7); // create, stop, start, resize, pause, resume, destroy
+      // create, stop, start, restart, resize, pause, resume, destroy
+      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(8);
     });
   },
 );

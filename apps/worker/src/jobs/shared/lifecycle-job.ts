@@ -4,7 +4,7 @@ import type { JobHandler } from '../job-context';
 
 type SimpleKind = Extract<
   JobKind,
-  'container.start' | 'container.stop' | 'container.restart' | 'container.pause' | 'container.resume'
+  'container.start' | 'container.stop' | 'container.pause' | 'container.resume'
 >;
 
 /** A one-step container operation whose result is the container's new runtime state. */
