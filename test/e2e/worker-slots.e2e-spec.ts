@@ -256,6 +256,43 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     await w2.stop();
   }, 90_000);
 
+  it('a job that keeps losing its worker is recorded as failed past WORKER_MAX_STALLED, not run again for ever', async () => {
+    const env = { WORKER_LOCK_MS: '1000', WORKER_MAX_STALLED: '1' };
+    let w = await c.startWorker(env);
+    const job = (await c.api
+      .get(JobEnqueuer)
+      .submit({
+        kind: 'system.noop',
+        payload: { n: 77, holdMs: 30_000 },
+        hostId: await c.hostId(),
+        principal,
+      }))!;
+    const runs = async () =>
+      (
+        await c.ds.query(
+          `SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = 'job.active'`,
+          [job.id],
+        )
+      )[0].n as number;
+    // Its worker dies mid-run twice: the first loss runs it again, the second is one too many.
+    await until('the first run', async () => (await runs()) === 1);
+    await w.kill();
+    w = await c.startWorker(env);
+    await until('the run again after the first loss', async () => (await runs()) === 2, 20_000);
+    await w.kill();
+    w = await c.startWorker(env);
+    const res = await c.http().get(`/v1/jobs/${job.id}/wait?timeout=30`).set(c.auth());
+    expect(res.body).toMatchObject({ state: 'failed', error: { code: 'WORKER_LOST' } });
+    expect(res.body.error.message).toMatch(/more than 1 times/);
+    const of = await actionsOf([job.id]);
+    expect(of(job.id)).toEqual(['job.queued', 'job.active', 'job.active', 'job.failed']);
+    // And a worker started later leaves it failed (its start-up sweep does not requeue it).
+    await w.stop();
+    w = await c.startWorker(env);
+    expect((await rows([job.id]))[0].state).toBe('failed');
+    await w.stop();
+  }, 90_000);
+
   it('a job waiting for a slot can be cancelled and never runs; a running one cannot', async () => {
     const { w, ids, waiting, running } = await oneRunningTwoWaiting();
     const cancel = (id: string) => c.http().post(`/v1/jobs/${id}/cancel`).set(c.auth()).send({});

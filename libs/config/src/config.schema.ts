@@ -89,6 +89,11 @@ export const envSchema = z.object({
   /** BullMQ job lock (renewed while a job runs); a crashed worker's jobs are retried after it expires. */
   WORKER_LOCK_MS: int(1_000, 600_000).default(30_000),
   SHUTDOWN_GRACE_MS: int(0, 600_000).default(30_000),
+  /**
+   * Times a job may lose its worker mid-run (a kill, a crash: its lock lapses) and be run again; once more
+   * and BullMQ fails it, and Berth records it as failed (WORKER_LOST) instead of running it again.
+   */
+  WORKER_MAX_STALLED: int(0, 100).default(5),
   /** Where the worker serves its Prometheus metrics (`GET /metrics`); port 0: not served. */
   WORKER_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
   WORKER_METRICS_PORT: int(0, 65535).default(0),

@@ -26,6 +26,8 @@ export interface BerthConfig {
     prefetch: number;
     shutdownGraceMs: number;
     lockMs: number;
+    /** Runs a job may lose to a dead worker before it fails (WORKER_LOST). */
+    maxStalled: number;
     /** Prometheus metrics of the worker; port 0: off. */
     metrics: { host: string; port: number };
   };
@@ -84,6 +86,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig
       prefetch: e.WORKER_PREFETCH ?? e.WORKER_CONCURRENCY,
       shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
       lockMs: e.WORKER_LOCK_MS,
+      maxStalled: e.WORKER_MAX_STALLED,
       metrics: { host: e.WORKER_METRICS_HOST, port: e.WORKER_METRICS_PORT },
     },
     runtime: {

@@ -45,6 +45,9 @@ const release =
 
 const FINAL_STATES = ['completed', 'cancelled', 'failed'];
 
+/** BullMQ's reason for a job it failed because it lost its worker more than `maxStalledCount` times. */
+const STALL_LIMIT = /stalled more than allowable limit/;
+
 /** BullMQ states of a job that will not run again by itself ('unknown': the job is gone). */
 const BULL_ENDED = ['completed', 'failed', 'unknown'];
 
@@ -107,6 +110,8 @@ export function classify(e: unknown): JobFailure & { permanent: boolean } {
 @Injectable()
 export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown {
   private worker?: Worker<QueuedJobData>;
+  /** This host's queue, for looking jobs up (the Worker only consumes). */
+  private queue?: Queue<QueuedJobData>;
   private readonly handlers = buildRegistry();
   private hostId?: string;
   private readonly behind: WrittenBehind;
@@ -134,7 +139,12 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     this.hostId = await this.registration.registered;
     await this.runtime.get();
     const queue = hostQueueName(this.hostId);
-    await this.sweep(queue);
+    this.queue = new Queue<QueuedJobData>(queue, {
+      connection: bullConnection(this.config.redis.url),
+      prefix: this.config.redis.bullPrefix,
+    });
+    this.queue.on('error', (e) => this.log.warn({ err: e }, 'queue error'));
+    await this.sweep();
     this.worker = new Worker<QueuedJobData>(queue, (job, token) => this.process(job, token), {
       connection: bullConnection(this.config.redis.url),
       prefix: this.config.redis.bullPrefix,
@@ -142,10 +152,22 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       concurrency: this.config.worker.concurrency + this.config.worker.prefetch,
       lockDuration: this.config.worker.lockMs,
       stalledInterval: this.config.worker.lockMs,
-      // A worker killed mid-job makes its jobs stalled: they are retried, not failed, up to this many times.
-      maxStalledCount: 5,
+      // A worker killed mid-job makes its jobs stalled: they run again, up to this many times (then
+      // BullMQ fails them, without a handler to hear of it: see lostTooOften).
+      maxStalledCount: this.config.worker.maxStalled,
     });
     this.worker.on('error', (e) => this.log.warn({ err: e }, 'queue error'));
+    // A job past the stall limit: BullMQ fails it when it hands it out next, without calling `process`.
+    this.worker.on('failed', (bull, err) => {
+      if (bull && STALL_LIMIT.test(err.message))
+        void this.lostTooOften(bull.data.jobId, bull).catch((e: unknown) =>
+          // The next start's sweep records it.
+          this.log.warn(
+            { err: e, bullJobId: bull.id },
+            'could not record a job that lost its worker too often',
+          ),
+        );
+    });
     const { concurrency, prefetch } = this.config.worker;
     this.log.info({ queue, concurrency, prefetch }, 'consuming host queue');
   }
@@ -154,32 +176,57 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
    * Jobs that Postgres records as `active` on this host while their BullMQ job has ended (completed,
    * failed, or gone): a worker died after BullMQ recorded the end and before Postgres did (the completion is
    * written behind, see WrittenBehind), or Postgres refused the end until the worker gave up. Each goes
-   * back to the queue (JobStore.requeue) and runs again, resuming after its recorded steps. Jobs whose
+   * back to the queue (JobStore.requeue) and runs again, resuming after its recorded steps; but a job that
+   * BullMQ failed because it lost its worker too often is recorded as failed (lostTooOften). Jobs whose
    * BullMQ job is still active or waiting are BullMQ's to hand back (stalled jobs).
    */
-  private async sweep(queueName: string): Promise<void> {
+  private async sweep(): Promise<void> {
     const active = await this.store.unfinishedActive(this.hostId!);
-    if (active.length === 0) return;
-    const queue = new Queue(queueName, {
-      connection: bullConnection(this.config.redis.url),
-      prefix: this.config.redis.bullPrefix,
-    });
-    try {
-      for (const { id, bullJobId } of active) {
-        if (!bullJobId) {
-          this.log.warn({ jobId: id }, 'active job without a recorded BullMQ job: left to BullMQ');
-          continue;
-        }
-        const bull = await queue.getJob(bullJobId);
-        const state = bull ? await bull.getState() : 'unknown';
-        if (!BULL_ENDED.includes(state)) continue;
-        const reason = `BullMQ job ${bullJobId} is ${state} but its end was not recorded`;
-        if (await this.store.requeue(id, reason, bullJobId))
-          this.log.warn({ jobId: id, bullJobId, state }, 'requeued a job whose end was lost');
+    for (const { id, bullJobId } of active) {
+      if (!bullJobId) {
+        this.log.warn({ jobId: id }, 'active job without a recorded BullMQ job: left to BullMQ');
+        continue;
       }
-    } finally {
-      await queue.close();
+      const bull = await this.queue!.getJob(bullJobId);
+      const state = bull ? await bull.getState() : 'unknown';
+      if (!BULL_ENDED.includes(state)) continue;
+      if (bull && state === 'failed' && STALL_LIMIT.test(bull.failedReason ?? '')) {
+        await this.lostTooOften(id, bull);
+        continue;
+      }
+      const reason = `BullMQ job ${bullJobId} is ${state} but its end was not recorded`;
+      if (await this.store.requeue(id, reason, bullJobId))
+        this.log.warn({ jobId: id, bullJobId, state }, 'requeued a job whose end was lost');
     }
+  }
+
+  /**
+   * A job whose runs keep killing or losing their worker (a crash it causes, say) is not run again: it is
+   * recorded as failed, `WORKER_LOST`, when Postgres still says `active`, with the clean-up of a failed job
+   * of its kind (its container's state from the runtime). Running it again would loop for ever.
+   */
+  private async lostTooOften(jobId: string, bull: Job<QueuedJobData>): Promise<void> {
+    const job = await this.store.load(jobId);
+    if (!job || job.state !== 'active') return;
+    const handler = this.handlers.get(job.kind)!;
+    const failure: JobFailure = {
+      code: 'WORKER_LOST',
+      message: `its worker stopped in the middle of it more than ${this.config.worker.maxStalled} times (BullMQ job ${bull.id}: ${bull.failedReason}); not run again`,
+      step: null,
+    };
+    const runtime = await this.runtime.get();
+    const hostId = this.hostId!;
+    const ctx = {
+      job,
+      runtime,
+      hostId,
+      get payload() {
+        return parseJobPayload(job.kind, job.params);
+      },
+    } as JobContext;
+    await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
+    this.metrics.ended(job.kind, 'failed');
+    this.log.warn({ jobId, bullJobId: bull.id }, 'recorded as failed a job that lost its worker too often');
   }
 
   /**
@@ -465,7 +512,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
    * down before the modules it imports: the database pools close after this.)
    */
   async onApplicationShutdown(): Promise<void> {
-    if (!this.worker) return;
+    if (!this.worker) return this.queue?.close();
     // Jobs claimed ahead do not start now: they go back to the queue (see `process`).
     this.closing = true;
     this.slots.cancel();
@@ -490,5 +537,6 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     const left = await this.behind.drain(Math.max(deadline - Date.now(), 1_000));
     if (left > 0)
       this.log.warn({ left }, 'ends not recorded at shutdown: the next start requeues their jobs');
+    await this.queue?.close().catch(() => undefined);
   }
 }
