@@ -171,6 +171,7 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         expect.arrayContaining(['202', '404']),
       );
       expect(Object.keys(doc.paths['/v1/containers'].post.responses)).toContain('503');
+      expect(Object.keys(doc.paths['/v1/containers/{id}'].patch.responses)).toContain('503');
     });
 
     it('describes containers, jobs with events, templates, hosts and audit events', () => {
@@ -403,6 +404,18 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       // Valid, but larger than the only host (8 GiB).
       const res = await refused(create({ ...valid(), memoryBytes: 64 * 1024 * MiB }), 503, 'NO_CAPACITY');
       expect(res.body.reasons).toEqual([expect.stringContaining('not enough memory')]);
+      // More CPUs than the host has (4): the runtime would refuse the limit; overcommit is across containers.
+      const cpus = await refused(create({ ...valid(), cpus: 8 }), 503, 'NO_CAPACITY');
+      expect(cpus.body.reasons).toEqual([expect.stringMatching(/has 4 CPUs$/)]);
+    });
+
+    it('refuses a resize its host has no room for with 503 NO_CAPACITY, before any job exists', async () => {
+      const patch = (body: object) => () =>
+        a.http().patch(`/v1/containers/${containerId}`).set(a.auth()).send(body);
+      const cpus = await refused(patch({ cpus: 8 }), 503, 'NO_CAPACITY');
+      expect(cpus.body.reasons).toEqual([expect.stringMatching(/has 4 CPUs$/)]);
+      const memory = await refused(patch({ memoryBytes: 16 * 1024 * MiB }), 503, 'NO_CAPACITY');
+      expect(memory.body.reasons).toEqual([expect.stringContaining('not enough memory')]);
     });
 
     it('refuses unknown fields with 400, naming them', async () => {
@@ -591,6 +604,47 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       });
     });
   });
+});
+
+describe('CPU room: limits overcommitted across containers, up to 16 per core', () => {
+  let a: ApiOnly;
+  beforeAll(async () => {
+    a = await startApiOnly('cpuroom');
+  }, 60_000);
+  afterAll(() => a?.close(), 30_000);
+
+  it('refuses the create and the resize that would pass 16 × the host’s cores, saying how much is free', async () => {
+    const create = (name: string, cpus: number) =>
+      a
+        .http()
+        .post('/v1/containers')
+        .set(a.auth())
+        .send({ name, template: a.template, cpus, memoryBytes: 16 * MiB, start: false });
+    // The host has 4 cores: 64 CPUs of limits in all, here 15 × 4 + 3 + 1.
+    for (let i = 0; i < 15; i++) expect((await create(`full-${i}`, 4)).status).toBe(202);
+    expect((await create('three', 3)).status).toBe(202);
+    const one = await create('one', 1);
+    expect(one.status).toBe(202);
+    const before = await a.counts();
+    const full = await create('over', 0.5);
+    expectProblem(full, 503, 'NO_CAPACITY');
+    expect(full.body.reasons).toEqual([expect.stringMatching(/not enough CPU \(0\.00 free\)$/)]);
+    const grow = await a
+      .http()
+      .patch(`/v1/containers/${one.body.container.id}`)
+      .set(a.auth())
+      .send({ cpus: 2 });
+    expectProblem(grow, 503, 'NO_CAPACITY');
+    expect(grow.body.reasons).toEqual([expect.stringMatching(/not enough CPU \(0\.00 free\)$/)]);
+    expect(await a.counts()).toEqual(before);
+    // Shrinking needs no room.
+    const shrink = await a
+      .http()
+      .patch(`/v1/containers/${one.body.container.id}`)
+      .set(a.auth())
+      .send({ cpus: 0.5 });
+    expect(shrink.status).toBe(202);
+  }, 60_000);
 });
 
 describe('admin key bootstrap', () => {

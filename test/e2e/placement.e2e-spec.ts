@@ -63,12 +63,11 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     expect(body.reasons).toEqual(
       expect.arrayContaining([expect.stringMatching(new RegExp(`^${c.hostName}: not enough memory`))]),
     );
-    // CPU is checked before memory, and said with two decimals.
-    const cpu = await expectRefused({ cpus: 1024, memoryBytes: TiB }, /not enough CPU/);
+    // CPU is checked before memory: a limit above the host's cores, whatever is free (the runtime would
+    // refuse it; CPU is overcommitted across containers, not within one).
+    const cpu = await expectRefused({ cpus: 1024, memoryBytes: TiB }, /has \d+ CPUs/);
     expect(cpu.reasons).toEqual(
-      expect.arrayContaining([
-        expect.stringMatching(new RegExp(`^${c.hostName}: not enough CPU \\(\\d+\\.\\d\\d free\\)$`)),
-      ]),
+      expect.arrayContaining([expect.stringMatching(new RegExp(`^${c.hostName}: has \\d+ CPUs$`))]),
     );
   });
 

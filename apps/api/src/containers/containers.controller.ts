@@ -139,7 +139,7 @@ export class ContainersController {
   @Patch(':id')
   @HttpCode(202)
   @ApiOperation({ summary: 'Resize live: CPU, memory and pids limits take effect without a restart' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404, 503)
   async resize(
     @Param('id', UuidPipe) id: string,
     @Body() dto: ResizeContainerDto,

@@ -46,7 +46,8 @@ const LOCK = `SELECT pg_advisory_xact_lock(hashtext('berth.placement'))`;
 /**
  * Chooses the host and inserts the container and its request's audit event, in one statement. Each host
  * (or only `$4`, an explicit one) gets the first reason it cannot take the container, null when it can:
- * offline (no fresh heartbeat), draining, the template not ready there, not enough CPU, memory or disk
+ * offline (no fresh heartbeat), draining, the template not ready there, fewer CPUs than the container's
+ * limit, not enough CPU, memory or disk
  * (what its live containers reserve: the host's counters, kept by a trigger on the containers table, see
  * migration HostReservations). The fitting host with the most free memory wins (then
  * by name). The answer is one row: the inserted container (its columns null when nothing fitted), how
@@ -67,6 +68,8 @@ const PLACE_AND_INSERT = `WITH
           WHEN NOT EXISTS (SELECT 1 FROM template_replicas r JOIN templates t ON t.id = r.template_id
                            WHERE r.host_id = f.id AND t.name = $1 AND r.state = 'ready')
             THEN 'template not available there'
+          -- The runtime refuses a CPU limit above the host's cores (overcommit is across containers only).
+          WHEN f.cpu_count < $3::float THEN format('has %s CPUs', f.cpu_count)
           WHEN f.cpu_free < $3::float THEN format('not enough CPU (%s free)', round(f.cpu_free::numeric, 2))
           WHEN f.mem_free < $5::bigint THEN format('not enough memory (%s bytes free)', f.mem_free)
           WHEN f.disk_free < $6::bigint THEN format('not enough disk (%s bytes free)', f.disk_free)
