@@ -2,10 +2,12 @@ import { request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Client } from 'pg';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
+import { JobNotifications } from '../../apps/api/src/jobs/job-notifications';
 import { JobsService } from '../../apps/api/src/jobs/jobs.service';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, type Pipeline } from '@test/support/pipeline';
+import { until } from '@test/support/worker-process';
 
 const UNKNOWN = '00000000-0000-4000-8000-000000000000';
 
@@ -204,6 +206,37 @@ describe('jobs API: filters, pagination, long-poll', () => {
     expect(res.body.waitingReason).toMatch(/^waiting for host jobsapi-offline: offline since \d{4}-/);
     expect(took).toBeGreaterThanOrEqual(900);
     expect(took).toBeLessThan(2_500);
+  });
+
+  it('a long-poll whose client hangs up stops following the job', async () => {
+    const [{ id: queued }] = await a.ds.query(
+      `SELECT id FROM jobs WHERE host_id = $1 AND state = 'queued' LIMIT 1`,
+      [offlineHost],
+    );
+    const notifications = a.api.get(JobNotifications);
+    const server = a.api.getHttpServer() as import('node:http').Server;
+    await listen(server);
+    const { port } = server.address() as AddressInfo;
+    const req = httpRequest({
+      host: '127.0.0.1',
+      port,
+      path: `/v1/jobs/${queued}/wait?timeout=60`,
+      headers: a.auth(),
+    });
+    req.on('error', () => undefined);
+    req.end();
+    await until(
+      'the long-poll to follow the job',
+      async () => notifications.subscribers(queued) === 1,
+      5_000,
+    );
+    req.destroy();
+    // Not for the rest of its 60 s: as soon as the server sees the connection go.
+    await until(
+      'the long-poll to let go of the job',
+      async () => notifications.subscribers(queued) === 0,
+      3_000,
+    );
   });
 
   it('wait returns at once when the job ends, and at once for an ended job', async () => {

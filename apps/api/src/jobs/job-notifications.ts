@@ -41,6 +41,11 @@ export class JobNotifications implements OnApplicationBootstrap, OnApplicationSh
     return () => this.emitter.off(jobId, fn);
   }
 
+  /** How many subscriptions job `jobId` has (long-polls and event streams following it). */
+  subscribers(jobId: string): number {
+    return this.emitter.listenerCount(jobId);
+  }
+
   onApplicationShutdown(): void {
     this.stop?.();
   }

@@ -68,8 +68,13 @@ export class JobsController {
   @ApiOperation({ summary: 'Long-poll: answers as soon as the job has ended, or after `timeout` seconds' })
   @ApiOkResponse({ type: JobDto, description: 'the job: ended, or as it is when the timeout passed' })
   @ApiProblems(400, 404)
-  wait(@Param('id', UuidPipe) id: string, @Query() q: WaitQuery) {
-    return this.jobs.wait(id, (q.timeout ?? 30) * 1_000);
+  wait(@Param('id', UuidPipe) id: string, @Query() q: WaitQuery, @Res({ passthrough: true }) res: Response) {
+    // A client that hangs up stops the wait (the response's 'close' before its end: the connection went).
+    const gone = new AbortController();
+    res.on('close', () => {
+      if (!res.writableFinished) gone.abort();
+    });
+    return this.jobs.wait(id, (q.timeout ?? 30) * 1_000, gone.signal);
   }
 
   @Sse(':id/events')

@@ -128,10 +128,13 @@ export class JobsService {
     };
   }
 
-  /** Resolves as soon as the job has ended, or after `timeoutMs` with its current state. */
-  async wait(id: string, timeoutMs: number): Promise<JobView> {
+  /**
+   * Resolves as soon as the job has ended, or after `timeoutMs` with its current state; at once, with the
+   * state it had, when `signal` aborts (the client went away: it stops following the job).
+   */
+  async wait(id: string, timeoutMs: number, signal?: AbortSignal): Promise<JobView> {
     const first = await this.get(id);
-    if (FINAL_JOB_STATES.includes(first.state)) return first;
+    if (FINAL_JOB_STATES.includes(first.state) || signal?.aborted) return first;
     return new Promise<JobView>((resolve, reject) => {
       let done = false;
       const finish = (v: Promise<JobView>) => {
@@ -140,6 +143,7 @@ export class JobsService {
         clearTimeout(timer);
         clearInterval(safety);
         unsubscribe();
+        signal?.removeEventListener('abort', gone);
         v.then(resolve, reject);
       };
       const check = () => {
@@ -158,6 +162,8 @@ export class JobsService {
       // Safety net for a lost notification (LISTEN connection re-established in between).
       const safety = setInterval(check, 1_000);
       const timer = setTimeout(() => finish(this.get(id)), timeoutMs);
+      const gone = () => finish(Promise.resolve(first));
+      signal?.addEventListener('abort', gone);
       check();
     });
   }
