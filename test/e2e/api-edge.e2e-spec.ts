@@ -7,6 +7,7 @@ import { createApiApp } from '../../apps/api/src/bootstrap';
 import { ApiKeyService } from '../../apps/api/src/auth/api-key.service';
 import { generateApiKey } from '../../apps/api/src/auth/api-keys';
 import { createMigratedDatabase, dropDatabase, startApiOnly, type ApiOnly } from '@test/support/api-only';
+import { createTestKey } from '@test/support/pipeline';
 import { testConfig } from '@test/support/config';
 import request from 'supertest';
 
@@ -603,6 +604,85 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         outbox: before.outbox + 1,
       });
     });
+  });
+});
+
+describe('keys of a tenant (room for tenants, no holes)', () => {
+  let a: ApiOnly;
+  let mine: string;
+  let theirs: string;
+  beforeAll(async () => {
+    a = await startApiOnly('tenants');
+    const tenant = async (name: string) =>
+      (
+        (await a.ds.query(`INSERT INTO tenants (name) VALUES ($1) RETURNING id`, [name])) as { id: string }[]
+      )[0].id;
+    mine = await createTestKey(a.ds, [], await tenant('t-mine'));
+    theirs = await createTestKey(a.ds, [], await tenant('t-theirs'));
+  }, 60_000);
+  afterAll(() => a?.close(), 30_000);
+
+  it('sees only its own containers, jobs and audit trail; the fleet’s writes and privileged containers are refused', async () => {
+    const made = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth(mine))
+      .send({ name: 'mine-1', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+    expect(made.status).toBe(202);
+    const { job, container } = made.body as { job: { id: string }; container: { id: string } };
+
+    // The other tenant: as if neither existed.
+    const other = (m: Method, url: string) => {
+      const r = a.http()[m](url).set(a.auth(theirs));
+      return m === 'get' ? r : r.send({});
+    };
+    for (const [m, url] of [
+      ['get', `/v1/containers/${container.id}`],
+      ['get', `/v1/jobs/${job.id}`],
+      ['get', `/v1/jobs/${job.id}/wait?timeout=0`],
+      ['get', `/v1/jobs/${job.id}/events`],
+      ['post', `/v1/jobs/${job.id}/cancel`],
+      ['post', `/v1/jobs/${job.id}/retry`],
+    ] as [Method, string][]) {
+      const res = await other(m, url);
+      expect({ url, status: res.status }).toEqual({ url, status: 404 });
+    }
+    const ids = async (key: string, url: string) =>
+      ((await a.http().get(url).set(a.auth(key))).body.items as { id: string }[]).map((x) => x.id);
+    expect(await ids(theirs, '/v1/jobs')).not.toContain(job.id);
+    expect(await ids(mine, '/v1/jobs')).toContain(job.id);
+    expect(await ids(a.token, '/v1/jobs')).toContain(job.id);
+    const story = async (key: string) =>
+      (await a.http().get(`/v1/audit?subject=${container.id}`).set(a.auth(key))).body as unknown[];
+    expect(await story(theirs)).toEqual([]);
+    expect((await story(mine)).length).toBeGreaterThanOrEqual(2);
+    expect((await a.http().get(`/v1/jobs/${job.id}`).set(a.auth(mine))).status).toBe(200);
+
+    // The fleet is the operator's: drain, undrain, template import; and real root inside a container.
+    for (const url of [`/v1/hosts/${a.hostId}/drain`, `/v1/hosts/${a.hostId}/undrain`]) {
+      const res = await a.http().post(url).set(a.auth(mine)).send({});
+      expectProblem(res, 403, 'FORBIDDEN');
+    }
+    const before = await a.counts();
+    expectProblem(
+      await a
+        .http()
+        .post('/v1/templates')
+        .set(a.auth(mine))
+        .send({ name: 'tenant-tpl', source: 'builtin:busybox' }),
+      403,
+      'FORBIDDEN',
+    );
+    expectProblem(
+      await a
+        .http()
+        .post('/v1/containers')
+        .set(a.auth(mine))
+        .send({ name: 'mine-root', template: a.template, cpus: 1, memoryBytes: 64 * MiB, privileged: true }),
+      403,
+      'FORBIDDEN',
+    );
+    expect(await a.counts()).toEqual(before);
   });
 });
 

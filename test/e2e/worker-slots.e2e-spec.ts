@@ -259,14 +259,12 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
   it('a job that keeps losing its worker is recorded as failed past WORKER_MAX_STALLED, not run again for ever', async () => {
     const env = { WORKER_LOCK_MS: '1000', WORKER_MAX_STALLED: '1' };
     let w = await c.startWorker(env);
-    const job = (await c.api
-      .get(JobEnqueuer)
-      .submit({
-        kind: 'system.noop',
-        payload: { n: 77, holdMs: 30_000 },
-        hostId: await c.hostId(),
-        principal,
-      }))!;
+    const job = (await c.api.get(JobEnqueuer).submit({
+      kind: 'system.noop',
+      payload: { n: 77, holdMs: 30_000 },
+      hostId: await c.hostId(),
+      principal,
+    }))!;
     const runs = async () =>
       (
         await c.ds.query(

@@ -30,13 +30,16 @@ export interface Pipeline {
   close(): Promise<void>;
 }
 
-export async function createTestKey(ds: DataSource, scopes = ['admin']): Promise<string> {
+export async function createTestKey(
+  ds: DataSource,
+  scopes = ['admin'],
+  tenantId: string | null = null,
+): Promise<string> {
   const key = generateApiKey();
-  await ds.query(`INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES ('test', $1, $2, $3)`, [
-    key.prefix,
-    key.secretHash,
-    scopes,
-  ]);
+  await ds.query(
+    `INSERT INTO api_keys (name, prefix, secret_hash, scopes, tenant_id) VALUES ('test', $1, $2, $3, $4)`,
+    [key.prefix, key.secretHash, scopes, tenantId],
+  );
   return key.token;
 }
 

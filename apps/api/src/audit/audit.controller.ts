@@ -4,6 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { Type } from 'class-transformer';
 import { IsInt, IsOptional, IsUUID, Matches, Max, Min } from 'class-validator';
 import type { DataSource } from 'typeorm';
+import { CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiProblems } from '../common/problem.dto';
 import { AuditEventDto } from './audit.responses';
 
@@ -41,9 +42,17 @@ export class AuditController {
   @ApiOperation({ summary: 'The append-only audit trail, oldest first: the full story of a subject' })
   @ApiOkResponse({ type: [AuditEventDto] })
   @ApiProblems(400)
-  async list(@Query() q: AuditQuery) {
+  async list(@Query() q: AuditQuery, @CurrentPrincipal() p: Principal) {
     const where: string[] = [];
     const args: unknown[] = [];
+    if (p.tenantId) {
+      // A tenant's key reads the story of its own containers and jobs only.
+      args.push(p.tenantId);
+      where.push(
+        `(subject_id IN (SELECT id FROM containers WHERE tenant_id = $${args.length})
+          OR job_id IN (SELECT id FROM jobs WHERE tenant_id = $${args.length}))`,
+      );
+    }
     if (q.subject) {
       args.push(q.subject);
       where.push(

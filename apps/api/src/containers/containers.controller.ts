@@ -1,8 +1,20 @@
-import { Body, Controller, Delete, Get, HttpCode, Param, Patch, Post, Query, Res } from '@nestjs/common';
+import {
+  Body,
+  Controller,
+  Delete,
+  Get,
+  HttpCode,
+  HttpStatus,
+  Param,
+  Patch,
+  Post,
+  Query,
+  Res,
+} from '@nestjs/common';
 import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import type { Response } from 'express';
 import type { JobKind } from '@berth/jobs';
-import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { CurrentPrincipal, isAdmin, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
 import { jobLocation } from '../jobs/job-view';
 import { ApiAcceptedJob, ApiProblems, UuidPipe } from '../common/problem.dto';
@@ -32,12 +44,15 @@ export class ContainersController {
   @Post()
   @HttpCode(202)
   @ApiOperation({ summary: 'Create a container (and start it unless start=false)' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 503)
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 403, 503)
   async create(
     @Body() dto: CreateContainerDto,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
+    // Real root inside (no user namespace) is the operator's to grant.
+    if (dto.privileged && !isAdmin(p))
+      throw new ApiError(HttpStatus.FORBIDDEN, 'FORBIDDEN', 'a privileged container needs an admin API key');
     return accepted(res, await this.containers.create(dto, p));
   }
 

@@ -4,7 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit } from '@berth/db';
-import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { AdminOnly, CurrentPrincipal, type Principal } from '../auth/principal';
 import { notFound } from '../common/api-error';
 import { ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
 import { HostDto } from './hosts.responses';
@@ -102,7 +102,8 @@ export class HostsController {
   @Post(':id/drain')
   @HttpCode(200)
   @ApiOperation({ summary: 'No new containers are placed on a draining host' })
-  @ApiWrite(HostDto, 'the host, draining', 404)
+  @ApiWrite(HostDto, 'the host, draining', 403, 404)
+  @AdminOnly()
   drain(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.hosts.setDraining(id, true, p);
   }
@@ -110,7 +111,8 @@ export class HostsController {
   @Post(':id/undrain')
   @HttpCode(200)
   @ApiOperation({ summary: 'Place new containers on the host again' })
-  @ApiWrite(HostDto, 'the host, not draining', 404)
+  @ApiWrite(HostDto, 'the host, not draining', 403, 404)
+  @AdminOnly()
   undrain(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.hosts.setDraining(id, false, p);
   }

@@ -14,31 +14,46 @@ import {
   type MessageEvent,
 } from '@nestjs/common';
 import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiProduces, ApiTags } from '@nestjs/swagger';
-import { isUUID } from 'class-validator';
-import type { Request, Response } from 'express';
+import type { Response } from 'express';
 import { Observable } from 'rxjs';
-import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { CurrentPrincipal, type AuthedRequest, type Principal } from '../auth/principal';
 import { ApiAcceptedJob, ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
 import { FINAL_JOB_STATES, jobLocation } from './job-view';
 import { ListJobsQuery, WaitQuery } from './jobs.dto';
 import { JobDto, JobPageDto, JobWithEventsDto } from './jobs.responses';
 import { JobsService } from './jobs.service';
 
+/** What UuidPipe lets through (any version): what it refuses is its 400, not a lookup's 404. */
+const ANY_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 /**
- * An unknown job's event stream answers 404 before it opens. Nest commits SSE headers on the next
- * macrotask, so a lookup inside the handler (a database round trip) can lose that race and end as a 200
- * stream with an error event; guards run, and are answered by the exception filter, before that.
- * A malformed id is left to the UUID pipe (400).
+ * A job of another tenant is answered 404, as an unknown one (JobsService.assertVisible); only a key of a
+ * tenant needs the lookup. A malformed id is left to the UUID pipe (400).
  */
 @Injectable()
-export class JobExistsGuard implements CanActivate {
-  constructor(private readonly jobs: JobsService) {}
+export class JobVisibleGuard implements CanActivate {
+  constructor(protected readonly jobs: JobsService) {}
 
   async canActivate(ctx: ExecutionContext): Promise<boolean> {
-    const id = ctx.switchToHttp().getRequest<Request>().params.id;
-    if (typeof id === 'string' && isUUID(id)) await this.jobs.get(id);
+    const req = ctx.switchToHttp().getRequest<AuthedRequest>();
+    const id = req.params.id;
+    if (typeof id === 'string' && ANY_UUID.test(id) && (this.always || req.principal?.tenantId))
+      await this.jobs.assertVisible(id, req.principal!);
     return true;
   }
+
+  protected readonly always: boolean = false;
+}
+
+/**
+ * The same for an event stream, for every key: an unknown job's stream answers 404 before it opens. Nest
+ * commits SSE headers on the next macrotask, so a lookup inside the handler (a database round trip) can
+ * lose that race and end as a 200 stream with an error event; guards run, and are answered by the
+ * exception filter, before that.
+ */
+@Injectable()
+export class JobExistsGuard extends JobVisibleGuard {
+  protected override readonly always = true;
 }
 
 @ApiTags('jobs')
@@ -51,14 +66,15 @@ export class JobsController {
   @ApiOperation({ summary: 'List jobs, newest first, with filters and cursor pagination' })
   @ApiOkResponse({ type: JobPageDto })
   @ApiProblems(400)
-  list(@Query() q: ListJobsQuery) {
-    return this.jobs.list({ ...q, limit: q.limit ?? 50 });
+  list(@Query() q: ListJobsQuery, @CurrentPrincipal() p: Principal) {
+    return this.jobs.list({ ...q, tenant: p.tenantId ?? undefined, limit: q.limit ?? 50 });
   }
 
   @Get(':id')
   @ApiOperation({ summary: 'A job with every event (transitions, steps, retries) from the audit trail' })
   @ApiOkResponse({ type: JobWithEventsDto })
   @ApiProblems(400, 404)
+  @UseGuards(JobVisibleGuard)
   async get(@Param('id', UuidPipe) id: string) {
     const [job, events] = await Promise.all([this.jobs.get(id), this.jobs.events(id)]);
     return { ...job, events };
@@ -68,6 +84,7 @@ export class JobsController {
   @ApiOperation({ summary: 'Long-poll: answers as soon as the job has ended, or after `timeout` seconds' })
   @ApiOkResponse({ type: JobDto, description: 'the job: ended, or as it is when the timeout passed' })
   @ApiProblems(400, 404)
+  @UseGuards(JobVisibleGuard)
   wait(@Param('id', UuidPipe) id: string, @Query() q: WaitQuery, @Res({ passthrough: true }) res: Response) {
     // A client that hangs up stops the wait (the response's 'close' before its end: the connection went).
     const gone = new AbortController();
@@ -137,6 +154,7 @@ export class JobsController {
   @HttpCode(202)
   @ApiOperation({ summary: 'Retry a failed or cancelled job (resumes after its finished steps)' })
   @ApiAcceptedJob(JobDto, 'the job, queued again; Location: /v1/jobs/<id>', 404)
+  @UseGuards(JobVisibleGuard)
   async retry(
     @Param('id', UuidPipe) id: string,
     @CurrentPrincipal() p: Principal,
@@ -154,6 +172,7 @@ export class JobsController {
     summary: 'Cancel a job that has not started yet (queued, or claimed and waiting for a worker slot)',
   })
   @ApiWrite(JobDto, 'the job, cancelled', 404)
+  @UseGuards(JobVisibleGuard)
   cancel(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.jobs.cancel(id, p);
   }

@@ -34,6 +34,8 @@ export interface JobFilters {
   host?: string;
   campaign?: string;
   since?: string;
+  /** Only this tenant's jobs (a tenant's key). */
+  tenant?: string;
   limit: number;
   cursor?: string;
 }
@@ -53,6 +55,19 @@ export class JobsService {
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
     private readonly notifications: JobNotifications,
   ) {}
+
+  /**
+   * 404 unless job `id` exists and is the caller's: a key of a tenant sees only its tenant's jobs (as it
+   * sees only its containers); a key without a tenant sees every job.
+   */
+  async assertVisible(id: string, principal: Principal): Promise<void> {
+    const [row] = await preparedQuery<{ tenant_id: string | null }>(
+      this.ds,
+      `SELECT tenant_id FROM jobs WHERE id = $1`,
+      [id],
+    );
+    if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId)) throw notFound('job', id);
+  }
 
   /** The job `id` as the API shows it, read on `on` (a request's transaction) or the pool. */
   async get(id: string, on: DataSource | EntityManager = this.ds): Promise<JobView> {
@@ -109,6 +124,7 @@ export class JobsService {
     if (f.host) add('host_id = ?', f.host);
     if (f.campaign) add('campaign_id = ?', f.campaign);
     if (f.since) add('created_at >= ?', f.since);
+    if (f.tenant) add('tenant_id = ?', f.tenant);
     if (f.cursor) {
       const c = decodeCursor(f.cursor);
       args.push(c.at, c.id);

@@ -12,7 +12,7 @@ import { IsIn, IsString, IsUUID, Matches, MaxLength } from 'class-validator';
 import type { Response } from 'express';
 import type { DataSource } from 'typeorm';
 import { appendAudit } from '@berth/db';
-import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { AdminOnly, CurrentPrincipal, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
 import { OmittedOrValid } from '../common/body-optional';
 import { ApiAcceptedJob, ApiProblems } from '../common/problem.dto';
@@ -163,8 +163,11 @@ export class TemplatesController {
   @ApiAcceptedJob(
     TemplateImportAcceptedDto,
     'the template and one job per host; Location: /v1/jobs/<first job id>',
+    403,
     503,
   )
+  // Templates are the fleet's, and an import reads a path on the hosts as root: admins only.
+  @AdminOnly()
   async import(
     @Body() dto: ImportTemplateDto,
     @CurrentPrincipal() p: Principal,
