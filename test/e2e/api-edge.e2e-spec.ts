@@ -394,6 +394,18 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         'VALIDATION_FAILED',
       );
       expect(await templates()).toBe(before);
+      // An import naming an unknown host: 422 as for a create, and no template row left behind.
+      await refused(
+        () =>
+          a
+            .http()
+            .post('/v1/templates')
+            .set(a.auth())
+            .send({ name: 'edge-nohost', source: 'builtin:busybox', host: UNKNOWN }),
+        422,
+        'HOST_NOT_FOUND',
+      );
+      expect(await templates()).toBe(before);
     });
 
     it('refuses missing required fields', async () => {
@@ -432,6 +444,21 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         400,
         'VALIDATION_FAILED',
       );
+      // Writes that take no body refuse fields too, rather than ignore them.
+      for (const [method, url] of [
+        ['delete', `/v1/containers/${containerId}`],
+        ['post', `/v1/jobs/${UNKNOWN}/retry`],
+        ['post', `/v1/jobs/${UNKNOWN}/cancel`],
+        ['post', `/v1/hosts/${a.hostId}/drain`],
+        ['post', `/v1/hosts/${a.hostId}/undrain`],
+      ] as [Method, string][]) {
+        const res = await refused(
+          () => a.http()[method](url).set(a.auth()).send({ force: true }),
+          400,
+          'VALIDATION_FAILED',
+        );
+        expect(res.body.errors).toEqual(['property force should not exist']);
+      }
     });
 
     it('refuses malformed JSON with 400 MALFORMED_JSON', async () => {

@@ -1,4 +1,4 @@
-import { applyDecorators, HttpStatus, ParseUUIDPipe, type Type } from '@nestjs/common';
+import { applyDecorators, HttpStatus, ParseUUIDPipe, type PipeTransform, type Type } from '@nestjs/common';
 import {
   ApiExtraModels,
   ApiHeader,
@@ -119,3 +119,18 @@ export function ApiIdempotencyKey() {
 export const UuidPipe = new ParseUUIDPipe({
   exceptionFactory: () => new ApiError(HttpStatus.BAD_REQUEST, 'INVALID_ID', 'the id must be a UUID'),
 });
+
+/**
+ * The body of a write that takes none (destroy, retry, cancel, drain, undrain): absent or `{}`; a field in
+ * it is refused like an unknown field of any other body (400 VALIDATION_FAILED), not silently ignored.
+ */
+export const NoBodyPipe: PipeTransform = {
+  transform(value: unknown) {
+    const fields = value && typeof value === 'object' ? Object.keys(value) : [];
+    if (fields.length > 0) {
+      const errors = fields.map((f) => `property ${f} should not exist`);
+      throw new ApiError(HttpStatus.BAD_REQUEST, 'VALIDATION_FAILED', errors.join('; '), { errors });
+    }
+    return value;
+  },
+};

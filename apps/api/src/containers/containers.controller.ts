@@ -17,7 +17,7 @@ import type { JobKind } from '@berth/jobs';
 import { CurrentPrincipal, isAdmin, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
 import { jobLocation } from '../jobs/job-view';
-import { ApiAcceptedJob, ApiProblems, UuidPipe } from '../common/problem.dto';
+import { ApiAcceptedJob, ApiProblems, NoBodyPipe, UuidPipe } from '../common/problem.dto';
 import {
   CreateContainerDto,
   ListContainersQuery,
@@ -187,6 +187,7 @@ export class ContainersController {
   @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
   async destroy(
     @Param('id', UuidPipe) id: string,
+    @Body(NoBodyPipe) _body: unknown,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {

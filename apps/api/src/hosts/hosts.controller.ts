@@ -1,4 +1,4 @@
-import { Controller, Get, HttpCode, Inject, Injectable, Param, Post } from '@nestjs/common';
+import { Body, Controller, Get, HttpCode, Inject, Injectable, Param, Post } from '@nestjs/common';
 import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
@@ -6,7 +6,7 @@ import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit } from '@berth/db';
 import { AdminOnly, CurrentPrincipal, type Principal } from '../auth/principal';
 import { notFound } from '../common/api-error';
-import { ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
+import { ApiProblems, ApiWrite, NoBodyPipe, UuidPipe } from '../common/problem.dto';
 import { HostDto } from './hosts.responses';
 
 /** A row of HostsService.list's query. */
@@ -104,7 +104,11 @@ export class HostsController {
   @ApiOperation({ summary: 'No new containers are placed on a draining host' })
   @ApiWrite(HostDto, 'the host, draining', 403, 404)
   @AdminOnly()
-  drain(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
+  drain(
+    @Param('id', UuidPipe) id: string,
+    @Body(NoBodyPipe) _body: unknown,
+    @CurrentPrincipal() p: Principal,
+  ) {
     return this.hosts.setDraining(id, true, p);
   }
 
@@ -113,7 +117,11 @@ export class HostsController {
   @ApiOperation({ summary: 'Place new containers on the host again' })
   @ApiWrite(HostDto, 'the host, not draining', 403, 404)
   @AdminOnly()
-  undrain(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
+  undrain(
+    @Param('id', UuidPipe) id: string,
+    @Body(NoBodyPipe) _body: unknown,
+    @CurrentPrincipal() p: Principal,
+  ) {
     return this.hosts.setDraining(id, false, p);
   }
 }

@@ -1,4 +1,5 @@
 import {
+  Body,
   type CanActivate,
   Controller,
   type ExecutionContext,
@@ -17,7 +18,7 @@ import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiProduces, ApiTags } from
 import type { Response } from 'express';
 import { Observable } from 'rxjs';
 import { CurrentPrincipal, type AuthedRequest, type Principal } from '../auth/principal';
-import { ApiAcceptedJob, ApiProblems, ApiWrite, UuidPipe } from '../common/problem.dto';
+import { ApiAcceptedJob, ApiProblems, ApiWrite, NoBodyPipe, UuidPipe } from '../common/problem.dto';
 import { FINAL_JOB_STATES, jobLocation } from './job-view';
 import { ListJobsQuery, WaitQuery } from './jobs.dto';
 import { JobDto, JobPageDto, JobWithEventsDto } from './jobs.responses';
@@ -157,6 +158,7 @@ export class JobsController {
   @UseGuards(JobVisibleGuard)
   async retry(
     @Param('id', UuidPipe) id: string,
+    @Body(NoBodyPipe) _body: unknown,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
@@ -173,7 +175,11 @@ export class JobsController {
   })
   @ApiWrite(JobDto, 'the job, cancelled', 404)
   @UseGuards(JobVisibleGuard)
-  cancel(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
+  cancel(
+    @Param('id', UuidPipe) id: string,
+    @Body(NoBodyPipe) _body: unknown,
+    @CurrentPrincipal() p: Principal,
+  ) {
     return this.jobs.cancel(id, p);
   }
 }

@@ -98,13 +98,16 @@ export class TemplatesService {
       const hosts: { id: string }[] = dto.host
         ? await m.query(`SELECT id FROM hosts WHERE id = $1`, [dto.host])
         : await m.query(`SELECT id FROM hosts WHERE state = 'online' AND NOT draining ORDER BY name`);
-      if (hosts.length === 0) {
+      if (hosts.length === 0 && dto.host) {
+        // As a create naming an unknown host: the request is wrong, not the fleet short of room.
         throw new ApiError(
-          HttpStatus.SERVICE_UNAVAILABLE,
-          'NO_CAPACITY',
-          dto.host ? `host ${dto.host} does not exist` : 'no online host',
+          HttpStatus.UNPROCESSABLE_ENTITY,
+          'HOST_NOT_FOUND',
+          `host ${dto.host} does not exist`,
         );
       }
+      if (hosts.length === 0)
+        throw new ApiError(HttpStatus.SERVICE_UNAVAILABLE, 'NO_CAPACITY', 'no online host');
       const jobs = [];
       for (const h of hosts) {
         await m.query(
@@ -164,6 +167,7 @@ export class TemplatesController {
     TemplateImportAcceptedDto,
     'the template and one job per host; Location: /v1/jobs/<first job id>',
     403,
+    422,
     503,
   )
   // Templates are the fleet's, and an import reads a path on the hosts as root: admins only.
