@@ -121,9 +121,30 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
     it('defines the Problem schema', () => {
       const p = doc.components.schemas.Problem;
       expect(Object.keys(p.properties).sort()).toEqual(
-        ['code', 'detail', 'errors', 'instance', 'status', 'title', 'type'].sort(),
+        [
+          'code',
+          'detail',
+          'errors',
+          'instance',
+          'status',
+          'title',
+          'type',
+          // The extra members some problems carry (NO_CAPACITY, INVALID_TRANSITION, …_NOT_FOUND).
+          'reasons',
+          'state',
+          'targetState',
+          'id',
+        ].sort(),
       );
       expect(p.required).toEqual(expect.arrayContaining(['type', 'title', 'status', 'code', 'detail']));
+    });
+
+    it('describes the health answers, readiness’s 503 too', () => {
+      const paths = doc.paths as Record<string, Record<string, Operation>>;
+      expect(Object.keys(paths['/healthz'].get.responses)).toEqual(['200']);
+      expect(Object.keys(paths['/readyz'].get.responses).sort()).toEqual(['200', '503']);
+      for (const r of [paths['/healthz'].get.responses['200'], paths['/readyz'].get.responses['503']])
+        expect(r.content?.['application/json'].schema.type).toBe('object');
     });
 
     it('documents each write: its answer schema, Location on 202, Idempotency-Key, its problems', () => {

@@ -27,7 +27,8 @@ export class ProblemDto {
     description:
       'stable machine-readable code, e.g. UNAUTHORIZED, VALIDATION_FAILED, MALFORMED_JSON, INVALID_ID, ' +
       'PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, CONTAINER_NOT_FOUND, TEMPLATE_NOT_FOUND, INVALID_TRANSITION, ' +
-      'CONCURRENT_CHANGE, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_FLIGHT, NO_CAPACITY',
+      'CONCURRENT_CHANGE, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_FLIGHT, NO_CAPACITY, HOST_NOT_FOUND, ' +
+      'JOB_NOT_FOUND, JOB_NOT_RETRYABLE, JOB_NOT_CANCELLABLE, CONTAINER_DESTROYED, FORBIDDEN',
   })
   code: string;
 
@@ -39,12 +40,31 @@ export class ProblemDto {
 
   @ApiPropertyOptional({ type: [String], description: 'each validation error (VALIDATION_FAILED)' })
   errors?: string[];
+
+  @ApiPropertyOptional({
+    type: [String],
+    example: ['h1: not enough memory (1073741824 bytes free)'],
+    description: 'NO_CAPACITY: why each host cannot take it',
+  })
+  reasons?: string[];
+
+  @ApiPropertyOptional({ format: 'uuid', description: '…_NOT_FOUND: the id that does not exist' })
+  id?: string;
+
+  @ApiPropertyOptional({ example: 'stopped', description: 'INVALID_TRANSITION: the container’s state' })
+  state?: string;
+
+  @ApiPropertyOptional({
+    example: 'stopped',
+    description: 'INVALID_TRANSITION: the state the container will be in once its accepted jobs have run',
+  })
+  targetState?: string;
 }
 
 const PROBLEM_DESCRIPTIONS: Record<number, string> = {
   400: 'invalid request: validation failed, malformed JSON, unknown field, bad id or cursor',
   401: 'no valid API key (missing, malformed, unknown or revoked)',
-  403: 'the API key may not call this endpoint (admin keys only)',
+  403: 'the API key may not do this (admin keys only: the fleet’s writes, privileged containers, metrics)',
   404: 'no such resource',
   409: 'conflict: the state machine refuses the transition (INVALID_TRANSITION), the container kept changing while the request was accepted (CONCURRENT_CHANGE: retry), or the Idempotency-Key is still in flight',
   413: 'the body is larger than the limit',
