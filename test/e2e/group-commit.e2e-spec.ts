@@ -2,6 +2,7 @@ import { Queue } from 'bullmq';
 import { Client } from 'pg';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
+import { JobsService } from '../../apps/api/src/jobs/jobs.service';
 import { JobStore } from '../../apps/worker/src/jobs/job-store';
 import type { Principal } from '../../apps/api/src/auth/principal';
 import { describeKernel } from '@test/support/kernel';
@@ -212,6 +213,59 @@ describeKernel(
         { job_id: first.id, bull: `${first.id}-bull` },
         { job_id: second.id, bull: second.id },
       ]);
+    });
+
+    it('a retry resumes after the steps done, unless jobs of its container were accepted after it; only its newest carrier claims it', async () => {
+      const [{ id: containerId }] = await p.ds.query(
+        `INSERT INTO containers (name, host_id, state, target_state, cpus, memory_bytes, disk_bytes, pids_max)
+         VALUES ($1, $2, 'running', 'running', 0.1, 33554432, 67108864, 64) RETURNING id`,
+        [`gc-retry-${process.pid}`, idleHost],
+      );
+      const jobs = p.api.get(JobsService);
+      const store = p.worker.get(JobStore);
+      const failure = { code: 'TEST', message: 'failed by the test', step: 'second' };
+      const job = (await enqueuer.submit({
+        kind: 'system.noop',
+        payload: { n: 1 },
+        hostId: idleHost,
+        containerId,
+        principal,
+      }))!;
+      const first = await store.claim(job.id, 1, job.id);
+      expect(first.activated).toBe(true);
+      await store.stepDone(first.job!, 'first');
+      await store.fail(first.job!, failure);
+
+      // Nothing accepted since: the retry resumes after `first`, through its new carrier only.
+      expect((await jobs.retry(job.id, principal)).state).toBe('queued');
+      expect(await store.claim(job.id, 1, job.id)).toMatchObject({ superseded: true, activated: false });
+      const again = await store.claim(job.id, 1, `${job.id}-r1`);
+      expect(again).toMatchObject({ activated: true, superseded: false });
+      expect([...again.doneSteps]).toEqual(['first']);
+      await store.fail(again.job!, failure);
+
+      // Another job of the container accepted and run since: what `first` did may be undone.
+      const other = (await enqueuer.submit({
+        kind: 'system.noop',
+        payload: { n: 2 },
+        hostId: idleHost,
+        containerId,
+        principal,
+      }))!;
+      const o = await store.claim(other.id, 1, other.id);
+      expect(o.activated).toBe(true);
+      await store.complete(o.job!, { result: {} });
+      await jobs.retry(job.id, principal);
+      const fresh = await store.claim(job.id, 1, `${job.id}-r2`);
+      expect(fresh).toMatchObject({ activated: true, blocked: false });
+      expect([...fresh.doneSteps]).toEqual([]);
+      const requested = await p.ds.query(
+        `SELECT data->>'fresh' AS fresh FROM audit_events
+         WHERE job_id = $1 AND action = 'job.retry.requested' ORDER BY id`,
+        [job.id],
+      );
+      expect(requested).toEqual([{ fresh: 'false' }, { fresh: 'true' }]);
+      await store.complete(fresh.job!, { result: {} });
     });
 
     it("notifies a job's end with its row, and not its active mark", async () => {

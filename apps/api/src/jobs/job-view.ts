@@ -27,6 +27,8 @@ export interface JobRow {
   state: string;
   container_id: string | null;
   host_id: string | null;
+  /** Its place in its container's FIFO. */
+  container_seq?: number | null;
   params: Record<string, unknown>;
   result: Record<string, unknown> | null;
   progress: { stage: string; percent: number } | null;

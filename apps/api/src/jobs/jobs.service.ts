@@ -19,6 +19,8 @@ const NOT_AN_END = new Set(['job.queued', 'job.active', 'job.step.done', 'job.re
  * create), any other operation as the state machine allows it as a new request.
  */
 function retryRefusal(kind: JobKind, target: ContainerState): string | null {
+  // Not a container operation (a job that only names its container, e.g. system.noop in tests).
+  if (!kind.startsWith('container.')) return null;
   if (kind === 'container.create')
     return target === 'creating' || target === 'error'
       ? null
@@ -204,6 +206,9 @@ export class JobsService {
         );
       }
       let seq: number | null = null;
+      // Whether other jobs of its container were accepted after it: then what it did before may have been
+      // undone (a restart's stop, followed by a start), and it runs again from its first step.
+      let fresh = false;
       if (job.container_id) {
         const [c] = await m.query(`SELECT state, target_state FROM containers WHERE id = $1 FOR UPDATE`, [
           job.container_id,
@@ -230,6 +235,7 @@ export class JobsService {
            SELECT job_seq FROM u`,
           [job.container_id, id],
         );
+        fresh = job.container_seq != null && job.container_seq < seq! - 1;
       }
       const [{ n }] = await m.query(
         `SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = 'job.retry.requested'`,
@@ -242,7 +248,7 @@ export class JobsService {
         [id, seq],
       );
       // The job is pending again: the container's target state includes what it will do.
-      await this.afterRequeueOrCancel(m, job, 'job.retry.requested', principal);
+      await this.afterRequeueOrCancel(m, job, 'job.retry.requested', principal, { fresh });
       await publishAgain(m, { ...job, host_id: job.host_id! }, `${id}-r${n + 1}`);
       return this.answer(m, id, principal, jobLocation(id));
     });
@@ -283,7 +289,13 @@ export class JobsService {
   }
 
   /** A job re-entered or left the queue: recompute its container's target state and audit the request. */
-  private async afterRequeueOrCancel(m: EntityManager, job: JobRow, action: string, principal: Principal) {
+  private async afterRequeueOrCancel(
+    m: EntityManager,
+    job: JobRow,
+    action: string,
+    principal: Principal,
+    data: Record<string, unknown> = {},
+  ) {
     if (job.container_id) await recomputeTargetState(m, job.container_id);
     await appendAudit(m, {
       actor: principal.keyId,
@@ -292,6 +304,7 @@ export class JobsService {
       subjectId: job.container_id ?? job.id,
       jobId: job.id,
       requestId: principal.requestId,
+      data,
     });
   }
 }

@@ -44,6 +44,7 @@ const release =
   };
 
 const FINAL_STATES = ['completed', 'cancelled', 'failed'];
+const PENDING = ['queued', 'active', 'waiting-retry'];
 
 /** BullMQ's reason for a job it failed because it lost its worker more than `maxStalledCount` times. */
 const STALL_LIMIT = /stalled more than allowable limit/;
@@ -64,6 +65,15 @@ class StepError extends Error {
 class BookkeepingError extends Error {
   constructor(what: string, cause: unknown) {
     super(`${what} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/** Whether the context's payload parses (JobContext.payload is parsed when read). */
+function readable(ctx: JobContext): boolean {
+  try {
+    return ctx.payload !== undefined;
+  } catch {
+    return false;
   }
 }
 
@@ -119,6 +129,8 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
   private readonly slots: Semaphore;
   /** Set at shutdown: no job starts any more. */
   private closing = false;
+  /** Jobs this process has claimed and not yet let go of (running, or waiting for a slot). */
+  private readonly running = new Set<string>();
   /** Jobs whose bookkeeping before their handler failed, by BullMQ job id: how many times in a row. */
   private readonly bookkeepingFailures = new Map<string, number>();
 
@@ -158,15 +170,10 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     });
     this.worker.on('error', (e) => this.log.warn({ err: e }, 'queue error'));
     // A job past the stall limit: BullMQ fails it when it hands it out next, without calling `process`.
+    // Recorded like a completion: retried while PostgreSQL is away, waited for at shutdown.
     this.worker.on('failed', (bull, err) => {
       if (bull && STALL_LIMIT.test(err.message))
-        void this.lostTooOften(bull.data.jobId, bull).catch((e: unknown) =>
-          // The next start's sweep records it.
-          this.log.warn(
-            { err: e, bullJobId: bull.id },
-            'could not record a job that lost its worker too often',
-          ),
-        );
+        this.behind.add(bull.data.jobId, () => this.lostTooOften(bull.data.jobId, bull));
     });
     const { concurrency, prefetch } = this.config.worker;
     this.log.info({ queue, concurrency, prefetch }, 'consuming host queue');
@@ -207,7 +214,11 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
    */
   private async lostTooOften(jobId: string, bull: Job<QueuedJobData>): Promise<void> {
     const job = await this.store.load(jobId);
-    if (!job || job.state !== 'active') return;
+    // Pending (also `queued` or `waiting-retry`: a worker that died before its claim committed, or after
+    // recording a retry), through its current carrier only (not an older BullMQ job of a job retried
+    // since), and not while this process runs it (a lock that lapsed under a live handler).
+    if (!job || !PENDING.includes(job.state) || this.running.has(job.id)) return;
+    if (job.carrier !== null && job.carrier !== undefined && job.carrier !== bull.id) return;
     const handler = this.handlers.get(job.kind)!;
     const failure: JobFailure = {
       code: 'WORKER_LOST',
@@ -224,7 +235,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
         return parseJobPayload(job.kind, job.params);
       },
     } as JobContext;
-    await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
+    await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure), PENDING);
     this.metrics.ended(job.kind, 'failed');
     this.log.warn({ jobId, bullJobId: bull.id }, 'recorded as failed a job that lost its worker too often');
   }
@@ -287,6 +298,23 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       this.metrics.ended(kind, 'skipped');
       return { skipped: 'ended' };
     }
+    this.running.add(job.id);
+    try {
+      return await this.runClaimed(bull, token, job, claim.doneSteps);
+    } finally {
+      this.running.delete(job.id);
+    }
+  }
+
+  /** `run` for a job its claim activated: a slot, the handler, the end. */
+  private async runClaimed(
+    bull: Job<QueuedJobData>,
+    token: string | undefined,
+    job: StoredJob,
+    doneSteps: Set<string>,
+  ): Promise<unknown> {
+    const { jobId, kind } = bull.data;
+    const attempt = bull.attemptsMade + 1;
     const handler = this.handlers.get(kind)!;
     const log = this.log.logger.child({ jobId, kind, containerId: job.container_id, hostId: this.hostId });
     this.metrics.waiting.inc();
@@ -321,7 +349,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     log.info({ attempt }, 'job started');
     const { ctx, settle } = await bookkeeping(
       'its context',
-      this.context(job, handler, bull, claim.doneSteps, log),
+      this.context(job, handler, bull, doneSteps, log),
     ).catch(release(releaseSlot));
     // Finished steps whose records are still to write: with the job's end, whichever it is.
     const unrecorded: string[] = [];
@@ -417,8 +445,9 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     m: Parameters<NonNullable<JobHandler['onFailed']>>[1],
     failure: JobFailure,
   ) {
-    // A handler's own clean-up reads the payload: not when the payload itself is what failed the job.
-    if (handler.onFailed && failure.code !== 'INVALID_PAYLOAD') return handler.onFailed(ctx, m, failure);
+    // A handler's own clean-up reads the payload: not when the payload does not parse (what failed the
+    // job, or a payload from before a stricter schema): the generic clean-up then.
+    if (handler.onFailed && readable(ctx)) return handler.onFailed(ctx, m, failure);
     const id = ctx.job.container_id;
     if (!id) return;
     const status = await ctx.runtime.containers.get(id).then(

@@ -19,6 +19,8 @@ export interface StoredJob {
   container_id: string | null;
   host_id: string;
   container_seq: number | null;
+  /** The BullMQ job that carries it, once it has had several (see JobClaim.superseded); null: its first. */
+  carrier?: string | null;
   params: Record<string, unknown>;
   attempts: number;
   max_attempts: number;
@@ -151,8 +153,13 @@ const CLAIM_ROWS = `
          COALESCE(cb.blocked, false) AS blocked,
          EXISTS (SELECT 1 FROM cu WHERE cu.id = ci.id) AS activated,
          COALESCE(cj.carrier <> ci.bull, false) AS superseded,
+         -- Recorded since the job's last retry that runs it afresh (other jobs of its container ran since it
+         -- failed: JobsService.retry), or all of them.
          ARRAY(SELECT data->>'step' FROM audit_events
-               WHERE job_id = ci.id AND action = 'job.step.done') AS done_steps,
+               WHERE job_id = ci.id AND action = 'job.step.done'
+                 AND id > COALESCE((SELECT max(r.id) FROM audit_events r
+                                    WHERE r.job_id = ci.id AND r.action = 'job.retry.requested'
+                                      AND r.data->>'fresh' = 'true'), 0)) AS done_steps,
          NULL::boolean AS latest
   FROM ci LEFT JOIN cj ON cj.id = ci.id LEFT JOIN cb ON cb.id = ci.id`;
 
@@ -467,21 +474,26 @@ export class JobStore {
     );
   }
 
-  /** The job failed for good (see waitingRetry for why only from `active`), with the handler's `apply`. */
+  /**
+   * The job failed for good, with the handler's `apply`. Only from the states in `from` (`active`: see
+   * waitingRetry); a job that lost its worker too often may also be recorded from `queued` or
+   * `waiting-retry` (JobRunner.lostTooOften).
+   */
   async fail(
     job: StoredJob,
     failure: JobFailure,
     apply?: (m: EntityManager) => Promise<void>,
+    from: readonly string[] = ['active'],
   ): Promise<void> {
     await this.write(
       `WITH
        u AS (
          UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, error_step = $4, finished_at = now(),
                 updated_at = now()
-         WHERE id = $1 AND state = 'active' RETURNING id, kind, container_id)
+         WHERE id = $1 AND state = ANY($6::text[]) RETURNING id, kind, container_id)
        ${auditFromUpdate('job.failed', `jsonb_build_object('error', $5::jsonb)`)}
        RETURNING job_id`,
-      [job.id, failure.code, failure.message, failure.step, JSON.stringify(failure)],
+      [job.id, failure.code, failure.message, failure.step, JSON.stringify(failure), from],
       apply,
     );
   }

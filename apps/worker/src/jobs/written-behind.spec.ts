@@ -1,7 +1,8 @@
 import { FALLBACK_AFTER, refusedByPostgres, WrittenBehind } from './written-behind';
 
-/** An error as node-postgres reports PostgreSQL's: its SQLSTATE in `code`. */
-const pgError = (message: string, code: string) => Object.assign(new Error(message), { code });
+/** An error as node-postgres reports one PostgreSQL sent: its SQLSTATE in `code`, and a `severity`. */
+const pgError = (message: string, code: string) =>
+  Object.assign(new Error(message), { code, severity: 'ERROR' });
 
 describe('WrittenBehind', () => {
   const warnings: object[] = [];
@@ -49,12 +50,14 @@ describe('WrittenBehind', () => {
 
   it('never tries the fallback while the write fails for want of PostgreSQL, not by its refusal', async () => {
     const behind = new WrittenBehind(log);
+    // The FALLBACK_AFTER-th error, where the fallback would be tried, is Node's EPIPE (five characters,
+    // like a SQLSTATE); refusedByPostgres is tested on the other kinds below.
     const errors = [
       Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }),
       new Error('Connection terminated unexpectedly'),
       pgError('terminating connection due to administrator command', '57P01'),
       pgError('deadlock detected', '40P01'),
-      pgError('connection failure', '08006'),
+      Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }),
     ];
     let writes = 0;
     let fallbacks = 0;
@@ -74,9 +77,14 @@ describe('WrittenBehind', () => {
 
   it('tells PostgreSQL refusing a write from PostgreSQL being away', () => {
     expect(refusedByPostgres(pgError('violates check constraint', '23514'))).toBe(true);
-    expect(refusedByPostgres({ driverError: { code: '22P02' } })).toBe(true);
+    // A SQLSTATE-like code without a severity is not PostgreSQL's.
+    expect(refusedByPostgres({ driverError: { code: '22P02' } })).toBe(false);
     expect(refusedByPostgres(pgError('admin shutdown', '57P01'))).toBe(false);
+    expect(refusedByPostgres(pgError('connection failure', '08006'))).toBe(false);
+    expect(refusedByPostgres(pgError('out of memory', '53200'))).toBe(false);
+    expect(refusedByPostgres({ driverError: { code: '22P02', severity: 'ERROR' } })).toBe(true);
     expect(refusedByPostgres(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' }))).toBe(false);
+    expect(refusedByPostgres(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }))).toBe(false);
     expect(refusedByPostgres(new Error('no code'))).toBe(false);
     expect(refusedByPostgres(null)).toBe(false);
   });

@@ -15,12 +15,15 @@ const TRANSIENT_CLASSES = new Set(['08', '40', '53', '57', '58']);
 
 /**
  * Whether PostgreSQL answered the write and refused it (a constraint, a trigger, bad data): an error
- * with a SQLSTATE outside TRANSIENT_CLASSES. An error without one (the connection was lost, refused,
- * timed out: Node's, not PostgreSQL's) is no refusal either: the write may even have committed.
+ * PostgreSQL sent (node-postgres's DatabaseError: it has a `severity`; TypeORM wraps it as `driverError`)
+ * with a SQLSTATE outside TRANSIENT_CLASSES. Node's own errors (a connection lost, refused, timed out,
+ * EPIPE: five characters too) are no refusal: the write may even have committed.
  */
 export function refusedByPostgres(err: unknown): boolean {
-  const e = err as { code?: unknown; driverError?: { code?: unknown } } | null;
-  const code = typeof e?.code === 'string' ? e.code : e?.driverError?.code;
+  type PgError = { code?: unknown; severity?: unknown };
+  const e = err as (PgError & { driverError?: PgError }) | null;
+  const sent = typeof e?.severity === 'string' ? e : e?.driverError;
+  const code = typeof sent?.severity === 'string' ? sent.code : undefined;
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !TRANSIENT_CLASSES.has(code.slice(0, 2));
 }
 
