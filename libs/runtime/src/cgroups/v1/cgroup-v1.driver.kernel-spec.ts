@@ -69,6 +69,13 @@ describeKernel(
       expect(files.length).toBeGreaterThanOrEqual(5);
       const sleeper = start(['sleep', '1000']);
       await eventually(async () => (await driver.pids(group)).includes(sleeper.pid), 5000, 'pid in group');
+      // The script joins the hierarchies one after the other, then execs: on a busy machine the first join
+      // shows well before the last.
+      await eventually(
+        () => readFileSync(`/proc/${sleeper.pid}/comm`, 'utf8').trim() === 'sleep',
+        5000,
+        'every hierarchy joined (sleep exec’d)',
+      );
       const cg = procCgroups(sleeper.pid);
       for (const c of ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset'])
         expect(cg.get(c)).toBe(`/${group}`);
