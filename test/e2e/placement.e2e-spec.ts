@@ -1,3 +1,4 @@
+import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { describeKernel } from '@test/support/kernel';
 import {
   importBusybox,
@@ -178,4 +179,63 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     const after = await c.http().get(`/v1/jobs/${jobId}`).set(c.auth());
     expect(after.body.waitingReason).toBeUndefined();
   }, 120_000);
+
+  it('a job that was running when its host went away says so too, and runs again once the host is back', async () => {
+    const job = (await c.api.get(JobEnqueuer).submit({
+      kind: 'system.noop',
+      payload: { n: 5, holdMs: 5_000 },
+      hostId,
+      principal: { keyId: 'test:place', tenantId: null, scopes: ['admin'], requestId: '' },
+    }))!;
+    await until('the job to run', async () => {
+      const [r] = await c.ds.query(`SELECT state FROM jobs WHERE id = $1`, [job.id]);
+      return r.state === 'active';
+    });
+    await w.kill();
+    await until(
+      'the host to be offline',
+      async () => (await myHost()).state === 'offline',
+      OFFLINE_AFTER_MS * 5,
+    );
+    const seen = await c.http().get(`/v1/jobs/${job.id}`).set(c.auth());
+    expect(seen.body.state).toBe('active');
+    expect(seen.body.waitingReason).toMatch(new RegExp(`^waiting for host ${c.hostName}: offline since `));
+    w = await c.startWorker();
+    const res = await c.http().get(`/v1/jobs/${job.id}/wait?timeout=60`).set(c.auth());
+    expect(res.body).toMatchObject({ state: 'completed', result: { n: 5 } });
+    expect(res.body.waitingReason).toBeUndefined();
+  }, 90_000);
+
+  it('one host name, one machine: a worker of another machine cannot take a live host, and a worker whose host was taken stops', async () => {
+    // The live worker's row, as if it ran on another machine (cloned VMs keep their hostname).
+    await c.ds.query(`UPDATE hosts SET machine_id = 'another-machine' WHERE id = $1`, [hostId]);
+    await expect(c.startWorker()).rejects.toThrow(
+      new RegExp(`host name ${c.hostName} is held by a live worker on another machine \\(another-machine`),
+    );
+    expect(w.proc.exitCode).toBeNull();
+    expect(await myHost()).toMatchObject({ state: 'online' });
+
+    // Another worker takes the row while this one lives (it had stopped heartbeating long enough): this
+    // one stops at its next heartbeat, and leaves the row to the other (no offline mark).
+    const [{ instance }] = await c.ds.query(
+      `WITH u AS (UPDATE hosts SET instance_id = gen_random_uuid() WHERE id = $1 RETURNING instance_id)
+       SELECT instance_id AS instance FROM u`,
+      [hostId],
+    );
+    const exited = await Promise.race([w.exited, sleep(10_000).then(() => null)]);
+    expect(exited).not.toBeNull();
+    expect(w.output()).toMatch(/another worker took this host over: stopping/);
+    const [row] = await c.ds.query(`SELECT instance_id, state FROM hosts WHERE id = $1`, [hostId]);
+    expect(row).toEqual({ instance_id: instance, state: 'online' });
+
+    // Once that holder is gone (offline), a worker of this machine takes the host again and runs its jobs.
+    await until(
+      'the host to be offline',
+      async () => (await myHost()).state === 'offline',
+      OFFLINE_AFTER_MS * 5,
+    );
+    w = await c.startWorker();
+    const made = await create({ name: name(), ...small, start: false });
+    expect(await wait(made.body.job.id)).toMatchObject({ state: 'completed' });
+  }, 60_000);
 });

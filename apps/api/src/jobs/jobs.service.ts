@@ -77,7 +77,9 @@ export class JobsService {
     const [row] = await preparedQuery<JobRow>(on, `SELECT * FROM jobs WHERE id = $1`, [id]);
     if (!row) throw notFound('job', id);
     const view = toJobView(row);
-    if (row.state === 'queued' && row.host_id) {
+    // Any job not ended waits for its host when that host is offline (one queued there, one that was
+    // running there when it went away, one waiting there to retry).
+    if (!FINAL_JOB_STATES.includes(row.state) && row.host_id) {
       const [host] = await on.query(
         `SELECT name, state, last_heartbeat_at,
                 (state = 'offline' OR last_heartbeat_at < now() - make_interval(secs => $2::float / 1000)) AS offline

@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { Inject, Injectable, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { PinoLogger } from 'nestjs-pino';
@@ -8,12 +10,19 @@ import { detectHostFacts } from '@berth/runtime/host/host-facts';
 
 /**
  * Registers this worker's host (upsert by name, with detected capabilities) and heartbeats. The host id is
- * stable across restarts because the row is keyed by the host name.
+ * stable across restarts because the row is keyed by the host name. A row held by another live worker on
+ * another machine (the same BERTH_HOST_NAME twice: cloned VMs keep their hostname) is not taken: this
+ * worker refuses to start. A worker whose row another worker took (its heartbeats had stopped long enough
+ * for the host to count as offline) stops: two machines must never consume one host's queue.
  */
 @Injectable()
 export class HostRegistrationService implements OnApplicationBootstrap, OnApplicationShutdown {
   private timer?: NodeJS.Timeout;
   private id?: string;
+  /** This process, as the holder of the host row. */
+  private readonly instance = randomUUID();
+  /** The heartbeat in flight, awaited before the offline mark (it must not land after it). */
+  private beat?: Promise<void>;
   private resolveRegistered!: (id: string) => void;
   /** Resolves with the host id once the host row is written (jobs start only then). */
   readonly registered = new Promise<string>((resolve) => (this.resolveRegistered = resolve));
@@ -35,16 +44,23 @@ export class HostRegistrationService implements OnApplicationBootstrap, OnApplic
   async onApplicationBootstrap(): Promise<void> {
     const facts = await detectHostFacts(this.config.runtime.dataRoot);
     const capabilities = { ...facts };
+    const machine = await machineId();
     await this.ds.transaction(async (m) => {
+      // Taken when nobody live holds it (offline, its heartbeat too old, a row from before instances), or
+      // from this machine (a worker restarted, or two of one machine: one runtime, one host).
       const rows: { id: string }[] = await m.query(
         `INSERT INTO hosts (name, state, capabilities, cpu_count, memory_bytes, disk_bytes, kernel_version,
-                            cgroup_version, storage_drivers, last_heartbeat_at, updated_at)
-         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7, $8, now(), now())
+                            cgroup_version, storage_drivers, last_heartbeat_at, updated_at, instance_id, machine_id)
+         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7, $8, now(), now(), $9, $10)
          ON CONFLICT (name) DO UPDATE SET state = 'online', capabilities = EXCLUDED.capabilities,
            cpu_count = EXCLUDED.cpu_count, memory_bytes = EXCLUDED.memory_bytes,
            disk_bytes = EXCLUDED.disk_bytes, kernel_version = EXCLUDED.kernel_version,
            cgroup_version = EXCLUDED.cgroup_version, storage_drivers = EXCLUDED.storage_drivers,
-           last_heartbeat_at = now(), updated_at = now()
+           last_heartbeat_at = now(), updated_at = now(), instance_id = EXCLUDED.instance_id,
+           machine_id = EXCLUDED.machine_id
+         WHERE hosts.instance_id IS NULL OR hosts.state = 'offline'
+            OR hosts.last_heartbeat_at < now() - make_interval(secs => $11::float / 1000)
+            OR hosts.machine_id IS NOT DISTINCT FROM EXCLUDED.machine_id
          RETURNING id`,
         [
           this.config.host.name,
@@ -55,8 +71,21 @@ export class HostRegistrationService implements OnApplicationBootstrap, OnApplic
           facts.kernelVersion,
           facts.cgroupVersion,
           facts.storageDrivers,
+          this.instance,
+          machine,
+          this.config.host.offlineAfterMs,
         ],
       );
+      if (rows.length === 0) {
+        const [other]: { machine_id: string | null; last_heartbeat_at: Date }[] = await m.query(
+          `SELECT machine_id, last_heartbeat_at FROM hosts WHERE name = $1`,
+          [this.config.host.name],
+        );
+        throw new Error(
+          `host name ${this.config.host.name} is held by a live worker on another machine (${other?.machine_id ?? 'unknown'}, ` +
+            `heartbeat ${other?.last_heartbeat_at.toISOString()}): give this one its own BERTH_HOST_NAME`,
+        );
+      }
       this.id = rows[0].id;
       await appendAudit(m, {
         actor: `system:worker`,
@@ -68,27 +97,52 @@ export class HostRegistrationService implements OnApplicationBootstrap, OnApplic
     });
     this.log.info({ hostId: this.id, ...facts }, 'host registered');
     this.resolveRegistered(this.id!);
-    this.timer = setInterval(() => void this.heartbeat(), this.config.host.heartbeatIntervalMs);
+    this.timer = setInterval(() => {
+      this.beat ??= this.heartbeat().finally(() => (this.beat = undefined));
+    }, this.config.host.heartbeatIntervalMs);
   }
 
-  /** One heartbeat; a failure is logged and retried at the next tick (Postgres may be restarting). */
+  /**
+   * One heartbeat; a failure is logged and retried at the next tick (Postgres may be restarting). A row
+   * that another worker took meanwhile is not touched: this worker stops (SIGTERM: the graceful shutdown).
+   */
   async heartbeat(): Promise<void> {
+    let held: boolean;
     try {
-      await this.ds.query(
-        `UPDATE hosts SET last_heartbeat_at = now(), state = 'online', updated_at = now() WHERE id = $1`,
-        [this.id],
+      const rows: unknown[] = await this.ds.query(
+        `WITH u AS (UPDATE hosts SET last_heartbeat_at = now(), state = 'online', updated_at = now()
+                    WHERE id = $1 AND instance_id = $2 RETURNING id)
+         SELECT id FROM u`,
+        [this.id, this.instance],
       );
+      held = rows.length > 0;
     } catch (e) {
       this.log.warn({ hostId: this.id, err: e }, 'heartbeat failed');
+      return;
     }
+    if (held || this.lost) return;
+    this.lost = true;
+    this.log.error({ hostId: this.id }, 'another worker took this host over: stopping');
+    process.kill(process.pid, 'SIGTERM');
   }
+
+  /** Set once another worker took the host row: no heartbeat, no offline mark any more. */
+  private lost = false;
 
   async onApplicationShutdown(signal?: string): Promise<void> {
     if (this.timer) clearInterval(this.timer);
-    if (!this.id) return;
+    await this.beat;
+    if (!this.id || this.lost) return;
     try {
       await this.ds.transaction(async (m) => {
-        await m.query(`UPDATE hosts SET state = 'offline', updated_at = now() WHERE id = $1`, [this.id]);
+        const held: unknown[] = await m.query(
+          `WITH u AS (UPDATE hosts SET state = 'offline', updated_at = now() WHERE id = $1 AND instance_id = $2
+                      RETURNING id)
+           SELECT id FROM u`,
+          [this.id, this.instance],
+        );
+        // Another worker holds the host now: its state is that worker's to say.
+        if (held.length === 0) return;
         await appendAudit(m, {
           actor: 'system:worker',
           action: 'host.stopped',
@@ -101,5 +155,15 @@ export class HostRegistrationService implements OnApplicationBootstrap, OnApplic
     } catch (e) {
       this.log.warn({ hostId: this.id, err: e }, 'could not mark the host offline');
     }
+  }
+}
+
+/** This machine's id (systemd's /etc/machine-id), or null where there is none. */
+async function machineId(): Promise<string | null> {
+  try {
+    const id = (await readFile('/etc/machine-id', 'utf8')).trim();
+    return id || null;
+  } catch {
+    return null;
   }
 }

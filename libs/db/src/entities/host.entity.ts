@@ -26,6 +26,9 @@ export class Host {
   @Column('timestamptz', { name: 'last_heartbeat_at' }) lastHeartbeatAt: Date;
   @Column('timestamptz', { name: 'registered_at' }) registeredAt: Date;
   @Column('timestamptz', { name: 'updated_at' }) updatedAt: Date;
+  /** The worker process holding the row, and its machine (migration HostInstance). */
+  @Column('uuid', { name: 'instance_id', nullable: true }) instanceId: string | null;
+  @Column('text', { name: 'machine_id', nullable: true }) machineId: string | null;
   // What its live containers reserve, kept by a trigger on `containers` (migration HostReservations).
   @Column({ type: 'integer', name: 'reserved_containers', insert: false, update: false })
   reservedContainers: number;

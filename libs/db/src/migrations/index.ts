@@ -9,6 +9,7 @@ import { JobActiveSilent1764700000000 } from './1764700000000-job-active-silent'
 import { AuditIndexUnused1764800000000 } from './1764800000000-audit-index-unused';
 import { HostReservations1764900000000 } from './1764900000000-host-reservations';
 import { JobCarrier1765000000000 } from './1765000000000-job-carrier';
+import { HostInstance1765100000000 } from './1765100000000-host-instance';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -23,4 +24,5 @@ export const migrations = [
   AuditIndexUnused1764800000000,
   HostReservations1764900000000,
   JobCarrier1765000000000,
+  HostInstance1765100000000,
 ];
