@@ -1,13 +1,15 @@
 #!/usr/bin/env node
-// The README's first command ends here: through the API, import the default busybox template on every
-// host, then create and start one container, and print how to watch it. Idempotent: a second run finds
-// the template and the container and reports them.
+// The README's first command ends here: through the API, wait for this host's worker, import the default
+// busybox template on this host, then create and start one container, and print how to watch it.
+// Idempotent: a second run finds the template ready and the container, starts it if it is stopped (after a
+// reboot), and fails loudly if it is broken.
 'use strict';
 const { readFileSync } = require('node:fs');
 
 const base = process.argv[2];
 const keyFile = process.argv[3];
 const name = process.argv[4] || 'hello';
+const hostName = process.argv[5];
 const token = readFileSync(keyFile, 'utf8').trim();
 const headers = { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' };
 
@@ -31,27 +33,57 @@ async function waitJob(id) {
   }
 }
 
-(async () => {
-  const tpl = await call(
-    'POST',
-    '/v1/templates',
-    { name: 'busybox', source: 'builtin:busybox' },
-    {
-      'Idempotency-Key': `up-template-busybox-${new Date().toISOString().slice(0, 10)}`,
-    },
-  );
-  for (const j of tpl.jobs) {
-    const done = await waitJob(j.id);
-    if (done.state !== 'completed')
-      throw new Error(`template import ${j.id} ${done.state}: ${JSON.stringify(done.error)}`);
+/** This host, once its worker has registered it and heartbeats (the API may be up first). */
+async function waitForHost() {
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const host = (await call('GET', '/v1/hosts')).find((h) => h.name === hostName);
+    if (host && host.state === 'online') return host;
+    if (Date.now() > deadline)
+      throw new Error(`host ${hostName} is not online after 2 minutes: see the worker's log`);
+    await new Promise((r) => setTimeout(r, 250));
   }
-  console.log(`template busybox: ready`);
+}
+
+(async () => {
+  const host = await waitForHost();
+  const ready = (await call('GET', '/v1/templates')).find(
+    (t) => t.name === 'busybox' && t.replicas.some((r) => r.hostId === host.id && r.state === 'ready'),
+  );
+  if (!ready) {
+    // No Idempotency-Key: a second import of a template is a no-op in the database, and a key would
+    // replay a failed import's answer instead of trying again.
+    const tpl = await call('POST', '/v1/templates', {
+      name: 'busybox',
+      source: 'builtin:busybox',
+      host: host.id,
+    });
+    for (const j of tpl.jobs) {
+      const done = await waitJob(j.id);
+      if (done.state !== 'completed')
+        throw new Error(`template import ${j.id} ${done.state}: ${JSON.stringify(done.error)}`);
+    }
+  }
+  console.log(`template busybox: ready on ${hostName}`);
   const existing = (await call('GET', `/v1/containers?name=${name}`)).items[0];
   let jobId;
   let containerId = existing && existing.id;
   if (existing) {
     console.log(`container ${name} (${existing.id}) exists: ${existing.state}`);
     jobId = existing.lastJobId;
+    if (existing.targetState === 'stopped' && existing.state === 'stopped') {
+      // After a reboot (or a stop): the main job is a running container.
+      const r = await call('POST', `/v1/containers/${existing.id}/start`, {});
+      jobId = r.job.id;
+      const done = await waitJob(jobId);
+      console.log(`  start job ${done.state}: ${JSON.stringify(done.result || done.error)}`);
+      if (done.state !== 'completed') process.exitCode = 1;
+    } else if (existing.state !== 'running' && existing.targetState !== 'running') {
+      console.error(
+        `  ${name} is ${existing.state} (target ${existing.targetState}): destroy it (DELETE /v1/containers/${existing.id}) and run again`,
+      );
+      process.exitCode = 1;
+    }
   } else {
     const r = await call('POST', '/v1/containers', {
       name,

@@ -101,7 +101,16 @@ ensure_postgres() {
       ln -sfn "$real" "$PG_DATA"
       PG_RUN=$real-run
       ln -sfn "$PG_RUN" "$STATE/postgres-run"
+      if [ -f "$real/PG_VERSION" ]; then
+        # The cluster of an earlier checkout at this path (a new clone where the old one was): kept, linked
+        # again; initdb would refuse its directory.
+        grep -q "^port = $PG_PORT\$" "$real/postgresql.conf" ||
+          die "$real holds a PostgreSQL cluster of an earlier checkout at this path on another port: set BERTH_PG_PORT to its port, or remove it"
+        say "using the PostgreSQL cluster of an earlier checkout at this path ($real)"
+      fi
     fi
+  fi
+  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
     say "creating PostgreSQL cluster in $PG_DATA"
     mkdir -p "$PG_DATA/" "$PG_RUN"
     chown postgres:postgres "$PG_DATA" "$PG_RUN"
@@ -114,11 +123,19 @@ ensure_postgres() {
       echo "max_connections = 200"
       echo "fsync = on"
     } >>"$PG_DATA/postgresql.conf"
-    # Loopback only, password auth for the app role; local socket trust for the postgres superuser.
+    # Loopback only, password auth for the app role; the postgres superuser only as the postgres OS user
+    # over the socket (peer: `trust` let any local user in as superuser).
     cat >"$PG_DATA/pg_hba.conf" <<EOF
-local all postgres trust
+local all postgres peer
 host  all all 127.0.0.1/32 scram-sha-256
 EOF
+  fi
+  # Clusters made before: trust → peer (read when the server starts or reloads, below).
+  if grep -q '^local all postgres trust$' "$PG_DATA/pg_hba.conf"; then
+    sed -i 's/^local all postgres trust$/local all postgres peer/' "$PG_DATA/pg_hba.conf"
+    if as_postgres "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+      as_postgres "$bin/pg_ctl" -D "$PG_DATA" reload >/dev/null
+    fi
   fi
   mkdir -p "$PG_RUN"
   chown postgres:postgres "$PG_RUN"
@@ -166,6 +183,9 @@ status() {
 case "${1:-}" in
   ensure)
     install_packages
+    # overlayfs is a module on stock Debian kernels: loaded now, so the runtime and its kernel tests find it
+    # (built in on some kernels; nothing to do there, and no error where modules cannot be loaded).
+    if [ "$(id -u)" -eq 0 ] && ! grep -qw overlay /proc/filesystems; then modprobe overlay 2>/dev/null || true; fi
     ensure_redis
     ensure_postgres
     build_native

@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 
+# A setup that fails still ends with the suite's one line (the run failed before any test).
+trap 'code=$?; if [ $code -ne 0 ]; then echo "test: setup failed before the tests ran (exit $code)" >&2; echo "0 passed, 1 failed"; fi' EXIT
 bash scripts/services.sh ensure
 ensure_node_modules
+trap - EXIT
 mkdir -p .berth
 results=.berth/jest-results.json
 rm -f "$results"

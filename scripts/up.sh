@@ -58,6 +58,7 @@ start_one api dist/apps/api/apps/api/src/main.js
 start_one worker dist/apps/worker/apps/worker/src/main.js
 
 port=$(node -e "console.log(require('./dist/apps/api/libs/config/src').loadConfig().api.port)")
+host_name=$(node -e "console.log(require('./dist/apps/api/libs/config/src').loadConfig().host.name)")
 for _ in $(seq 1 100); do
   if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then break; fi
   running api || { tail -n 20 "$LOGS/api.log" >&2; echo "up: the API exited" >&2; exit 1; }
@@ -67,4 +68,5 @@ curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "up: API not read
 echo "up: Berth is up: API http://127.0.0.1:$port (docs: /docs), logs in $LOGS/, admin key in $ADMIN_KEY_FILE"
 [ -s "$ADMIN_KEY_FILE" ] || { echo "up: no admin key in $ADMIN_KEY_FILE (the database already had keys: set ADMIN_KEY_FILE to yours)" >&2; exit 1; }
 # The main job: default template + one running container, through the API.
-node scripts/main-job.js "http://127.0.0.1:$port" "$ADMIN_KEY_FILE" "${BERTH_DEMO_CONTAINER:-hello}"
+running worker || { tail -n 20 "$LOGS/worker.log" >&2; echo "up: the worker exited" >&2; exit 1; }
+node scripts/main-job.js "http://127.0.0.1:$port" "$ADMIN_KEY_FILE" "${BERTH_DEMO_CONTAINER:-hello}" "$host_name"
