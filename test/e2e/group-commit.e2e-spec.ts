@@ -224,13 +224,15 @@ describeKernel(
       const jobs = p.api.get(JobsService);
       const store = p.worker.get(JobStore);
       const failure = { code: 'TEST', message: 'failed by the test', step: 'second' };
-      const job = (await enqueuer.submit({
-        kind: 'system.noop',
-        payload: { n: 1 },
-        hostId: idleHost,
-        containerId,
-        principal,
-      }))!;
+      const submit = async (n: number) =>
+        (await enqueuer.submit({
+          kind: 'system.noop',
+          payload: { n },
+          hostId: idleHost,
+          containerId,
+          principal,
+        }))!;
+      const job = await submit(1);
       const first = await store.claim(job.id, 1, job.id);
       expect(first.activated).toBe(true);
       await store.stepDone(first.job!, 'first');
@@ -245,13 +247,7 @@ describeKernel(
       await store.fail(again.job!, failure);
 
       // Another job of the container accepted and run since: what `first` did may be undone.
-      const other = (await enqueuer.submit({
-        kind: 'system.noop',
-        payload: { n: 2 },
-        hostId: idleHost,
-        containerId,
-        principal,
-      }))!;
+      const other = await submit(2);
       const o = await store.claim(other.id, 1, other.id);
       expect(o.activated).toBe(true);
       await store.complete(o.job!, { result: {} });
