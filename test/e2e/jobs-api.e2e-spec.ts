@@ -23,6 +23,7 @@ function readSse(
   path: string,
   token: string,
   timeoutMs = 30_000,
+  extraHeaders: Record<string, string> = {},
 ): Promise<{ status: number; contentType: string; messages: SseMessage[] }> {
   const { port } = server.address() as AddressInfo;
   return new Promise((resolve, reject) => {
@@ -31,7 +32,7 @@ function readSse(
         host: '127.0.0.1',
         port,
         path,
-        headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
+        headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream', ...extraHeaders },
       },
       (res) => {
         let text = '';
@@ -272,6 +273,42 @@ describe('jobs API: filters, pagination, long-poll', () => {
     expect(Date.now() - t1).toBeLessThan(1_000);
   });
 
+  it('a long-poll outlives a failed look at its job and still answers the end', async () => {
+    // A job of the offline host that stays queued until the test ends it.
+    const [{ id: job }] = await a.ds.query(
+      `SELECT id FROM jobs WHERE host_id = $1 AND state = 'queued' ORDER BY id DESC LIMIT 1`,
+      [offlineHost],
+    );
+    const jobs = a.api.get(JobsService);
+    const get = jobs.get.bind(jobs);
+    let reads = 0;
+    // Its first look passes; the next one fails, as with PostgreSQL away for a moment.
+    jobs.get = (id: string, ...rest) => {
+      if (id === job && ++reads === 2) return Promise.reject(new Error('connection terminated (test)'));
+      return get(id, ...rest);
+    };
+    try {
+      const waiting = a
+        .http()
+        .get(`/v1/jobs/${job}/wait?timeout=30`)
+        .set(a.auth())
+        .then((r) => r);
+      for (const t0 = Date.now(); reads < 2;) {
+        if (Date.now() - t0 > 5_000) throw new Error(`the long-poll looked ${reads} times in 5 s`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await a.ds.query(
+        `UPDATE jobs SET state = 'completed', finished_at = now(), updated_at = now() WHERE id = $1`,
+        [job],
+      );
+      const res = await waiting;
+      expect(res.status).toBe(200);
+      expect(res.body.state).toBe('completed');
+    } finally {
+      jobs.get = get;
+    }
+  });
+
   /**
    * Starts a long-poll on `job` and resolves once it listens, counting its reads of the job (JobsService.get):
    * `reads()` so far, `waiting` its answer, `restore()` undoes the counting.
@@ -431,6 +468,12 @@ describeKernel('jobs API: events as Server-Sent Events from a real worker', { ro
     const { messages } = await readSse(p.api.getHttpServer(), `/v1/jobs/${job.id}/events`, p.token);
     expect(Date.now() - t0).toBeLessThan(1_500);
     expect(messages.map((m) => m.event)).toEqual(['job.queued', 'job.active', 'job.completed', 'end']);
+    // A reconnect naming the first event it got: the rest, and `end`.
+    const again = await readSse(p.api.getHttpServer(), `/v1/jobs/${job.id}/events`, p.token, 30_000, {
+      'Last-Event-ID': messages[0].id!,
+    });
+    expect(again.messages.map((m) => m.event)).toEqual(['job.active', 'job.completed', 'end']);
+    expect(again.messages[0].id).toBe(messages[1].id);
   }, 60_000);
 
   it('answers an unknown job with 404 problem+json before any stream opens', async () => {

@@ -41,6 +41,18 @@ describe('loadConfig', () => {
     expect((err as Error).message).toContain('REDIS_URL: must be a URL with protocol redis: or rediss:');
   });
 
+  it('refuses a heartbeat that a live host would look offline between', () => {
+    expect(() => loadConfig({ HEARTBEAT_INTERVAL_MS: '20000', HOST_OFFLINE_AFTER_MS: '30000' })).toThrow(
+      /HEARTBEAT_INTERVAL_MS: must be at most half of HOST_OFFLINE_AFTER_MS \(30000 ms\)/,
+    );
+    expect(loadConfig({ HEARTBEAT_INTERVAL_MS: '15000', HOST_OFFLINE_AFTER_MS: '30000' }).host).toMatchObject(
+      {
+        heartbeatIntervalMs: 15000,
+        offlineAfterMs: 30000,
+      },
+    );
+  });
+
   it('refuses a cgroup parent that Berth would not recognise as its own', () => {
     expect(() => loadConfig({ BERTH_CGROUP_PARENT: 'system.slice' })).toThrow(/BERTH_CGROUP_PARENT/);
   });

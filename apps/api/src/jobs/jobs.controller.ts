@@ -4,6 +4,7 @@ import {
   Controller,
   type ExecutionContext,
   Get,
+  Headers,
   HttpCode,
   Injectable,
   Param,
@@ -101,15 +102,20 @@ export class JobsController {
     description:
       'Each audit event of the job is one SSE message (`event:` the action, e.g. job.queued, `id:` the ' +
       'event id, `data:` a JobEvent as JSON); when the job has ended a last `end` message carries the job ' +
-      'and the stream closes.',
+      'and the stream closes. A client that reconnects with `Last-Event-ID` gets only the events after it.',
   })
   @ApiProduces('text/event-stream')
   @ApiOkResponse({ description: 'text/event-stream of JobEvent messages, then `end` with the Job' })
   @ApiProblems(400, 404)
   @UseGuards(JobExistsGuard)
-  events(@Param('id', UuidPipe) id: string): Observable<MessageEvent> {
+  events(
+    @Param('id', UuidPipe) id: string,
+    @Headers('last-event-id') lastEventId?: string,
+  ): Observable<MessageEvent> {
     return new Observable<MessageEvent>((sub) => {
-      let last = '0';
+      // EventSource's reconnect names the last event it got: the stream goes on after it (an id that is not
+      // one of ours is ignored: the whole story again).
+      let last = lastEventId && /^\d{1,18}$/.test(lastEventId) ? lastEventId : '0';
       let busy = false;
       let pending = false;
       const pump = async () => {

@@ -1,4 +1,4 @@
-import { HttpStatus, Inject, Injectable } from '@nestjs/common';
+import { HttpStatus, Inject, Injectable, Logger } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
@@ -52,6 +52,8 @@ export interface JobEventView {
 
 @Injectable()
 export class JobsService {
+  private readonly log = new Logger(JobsService.name);
+
   constructor(
     @InjectDataSource() private readonly ds: DataSource,
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
@@ -166,10 +168,12 @@ export class JobsService {
         signal?.removeEventListener('abort', gone);
         v.then(resolve, reject);
       };
+      // A look that fails (PostgreSQL busy or away a moment) is not the wait's end: the next one retries
+      // (the safety net's tick, the next notification); the timeout's answer reports a lasting failure.
       const check = () => {
         void this.get(id).then(
           (j) => FINAL_JOB_STATES.includes(j.state) && finish(Promise.resolve(j)),
-          (e: unknown) => finish(Promise.reject(e)),
+          (e: unknown) => this.log.warn(`a look at job ${id} for its long-poll failed: ${String(e)}`),
         );
       };
       // Only an end can answer the long-poll: the marks and step records of a running job do not make it
