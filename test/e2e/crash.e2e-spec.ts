@@ -254,62 +254,73 @@ describeKernel(
       expectSurvivorsRunning();
     }, 120_000);
 
-    it('an end that Postgres refuses (not only is it away) is retried, then the job is recorded as failed', async () => {
-      // A trigger refuses this one job's completion, as a constraint would; its failure goes through.
-      const fn = `berth_refuse_end_${process.pid}`;
-      await c.ds.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'end refused by the test'; END $$`);
-      await c.ds.query(`CREATE TRIGGER ${fn} BEFORE UPDATE ON jobs FOR EACH ROW
-        WHEN (NEW.state = 'completed' AND NEW.result->>'n' = '-4242') EXECUTE FUNCTION ${fn}()`);
-      try {
-        const job = await c.api.get(JobEnqueuer).submit({
+    /**
+     * Runs `fn` with a trigger on `jobs` that calls `body` (plpgsql) for the updates `when` selects, and a
+     * sequence of the same name the body may count with; a no-op job submitted with `n` is its target.
+     */
+    async function withJobTrigger(
+      name: string,
+      body: string,
+      when: string,
+      fn: (submitNoop: (n: number) => Promise<string>, trigger: string) => Promise<void>,
+    ) {
+      const trigger = `berth_${name}_${process.pid}`;
+      await c.ds.query(`CREATE SEQUENCE ${trigger}`);
+      await c.ds.query(`CREATE FUNCTION ${trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN ${body.replaceAll('$seq', trigger)} END $$`);
+      await c.ds.query(`CREATE TRIGGER ${trigger} BEFORE UPDATE ON jobs FOR EACH ROW
+        WHEN (${when}) EXECUTE FUNCTION ${trigger}()`);
+      const submitNoop = async (n: number) =>
+        (await c.api.get(JobEnqueuer).submit({
           kind: 'system.noop',
-          payload: { n: -4242 },
+          payload: { n },
           hostId: await c.hostId(),
           principal: { keyId: 'test:crash', tenantId: null, scopes: ['admin'], requestId: '' },
-        });
-        const ended = await c.http().get(`/v1/jobs/${job!.id}/wait?timeout=30`).set(c.auth());
-        expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'END_NOT_RECORDED' } });
-        expect(ended.body.error.message).toMatch(/its end could not be recorded: end refused by the test/);
-        const events = (await jobEvents(c.ds, job!.id)).map((e) => e.action);
-        expect(events).toEqual(['job.queued', 'job.active', 'job.failed']);
+        }))!.id;
+      try {
+        await fn(submitNoop, trigger);
       } finally {
-        await c.ds.query(`DROP TRIGGER IF EXISTS ${fn} ON jobs`);
-        await c.ds.query(`DROP FUNCTION IF EXISTS ${fn}()`);
+        await c.ds.query(`DROP TRIGGER IF EXISTS ${trigger} ON jobs`);
+        await c.ds.query(`DROP FUNCTION IF EXISTS ${trigger}()`);
+        await c.ds.query(`DROP SEQUENCE IF EXISTS ${trigger}`);
       }
+    }
+
+    it('an end that Postgres refuses (not only is it away) is retried, then the job is recorded as failed', async () => {
+      // A trigger refuses this one job's completion, as a constraint would; its failure goes through.
+      await withJobTrigger(
+        'refuse_end',
+        `RAISE EXCEPTION 'end refused by the test';`,
+        `NEW.state = 'completed' AND NEW.result->>'n' = '-4242'`,
+        async (submitNoop) => {
+          const id = await submitNoop(-4242);
+          const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=30`).set(c.auth());
+          expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'END_NOT_RECORDED' } });
+          expect(ended.body.error.message).toMatch(/its end could not be recorded: end refused by the test/);
+          const events = (await jobEvents(c.ds, id)).map((e) => e.action);
+          expect(events).toEqual(['job.queued', 'job.active', 'job.failed']);
+        },
+      );
     }, 60_000);
 
     it('a claim that fails (PostgreSQL away or refusing) uses up no attempt: the job is handed back and runs', async () => {
       // The first three claims of this one job fail; system.noop has a single attempt, which a failed
       // claim counted as the job's failure would end in BullMQ while PostgreSQL still says `queued`.
-      const fn = `berth_refuse_claim_${process.pid}`;
-      await c.ds.query(`CREATE SEQUENCE ${fn}`);
-      await c.ds.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-          IF nextval('${fn}') <= 3 THEN RAISE EXCEPTION 'claim refused by the test'; END IF;
-          RETURN NEW;
-        END $$`);
-      await c.ds.query(`CREATE TRIGGER ${fn} BEFORE UPDATE ON jobs FOR EACH ROW
-        WHEN (NEW.state = 'active' AND NEW.params->>'n' = '-4343') EXECUTE FUNCTION ${fn}()`);
-      try {
-        const job = await c.api.get(JobEnqueuer).submit({
-          kind: 'system.noop',
-          payload: { n: -4343 },
-          hostId: await c.hostId(),
-          principal: { keyId: 'test:crash', tenantId: null, scopes: ['admin'], requestId: '' },
-        });
-        const ended = await c.http().get(`/v1/jobs/${job!.id}/wait?timeout=30`).set(c.auth());
-        expect(ended.body).toMatchObject({ state: 'completed', attempts: 1, result: { n: -4343 } });
-        const events = (await jobEvents(c.ds, job!.id)).map((e) => e.action);
-        expect(events).toEqual(['job.queued', 'job.active', 'job.completed']);
-        // Four claims: three refused, the fourth went through.
-        const [{ last_value: claims }] = await c.ds.query(`SELECT last_value FROM ${fn}`);
-        expect(Number(claims)).toBe(4);
-      } finally {
-        await c.ds.query(`DROP TRIGGER IF EXISTS ${fn} ON jobs`);
-        await c.ds.query(`DROP FUNCTION IF EXISTS ${fn}()`);
-        await c.ds.query(`DROP SEQUENCE IF EXISTS ${fn}`);
-      }
+      await withJobTrigger(
+        'refuse_claim',
+        `IF nextval('$seq') <= 3 THEN RAISE EXCEPTION 'claim refused by the test'; END IF; RETURN NEW;`,
+        `NEW.state = 'active' AND NEW.params->>'n' = '-4343'`,
+        async (submitNoop, seq) => {
+          const id = await submitNoop(-4343);
+          const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=30`).set(c.auth());
+          expect(ended.body).toMatchObject({ state: 'completed', attempts: 1, result: { n: -4343 } });
+          const events = (await jobEvents(c.ds, id)).map((e) => e.action);
+          expect(events).toEqual(['job.queued', 'job.active', 'job.completed']);
+          // Four claims: three refused, the fourth went through.
+          const [{ last_value: claims }] = await c.ds.query(`SELECT last_value FROM ${seq}`);
+          expect(Number(claims)).toBe(4);
+        },
+      );
     }, 60_000);
 
     it('destroys everything through the API afterwards: nothing is left on the host', async () => {
