@@ -2,7 +2,7 @@
 // The README's first command ends here: through the API, wait for this host's worker, import the default
 // busybox template on this host, then create and start one container, and print how to watch it.
 // Idempotent: a second run finds the template ready and the container, starts it if it is stopped (after a
-// reboot), and fails loudly if it is broken.
+// reboot) or resumes it if it is paused, and fails loudly if it is broken.
 'use strict';
 const { readFileSync } = require('node:fs');
 
@@ -71,12 +71,14 @@ async function waitForHost() {
   if (existing) {
     console.log(`container ${name} (${existing.id}) exists: ${existing.state}`);
     jobId = existing.lastJobId;
-    if (existing.targetState === 'stopped' && existing.state === 'stopped') {
-      // After a reboot (or a stop): the main job is a running container.
-      const r = await call('POST', `/v1/containers/${existing.id}/start`, {});
+    // The main job is a running container: a stopped one (after a reboot: the worker records what it finds
+    // on the host when it starts) is started, a paused one resumed.
+    const again = { stopped: 'start', paused: 'resume' }[existing.state];
+    if (again && existing.targetState === existing.state) {
+      const r = await call('POST', `/v1/containers/${existing.id}/${again}`, {});
       jobId = r.job.id;
       const done = await waitJob(jobId);
-      console.log(`  start job ${done.state}: ${JSON.stringify(done.result || done.error)}`);
+      console.log(`  ${again} job ${done.state}: ${JSON.stringify(done.result || done.error)}`);
       if (done.state !== 'completed') process.exitCode = 1;
     } else if (existing.state !== 'running' && existing.targetState !== 'running') {
       console.error(

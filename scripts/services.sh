@@ -102,11 +102,16 @@ ensure_postgres() {
       PG_RUN=$real-run
       ln -sfn "$PG_RUN" "$STATE/postgres-run"
       if [ -f "$real/PG_VERSION" ]; then
-        # The cluster of an earlier checkout at this path (a new clone where the old one was): kept, linked
-        # again; initdb would refuse its directory.
-        grep -q "^port = $PG_PORT\$" "$real/postgresql.conf" ||
-          die "$real holds a PostgreSQL cluster of an earlier checkout at this path on another port: set BERTH_PG_PORT to its port, or remove it"
-        say "using the PostgreSQL cluster of an earlier checkout at this path ($real)"
+        # The cluster of an earlier checkout at this path (a new clone where the old one was): its admin key
+        # went with that checkout, so this one starts its own cluster; the old one is kept aside (initdb
+        # would refuse its directory).
+        as_postgres "$bin/pg_ctl" -D "$real" status >/dev/null 2>&1 &&
+          die "$real, the PostgreSQL cluster of an earlier checkout at this path, is running: stop it (pg_ctl -D $real stop, as postgres)"
+        local aside
+        aside=$real.old-$(date +%Y%m%d%H%M%S)
+        mv "$real" "$aside"
+        mkdir -p "$real"
+        say "kept the PostgreSQL cluster of an earlier checkout at this path aside in $aside"
       fi
     fi
   fi

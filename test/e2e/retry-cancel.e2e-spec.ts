@@ -222,6 +222,30 @@ describeKernel(
       });
     }, 120_000);
 
+    it('a container that stopped while no worker ran (a reboot) is seen as stopped at the next start, and starts again', async () => {
+      const made = await create({ template });
+      expect(await wait(made.body.job.id)).toMatchObject({ state: 'completed' });
+      const id: string = made.body.container.id;
+      await w.stop();
+      // What a reboot leaves: the container's init gone, Postgres still saying `running`.
+      await rt.containers.stop(id);
+      expect(await container(id)).toMatchObject({ state: 'running', targetState: 'running' });
+      w = await c.startWorker();
+      expect(await container(id)).toMatchObject({ state: 'stopped', targetState: 'stopped' });
+      const observed = await c.ds.query(
+        `SELECT data FROM audit_events WHERE subject_id = $1 AND action = 'container.observed'`,
+        [id],
+      );
+      expect(observed).toEqual([{ data: { from: 'running', to: 'stopped' } }]);
+      const started = await c.http().post(`/v1/containers/${id}/start`).set(c.auth()).send({});
+      expect(started.status).toBe(202);
+      expect(await wait(started.body.job.id)).toMatchObject({
+        state: 'completed',
+        result: { status: 'running' },
+      });
+      expect((await rt.containers.get(id)).status).toBe('running');
+    }, 120_000);
+
     it('cancels a job queued while its host is stopped: the worker never runs it; later jobs are not blocked', async () => {
       const made = await create({ template });
       expect(await wait(made.body.job.id)).toMatchObject({ state: 'completed' });

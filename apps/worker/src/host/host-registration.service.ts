@@ -60,7 +60,7 @@ export class HostRegistrationService implements OnApplicationBootstrap, OnApplic
            machine_id = EXCLUDED.machine_id
          WHERE hosts.instance_id IS NULL OR hosts.state = 'offline'
             OR hosts.last_heartbeat_at < now() - make_interval(secs => $11::float / 1000)
-            OR hosts.machine_id IS NOT DISTINCT FROM EXCLUDED.machine_id
+            OR hosts.machine_id = EXCLUDED.machine_id
          RETURNING id`,
         [
           this.config.host.name,
@@ -158,12 +158,21 @@ export class HostRegistrationService implements OnApplicationBootstrap, OnApplic
   }
 }
 
-/** This machine's id (systemd's /etc/machine-id), or null where there is none. */
-async function machineId(): Promise<string | null> {
-  try {
-    const id = (await readFile('/etc/machine-id', 'utf8')).trim();
-    return id || null;
-  } catch {
-    return null;
-  }
+/**
+ * This machine, as far as a host row is concerned: the kernel's boot id (different on every machine and
+ * every boot, the same for every process of one kernel), after /etc/machine-id where there is one (a VM
+ * cloned without regenerating it shares that, but not its boot id). After a reboot the row is offline or
+ * stale anyway, so a new boot id takes it like any worker would.
+ */
+async function machineId(): Promise<string> {
+  const read = (path: string) =>
+    readFile(path, 'utf8').then(
+      (s) => s.trim(),
+      () => '',
+    );
+  const [machine, boot] = await Promise.all([
+    read('/etc/machine-id'),
+    read('/proc/sys/kernel/random/boot_id'),
+  ]);
+  return `${machine || 'no-machine-id'}/${boot}`;
 }

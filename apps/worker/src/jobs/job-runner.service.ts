@@ -157,6 +157,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     });
     this.queue.on('error', (e) => this.log.warn({ err: e }, 'queue error'));
     await this.sweep();
+    await this.observeContainers();
     this.worker = new Worker<QueuedJobData>(queue, (job, token) => this.process(job, token), {
       connection: bullConnection(this.config.redis.url),
       prefix: this.config.redis.bullPrefix,
@@ -204,6 +205,29 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       const reason = `BullMQ job ${bullJobId} is ${state} but its end was not recorded`;
       if (await this.store.requeue(id, reason, bullJobId))
         this.log.warn({ jobId: id, bullJobId, state }, 'requeued a job whose end was lost');
+    }
+  }
+
+  /**
+   * The containers of this host as the kernel has them now, before any job runs: after a reboot (or an
+   * init that died while no worker ran) Postgres still says `running` or `paused`. Each whose runtime
+   * status differs is written as it is, with a `container.observed` event and its target state projected
+   * again through its pending jobs (JobStore.observed). Only between stopped, running and paused: a
+   * container being created or destroyed is its job's.
+   */
+  private async observeContainers(): Promise<void> {
+    const SETTLED = ['stopped', 'running', 'paused'];
+    const rt = await this.runtime.get();
+    const onHost = new Map((await rt.containers.list()).map((c) => [c.id, c.status as string]));
+    for (const row of await this.store.settledContainers(this.hostId!)) {
+      const status = onHost.get(row.id);
+      if (!status || status === row.state || !SETTLED.includes(status) || !SETTLED.includes(row.state))
+        continue;
+      if (await this.store.observed(row.id, row.state, status))
+        this.log.warn(
+          { containerId: row.id, from: row.state, to: status },
+          'container state observed on the host',
+        );
     }
   }
 

@@ -406,6 +406,41 @@ export class JobStore {
       await this.ds.transaction((m) => recomputeTargetState(m, container.id));
   }
 
+  /** The live containers of this host that Postgres records as stopped, running or paused. */
+  async settledContainers(hostId: string): Promise<{ id: string; state: string }[]> {
+    return this.ds.query(
+      `SELECT id, state FROM containers
+       WHERE host_id = $1 AND destroyed_at IS NULL AND state IN ('stopped', 'running', 'paused')`,
+      [hostId],
+    );
+  }
+
+  /**
+   * A container found `to` on the host while Postgres says `from` (JobRunner.observeContainers): its row
+   * follows, its target state is projected again through its pending jobs, and a `container.observed`
+   * event says so; one transaction, a no-op when the row changed meanwhile. Answers whether it wrote.
+   */
+  async observed(containerId: string, from: string, to: string): Promise<boolean> {
+    return this.ds.transaction(async (m) => {
+      const rows: unknown[] = await m.query(
+        `WITH u AS (UPDATE containers SET state = $3, version = version + 1, updated_at = now()
+                    WHERE id = $1 AND state = $2 AND destroyed_at IS NULL RETURNING id)
+         SELECT id FROM u`,
+        [containerId, from, to],
+      );
+      if (rows.length === 0) return false;
+      await recomputeTargetState(m, containerId, to);
+      await appendAudit(m, {
+        actor: ACTOR,
+        action: 'container.observed',
+        subjectType: 'container',
+        subjectId: containerId,
+        data: { from, to },
+      });
+      return true;
+    });
+  }
+
   /**
    * The jobs of this host that Postgres records as `active`, with the BullMQ job that carried their latest
    * claim (null: claimed by a worker that did not record it). Read by the worker at start, before it takes
