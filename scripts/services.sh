@@ -17,6 +17,9 @@ PG_PORT=${BERTH_PG_PORT:-5433}
 PG_DATA=$STATE/postgres
 PG_RUN=$STATE/postgres-run
 [ -L "$PG_RUN" ] && PG_RUN=$(readlink -f "$PG_RUN")
+# The postgres user cannot follow a link that lives under a directory it cannot enter (a checkout under
+# /root): its commands get the cluster's real path.
+[ -L "$PG_DATA" ] && PG_DATA=$(readlink -f "$PG_DATA")
 REDIS_DIR=$STATE/redis
 
 # Host packages Berth needs: services, the kernel tools the runtime drives, and a C compiler for the helper.
@@ -38,7 +41,8 @@ pg_bin() {
   echo "$d"
 }
 
-as_postgres() { runuser -u postgres -- "$@"; }
+# From /: the postgres user may not enter the current directory (a checkout under /root).
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
 
 install_packages() {
   local missing=() p
@@ -91,16 +95,14 @@ ensure_postgres() {
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
     [ "$(id -u)" -eq 0 ] || die "no local PostgreSQL cluster yet: run this script as root once to create it"
     mkdir -p "$STATE"
-    rm -rf "$PG_DATA"
+    # No cluster behind .berth/postgres (a new checkout, or an initdb that failed): made again.
+    rm -rf "$STATE/postgres"
+    PG_DATA=$STATE/postgres
     if ! runuser -u postgres -- test -x "$STATE"; then
       # PostgreSQL runs as the postgres user, which cannot reach a checkout under e.g. /root: keep the
       # cluster in a postgres-reachable place, named after this checkout, and link it from .berth/.
       local real
       real=/var/lib/postgresql/berth-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
-      mkdir -p "$real"
-      ln -sfn "$real" "$PG_DATA"
-      PG_RUN=$real-run
-      ln -sfn "$PG_RUN" "$STATE/postgres-run"
       if [ -f "$real/PG_VERSION" ]; then
         # The cluster of an earlier checkout at this path (a new clone where the old one was): its admin key
         # went with that checkout, so this one starts its own cluster; the old one is kept aside (initdb
@@ -110,9 +112,15 @@ ensure_postgres() {
         local aside
         aside=$real.old-$(date +%Y%m%d%H%M%S)
         mv "$real" "$aside"
-        mkdir -p "$real"
         say "kept the PostgreSQL cluster of an earlier checkout at this path aside in $aside"
+      else
+        rm -rf "$real" # an initdb of ours that did not finish
       fi
+      mkdir -p "$real"
+      ln -sfn "$real" "$STATE/postgres"
+      PG_DATA=$real
+      PG_RUN=$real-run
+      ln -sfn "$PG_RUN" "$STATE/postgres-run"
     fi
   fi
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
