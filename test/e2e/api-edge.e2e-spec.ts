@@ -775,6 +775,95 @@ describe('CPU room: limits overcommitted across containers, up to 16 per core', 
   }, 60_000);
 });
 
+describe('resize holds: a growth takes its room on the host when accepted, not when it has run', () => {
+  let a: ApiOnly;
+  const GiB = 1024 * MiB;
+  beforeAll(async () => {
+    a = await startApiOnly('holds');
+  }, 60_000);
+  afterAll(() => a?.close(), 30_000);
+
+  const create = (name: string, memoryBytes: number) =>
+    a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth())
+      .send({ name, template: a.template, cpus: 1, memoryBytes, start: false });
+  const resize = (id: string, body: object) =>
+    a.http().patch(`/v1/containers/${id}`).set(a.auth()).send(body);
+  const reserved = async () => {
+    const hosts = (await a.http().get('/v1/hosts').set(a.auth())).body as {
+      id: string;
+      reserved: { memoryBytes: number; cpus: number };
+    }[];
+    return hosts.find((h) => h.id === a.hostId)!.reserved;
+  };
+
+  it('counts pending growths, refuses what would overcommit them, and releases them when their jobs end', async () => {
+    // The host has 8 GiB: 1 + 5 reserved, 2 free.
+    const x = (await create('hold-x', 1 * GiB)).body.container.id as string;
+    const fill = (await create('hold-fill', 5 * GiB)).body.container.id as string;
+    expect((await reserved()).memoryBytes).toBe(6 * GiB);
+    // x grows to 2.5 GiB: accepted, its job queued (no worker here), and the 1.5 GiB held at once.
+    const grow = await resize(x, { memoryBytes: 2.5 * GiB });
+    expect(grow.status).toBe(202);
+    expect((await reserved()).memoryBytes).toBe(7.5 * GiB);
+    // Before it has run, nothing else may take that room: a create, or a resize of another container.
+    const before = await a.counts();
+    const late = await create('hold-late', 1 * GiB);
+    expectProblem(late, 503, 'NO_CAPACITY');
+    expect(late.body.reasons).toEqual([expect.stringContaining('not enough memory (536870912 bytes free)')]);
+    expectProblem(await resize(fill, { memoryBytes: 6 * GiB }), 503, 'NO_CAPACITY');
+    expect(await a.counts()).toEqual(before);
+    // A second growth of x counts from what the first holds: 0.5 GiB more.
+    const more = await resize(x, { memoryBytes: 3 * GiB });
+    expect(more.status).toBe(202);
+    expect((await reserved()).memoryBytes).toBe(8 * GiB);
+    // A shrink holds nothing more (its room is freed once it has run).
+    const shrink = await resize(fill, { memoryBytes: 4 * GiB });
+    expect(shrink.status).toBe(202);
+    expect((await reserved()).memoryBytes).toBe(8 * GiB);
+    // Cancelled, the larger growth releases its part; the first one still holds its own.
+    const cancel = (job: string) => a.http().post(`/v1/jobs/${job}/cancel`).set(a.auth());
+    expect((await cancel(more.body.job.id)).status).toBe(200);
+    expect((await reserved()).memoryBytes).toBe(7.5 * GiB);
+    expect((await cancel(grow.body.job.id)).status).toBe(200);
+    expect((await reserved()).memoryBytes).toBe(6 * GiB);
+    expect((await create('hold-now', 1 * GiB)).status).toBe(202);
+    // A retried growth needs its room again: 1 GiB free, 1.5 asked → 503, the job stays cancelled.
+    const retry = await a.http().post(`/v1/jobs/${grow.body.job.id}/retry`).set(a.auth());
+    expectProblem(retry, 503, 'NO_CAPACITY');
+    expect((await a.http().get(`/v1/jobs/${grow.body.job.id}`).set(a.auth())).body.state).toBe('cancelled');
+    expect((await reserved()).memoryBytes).toBe(7 * GiB);
+    // The shrink ends as the worker ends it (its row's new limits and the job's end in one transaction):
+    // the room it frees is free.
+    await a.ds.transaction(async (m) => {
+      await m.query(`UPDATE containers SET memory_bytes = $2 WHERE id = $1`, [fill, 4 * GiB]);
+      await m.query(`UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = $1`, [
+        shrink.body.job.id,
+      ]);
+    });
+    expect((await reserved()).memoryBytes).toBe(6 * GiB);
+    // Now the retry fits, and holds its room again.
+    expect((await a.http().post(`/v1/jobs/${grow.body.job.id}/retry`).set(a.auth())).status).toBe(202);
+    expect((await reserved()).memoryBytes).toBe(7.5 * GiB);
+    expect((await cancel(grow.body.job.id)).status).toBe(200);
+    expect((await reserved()).memoryBytes).toBe(6 * GiB);
+  }, 60_000);
+
+  it('resizes racing for the last room: exactly as many are accepted as fit', async () => {
+    // Fill up to 0.75 GiB free, then four containers each try to grow by 0.5 GiB at once.
+    const free = 8 * GiB - (await reserved()).memoryBytes;
+    const ids: string[] = [];
+    for (let i = 0; i < 4; i++) ids.push((await create(`race-${i}`, 64 * MiB)).body.container.id as string);
+    const left = free - 4 * 64 * MiB;
+    expect((await create('race-fill', left - 0.75 * GiB)).status).toBe(202);
+    const answers = await Promise.all(ids.map((id) => resize(id, { memoryBytes: 64 * MiB + 0.5 * GiB })));
+    expect(answers.map((r) => r.status).sort()).toEqual([202, 503, 503, 503]);
+    expect((await reserved()).memoryBytes).toBe(8 * GiB - 0.25 * GiB);
+  }, 60_000);
+});
+
 describe('admin key bootstrap', () => {
   const dbName = `berth_adminkey_${process.pid}`;
   let url: string;

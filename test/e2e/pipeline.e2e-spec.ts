@@ -103,6 +103,21 @@ describeKernel(
       expect(readFileSync(cg('cpu', 'cpu.cfs_quota_us'), 'utf8').trim()).toBe('50000');
       const c = (await p.http().get(`/v1/containers/${id}`).set(p.auth())).body;
       expect(c.resources).toMatchObject({ memoryBytes: 96 * MiB, cpus: 0.5 });
+      // Its hold ended with the job: the host counts the container at its new limits, as it counts the rest.
+      const [held] = await p.ds.query(
+        `SELECT held_cpus::float AS cpus, held_memory_bytes::bigint::float AS mem FROM containers WHERE id = $1`,
+        [id],
+      );
+      expect(held).toEqual({ cpus: 0, mem: 0 });
+      const [counted] = await p.ds.query(
+        `SELECT h.reserved_memory_bytes::float AS reserved, h.reserved_cpus::float AS cpus,
+                (SELECT sum(memory_bytes)::float FROM containers WHERE host_id = h.id AND destroyed_at IS NULL) AS sum,
+                (SELECT sum(cpus)::float FROM containers WHERE host_id = h.id AND destroyed_at IS NULL) AS cpu_sum
+         FROM hosts h JOIN containers c ON c.host_id = h.id WHERE c.id = $1`,
+        [id],
+      );
+      expect(counted.reserved).toBe(counted.sum);
+      expect(counted.cpus).toBe(counted.cpu_sum);
       await accepted(await p.http().post(`/v1/containers/${id}/pause`).set(p.auth()).send({}));
       expect(readFileSync(cg('freezer', 'freezer.state'), 'utf8').trim()).toBe('FROZEN');
       await accepted(await p.http().post(`/v1/containers/${id}/resume`).set(p.auth()).send({}));

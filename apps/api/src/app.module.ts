@@ -10,7 +10,6 @@ import { ContainersController } from './containers/containers.controller';
 import { ContainersService } from './containers/containers.service';
 import { HealthModule } from './health/health.module';
 import { HostsController, HostsService } from './hosts/hosts.controller';
-import { PlacementService } from './hosts/placement.service';
 import { IdempotencyModule } from './idempotency/idempotency.module';
 import { JobsModule } from './jobs/jobs.module';
 import { MetricsController } from './ops/metrics.controller';
@@ -44,7 +43,6 @@ export class AppModule {
         ContainersService,
         TemplatesService,
         HostsService,
-        PlacementService,
         OutboxRelay,
         MetricsService,
         QueueBoard,

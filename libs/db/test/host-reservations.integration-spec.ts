@@ -4,7 +4,8 @@ import { createEmptyDatabase, dropDatabase } from '@test/support/databases';
 
 /**
  * hosts.reserved_* (migration HostReservations): what a host's live containers reserve, kept by a trigger
- * on `containers`, equal at every step to the sum that placement used to compute at each create.
+ * on `containers`, equal at every step to the sum that placement used to compute at each create; since
+ * ResizeHolds each container counts at the larger of its limits and what its pending resizes hold.
  */
 describe('host reservation counters', () => {
   const dbName = `berth_reservations_${process.pid}`;
@@ -54,7 +55,8 @@ describe('host reservation counters', () => {
     const rows: { id: string; counters: number[]; sums: number[] }[] = await ds.query(
       `SELECT h.id,
               ARRAY[h.reserved_containers, h.reserved_cpus, h.reserved_memory_bytes, h.reserved_disk_bytes]::float[] AS counters,
-              ARRAY[count(c.id), COALESCE(sum(c.cpus), 0), COALESCE(sum(c.memory_bytes), 0),
+              ARRAY[count(c.id), COALESCE(sum(GREATEST(c.cpus, c.held_cpus)), 0),
+                    COALESCE(sum(GREATEST(c.memory_bytes, c.held_memory_bytes)), 0),
                     COALESCE(sum(c.disk_bytes), 0)]::float[] AS sums
        FROM hosts h LEFT JOIN containers c ON c.host_id = h.id AND c.destroyed_at IS NULL
        GROUP BY h.id`,
@@ -120,5 +122,60 @@ describe('host reservation counters', () => {
     await ds.runMigrations({ transaction: 'each' });
     expect(await both()).toEqual(before);
     expect(before).toEqual({ [h1]: [2, 3, 300, 3000], [h2]: [1, 0.5, 5, 50] });
+  });
+
+  it('count what pending resize jobs hold, from their acceptance to their end, whatever the end', async () => {
+    await ds.query(`DELETE FROM containers`);
+    const c = await create(h1, 1, 100, 1000);
+    const resize = async (resources: object, state = 'queued') =>
+      (
+        await ds.query(
+          `INSERT INTO jobs (kind, state, container_id, host_id, params, requested_by)
+           VALUES ('container.resize', $1, $2, $3, $4, 'test') RETURNING id`,
+          [state, c, h1, JSON.stringify({ containerId: c, resources })],
+        )
+      )[0].id as string;
+    const end = (id: string, state: string) =>
+      ds.query(`UPDATE jobs SET state = $2 WHERE id = $1`, [id, state]);
+    const held = async () =>
+      (
+        await ds.query(
+          `SELECT held_cpus::float AS cpus, held_memory_bytes::float AS mem FROM containers WHERE id = $1`,
+          [c],
+        )
+      )[0];
+    // Accepted: the growth counts at once; two pending growths count as the larger.
+    const g1 = await resize({ memoryBytes: 300 });
+    expect((await both())[h1]).toEqual([1, 1, 300, 1000]);
+    const g2 = await resize({ cpus: 2, memoryBytes: 200 });
+    expect((await both())[h1]).toEqual([1, 2, 300, 1000]);
+    expect(await held()).toEqual({ cpus: 2, mem: 300 });
+    // Claimed (active) still holds; another job kind or an ended resize holds nothing.
+    await end(g1, 'active');
+    await resize({ memoryBytes: 5000 }, 'failed');
+    await ds.query(
+      `INSERT INTO jobs (kind, state, container_id, host_id, params, requested_by)
+       VALUES ('container.start', 'queued', $1, $2, '{"resources": {"memoryBytes": 9000}}', 'test')`,
+      [c, h1],
+    );
+    expect((await both())[h1]).toEqual([1, 2, 300, 1000]);
+    // g1 fails: g2 still holds its own; g2 completes with the row's new limits: they count, nothing held.
+    await end(g1, 'failed');
+    expect((await both())[h1]).toEqual([1, 2, 200, 1000]);
+    await ds.transaction(async (m) => {
+      await m.query(`UPDATE containers SET cpus = 2, memory_bytes = 200 WHERE id = $1`, [c]);
+      await m.query(`UPDATE jobs SET state = 'completed' WHERE id = $1`, [g2]);
+    });
+    expect(await held()).toEqual({ cpus: 0, mem: 0 });
+    expect((await both())[h1]).toEqual([1, 2, 200, 1000]);
+    // Retried (back to queued), the failed growth holds again; cancelled, it lets go.
+    await end(g1, 'queued');
+    expect((await both())[h1]).toEqual([1, 2, 300, 1000]);
+    await end(g1, 'cancelled');
+    expect((await both())[h1]).toEqual([1, 2, 200, 1000]);
+    // A destroyed container counts nowhere, held or not.
+    await resize({ memoryBytes: 700 });
+    await ds.query(`UPDATE containers SET destroyed_at = now() WHERE id = $1`, [c]);
+    expect((await both())[h1]).toEqual([0, 0, 0, 0]);
   });
 });

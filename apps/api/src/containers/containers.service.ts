@@ -7,15 +7,12 @@ import { checkTransition, type ContainerState, type JobKind } from '@berth/jobs'
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
-import { CPU_OVERCOMMIT, PlacementService } from '../hosts/placement.service';
+import { PlacementService, type ResizeLimits } from '../hosts/placement.service';
 import type { IdempotencyClaim } from '../idempotency/idempotency-claim';
 import { JobEnqueuer, type EnqueuedJob, type EnqueueInput } from '../jobs/job-enqueuer';
 import { jobLocation, toJobView, type JobView } from '../jobs/job-view';
 import { CONTAINER_SELECT, toContainerView, type ContainerRow, type ContainerView } from './container-view';
 import type { CreateContainerDto, ListContainersQuery } from './containers.dto';
-
-/** A resize's new limits (the fields it changes). */
-type Resources = { cpus?: number; memoryBytes?: number; pidsMax?: number };
 
 export interface Accepted {
   job: JobView;
@@ -118,7 +115,8 @@ export class ContainersService {
    * transaction: the container's row is read and the transition checked, then the job is written with
    * the enqueues of concurrent requests (JobEnqueuer.submit), guarded by the target state that was
    * checked; when another request changed it in between, the check is made again on the new row.
-   * A request with an Idempotency-Key is written in a transaction of its own instead, with its answer.
+   * A request with an Idempotency-Key is written in a transaction of its own instead, with its answer;
+   * so is a resize, whose room on the host is checked and held under the placement lock.
    */
   async operate(
     id: string,
@@ -126,11 +124,11 @@ export class ContainersService {
     principal: Principal,
     extra: Record<string, unknown> = {},
   ): Promise<Accepted> {
-    if (principal.idempotency) return this.operateKeyed(id, kind, principal, principal.idempotency, extra);
+    if (principal.idempotency || kind === 'container.resize')
+      return this.operateInTransaction(id, kind, principal, extra, principal.idempotency);
     for (let attempt = 1; ; attempt++) {
       const [row] = await preparedQuery<ContainerRow>(this.ds, `${CONTAINER_SELECT} WHERE c.id = $1`, [id]);
       const next = this.transition(row, id, kind, principal);
-      if (kind === 'container.resize') await this.checkRoom(this.ds, row, extra.resources as Resources);
       // The target state, the request's audit event and the job in one statement.
       const job = await this.enqueuer.submit({
         ...this.operation(row, kind, principal, extra, next),
@@ -147,15 +145,16 @@ export class ContainersService {
   }
 
   /**
-   * `operate` for a request with an Idempotency-Key: the container's row locked, the transition checked,
-   * the job and the request's stored answer written in one pipelined transaction (JobEnqueuer.enqueue).
+   * `operate` in one pipelined transaction: the container's row locked, the transition checked, for a
+   * resize its room on the host checked under the placement lock (PlacementService.checkResize; the job
+   * holds it), then the job (JobEnqueuer.enqueue) and, with an Idempotency-Key, the request's answer.
    */
-  private operateKeyed(
+  private operateInTransaction(
     id: string,
     kind: JobKind,
     principal: Principal,
-    claim: IdempotencyClaim,
     extra: Record<string, unknown>,
+    claim?: IdempotencyClaim,
   ): Promise<Accepted> {
     return this.pipelined.transaction(async (tx) => {
       const [row] = await preparedQuery<ContainerRow>(
@@ -164,50 +163,13 @@ export class ContainersService {
         [id],
       );
       const next = this.transition(row, id, kind, principal);
-      if (kind === 'container.resize') await this.checkRoom(tx, row, extra.resources as Resources);
+      if (kind === 'container.resize')
+        await this.placement.checkResize(tx, id, extra.resources as ResizeLimits);
       const job = await this.enqueuer.enqueue(tx, this.operation(row, kind, principal, extra, next));
       const answer = this.accepted(row, job, next);
-      await claim.store(tx, answer, jobLocation(job.id));
+      await claim?.store(tx, answer, jobLocation(job.id));
       return answer;
     });
-  }
-
-  /**
-   * A resize's new limits against its host (503 NO_CAPACITY with the reasons, as a create's placement):
-   * no more CPUs than the host has (the runtime would refuse it), and a growth only into what the host's
-   * live containers leave free (its reservations, which the resize's completion updates). Best effort
-   * against a concurrent create or resize on the same host: the reservation follows the completion.
-   */
-  private async checkRoom(q: Parameters<typeof preparedQuery>[0], row: ContainerRow, r: Resources) {
-    const [h] = await preparedQuery<{
-      name: string;
-      cpu_count: number;
-      memory_bytes: string;
-      reserved_cpus: string;
-      reserved_memory_bytes: string;
-    }>(
-      q,
-      `SELECT name, cpu_count, memory_bytes, reserved_cpus, reserved_memory_bytes FROM hosts WHERE id = $1`,
-      [row.host_id],
-    );
-    if (!h) return;
-    const reasons: string[] = [];
-    const cpus = Number(row.cpus);
-    const cpuFree = h.cpu_count * CPU_OVERCOMMIT - Number(h.reserved_cpus);
-    if (r.cpus !== undefined && r.cpus > h.cpu_count) reasons.push(`${h.name}: has ${h.cpu_count} CPUs`);
-    else if (r.cpus !== undefined && r.cpus > cpus && r.cpus - cpus > cpuFree)
-      reasons.push(`${h.name}: not enough CPU (${Math.max(cpuFree, 0).toFixed(2)} free)`);
-    const memory = Number(row.memory_bytes);
-    const memFree = Number(h.memory_bytes) - Number(h.reserved_memory_bytes);
-    if (r.memoryBytes !== undefined && r.memoryBytes > memory && r.memoryBytes - memory > memFree)
-      reasons.push(`${h.name}: not enough memory (${Math.max(memFree, 0)} bytes free)`);
-    if (reasons.length > 0)
-      throw new ApiError(
-        HttpStatus.SERVICE_UNAVAILABLE,
-        'NO_CAPACITY',
-        `the container's host cannot take the new limits: ${reasons.join('; ')}`,
-        { reasons },
-      );
   }
 
   /** The target state `kind` leads `row` to: 404 when it is not the caller's, 409 when not allowed. */

@@ -7,10 +7,13 @@ export class HostCapacityDto {
   @ApiProperty() diskBytes: number;
 }
 
+/** What the host's live containers take: each at the larger of its limits and its pending resizes' ones. */
 export class HostReservedDto {
   @ApiProperty({ description: 'live containers placed there' }) containers: number;
-  @ApiProperty() cpus: number;
-  @ApiProperty() memoryBytes: number;
+  @ApiProperty({ description: 'CPU limits, including the growth of accepted resizes not yet run' })
+  cpus: number;
+  @ApiProperty({ description: 'memory limits, including the growth of accepted resizes not yet run' })
+  memoryBytes: number;
   @ApiProperty() diskBytes: number;
 }
 

@@ -1,5 +1,5 @@
 import { HttpStatus, Inject, Injectable } from '@nestjs/common';
-import { type SqlTx } from '@berth/db';
+import { preparedQuery, type SqlTx } from '@berth/db';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { ApiError } from '../common/api-error';
 import type { ContainerRow } from '../containers/container-view';
@@ -92,6 +92,20 @@ SELECT c.*, t.name AS template_name, pick.name AS host_name,
        t.id IS NOT NULL AS placement_template
 FROM (SELECT 1) one LEFT JOIN c ON true LEFT JOIN pick ON true LEFT JOIN t ON true`;
 
+/** A resize's new limits (the fields it changes). */
+export type ResizeLimits = { cpus?: number; memoryBytes?: number; pidsMax?: number };
+
+/**
+ * What a resize of container `$1` would add to its host: the host's cores and free room (its counters,
+ * which count each live container at the larger of its limits and what its pending resizes hold), and
+ * what the container counts there now.
+ */
+const RESIZE_ROOM = `SELECT h.name, h.cpu_count, h.cpu_count * ${CPU_OVERCOMMIT} - h.reserved_cpus::float AS cpu_free,
+       h.memory_bytes - h.reserved_memory_bytes AS mem_free,
+       GREATEST(c.cpus, c.held_cpus)::float AS cpus_counted,
+       GREATEST(c.memory_bytes, c.held_memory_bytes) AS mem_counted
+FROM containers c JOIN hosts h ON h.id = c.host_id WHERE c.id = $1`;
+
 type PlacementAnswer = PlacedContainer & {
   placement_hosts: number;
   placement_reasons: string[] | null;
@@ -139,6 +153,44 @@ export class PlacementService {
       JSON.stringify(requested.data),
     ]);
     return Promise.all([lock, insert]).then(([, [answer]]) => this.placed(answer, req));
+  }
+
+  /**
+   * Checks a resize of container `containerId` against its host, in the caller's transaction, under the
+   * placement lock (held to its end, like a create's): no more CPUs than the host has (the runtime would
+   * refuse it), and a growth only into the room the host has left. The resize job the caller then writes
+   * holds that room at once (`containers.held_*`, migration ResizeHolds): a create or another resize
+   * accepted before it has run cannot take it too. No room: 503 NO_CAPACITY with the reasons.
+   */
+  async checkResize(
+    q: Parameters<typeof preparedQuery>[0],
+    containerId: string,
+    r: ResizeLimits,
+  ): Promise<void> {
+    await preparedQuery(q, LOCK);
+    const [h] = await preparedQuery<{
+      name: string;
+      cpu_count: number;
+      cpu_free: number;
+      mem_free: string;
+      cpus_counted: number;
+      mem_counted: string;
+    }>(q, RESIZE_ROOM, [containerId]);
+    if (!h) return;
+    const reasons: string[] = [];
+    if (r.cpus !== undefined && r.cpus > h.cpu_count) reasons.push(`${h.name}: has ${h.cpu_count} CPUs`);
+    else if (r.cpus !== undefined && r.cpus - h.cpus_counted > h.cpu_free + 1e-9)
+      reasons.push(`${h.name}: not enough CPU (${Math.max(h.cpu_free, 0).toFixed(2)} free)`);
+    const memFree = Number(h.mem_free);
+    if (r.memoryBytes !== undefined && r.memoryBytes - Number(h.mem_counted) > memFree)
+      reasons.push(`${h.name}: not enough memory (${Math.max(memFree, 0)} bytes free)`);
+    if (reasons.length > 0)
+      throw new ApiError(
+        HttpStatus.SERVICE_UNAVAILABLE,
+        'NO_CAPACITY',
+        `the container's host cannot take the new limits: ${reasons.join('; ')}`,
+        { reasons },
+      );
   }
 
   private placed(answer: PlacementAnswer, req: PlacementRequest): PlacedContainer {

@@ -6,6 +6,7 @@ import { appendAudit, preparedQuery, publishAgain, recomputeTargetState } from '
 import { checkTransition, SLOT_WAIT_STAGE, type ContainerState, type JobKind } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
+import { PlacementService, type ResizeLimits } from '../hosts/placement.service';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
 import { FINAL_JOB_STATES, jobLocation, toJobView, type JobRow, type JobView } from './job-view';
 import { JobNotifications } from './job-notifications';
@@ -58,6 +59,7 @@ export class JobsService {
     @InjectDataSource() private readonly ds: DataSource,
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
     private readonly notifications: JobNotifications,
+    private readonly placement: PlacementService,
   ) {}
 
   /**
@@ -199,6 +201,7 @@ export class JobsService {
   /**
    * Retries a failed (or cancelled) job: the same job row goes back to `queued` and is published again
    * under a new BullMQ job id; the steps it finished before stay done (the worker resumes after them).
+   * A resize must find its room on the host again (it held it while pending, released it when it ended).
    */
   async retry(id: string, principal: Principal): Promise<JobView> {
     return this.ds.transaction(async (m) => {
@@ -233,6 +236,10 @@ export class JobsService {
             state: c.state,
             targetState: c.target_state,
           });
+        }
+        if (job.kind === 'container.resize') {
+          const params = job.params as { resources?: ResizeLimits };
+          await this.placement.checkResize(m, job.container_id, params.resources ?? {});
         }
         // Its new place in the container's FIFO: last. With its old one it would not wait for the jobs
         // accepted after it (they ran, or run, once it had failed), and could run beside one of them.

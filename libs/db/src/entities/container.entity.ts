@@ -34,6 +34,28 @@ export class Container {
   @Column('bigint', { name: 'memory_bytes', transformer: numberTransformer }) memoryBytes: number;
   @Column('bigint', { name: 'disk_bytes', transformer: numberTransformer }) diskBytes: number;
   @Column('integer', { name: 'pids_max' }) pidsMax: number;
+  /**
+   * The largest limits asked by this container's unfinished resize jobs (0: none), kept by a trigger on
+   * `jobs` (migration ResizeHolds); its host counts it at the larger of these and its limits.
+   */
+  @Column({
+    type: 'numeric',
+    name: 'held_cpus',
+    precision: 12,
+    scale: 2,
+    insert: false,
+    update: false,
+    transformer: numberTransformer,
+  })
+  heldCpus: number;
+  @Column({
+    type: 'bigint',
+    name: 'held_memory_bytes',
+    insert: false,
+    update: false,
+    transformer: numberTransformer,
+  })
+  heldMemoryBytes: number;
   @Column('text', { name: 'network_mode' }) networkMode: 'none' | 'bridge';
   @Column('inet', { name: 'ip_address', nullable: true }) ipAddress: string | null;
   /** Last sequence number handed to a job of this container (per-container FIFO). */

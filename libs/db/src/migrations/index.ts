@@ -10,6 +10,7 @@ import { AuditIndexUnused1764800000000 } from './1764800000000-audit-index-unuse
 import { HostReservations1764900000000 } from './1764900000000-host-reservations';
 import { JobCarrier1765000000000 } from './1765000000000-job-carrier';
 import { HostInstance1765100000000 } from './1765100000000-host-instance';
+import { ResizeHolds1765200000000 } from './1765200000000-resize-holds';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -25,4 +26,5 @@ export const migrations = [
   HostReservations1764900000000,
   JobCarrier1765000000000,
   HostInstance1765100000000,
+  ResizeHolds1765200000000,
 ];
