@@ -42,7 +42,8 @@ function readSse(
           clearTimeout(timer);
           const messages = text
             .split(/\n\n/)
-            .filter((block) => block.trim() !== '')
+            // Comment-only blocks (`: keep-alive`) are no message: EventSource ignores them.
+            .filter((block) => block.trim() !== '' && !block.split('\n').every((l) => l.startsWith(':')))
             .map((block) => {
               const m: Partial<SseMessage> & { lines: string[] } = { lines: [] };
               for (const line of block.split('\n')) {
@@ -67,6 +68,39 @@ function readSse(
   });
 }
 
+/** The raw text of a Server-Sent Events stream during `ms`, then hangs up; `ended`: the server closed it. */
+function readSseFor(
+  server: import('node:http').Server,
+  path: string,
+  token: string,
+  ms: number,
+): Promise<{ status: number; text: string; ended: boolean }> {
+  const { port } = server.address() as AddressInfo;
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: '127.0.0.1',
+        port,
+        path,
+        headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
+      },
+      (res) => {
+        let text = '';
+        let ended = false;
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => (ended = true));
+        setTimeout(() => {
+          req.destroy();
+          resolve({ status: res.statusCode!, text, ended });
+        }, ms);
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 async function listen(server: import('node:http').Server): Promise<void> {
   if (!server.listening) await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
 }
@@ -79,7 +113,7 @@ describe('jobs API: filters, pagination, long-poll', () => {
   const all: string[] = [];
 
   beforeAll(async () => {
-    a = await startApiOnly('jobsapi');
+    a = await startApiOnly('jobsapi', { API_SSE_KEEPALIVE_MS: '200' });
     const mk = async (name: string) => {
       const res = await a.createStopped(name);
       expect(res.status).toBe(202);
@@ -410,6 +444,28 @@ describe('jobs API: filters, pagination, long-poll', () => {
     } finally {
       poll.restore();
     }
+  });
+
+  it('keeps an idle event stream alive with comment lines, which are no events', async () => {
+    // The create of container A: queued for ever here (no worker), so its stream stays open and idle.
+    await listen(a.api.getHttpServer());
+    const { status, text, ended } = await readSseFor(
+      a.api.getHttpServer(),
+      `/v1/jobs/${all[0]}/events`,
+      a.token,
+      900,
+    );
+    expect(status).toBe(200);
+    expect(ended).toBe(false);
+    const blocks = text
+      .split('\n\n')
+      .map((b) => b.trim())
+      .filter((b) => b !== '');
+    expect(blocks[0]).toMatch(/^event: job\.queued\nid: \d+\ndata: /);
+    // API_SSE_KEEPALIVE_MS = 200: a few in 900 ms, and nothing else after the job's one event.
+    const rest = blocks.slice(1);
+    expect(rest.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(rest)).toEqual(new Set([': keep-alive']));
   });
 });
 

@@ -46,6 +46,11 @@ export const envSchema = z
       .default('/var/lib/berth/admin.key'),
     /** Largest accepted request body. */
     API_BODY_LIMIT_BYTES: int(1_024, 10_485_760).default(65_536),
+    /**
+     * A comment line sent on an idle Server-Sent Events stream this often, so that proxies and load
+     * balancers (which close connections idle for 30-60 s) keep a long job's stream open.
+     */
+    API_SSE_KEEPALIVE_MS: int(100, 600_000).default(15_000),
     /** Outbox relay safety-net poll (it is woken by LISTEN/NOTIFY first). */
     OUTBOX_POLL_MS: int(50, 600_000).default(2_000),
     /** How long Idempotency-Key answers are kept. */

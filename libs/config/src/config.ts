@@ -12,6 +12,7 @@ export interface BerthConfig {
     adminKeyFile: string;
     bodyLimitBytes: number;
     idempotencyTtlHours: number;
+    sseKeepAliveMs: number;
   };
   outbox: { pollMs: number };
   host: {
@@ -74,6 +75,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig
       adminKeyFile: e.ADMIN_KEY_FILE,
       bodyLimitBytes: e.API_BODY_LIMIT_BYTES,
       idempotencyTtlHours: e.IDEMPOTENCY_TTL_HOURS,
+      sseKeepAliveMs: e.API_SSE_KEEPALIVE_MS,
     },
     outbox: { pollMs: e.OUTBOX_POLL_MS },
     host: {

@@ -6,6 +6,7 @@ import {
   Get,
   Headers,
   HttpCode,
+  Inject,
   Injectable,
   Param,
   Post,
@@ -18,6 +19,7 @@ import {
 import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiProduces, ApiTags } from '@nestjs/swagger';
 import type { Response } from 'express';
 import { Observable } from 'rxjs';
+import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { CurrentPrincipal, type AuthedRequest, type Principal } from '../auth/principal';
 import { ApiAcceptedJob, ApiProblems, ApiWrite, NoBodyPipe, UuidPipe } from '../common/problem.dto';
 import { FINAL_JOB_STATES, jobLocation } from './job-view';
@@ -62,7 +64,10 @@ export class JobExistsGuard extends JobVisibleGuard {
 @ApiBearerAuth()
 @Controller('v1/jobs')
 export class JobsController {
-  constructor(private readonly jobs: JobsService) {}
+  constructor(
+    private readonly jobs: JobsService,
+    @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
+  ) {}
 
   @Get()
   @ApiOperation({ summary: 'List jobs, newest first, with filters and cursor pagination' })
@@ -102,7 +107,9 @@ export class JobsController {
     description:
       'Each audit event of the job is one SSE message (`event:` the action, e.g. job.queued, `id:` the ' +
       'event id, `data:` a JobEvent as JSON); when the job has ended a last `end` message carries the job ' +
-      'and the stream closes. A client that reconnects with `Last-Event-ID` gets only the events after it.',
+      'and the stream closes. A client that reconnects with `Last-Event-ID` gets only the events after it. ' +
+      'While nothing happens a comment line (`: keep-alive`) is sent every API_SSE_KEEPALIVE_MS (15 s), so ' +
+      'that proxies keep the stream of a long job open.',
   })
   @ApiProduces('text/event-stream')
   @ApiOkResponse({ description: 'text/event-stream of JobEvent messages, then `end` with the Job' })
@@ -149,10 +156,16 @@ export class JobsController {
       };
       const unsubscribe = this.jobs.subscribe(id, () => void pump());
       const safety = setInterval(() => void pump(), 2_000);
+      // A comment, which EventSource ignores: bytes on an idle stream, so that no proxy times it out.
+      const keepAlive = setInterval(
+        () => sub.next({ comment: 'keep-alive' }),
+        this.config.api.sseKeepAliveMs,
+      );
       void pump();
       return () => {
         unsubscribe();
         clearInterval(safety);
+        clearInterval(keepAlive);
       };
     });
   }
