@@ -7,7 +7,7 @@ import { JobsService } from '../../apps/api/src/jobs/jobs.service';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, type Pipeline } from '@test/support/pipeline';
-import { until } from '@test/support/worker-process';
+import { sleep, until } from '@test/support/worker-process';
 
 const UNKNOWN = '00000000-0000-4000-8000-000000000000';
 
@@ -43,7 +43,14 @@ function readSse(
           const messages = text
             .split(/\n\n/)
             // Comment-only blocks (`: keep-alive`) are no message: EventSource ignores them.
-            .filter((block) => block.trim() !== '' && !block.split('\n').every((l) => l.startsWith(':')))
+            .filter(
+              (block) =>
+                block.trim() !== '' &&
+                !block
+                  .split('\n')
+                  .filter((l) => l !== '')
+                  .every((l) => l.startsWith(':')),
+            )
             .map((block) => {
               const m: Partial<SseMessage> & { lines: string[] } = { lines: [] };
               for (const line of block.split('\n')) {
@@ -305,6 +312,65 @@ describe('jobs API: filters, pagination, long-poll', () => {
     const again = await a.http().get(`/v1/jobs/${job}/wait?timeout=30`).set(a.auth());
     expect(again.body.state).toBe('completed');
     expect(Date.now() - t1).toBeLessThan(1_000);
+  });
+
+  it('followers of jobs whose end was never notified still get it: one look for all, none per follower', async () => {
+    const queued: string[] = (
+      await a.ds.query(`SELECT id FROM jobs WHERE host_id = $1 AND state = 'queued' ORDER BY id LIMIT 3`, [
+        offlineHost,
+      ])
+    ).map((r: { id: string }) => r.id);
+    expect(queued).toHaveLength(3);
+    const notifications = a.api.get(JobNotifications);
+    const jobs = a.api.get(JobsService);
+    const get = jobs.get.bind(jobs);
+    let reads = 0;
+    jobs.get = (id: string, ...rest) => {
+      if (queued.includes(id)) reads++;
+      return get(id, ...rest);
+    };
+    await listen(a.api.getHttpServer());
+    try {
+      // Two long-polls and an event stream.
+      const polls = queued.slice(0, 2).map((id) =>
+        a
+          .http()
+          .get(`/v1/jobs/${id}/wait?timeout=30`)
+          .set(a.auth())
+          .then((r) => r),
+      );
+      const stream = readSse(a.api.getHttpServer(), `/v1/jobs/${queued[2]}/events`, a.token, 30_000);
+      await until(
+        'the three followers to follow',
+        async () => queued.every((id) => notifications.subscribers(id) === 1),
+        5_000,
+      );
+      // While nothing happens, the followers do not read their jobs (the safety net is one query per tick).
+      const idle = reads;
+      await sleep(2_500);
+      expect(reads).toBe(idle);
+      // The jobs end without a notification (as while the LISTEN connection was down).
+      const other = new Client({ connectionString: a.databaseUrl });
+      await other.connect();
+      try {
+        await other.query(`SET berth.defer_notify = on`);
+        await other.query(
+          `UPDATE jobs SET state = 'completed', finished_at = now(), updated_at = now() WHERE id = ANY($1)`,
+          [queued],
+        );
+      } finally {
+        await other.end();
+      }
+      const t0 = Date.now();
+      for (const res of await Promise.all(polls)) expect(res.body.state).toBe('completed');
+      const sse = await stream;
+      // (These jobs were written without audit events: their stream has only its end.)
+      expect(sse.messages.map((m) => m.event)).toEqual(['end']);
+      expect(sse.messages[0].data.state).toBe('completed');
+      expect(Date.now() - t0).toBeLessThan(2_500);
+    } finally {
+      jobs.get = get;
+    }
   });
 
   it('a long-poll outlives a failed look at its job and still answers the end', async () => {

@@ -1,21 +1,42 @@
-import { Injectable, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
+import { Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
 import { EventEmitter } from 'node:events';
 import { types } from 'pg';
-import { PgListener } from '@berth/db';
-import type { JobRow } from './job-view';
+import type { DataSource } from 'typeorm';
+import { PgListener, preparedQuery } from '@berth/db';
+import { FINAL_JOB_STATES, type JobRow } from './job-view';
+
+/** How often the followed jobs are looked at, all in one query (the safety net for a lost notification). */
+export const SWEEP_MS = 1_000;
+/** Job ids per look (a bound on the statement's parameter, whatever the number of followers). */
+const SWEEP_CHUNK = 1_000;
+const SWEEP = `SELECT id, state, state || ' ' || updated_at::text AS at FROM jobs WHERE id = ANY($1::uuid[])`;
 
 /**
  * `berth_job` notifications (a trigger on the audit events of jobs sends them at commit, with the event's
  * action; the worker's `job.active` mark is silent, see migration JobActiveSilent), fanned out to waiters by job id:
  * long-polls and event streams wake at once instead of polling the database. On the process's shared
  * LISTEN connection (PgListener).
+ *
+ * A notification can be lost (sent while the LISTEN connection was down): every SWEEP_MS, and when the
+ * connection is back, one query looks at all the followed jobs and wakes the followers of those that
+ * changed (state or `updated_at`) since the last look, or that had ended when first seen.
+ * The database sees one query per tick, not one per follower.
  */
 @Injectable()
 export class JobNotifications implements OnApplicationBootstrap, OnApplicationShutdown {
+  private readonly log = new Logger(JobNotifications.name);
   private readonly emitter = new EventEmitter();
+  /** Each followed job's state and `updated_at` at the last sweep. */
+  private readonly seen = new Map<string, string>();
+  private sweeping = false;
+  private timer?: NodeJS.Timeout;
   private stop?: () => void;
 
-  constructor(private readonly listener: PgListener) {
+  constructor(
+    private readonly listener: PgListener,
+    @InjectDataSource() private readonly ds: DataSource,
+  ) {
     this.emitter.setMaxListeners(0);
   }
 
@@ -28,13 +49,18 @@ export class JobNotifications implements OnApplicationBootstrap, OnApplicationSh
         const n = parseJobNotification(payload);
         if (n) this.emitter.emit(n.jobId, n.action, n.row);
       },
+      // Listening again after the connection was down: what was notified meanwhile is lost; a look now.
+      listening: () => void this.sweep(),
     });
+    this.timer = setInterval(() => void this.sweep(), SWEEP_MS);
+    this.timer.unref();
   }
 
   /**
    * Calls `fn` on every notified change of job `jobId`, with the change's audit action (`job.step.done`,
-   * `job.completed`, …; undefined when the writer did not say) and, for the job's end, the job as that end
-   * wrote it (when it fitted in the notification), until the returned function is called.
+   * `job.completed`, …; undefined when the writer did not say, or when a look found a change whose
+   * notification was lost) and, for the job's end, the job as that end wrote it (when it fitted in the
+   * notification), until the returned function is called.
    */
   subscribe(jobId: string, fn: (action?: string, row?: JobRow) => void): () => void {
     this.emitter.on(jobId, fn);
@@ -46,8 +72,36 @@ export class JobNotifications implements OnApplicationBootstrap, OnApplicationSh
     return this.emitter.listenerCount(jobId);
   }
 
+  /** One look at every followed job (see the class): wakes the followers of those that changed. */
+  async sweep(): Promise<void> {
+    if (this.sweeping) return;
+    const ids = this.emitter.eventNames() as string[];
+    for (const id of this.seen.keys()) if (this.emitter.listenerCount(id) === 0) this.seen.delete(id);
+    if (ids.length === 0) return;
+    this.sweeping = true;
+    try {
+      for (let i = 0; i < ids.length; i += SWEEP_CHUNK) {
+        const rows = await preparedQuery<{ id: string; state: string; at: string }>(this.ds, SWEEP, [
+          ids.slice(i, i + SWEEP_CHUNK),
+        ]);
+        for (const r of rows) {
+          const before = this.seen.get(r.id);
+          this.seen.set(r.id, r.at);
+          // First seen: its follower looked when it began; only an end it may have missed matters.
+          if (before === undefined ? FINAL_JOB_STATES.includes(r.state) : before !== r.at)
+            this.emitter.emit(r.id);
+        }
+      }
+    } catch (e) {
+      this.log.warn(`a look at the followed jobs failed (the next one retries): ${String(e)}`);
+    } finally {
+      this.sweeping = false;
+    }
+  }
+
   onApplicationShutdown(): void {
     this.stop?.();
+    clearInterval(this.timer);
   }
 }
 

@@ -154,8 +154,8 @@ export class JobsController {
           }
         }
       };
+      // Woken by every change of the job (and by JobNotifications' safety net when a notification was lost).
       const unsubscribe = this.jobs.subscribe(id, () => void pump());
-      const safety = setInterval(() => void pump(), 2_000);
       // A comment, which EventSource ignores: bytes on an idle stream, so that no proxy times it out.
       const keepAlive = setInterval(
         () => sub.next({ comment: 'keep-alive' }),
@@ -164,7 +164,6 @@ export class JobsController {
       void pump();
       return () => {
         unsubscribe();
-        clearInterval(safety);
         clearInterval(keepAlive);
       };
     });

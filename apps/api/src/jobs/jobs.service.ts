@@ -165,7 +165,6 @@ export class JobsService {
         if (done) return;
         done = true;
         clearTimeout(timer);
-        clearInterval(safety);
         unsubscribe();
         signal?.removeEventListener('abort', gone);
         v.then(resolve, reject);
@@ -179,14 +178,13 @@ export class JobsService {
         );
       };
       // Only an end can answer the long-poll: the marks and step records of a running job do not make it
-      // read the job again (an action it does not know, or none, does).
+      // read the job again (an action it does not know, or none, does: JobNotifications' safety net for a
+      // lost notification wakes it without one).
       // The job's end brings the job as it ended: answered without reading it back.
       const unsubscribe = this.notifications.subscribe(id, (action, row) => {
         if (row && FINAL_JOB_STATES.includes(row.state)) finish(Promise.resolve(toJobView(row)));
         else if (!action || !NOT_AN_END.has(action)) check();
       });
-      // Safety net for a lost notification (LISTEN connection re-established in between).
-      const safety = setInterval(check, 1_000);
       const timer = setTimeout(() => finish(this.get(id)), timeoutMs);
       const gone = () => finish(Promise.resolve(first));
       signal?.addEventListener('abort', gone);
