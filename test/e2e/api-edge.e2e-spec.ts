@@ -732,6 +732,52 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
     );
     expect(await a.counts()).toEqual(before);
   });
+
+  it('does not see the fleet: no host list, no choice of host, no per-host reasons when there is no room', async () => {
+    expectProblem(await a.http().get('/v1/hosts').set(a.auth(mine)), 403, 'FORBIDDEN');
+    expect((await a.http().get('/v1/hosts').set(a.auth())).status).toBe(200);
+    const before = await a.counts();
+    const body = { template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false };
+    expectProblem(
+      await a
+        .http()
+        .post('/v1/containers')
+        .set(a.auth(mine))
+        .send({ ...body, name: 'mine-there', host: a.hostId }),
+      403,
+      'FORBIDDEN',
+    );
+    // No room: 503 as for an admin, without the hosts' names and what they have free.
+    const full = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth(mine))
+      .send({ ...body, name: 'mine-huge', memoryBytes: TiB });
+    expectProblem(full, 503, 'NO_CAPACITY');
+    expect(full.body.reasons).toBeUndefined();
+    expect(JSON.stringify(full.body)).not.toContain('tenants-h1');
+    const admin = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth())
+      .send({ ...body, name: 'admin-huge', memoryBytes: TiB });
+    expect(admin.body.reasons).toEqual([expect.stringMatching(/^tenants-h1: not enough memory/)]);
+    expect(await a.counts()).toEqual(before);
+    // A resize too.
+    const made = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth(mine))
+      .send({ ...body, name: 'mine-small' });
+    const grow = await a
+      .http()
+      .patch(`/v1/containers/${made.body.container.id}`)
+      .set(a.auth(mine))
+      .send({ memoryBytes: TiB });
+    expectProblem(grow, 503, 'NO_CAPACITY');
+    expect(grow.body.reasons).toBeUndefined();
+    expect(JSON.stringify(grow.body)).not.toContain('tenants-h1');
+  });
 });
 
 describe('CPU room: limits overcommitted across containers, up to 16 per core', () => {

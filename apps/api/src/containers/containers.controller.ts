@@ -35,6 +35,24 @@ function accepted(res: Response, a: Accepted): Accepted {
 
 const ACCEPTED = 'the job and the container as it will be; Location: /v1/jobs/<id>';
 
+/**
+ * A refusal for lack of room, as a key without the admin scope sees it: that there is no room, not which
+ * hosts the fleet has nor what they have free (the reasons name every host; GET /v1/hosts is admin-only).
+ */
+async function fleetPrivate<T>(p: Principal, answer: Promise<T>): Promise<T> {
+  try {
+    return await answer;
+  } catch (e) {
+    if (e instanceof ApiError && e.code === 'NO_CAPACITY' && !isAdmin(p))
+      throw new ApiError(
+        HttpStatus.SERVICE_UNAVAILABLE,
+        'NO_CAPACITY',
+        'no room for these limits now; try again later',
+      );
+    throw e;
+  }
+}
+
 @ApiTags('containers')
 @ApiBearerAuth()
 @Controller('v1/containers')
@@ -50,10 +68,12 @@ export class ContainersController {
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    // Real root inside (no user namespace) is the operator's to grant.
+    // Real root inside (no user namespace) is the operator's to grant; so is the choice of a host.
     if (dto.privileged && !isAdmin(p))
       throw new ApiError(HttpStatus.FORBIDDEN, 'FORBIDDEN', 'a privileged container needs an admin API key');
-    return accepted(res, await this.containers.create(dto, p));
+    if (dto.host !== undefined && !isAdmin(p))
+      throw new ApiError(HttpStatus.FORBIDDEN, 'FORBIDDEN', 'choosing a host needs an admin API key');
+    return accepted(res, await fleetPrivate(p, this.containers.create(dto, p)));
   }
 
   @Get()
@@ -165,7 +185,10 @@ export class ContainersController {
     if (Object.keys(resources).length === 0) {
       throw new ApiError(400, 'VALIDATION_FAILED', 'give at least one of cpus, memoryBytes, pidsMax');
     }
-    return accepted(res, await this.containers.operate(id, 'container.resize', p, { resources }));
+    return accepted(
+      res,
+      await fleetPrivate(p, this.containers.operate(id, 'container.resize', p, { resources })),
+    );
   }
 
   @Post(':id/snapshots')

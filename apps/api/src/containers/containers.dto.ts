@@ -75,7 +75,9 @@ export class CreateContainerDto {
   @IsBoolean()
   privileged?: boolean;
 
-  @ApiPropertyOptional({ description: 'host id to place it on; default: placement picks one' })
+  @ApiPropertyOptional({
+    description: 'host id to place it on (admin keys only); default: placement picks one',
+  })
   @OmittedOrValid()
   @IsUUID()
   host?: string;

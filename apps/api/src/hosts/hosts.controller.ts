@@ -92,9 +92,12 @@ export class HostsController {
   constructor(private readonly hosts: HostsService) {}
 
   @Get()
-  @ApiOperation({ summary: 'Hosts with capacity, reservations and heartbeat' })
+  @ApiOperation({
+    summary: 'Hosts with capacity, reservations and heartbeat (admin keys only: the fleet is the operator’s)',
+  })
   @ApiOkResponse({ type: [HostDto] })
-  @ApiProblems()
+  @ApiProblems(403)
+  @AdminOnly()
   list() {
     return this.hosts.list();
   }
