@@ -160,8 +160,20 @@ EOF
   fi
   local psql=("$bin/psql" -h "$PG_RUN" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA)
   if [ "$(as_postgres "${psql[@]}" -c "select 1 from pg_roles where rolname='berth'")" != 1 ]; then
-    as_postgres "${psql[@]}" -c "create role berth login password 'berth' createdb"
+    as_postgres "${psql[@]}" -c "create role berth login createdb"
   fi
+  # The app role's password: random, made once, readable by root only (.berth/pg-password, which the
+  # config's default DATABASE_URL reads); set at every ensure, so a cluster made with the old fixed
+  # password gets it too. Handed to psql through its environment, never on a command line.
+  local pwfile=$STATE/pg-password
+  if [ ! -s "$pwfile" ]; then
+    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$pwfile.tmp") && mv "$pwfile.tmp" "$pwfile"
+  fi
+  chmod 600 "$pwfile"
+  BERTH_PG_PW=$(cat "$pwfile") as_postgres "${psql[@]}" -f - <<'SQL'
+\getenv pw BERTH_PG_PW
+ALTER ROLE berth PASSWORD :'pw';
+SQL
   if [ "$(as_postgres "${psql[@]}" -c "select 1 from pg_database where datname='berth'")" != 1 ]; then
     as_postgres "${psql[@]}" -c "create database berth owner berth"
   fi

@@ -28,8 +28,16 @@ export const envSchema = z
     /** Ports of the project-local services (scripts/services.sh); the default URLs point at them. */
     BERTH_PG_PORT: int(1, 65535).default(5433),
     BERTH_REDIS_PORT: int(1, 65535).default(6380),
-    /** Default: the project-local PostgreSQL on BERTH_PG_PORT. */
+    /**
+     * Default: the project-local PostgreSQL on BERTH_PG_PORT, as the app role `berth` with the password that
+     * scripts/services.sh made (`<BERTH_STATE_DIR>/pg-password`, 0600).
+     */
     DATABASE_URL: url(['postgres:', 'postgresql:']).optional(),
+    /** The project-local state (scripts/services.sh): default `.berth` in the working directory. */
+    BERTH_STATE_DIR: z
+      .string()
+      .refine((v) => v.startsWith('/'), 'must be an absolute path')
+      .optional(),
     /** Default: the project-local Redis on BERTH_REDIS_PORT. */
     REDIS_URL: url(['redis:', 'rediss:']).optional(),
     /** Key prefix of every BullMQ queue (separates deployments, or test runs, sharing one Redis). */

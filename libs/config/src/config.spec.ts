@@ -1,8 +1,14 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ConfigError, loadConfig } from './config';
+
+/** A state dir without the local cluster's password file (the checkout's own .berth may have one). */
+const NO_STATE = { BERTH_STATE_DIR: '/nonexistent/berth-state' };
 
 describe('loadConfig', () => {
   it('gives local-mode defaults for an empty environment', () => {
-    const c = loadConfig({});
+    const c = loadConfig({ ...NO_STATE });
     expect(c.database.url).toBe('postgres://berth:berth@127.0.0.1:5433/berth');
     expect(c.redis.url).toBe('redis://127.0.0.1:6380');
     expect(c.api.port).toBe(8080);
@@ -11,12 +17,28 @@ describe('loadConfig', () => {
   });
 
   it('points the default URLs at the project-local service ports', () => {
-    const c = loadConfig({ BERTH_PG_PORT: '5441', BERTH_REDIS_PORT: '6391' });
+    const c = loadConfig({ ...NO_STATE, BERTH_PG_PORT: '5441', BERTH_REDIS_PORT: '6391' });
     expect(c.database.url).toBe('postgres://berth:berth@127.0.0.1:5441/berth');
     expect(c.redis.url).toBe('redis://127.0.0.1:6391');
     expect(loadConfig({ BERTH_PG_PORT: '5441', DATABASE_URL: 'postgres://x@db/y' }).database.url).toBe(
       'postgres://x@db/y',
     );
+  });
+
+  it("uses the local cluster's app password that services.sh wrote in the state dir", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-state-'));
+    try {
+      writeFileSync(join(dir, 'pg-password'), '0a1b2c3d4e5f\n', { mode: 0o600 });
+      expect(loadConfig({ BERTH_STATE_DIR: dir, BERTH_PG_PORT: '5441' }).database.url).toBe(
+        'postgres://berth:0a1b2c3d4e5f@127.0.0.1:5441/berth',
+      );
+      expect(loadConfig({ BERTH_STATE_DIR: dir, DATABASE_URL: 'postgres://x@db/y' }).database.url).toBe(
+        'postgres://x@db/y',
+      );
+      expect(() => loadConfig({ BERTH_STATE_DIR: 'relative' })).toThrow(/BERTH_STATE_DIR/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('maps variables into the nested object with types', () => {

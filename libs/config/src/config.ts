@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { envSchema, type Env } from './config.schema';
 
 /** The typed, nested configuration object that every app and library receives. */
@@ -53,6 +55,20 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * The project-local PostgreSQL (scripts/services.sh) as the app role, with the password services.sh made
+ * in `<state dir>/pg-password`; the old fixed `berth` where there is no such file (nothing set up here).
+ */
+function localDatabaseUrl(port: number, stateDir = join(process.cwd(), '.berth')): string {
+  let password = 'berth';
+  try {
+    password = readFileSync(join(stateDir, 'pg-password'), 'utf8').trim() || password;
+  } catch {
+    // No local cluster made by services.sh in this state dir.
+  }
+  return `postgres://berth:${encodeURIComponent(password)}@127.0.0.1:${port}/berth`;
+}
+
 /** Validates the environment once; throws ConfigError naming every bad variable. */
 export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig {
   // Empty strings mean "unset" (a blank line in an env file must not override a default).
@@ -67,7 +83,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig
   return {
     env: e.NODE_ENV,
     logLevel: e.LOG_LEVEL,
-    database: { url: e.DATABASE_URL ?? `postgres://berth:berth@127.0.0.1:${e.BERTH_PG_PORT}/berth` },
+    database: { url: e.DATABASE_URL ?? localDatabaseUrl(e.BERTH_PG_PORT, e.BERTH_STATE_DIR) },
     redis: { url: e.REDIS_URL ?? `redis://127.0.0.1:${e.BERTH_REDIS_PORT}`, bullPrefix: e.BULLMQ_PREFIX },
     api: {
       host: e.API_HOST,
