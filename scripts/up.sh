@@ -13,10 +13,21 @@ export ADMIN_KEY_FILE=${ADMIN_KEY_FILE:-$PWD/.berth/admin.key}
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
+# SIGTERM, then as long as the worker's shutdown grace (its running jobs finish or go back to the queue)
+# and a margin; only then SIGKILL (its jobs run again once their locks lapse). The pid file goes only with
+# the process: a second `up` must not start a second worker beside one still finishing its jobs.
 stop_one() {
   if running "$1"; then
-    kill -TERM "$(cat "$RUN/$1.pid")"
-    for _ in $(seq 1 100); do running "$1" || break; sleep 0.1; done
+    local pid waits
+    pid=$(cat "$RUN/$1.pid")
+    waits=$(((${SHUTDOWN_GRACE_MS:-30000} / 1000 + 15) * 10))
+    kill -TERM "$pid"
+    for _ in $(seq 1 "$waits"); do running "$1" || break; sleep 0.1; done
+    if running "$1"; then
+      echo "up: $1 (pid $pid) did not stop within $((waits / 10)) s: killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do running "$1" || break; sleep 0.1; done
+    fi
     echo "up: $1 stopped" >&2
   fi
   rm -f "$RUN/$1.pid"

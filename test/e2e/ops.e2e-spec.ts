@@ -34,7 +34,7 @@ describe('Ops: /metrics and the queue board', () => {
     expect(tenant.status).toBe(403);
     expect(tenant.body.code).toBe('FORBIDDEN');
     // That key is valid elsewhere: the refusal is about the endpoint.
-    expect((await a.http().get('/v1/hosts').set(a.auth(tenantKey))).status).toBe(200);
+    expect((await a.http().get('/v1/containers').set(a.auth(tenantKey))).status).toBe(200);
   });
 
   it('exposes the hosts, the containers, the outbox and the host queues as they are', async () => {

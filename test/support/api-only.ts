@@ -43,6 +43,8 @@ export interface ApiOnly {
    * published, so its sequence counts them): a refused request must leave all three unchanged.
    */
   counts(): Promise<{ containers: number; jobs: number; outbox: number }>;
+  /** Closes the Nest app alone (as SIGTERM does); `close` then cleans up the rest. */
+  closeApi(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -84,6 +86,7 @@ export async function startApiOnly(tag: string, env: Record<string, string> = {}
   );
   const api = await createApiApp(config);
   await api.init();
+  let apiClosed: Promise<void> | undefined;
   return {
     api,
     ds,
@@ -108,8 +111,12 @@ export async function startApiOnly(tag: string, env: Record<string, string> = {}
       );
       return r;
     },
+    closeApi() {
+      apiClosed ??= api.close();
+      return apiClosed;
+    },
     async close() {
-      await api.close();
+      await (apiClosed ??= api.close());
       await ds.destroy();
       // The relay published to queues no worker consumes: remove them from Redis.
       for (const id of hosts) {

@@ -13,6 +13,7 @@ import { HostsController, HostsService } from './hosts/hosts.controller';
 import { IdempotencyModule } from './idempotency/idempotency.module';
 import { JobsModule } from './jobs/jobs.module';
 import { MetricsController } from './ops/metrics.controller';
+import { HttpDrain } from './common/http-drain';
 import { MetricsService } from './ops/metrics.service';
 import { QueueBoard } from './ops/queue-board';
 import { OutboxRelay } from './outbox/outbox.relay';
@@ -46,6 +47,7 @@ export class AppModule {
         OutboxRelay,
         MetricsService,
         QueueBoard,
+        HttpDrain,
         { provide: APP_FILTER, useClass: ProblemFilter },
       ],
     };

@@ -8,6 +8,7 @@ import type { BerthConfig } from '@berth/config';
 import { AppModule } from './app.module';
 import { ApiKeyService } from './auth/api-key.service';
 import { ApiError } from './common/api-error';
+import { HttpDrain } from './common/http-drain';
 import { MetricsService } from './ops/metrics.service';
 import { QUEUE_BOARD_PATH, QueueBoard } from './ops/queue-board';
 
@@ -53,6 +54,8 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
   app.useLogger(app.get(Logger));
   // First, so that every request is timed, refused ones too.
   app.use(app.get(MetricsService).httpMiddleware());
+  // Every answer in flight is known when a shutdown begins (HttpDrain).
+  app.use(app.get(HttpDrain).middleware);
   // The API key's lookup starts now and runs while the body is read; the guard awaits its answer.
   app.use(app.get(ApiKeyService).lookupEarly());
   // The queue dashboard (admins, read-only): plain Express middleware ahead of Nest's routes.

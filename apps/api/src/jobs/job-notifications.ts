@@ -1,4 +1,10 @@
-import { Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
+import {
+  type BeforeApplicationShutdown,
+  Injectable,
+  Logger,
+  type OnApplicationBootstrap,
+  type OnApplicationShutdown,
+} from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { EventEmitter } from 'node:events';
 import { types } from 'pg';
@@ -24,8 +30,11 @@ const SWEEP = `SELECT id, state, state || ' ' || updated_at::text AS at FROM job
  * The database sees one query per tick, not one per follower.
  */
 @Injectable()
-export class JobNotifications implements OnApplicationBootstrap, OnApplicationShutdown {
+export class JobNotifications
+  implements OnApplicationBootstrap, BeforeApplicationShutdown, OnApplicationShutdown
+{
   private readonly log = new Logger(JobNotifications.name);
+  private readonly stopping = new AbortController();
   private readonly emitter = new EventEmitter();
   /** Each followed job's state and `updated_at` at the last sweep. */
   private readonly seen = new Map<string, string>();
@@ -97,6 +106,19 @@ export class JobNotifications implements OnApplicationBootstrap, OnApplicationSh
     } finally {
       this.sweeping = false;
     }
+  }
+
+  /**
+   * Aborted when the process begins to shut down: long-polls answer the job as it is and event streams
+   * end (their clients come back, to another API process or to this one restarted), so that the HTTP
+   * server, which waits for its open requests, can close.
+   */
+  get closing(): AbortSignal {
+    return this.stopping.signal;
+  }
+
+  beforeApplicationShutdown(): void {
+    this.stopping.abort();
   }
 
   onApplicationShutdown(): void {

@@ -109,7 +109,8 @@ export class JobsController {
       'event id, `data:` a JobEvent as JSON); when the job has ended a last `end` message carries the job ' +
       'and the stream closes. A client that reconnects with `Last-Event-ID` gets only the events after it. ' +
       'While nothing happens a comment line (`: keep-alive`) is sent every API_SSE_KEEPALIVE_MS (15 s), so ' +
-      'that proxies keep the stream of a long job open.',
+      'that proxies keep the stream of a long job open. When the API shuts down the stream ends without `end`: ' +
+      'reconnect with `Last-Event-ID`.',
   })
   @ApiProduces('text/event-stream')
   @ApiOkResponse({ description: 'text/event-stream of JobEvent messages, then `end` with the Job' })
@@ -161,10 +162,15 @@ export class JobsController {
         () => sub.next({ comment: 'keep-alive' }),
         this.config.api.sseKeepAliveMs,
       );
+      // The process shuts down: the stream ends (an EventSource reconnects, after the last event it got).
+      const closing = this.jobs.closing;
+      const stop = () => sub.complete();
+      closing.addEventListener('abort', stop, { once: true });
       void pump();
       return () => {
         unsubscribe();
         clearInterval(keepAlive);
+        closing.removeEventListener('abort', stop);
       };
     });
   }

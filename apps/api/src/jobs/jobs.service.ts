@@ -154,7 +154,8 @@ export class JobsService {
 
   /**
    * Resolves as soon as the job has ended, or after `timeoutMs` with its current state; at once, with the
-   * state it had, when `signal` aborts (the client went away: it stops following the job).
+   * state it had, when `signal` aborts (the client went away: it stops following the job); with its
+   * current state when the process begins to shut down.
    */
   async wait(id: string, timeoutMs: number, signal?: AbortSignal): Promise<JobView> {
     const first = await this.get(id);
@@ -167,6 +168,7 @@ export class JobsService {
         clearTimeout(timer);
         unsubscribe();
         signal?.removeEventListener('abort', gone);
+        closing.removeEventListener('abort', stopping);
         v.then(resolve, reject);
       };
       // A look that fails (PostgreSQL busy or away a moment) is not the wait's end: the next one retries
@@ -188,12 +190,22 @@ export class JobsService {
       const timer = setTimeout(() => finish(this.get(id)), timeoutMs);
       const gone = () => finish(Promise.resolve(first));
       signal?.addEventListener('abort', gone);
+      // The process shuts down: the job as it is now, as at the timeout (the client asks again).
+      const closing = this.notifications.closing;
+      const stopping = () => finish(this.get(id));
+      if (closing.aborted) stopping();
+      else closing.addEventListener('abort', stopping, { once: true });
       check();
     });
   }
 
   subscribe(id: string, fn: (action?: string) => void): () => void {
     return this.notifications.subscribe(id, fn);
+  }
+
+  /** Aborted when the process begins to shut down (JobNotifications.closing): followers let go. */
+  get closing(): AbortSignal {
+    return this.notifications.closing;
   }
 
   /**
