@@ -17,17 +17,18 @@ interface SseMessage {
   data: { action?: string; state?: string; [k: string]: unknown };
 }
 
-/** Reads a whole Server-Sent Events stream over plain HTTP until the server closes it. */
-function readSse(
+/** A GET of a Server-Sent Events stream over plain HTTP: the request (to hang up) and its text as it comes. */
+function openSse(
   server: import('node:http').Server,
   path: string,
   token: string,
-  timeoutMs = 30_000,
   extraHeaders: Record<string, string> = {},
-): Promise<{ status: number; contentType: string; messages: SseMessage[] }> {
+) {
   const { port } = server.address() as AddressInfo;
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
+  const got = { status: 0, contentType: '', text: '', ended: false };
+  let req!: ReturnType<typeof httpRequest>;
+  const ended = new Promise<typeof got>((resolve, reject) => {
+    req = httpRequest(
       {
         host: '127.0.0.1',
         port,
@@ -35,77 +36,84 @@ function readSse(
         headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream', ...extraHeaders },
       },
       (res) => {
-        let text = '';
+        got.status = res.statusCode!;
+        got.contentType = String(res.headers['content-type']);
         res.setEncoding('utf8');
-        res.on('data', (chunk: string) => (text += chunk));
+        res.on('data', (chunk: string) => (got.text += chunk));
         res.on('end', () => {
-          clearTimeout(timer);
-          const messages = text
-            .split(/\n\n/)
-            // Comment-only blocks (`: keep-alive`) are no message: EventSource ignores them.
-            .filter(
-              (block) =>
-                block.trim() !== '' &&
-                !block
-                  .split('\n')
-                  .filter((l) => l !== '')
-                  .every((l) => l.startsWith(':')),
-            )
-            .map((block) => {
-              const m: Partial<SseMessage> & { lines: string[] } = { lines: [] };
-              for (const line of block.split('\n')) {
-                const [, field, value] = /^(\w+): ?(.*)$/.exec(line) ?? [];
-                if (field === 'event') m.event = value;
-                else if (field === 'id') m.id = value;
-                else if (field === 'data') m.lines.push(value);
-              }
-              const data = m.lines.join('\n');
-              return { event: m.event ?? 'message', id: m.id, data: data ? JSON.parse(data) : {} };
-            });
-          resolve({ status: res.statusCode!, contentType: String(res.headers['content-type']), messages });
+          got.ended = true;
+          resolve(got);
         });
       },
     );
-    const timer = setTimeout(() => {
-      req.destroy();
-      reject(new Error(`SSE stream ${path} did not close within ${timeoutMs} ms`));
-    }, timeoutMs);
     req.on('error', reject);
     req.end();
   });
+  return { req, got, ended };
+}
+
+/** The messages of a stream's text; comment-only blocks (`: keep-alive`) are none: EventSource ignores them. */
+function sseMessages(text: string): SseMessage[] {
+  return text
+    .split(/\n\n/)
+    .filter(
+      (block) =>
+        block.trim() !== '' &&
+        !block
+          .split('\n')
+          .filter((l) => l !== '')
+          .every((l) => l.startsWith(':')),
+    )
+    .map((block) => {
+      const m: Partial<SseMessage> & { lines: string[] } = { lines: [] };
+      for (const line of block.split('\n')) {
+        const [, field, value] = /^(\w+): ?(.*)$/.exec(line) ?? [];
+        if (field === 'event') m.event = value;
+        else if (field === 'id') m.id = value;
+        else if (field === 'data') m.lines.push(value);
+      }
+      const data = m.lines.join('\n');
+      return { event: m.event ?? 'message', id: m.id, data: data ? JSON.parse(data) : {} };
+    });
+}
+
+/** Reads a whole Server-Sent Events stream until the server closes it. */
+async function readSse(
+  server: import('node:http').Server,
+  path: string,
+  token: string,
+  timeoutMs = 30_000,
+  extraHeaders: Record<string, string> = {},
+): Promise<{ status: number; contentType: string; messages: SseMessage[] }> {
+  const sse = openSse(server, path, token, extraHeaders);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      sse.req.destroy();
+      reject(new Error(`SSE stream ${path} did not close within ${timeoutMs} ms`));
+    }, timeoutMs);
+  });
+  try {
+    const got = await Promise.race([sse.ended, late]);
+    return { status: got.status, contentType: got.contentType, messages: sseMessages(got.text) };
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** The raw text of a Server-Sent Events stream during `ms`, then hangs up; `ended`: the server closed it. */
-function readSseFor(
+async function readSseFor(
   server: import('node:http').Server,
   path: string,
   token: string,
   ms: number,
 ): Promise<{ status: number; text: string; ended: boolean }> {
-  const { port } = server.address() as AddressInfo;
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: '127.0.0.1',
-        port,
-        path,
-        headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
-      },
-      (res) => {
-        let text = '';
-        let ended = false;
-        res.setEncoding('utf8');
-        res.on('data', (chunk: string) => (text += chunk));
-        res.on('end', () => (ended = true));
-        setTimeout(() => {
-          req.destroy();
-          resolve({ status: res.statusCode!, text, ended });
-        }, ms);
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
+  const sse = openSse(server, path, token);
+  sse.ended.catch(() => undefined);
+  await new Promise((r) => setTimeout(r, ms));
+  const { status, text, ended } = sse.got;
+  sse.req.destroy();
+  return { status, text, ended };
 }
 
 async function listen(server: import('node:http').Server): Promise<void> {

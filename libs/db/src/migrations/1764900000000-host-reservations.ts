@@ -1,26 +1,8 @@
 import type { MigrationInterface, QueryRunner } from 'typeorm';
 
-/**
- * Each host keeps what its live containers reserve (`reserved_containers`, `_cpus`, `_memory_bytes`,
- * `_disk_bytes`), kept by a trigger on `containers` in the transaction that changes a container's host,
- * resources or `destroyed_at` (create, resize, destroy, a deleted row). Placement reads the counters
- * instead of summing every live container at each create: that sum ran under the placement lock, which
- * serializes every create, and took ≈ 14 ms with 20 000 live containers (every create waited that long,
- * and creates could not go faster than ≈ 70/s whatever the number of hosts). Filled from the containers
- * table here; the trigger keeps it equal to that sum from then on.
- */
-export class HostReservations1764900000000 implements MigrationInterface {
-  name = 'HostReservations1764900000000';
-
-  async up(q: QueryRunner): Promise<void> {
-    await q.query(`
-      ALTER TABLE hosts
-        ADD COLUMN reserved_containers integer NOT NULL DEFAULT 0,
-        ADD COLUMN reserved_cpus numeric(12, 2) NOT NULL DEFAULT 0,
-        ADD COLUMN reserved_memory_bytes bigint NOT NULL DEFAULT 0,
-        ADD COLUMN reserved_disk_bytes bigint NOT NULL DEFAULT 0`);
-    await q.query(`
-      CREATE FUNCTION berth_host_reservations() RETURNS trigger LANGUAGE plpgsql AS $fn$
+/** The counters' trigger function as this migration made it (ResizeHolds' down puts it back). */
+export const HOST_RESERVATIONS_FUNCTION = `
+      CREATE OR REPLACE FUNCTION berth_host_reservations() RETURNS trigger LANGUAGE plpgsql AS $fn$
       BEGIN
         IF TG_OP <> 'INSERT' AND OLD.host_id IS NOT NULL AND OLD.destroyed_at IS NULL THEN
           IF TG_OP = 'UPDATE' AND NEW.host_id = OLD.host_id AND NEW.destroyed_at IS NULL THEN
@@ -46,11 +28,35 @@ export class HostReservations1764900000000 implements MigrationInterface {
         END IF;
         RETURN NULL;
       END
-      $fn$`);
-    await q.query(`
+      $fn$`;
+
+/** The counters' trigger as this migration made it. */
+export const HOST_RESERVATIONS_TRIGGER = `
       CREATE TRIGGER containers_host_reservations
         AFTER INSERT OR DELETE OR UPDATE OF host_id, cpus, memory_bytes, disk_bytes, destroyed_at ON containers
-        FOR EACH ROW EXECUTE FUNCTION berth_host_reservations()`);
+        FOR EACH ROW EXECUTE FUNCTION berth_host_reservations()`;
+
+/**
+ * Each host keeps what its live containers reserve (`reserved_containers`, `_cpus`, `_memory_bytes`,
+ * `_disk_bytes`), kept by a trigger on `containers` in the transaction that changes a container's host,
+ * resources or `destroyed_at` (create, resize, destroy, a deleted row). Placement reads the counters
+ * instead of summing every live container at each create: that sum ran under the placement lock, which
+ * serializes every create, and took ≈ 14 ms with 20 000 live containers (every create waited that long,
+ * and creates could not go faster than ≈ 70/s whatever the number of hosts). Filled from the containers
+ * table here; the trigger keeps it equal to that sum from then on.
+ */
+export class HostReservations1764900000000 implements MigrationInterface {
+  name = 'HostReservations1764900000000';
+
+  async up(q: QueryRunner): Promise<void> {
+    await q.query(`
+      ALTER TABLE hosts
+        ADD COLUMN reserved_containers integer NOT NULL DEFAULT 0,
+        ADD COLUMN reserved_cpus numeric(12, 2) NOT NULL DEFAULT 0,
+        ADD COLUMN reserved_memory_bytes bigint NOT NULL DEFAULT 0,
+        ADD COLUMN reserved_disk_bytes bigint NOT NULL DEFAULT 0`);
+    await q.query(HOST_RESERVATIONS_FUNCTION);
+    await q.query(HOST_RESERVATIONS_TRIGGER);
     // Under a lock that keeps containers from changing until the counters are filled (and the trigger on).
     await q.query(`LOCK TABLE containers IN SHARE ROW EXCLUSIVE MODE`);
     await q.query(`

@@ -1,4 +1,5 @@
 import type { MigrationInterface, QueryRunner } from 'typeorm';
+import { HOST_RESERVATIONS_FUNCTION, HOST_RESERVATIONS_TRIGGER } from './1764900000000-host-reservations';
 
 /**
  * A resize holds its growth on the container's host from the moment it is accepted, not from the moment
@@ -101,37 +102,8 @@ export class ResizeHolds1765200000000 implements MigrationInterface {
       `UPDATE containers SET held_cpus = 0, held_memory_bytes = 0 WHERE held_cpus <> 0 OR held_memory_bytes <> 0`,
     );
     await q.query(`DROP TRIGGER containers_host_reservations ON containers`);
-    await q.query(`
-      CREATE OR REPLACE FUNCTION berth_host_reservations() RETURNS trigger LANGUAGE plpgsql AS $fn$
-      BEGIN
-        IF TG_OP <> 'INSERT' AND OLD.host_id IS NOT NULL AND OLD.destroyed_at IS NULL THEN
-          IF TG_OP = 'UPDATE' AND NEW.host_id = OLD.host_id AND NEW.destroyed_at IS NULL THEN
-            IF (NEW.cpus, NEW.memory_bytes, NEW.disk_bytes) IS DISTINCT FROM (OLD.cpus, OLD.memory_bytes, OLD.disk_bytes) THEN
-              UPDATE hosts SET reserved_cpus = reserved_cpus + NEW.cpus - OLD.cpus,
-                               reserved_memory_bytes = reserved_memory_bytes + NEW.memory_bytes - OLD.memory_bytes,
-                               reserved_disk_bytes = reserved_disk_bytes + NEW.disk_bytes - OLD.disk_bytes
-              WHERE id = NEW.host_id;
-            END IF;
-            RETURN NULL;
-          END IF;
-          UPDATE hosts SET reserved_containers = reserved_containers - 1, reserved_cpus = reserved_cpus - OLD.cpus,
-                           reserved_memory_bytes = reserved_memory_bytes - OLD.memory_bytes,
-                           reserved_disk_bytes = reserved_disk_bytes - OLD.disk_bytes
-          WHERE id = OLD.host_id;
-        END IF;
-        IF TG_OP <> 'DELETE' AND NEW.host_id IS NOT NULL AND NEW.destroyed_at IS NULL THEN
-          UPDATE hosts SET reserved_containers = reserved_containers + 1, reserved_cpus = reserved_cpus + NEW.cpus,
-                           reserved_memory_bytes = reserved_memory_bytes + NEW.memory_bytes,
-                           reserved_disk_bytes = reserved_disk_bytes + NEW.disk_bytes
-          WHERE id = NEW.host_id;
-        END IF;
-        RETURN NULL;
-      END
-      $fn$`);
-    await q.query(`
-      CREATE TRIGGER containers_host_reservations
-        AFTER INSERT OR DELETE OR UPDATE OF host_id, cpus, memory_bytes, disk_bytes, destroyed_at ON containers
-        FOR EACH ROW EXECUTE FUNCTION berth_host_reservations()`);
+    await q.query(HOST_RESERVATIONS_FUNCTION);
+    await q.query(HOST_RESERVATIONS_TRIGGER);
     await q.query(`ALTER TABLE containers DROP COLUMN held_cpus, DROP COLUMN held_memory_bytes`);
   }
 }
