@@ -170,10 +170,10 @@ EOF
     (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$pwfile.tmp") && mv "$pwfile.tmp" "$pwfile"
   fi
   chmod 600 "$pwfile"
-  BERTH_PG_PW=$(cat "$pwfile") as_postgres "${psql[@]}" -f - <<'SQL'
-\getenv pw BERTH_PG_PW
-ALTER ROLE berth PASSWORD :'pw';
-SQL
+  local pw
+  pw=$(cat "$pwfile")
+  [[ $pw =~ ^[A-Za-z0-9]+$ ]] || die "$pwfile must hold letters and digits only (delete it: a new one is made)"
+  printf "ALTER ROLE berth PASSWORD '%s';\n" "$pw" | as_postgres "${psql[@]}" -f -
   if [ "$(as_postgres "${psql[@]}" -c "select 1 from pg_database where datname='berth'")" != 1 ]; then
     as_postgres "${psql[@]}" -c "create database berth owner berth"
   fi

@@ -28,6 +28,7 @@ stop_one() {
       kill -KILL "$pid" 2>/dev/null || true
       for _ in $(seq 1 50); do running "$1" || break; sleep 0.1; done
     fi
+    if running "$1"; then echo "up: $1 (pid $pid) is still running after SIGKILL" >&2; exit 1; fi
     echo "up: $1 stopped" >&2
   fi
   rm -f "$RUN/$1.pid"

@@ -777,6 +777,30 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
     expectProblem(grow, 503, 'NO_CAPACITY');
     expect(grow.body.reasons).toBeUndefined();
     expect(JSON.stringify(grow.body)).not.toContain('tenants-h1');
+    // A resize that fitted, cancelled, then retried once the room is gone: the retry's refusal as well.
+    const fits = await a
+      .http()
+      .patch(`/v1/containers/${made.body.container.id}`)
+      .set(a.auth(mine))
+      .send({ memoryBytes: 128 * MiB });
+    expect(fits.status).toBe(202);
+    expect((await a.http().post(`/v1/jobs/${fits.body.job.id}/cancel`).set(a.auth(mine))).status).toBe(200);
+    const [{ free }] = await a.ds.query(
+      `SELECT memory_bytes - reserved_memory_bytes AS free FROM hosts WHERE id = $1`,
+      [a.hostId],
+    );
+    const filler = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth())
+      .send({ ...body, name: 'admin-filler', memoryBytes: Number(free) - 32 * MiB });
+    expect(filler.status).toBe(202);
+    const retried = await a.http().post(`/v1/jobs/${fits.body.job.id}/retry`).set(a.auth(mine));
+    expectProblem(retried, 503, 'NO_CAPACITY');
+    expect(retried.body.reasons).toBeUndefined();
+    expect(JSON.stringify(retried.body)).not.toContain('tenants-h1');
+    const admin2 = await a.http().post(`/v1/jobs/${fits.body.job.id}/retry`).set(a.auth());
+    expect(admin2.body.reasons).toEqual([expect.stringMatching(/^tenants-h1: not enough memory/)]);
   });
 });
 
@@ -907,6 +931,23 @@ describe('resize holds: a growth takes its room on the host when accepted, not w
     const answers = await Promise.all(ids.map((id) => resize(id, { memoryBytes: 64 * MiB + 0.5 * GiB })));
     expect(answers.map((r) => r.status).sort()).toEqual([202, 503, 503, 503]);
     expect((await reserved()).memoryBytes).toBe(8 * GiB - 0.25 * GiB);
+  }, 60_000);
+
+  it('accepts a shrink on a host already short of room (its memory lowered since), and refuses a growth there', async () => {
+    const made = await create('short-x', 128 * MiB);
+    expect(made.status).toBe(202);
+    const id = made.body.container.id as string;
+    // The host comes back with less memory than its containers reserve (e.g. a smaller VM).
+    const [{ memory }] = await a.ds.query(`SELECT memory_bytes AS memory FROM hosts WHERE id = $1`, [
+      a.hostId,
+    ]);
+    await a.ds.query(`UPDATE hosts SET memory_bytes = reserved_memory_bytes / 4 WHERE id = $1`, [a.hostId]);
+    try {
+      expect((await resize(id, { memoryBytes: 64 * MiB })).status).toBe(202);
+      expectProblem(await resize(id, { memoryBytes: 256 * MiB }), 503, 'NO_CAPACITY');
+    } finally {
+      await a.ds.query(`UPDATE hosts SET memory_bytes = $2 WHERE id = $1`, [a.hostId, memory]);
+    }
   }, 60_000);
 });
 

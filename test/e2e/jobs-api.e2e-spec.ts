@@ -353,7 +353,9 @@ describe('jobs API: filters, pagination, long-poll', () => {
         async () => queued.every((id) => notifications.subscribers(id) === 1),
         5_000,
       );
-      // While nothing happens, the followers do not read their jobs (the safety net is one query per tick).
+      // While nothing happens, the followers do not read their jobs (the safety net is one query per tick;
+      // its first look at a job has each follower look once more, then nothing).
+      await sleep(1_500);
       const idle = reads;
       await sleep(2_500);
       expect(reads).toBe(idle);
@@ -379,7 +381,7 @@ describe('jobs API: filters, pagination, long-poll', () => {
     } finally {
       jobs.get = get;
     }
-  });
+  }, 20_000);
 
   it('a long-poll outlives a failed look at its job and still answers the end', async () => {
     // A job of the offline host that stays queued until the test ends it.
@@ -582,6 +584,23 @@ describe('jobs API: shutting down with followers', () => {
     // The stream ended without `end` (the job has not ended): its client reconnects after its last event.
     const sse = await stream;
     expect(sse.messages.map((m) => m.event)).toEqual(['job.queued']);
+  }, 30_000);
+
+  it('ends at once an event stream asked for once the shutdown began', async () => {
+    const b = await startApiOnly('closing2');
+    try {
+      const job = (await b.createStopped('closing-2')).body.job.id as string;
+      await listen(b.api.getHttpServer());
+      // The shutdown has begun (its hooks run before the HTTP server closes) when the stream is asked for.
+      b.api.get(JobNotifications).beforeApplicationShutdown();
+      const t0 = Date.now();
+      const sse = await readSse(b.api.getHttpServer(), `/v1/jobs/${job}/events`, b.token, 10_000);
+      expect(Date.now() - t0).toBeLessThan(2_000);
+      expect(sse.status).toBe(200);
+      expect(sse.messages.map((m) => m.event)).not.toContain('end');
+    } finally {
+      await b.close();
+    }
   }, 30_000);
 });
 

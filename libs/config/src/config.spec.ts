@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, loadConfig } from './config';
@@ -36,6 +36,12 @@ describe('loadConfig', () => {
         'postgres://x@db/y',
       );
       expect(() => loadConfig({ BERTH_STATE_DIR: 'relative' })).toThrow(/BERTH_STATE_DIR/);
+      // A password file that is there but cannot be read is said plainly (not a failed login later).
+      rmSync(join(dir, 'pg-password'));
+      mkdirSync(join(dir, 'pg-password'));
+      expect(() => loadConfig({ BERTH_STATE_DIR: dir })).toThrow(
+        /DATABASE_URL: unset, and .*pg-password cannot be read/,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -61,10 +61,16 @@ export class ConfigError extends Error {
  */
 function localDatabaseUrl(port: number, stateDir = join(process.cwd(), '.berth')): string {
   let password = 'berth';
+  const file = join(stateDir, 'pg-password');
   try {
-    password = readFileSync(join(stateDir, 'pg-password'), 'utf8').trim() || password;
-  } catch {
-    // No local cluster made by services.sh in this state dir.
+    password = readFileSync(file, 'utf8').trim() || password;
+  } catch (e) {
+    // No local cluster made by services.sh in this state dir: the old default. Any other failure (not
+    // allowed to read it: not root) is said plainly rather than ending in a failed login.
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+      throw new ConfigError([
+        { variable: 'DATABASE_URL', message: `unset, and ${file} cannot be read: ${(e as Error).message}` },
+      ]);
   }
   return `postgres://berth:${encodeURIComponent(password)}@127.0.0.1:${port}/berth`;
 }

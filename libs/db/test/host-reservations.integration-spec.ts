@@ -1,3 +1,4 @@
+import { Client } from 'pg';
 import type { DataSource } from 'typeorm';
 import { createDataSource } from '@berth/db';
 import { createEmptyDatabase, dropDatabase } from '@test/support/databases';
@@ -177,5 +178,54 @@ describe('host reservation counters', () => {
     await resize({ memoryBytes: 700 });
     await ds.query(`UPDATE containers SET destroyed_at = now() WHERE id = $1`, [c]);
     expect((await both())[h1]).toEqual([0, 0, 0, 0]);
+  });
+
+  it('a resize accepted while another of the same container ends is held: the trigger reads after the row lock', async () => {
+    await ds.query(`DELETE FROM jobs`);
+    await ds.query(`DELETE FROM containers`);
+    const c = await create(h1, 1, 100, 1000);
+    const insert = `INSERT INTO jobs (kind, state, container_id, host_id, params, requested_by)
+                    VALUES ('container.resize', 'queued', $1, $2, $3, 'test') RETURNING id`;
+    const params = (memoryBytes: number) => [
+      c,
+      h1,
+      JSON.stringify({ containerId: c, resources: { memoryBytes } }),
+    ];
+    const b = ((await ds.query(insert, params(200))) as { id: string }[])[0].id;
+    expect((await both())[h1]).toEqual([1, 1, 200, 1000]);
+    const url = (ds.options as { url: string }).url;
+    const api = new Client({ connectionString: url });
+    const worker = new Client({ connectionString: url });
+    await api.connect();
+    await worker.connect();
+    try {
+      // The API accepts resize A: it holds the container's row (as ContainersService does) …
+      await api.query('BEGIN');
+      await api.query(`SELECT 1 FROM containers WHERE id = $1 FOR UPDATE`, [c]);
+      // … while the worker ends resize B, whose trigger waits for that row.
+      const ended = worker.query(`UPDATE jobs SET state = 'completed' WHERE id = $1`, [b]);
+      const pid = (worker as unknown as { processID: number }).processID;
+      for (let i = 0; ; i++) {
+        const [{ waiting }] = await ds.query(
+          `SELECT wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE pid = $1`,
+          [pid],
+        );
+        if (waiting) break;
+        if (i > 200) throw new Error("the worker's update never waited for the row");
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await api.query(insert, params(300));
+      await api.query('COMMIT');
+      await ended;
+    } finally {
+      await api.end();
+      await worker.end();
+    }
+    // A is pending and held; B's end did not drop it.
+    const [held] = await ds.query(`SELECT held_memory_bytes::float AS mem FROM containers WHERE id = $1`, [
+      c,
+    ]);
+    expect(held.mem).toBe(300);
+    expect((await both())[h1]).toEqual([1, 1, 300, 1000]);
   });
 });

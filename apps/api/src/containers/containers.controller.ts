@@ -15,6 +15,7 @@ import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swa
 import type { Response } from 'express';
 import type { JobKind } from '@berth/jobs';
 import { CurrentPrincipal, isAdmin, type Principal } from '../auth/principal';
+import { fleetPrivate } from '../common/fleet-private';
 import { ApiError } from '../common/api-error';
 import { jobLocation } from '../jobs/job-view';
 import { ApiAcceptedJob, ApiProblems, NoBodyPipe, UuidPipe } from '../common/problem.dto';
@@ -34,24 +35,6 @@ function accepted(res: Response, a: Accepted): Accepted {
 }
 
 const ACCEPTED = 'the job and the container as it will be; Location: /v1/jobs/<id>';
-
-/**
- * A refusal for lack of room, as a key without the admin scope sees it: that there is no room, not which
- * hosts the fleet has nor what they have free (the reasons name every host; GET /v1/hosts is admin-only).
- */
-async function fleetPrivate<T>(p: Principal, answer: Promise<T>): Promise<T> {
-  try {
-    return await answer;
-  } catch (e) {
-    if (e instanceof ApiError && e.code === 'NO_CAPACITY' && !isAdmin(p))
-      throw new ApiError(
-        HttpStatus.SERVICE_UNAVAILABLE,
-        'NO_CAPACITY',
-        'no room for these limits now; try again later',
-      );
-    throw e;
-  }
-}
 
 @ApiTags('containers')
 @ApiBearerAuth()

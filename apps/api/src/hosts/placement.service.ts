@@ -178,11 +178,15 @@ export class PlacementService {
     }>(q, RESIZE_ROOM, [containerId]);
     if (!h) return;
     const reasons: string[] = [];
+    // Only a growth needs room: a shrink is accepted even on a host already short of it (its cores or
+    // memory lowered since, an overcommit from before), whose room it gives back.
+    const cpuGrowth = r.cpus === undefined ? 0 : r.cpus - h.cpus_counted;
     if (r.cpus !== undefined && r.cpus > h.cpu_count) reasons.push(`${h.name}: has ${h.cpu_count} CPUs`);
-    else if (r.cpus !== undefined && r.cpus - h.cpus_counted > h.cpu_free + 1e-9)
+    else if (cpuGrowth > 0 && cpuGrowth > h.cpu_free + 1e-9)
       reasons.push(`${h.name}: not enough CPU (${Math.max(h.cpu_free, 0).toFixed(2)} free)`);
     const memFree = Number(h.mem_free);
-    if (r.memoryBytes !== undefined && r.memoryBytes - Number(h.mem_counted) > memFree)
+    const memGrowth = r.memoryBytes === undefined ? 0 : r.memoryBytes - Number(h.mem_counted);
+    if (memGrowth > 0 && memGrowth > memFree)
       reasons.push(`${h.name}: not enough memory (${Math.max(memFree, 0)} bytes free)`);
     if (reasons.length > 0)
       throw new ApiError(

@@ -6,17 +6,17 @@ import {
   type OnApplicationShutdown,
 } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
-import { EventEmitter } from 'node:events';
+import { EventEmitter, setMaxListeners } from 'node:events';
 import { types } from 'pg';
 import type { DataSource } from 'typeorm';
 import { PgListener, preparedQuery } from '@berth/db';
-import { FINAL_JOB_STATES, type JobRow } from './job-view';
+import type { JobRow } from './job-view';
 
 /** How often the followed jobs are looked at, all in one query (the safety net for a lost notification). */
 export const SWEEP_MS = 1_000;
 /** Job ids per look (a bound on the statement's parameter, whatever the number of followers). */
 const SWEEP_CHUNK = 1_000;
-const SWEEP = `SELECT id, state, state || ' ' || updated_at::text AS at FROM jobs WHERE id = ANY($1::uuid[])`;
+const SWEEP = `SELECT id, state || ' ' || updated_at::text AS at FROM jobs WHERE id = ANY($1::uuid[])`;
 
 /**
  * `berth_job` notifications (a trigger on the audit events of jobs sends them at commit, with the event's
@@ -26,7 +26,7 @@ const SWEEP = `SELECT id, state, state || ' ' || updated_at::text AS at FROM job
  *
  * A notification can be lost (sent while the LISTEN connection was down): every SWEEP_MS, and when the
  * connection is back, one query looks at all the followed jobs and wakes the followers of those that
- * changed (state or `updated_at`) since the last look, or that had ended when first seen.
+ * changed (state or `updated_at`) since the last look, or are seen for the first time.
  * The database sees one query per tick, not one per follower.
  */
 @Injectable()
@@ -47,6 +47,8 @@ export class JobNotifications
     @InjectDataSource() private readonly ds: DataSource,
   ) {
     this.emitter.setMaxListeners(0);
+    // Every long-poll and event stream listens to it.
+    setMaxListeners(0, this.stopping.signal);
   }
 
   onApplicationBootstrap(): void {
@@ -90,15 +92,15 @@ export class JobNotifications
     this.sweeping = true;
     try {
       for (let i = 0; i < ids.length; i += SWEEP_CHUNK) {
-        const rows = await preparedQuery<{ id: string; state: string; at: string }>(this.ds, SWEEP, [
+        const rows = await preparedQuery<{ id: string; at: string }>(this.ds, SWEEP, [
           ids.slice(i, i + SWEEP_CHUNK),
         ]);
         for (const r of rows) {
           const before = this.seen.get(r.id);
           this.seen.set(r.id, r.at);
-          // First seen: its follower looked when it began; only an end it may have missed matters.
-          if (before === undefined ? FINAL_JOB_STATES.includes(r.state) : before !== r.at)
-            this.emitter.emit(r.id);
+          // First seen: what changed between its follower's own first look and now is not known, so the
+          // follower looks once more (one extra read per follower, not one per tick).
+          if (before !== r.at) this.emitter.emit(r.id);
         }
       }
     } catch (e) {

@@ -21,6 +21,7 @@ import type { Response } from 'express';
 import { Observable } from 'rxjs';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { CurrentPrincipal, type AuthedRequest, type Principal } from '../auth/principal';
+import { fleetPrivate } from '../common/fleet-private';
 import { ApiAcceptedJob, ApiProblems, ApiWrite, NoBodyPipe, UuidPipe } from '../common/problem.dto';
 import { FINAL_JOB_STATES, jobLocation } from './job-view';
 import { ListJobsQuery, WaitQuery } from './jobs.dto';
@@ -165,7 +166,8 @@ export class JobsController {
       // The process shuts down: the stream ends (an EventSource reconnects, after the last event it got).
       const closing = this.jobs.closing;
       const stop = () => sub.complete();
-      closing.addEventListener('abort', stop, { once: true });
+      if (closing.aborted) stop();
+      else closing.addEventListener('abort', stop, { once: true });
       void pump();
       return () => {
         unsubscribe();
@@ -178,7 +180,7 @@ export class JobsController {
   @Post(':id/retry')
   @HttpCode(202)
   @ApiOperation({ summary: 'Retry a failed or cancelled job (resumes after its finished steps)' })
-  @ApiAcceptedJob(JobDto, 'the job, queued again; Location: /v1/jobs/<id>', 404)
+  @ApiAcceptedJob(JobDto, 'the job, queued again; Location: /v1/jobs/<id>', 404, 503)
   @UseGuards(JobVisibleGuard)
   async retry(
     @Param('id', UuidPipe) id: string,
@@ -186,7 +188,8 @@ export class JobsController {
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    const view = await this.jobs.retry(id, p);
+    // A resize's retry needs its room again: a refusal without the fleet's details for a tenant's key.
+    const view = await fleetPrivate(p, this.jobs.retry(id, p));
     // Only on the answer: a refused retry's problem has no job to point at.
     res.setHeader('Location', jobLocation(id));
     return view;

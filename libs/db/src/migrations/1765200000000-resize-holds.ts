@@ -62,9 +62,14 @@ export class ResizeHolds1765200000000 implements MigrationInterface {
         AFTER INSERT OR DELETE OR UPDATE OF host_id, cpus, memory_bytes, disk_bytes, destroyed_at, held_cpus,
           held_memory_bytes ON containers
         FOR EACH ROW EXECUTE FUNCTION berth_host_reservations()`);
+    // The container's row is locked first, by a statement of its own: the aggregate after it then reads
+    // from a snapshot taken once the lock is held, and sees the resize jobs of any transaction that held
+    // it before (an UPDATE … FROM (aggregate) that waits for the row lock keeps the aggregate it read before
+    // waiting: a resize accepted meanwhile by the API, which holds that row, would be left out).
     await q.query(`
       CREATE FUNCTION berth_resize_holds() RETURNS trigger LANGUAGE plpgsql AS $fn$
       BEGIN
+        PERFORM 1 FROM containers WHERE id = NEW.container_id FOR NO KEY UPDATE;
         UPDATE containers c SET held_cpus = h.cpus, held_memory_bytes = h.mem
         FROM (SELECT COALESCE(max((j.params -> 'resources' ->> 'cpus')::numeric), 0) AS cpus,
                      COALESCE(max((j.params -> 'resources' ->> 'memoryBytes')::bigint), 0) AS mem
@@ -75,11 +80,19 @@ export class ResizeHolds1765200000000 implements MigrationInterface {
         RETURN NULL;
       END
       $fn$`);
-    // Only resize jobs: the trigger's condition is all the other jobs pay.
+    // Only resize jobs, and only when one becomes pending or stops being pending (accepted, retried, ended):
+    // the conditions are all the other jobs, and a resize's claim, pay.
+    await q.query(`
+      CREATE TRIGGER jobs_resize_holds_new
+        AFTER INSERT ON jobs
+        FOR EACH ROW WHEN (NEW.kind = 'container.resize' AND NEW.container_id IS NOT NULL)
+        EXECUTE FUNCTION berth_resize_holds()`);
     await q.query(`
       CREATE TRIGGER jobs_resize_holds
-        AFTER INSERT OR UPDATE OF state ON jobs
-        FOR EACH ROW WHEN (NEW.kind = 'container.resize' AND NEW.container_id IS NOT NULL)
+        AFTER UPDATE OF state ON jobs
+        FOR EACH ROW WHEN (NEW.kind = 'container.resize' AND NEW.container_id IS NOT NULL
+          AND (OLD.state IN ('queued', 'active', 'waiting-retry'))
+              IS DISTINCT FROM (NEW.state IN ('queued', 'active', 'waiting-retry')))
         EXECUTE FUNCTION berth_resize_holds()`);
     // Resizes accepted before this migration and not yet run hold their room from now on.
     await q.query(`LOCK TABLE containers IN SHARE ROW EXCLUSIVE MODE`);
@@ -95,6 +108,7 @@ export class ResizeHolds1765200000000 implements MigrationInterface {
 
   async down(q: QueryRunner): Promise<void> {
     await q.query(`DROP TRIGGER jobs_resize_holds ON jobs`);
+    await q.query(`DROP TRIGGER jobs_resize_holds_new ON jobs`);
     await q.query(`DROP FUNCTION berth_resize_holds()`);
     await q.query(`LOCK TABLE containers IN SHARE ROW EXCLUSIVE MODE`);
     // Holds released (the counters follow through the trigger), then the columns and the old trigger.
