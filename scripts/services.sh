@@ -164,7 +164,7 @@ EOF
   fi
   # The app role's password: random, made once, readable by root only (.berth/pg-password, which the
   # config's default DATABASE_URL reads); set at every ensure, so a cluster made with the old fixed
-  # password gets it too. Handed to psql through its environment, never on a command line.
+  # password gets it too. Handed to psql on its standard input, never on a command line (ps shows those).
   local pwfile=$STATE/pg-password
   if [ ! -s "$pwfile" ]; then
     (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$pwfile.tmp") && mv "$pwfile.tmp" "$pwfile"
