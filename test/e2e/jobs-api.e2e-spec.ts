@@ -347,7 +347,7 @@ describe('jobs API: filters, pagination, long-poll', () => {
           .set(a.auth())
           .then((r) => r),
       );
-      const stream = readSse(a.api.getHttpServer(), `/v1/jobs/${queued[2]}/events`, a.token, 30_000);
+      const stream = openSse(a.api.getHttpServer(), `/v1/jobs/${queued[2]}/events`, a.token);
       await until(
         'the three followers to follow',
         async () => queued.every((id) => notifications.subscribers(id) === 1),
@@ -359,11 +359,23 @@ describe('jobs API: filters, pagination, long-poll', () => {
       const idle = reads;
       await sleep(2_500);
       expect(reads).toBe(idle);
-      // The jobs end without a notification (as while the LISTEN connection was down).
+      // Changes without a notification (as while the LISTEN connection was down): a step record, which
+      // touches only the audit trail, reaches the event stream …
       const other = new Client({ connectionString: a.databaseUrl });
       await other.connect();
       try {
         await other.query(`SET berth.defer_notify = on`);
+        await other.query(
+          `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+           VALUES ('test', 'job.step.done', 'job', $1, $1, '{"step": "silent"}')`,
+          [queued[2]],
+        );
+        await until(
+          'the silent step in the stream',
+          async () => stream.got.text.includes('job.step.done'),
+          3_000,
+        );
+        // … and the jobs' ends reach all three.
         await other.query(
           `UPDATE jobs SET state = 'completed', finished_at = now(), updated_at = now() WHERE id = ANY($1)`,
           [queued],
@@ -373,10 +385,10 @@ describe('jobs API: filters, pagination, long-poll', () => {
       }
       const t0 = Date.now();
       for (const res of await Promise.all(polls)) expect(res.body.state).toBe('completed');
-      const sse = await stream;
-      // (These jobs were written without audit events: their stream has only its end.)
-      expect(sse.messages.map((m) => m.event)).toEqual(['end']);
-      expect(sse.messages[0].data.state).toBe('completed');
+      const sse = sseMessages((await stream.ended).text);
+      // (These jobs were written without a job.queued event: the stream has the step, then its end.)
+      expect(sse.map((m) => m.event)).toEqual(['job.step.done', 'end']);
+      expect(sse[1].data.state).toBe('completed');
       expect(Date.now() - t0).toBeLessThan(2_500);
     } finally {
       jobs.get = get;

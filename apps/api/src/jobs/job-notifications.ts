@@ -16,7 +16,10 @@ import type { JobRow } from './job-view';
 export const SWEEP_MS = 1_000;
 /** Job ids per look (a bound on the statement's parameter, whatever the number of followers). */
 const SWEEP_CHUNK = 1_000;
-const SWEEP = `SELECT id, state || ' ' || updated_at::text AS at FROM jobs WHERE id = ANY($1::uuid[])`;
+/** A job's mark: its state, `updated_at` and last audit event (a step record touches only the latter). */
+const SWEEP = `SELECT j.id, j.state || ' ' || j.updated_at::text || ' ' ||
+       COALESCE((SELECT max(a.id) FROM audit_events a WHERE a.job_id = j.id), 0) AS at
+FROM jobs j WHERE j.id = ANY($1::uuid[])`;
 
 /**
  * `berth_job` notifications (a trigger on the audit events of jobs sends them at commit, with the event's
@@ -26,7 +29,7 @@ const SWEEP = `SELECT id, state || ' ' || updated_at::text AS at FROM jobs WHERE
  *
  * A notification can be lost (sent while the LISTEN connection was down): every SWEEP_MS, and when the
  * connection is back, one query looks at all the followed jobs and wakes the followers of those that
- * changed (state or `updated_at`) since the last look, or are seen for the first time.
+ * changed (state, `updated_at` or a new audit event) since the last look, or are seen for the first time.
  * The database sees one query per tick, not one per follower.
  */
 @Injectable()
@@ -36,7 +39,7 @@ export class JobNotifications
   private readonly log = new Logger(JobNotifications.name);
   private readonly stopping = new AbortController();
   private readonly emitter = new EventEmitter();
-  /** Each followed job's state and `updated_at` at the last sweep. */
+  /** Each followed job's mark (state, `updated_at`, last audit event) at the last sweep. */
   private readonly seen = new Map<string, string>();
   private sweeping = false;
   private timer?: NodeJS.Timeout;
