@@ -7,7 +7,8 @@ import { ENDED_WITH_ROW, jobNotifyFunction } from './1764600000000-job-notify-ro
  * Why silent: a notifying commit takes PostgreSQL's global notify lock, held through the commit of every
  * other notifying transaction including their WAL flush, and wakes every listening connection of the
  * database; claims are on every job's critical path. A long-poll waits for a job's end and ignores the
- * mark; an event stream shows it with the job's next event or at its 2 s re-check.
+ * mark; an event stream shows it with the job's next event or at the next look of the followers' safety
+ * net (JobNotifications.sweep, 1 s; a 2 s re-check per stream when this was written).
  */
 export class JobActiveSilent1764700000000 implements MigrationInterface {
   name = 'JobActiveSilent1764700000000';
