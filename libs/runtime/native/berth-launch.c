@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -51,6 +52,8 @@
 #define MAX_CGROUPS 16
 #define MAX_WARNINGS 4
 #define OLDROOT ".berth-oldroot"
+/* How long init waits for the host's byte on the sync FIFO by default (--sync-timeout-ms; see run_init). */
+#define SYNC_FIFO_WAIT_MS 30000
 
 /* ---------- small output helpers (no stdio: keeps the supervisor's RSS tiny) ---------- */
 
@@ -139,6 +142,7 @@ static struct {
     unsigned long map_uid, map_count;
     const char *ov_lower, *ov_upper, *ov_work;
     int netns; /* 1: own network namespace (none/new), 0: host */
+    unsigned long fifo_wait_ms;
     char **argv;
 } cfg;
 
@@ -342,10 +346,34 @@ static void run_init(int fd) {
         send_msg(fd, M_READY, "ready", 0, NULL);
         close(fd);
         fd = -1;
+        /* Bounded: a host killed before its byte (a worker SIGKILLed while it set up the network) must not
+         * leave an init that never execs. Past the wait this init exits; the host's open of the FIFO for
+         * writing then fails (ENXIO, it opens without blocking) and its start fails instead of hanging. */
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += (time_t)(cfg.fifo_wait_ms / 1000);
+        until.tv_nsec += (long)(cfg.fifo_wait_ms % 1000) * 1000000;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
         char c;
-        ssize_t r;
-        do r = read(fifo_fd, &c, 1);
-        while (r < 0 && errno == EINTR);
+        ssize_t r = -1;
+        for (;;) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long left_ms = (long)(until.tv_sec - now.tv_sec) * 1000 + (until.tv_nsec - now.tv_nsec) / 1000000;
+            if (left_ms <= 0) {
+                errno = ETIMEDOUT;
+                break;
+            }
+            struct pollfd p = {.fd = fifo_fd, .events = POLLIN};
+            int n = poll(&p, 1, (int)left_ms);
+            if (n < 0 && errno != EINTR) break;
+            if (n <= 0) continue;
+            r = read(fifo_fd, &c, 1);
+            if (r == 1 || (r < 0 && errno != EINTR && errno != EAGAIN)) break;
+        }
         if (r != 1) {
             log_line("sync-fifo", r < 0 ? errno : 0, "no byte from the host; not starting init");
             _exit(126);
@@ -616,6 +644,7 @@ static int parse_ulong(const char *s, unsigned long *out) {
 static void parse_args(int argc, char **argv) {
     int i;
     cfg.netns = 1;
+    cfg.fifo_wait_ms = SYNC_FIFO_WAIT_MS;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -629,6 +658,10 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--log")) cfg.log = v;
         else if (!strcmp(a, "--state-dir")) cfg.state_dir = v;
         else if (!strcmp(a, "--sync-fifo")) cfg.fifo = v;
+        else if (!strcmp(a, "--sync-timeout-ms")) {
+            if (parse_ulong(v, &cfg.fifo_wait_ms) < 0 || cfg.fifo_wait_ms == 0 || cfg.fifo_wait_ms > 3600000UL)
+                usage_error("--sync-timeout-ms wants 1..3600000");
+        }
         else if (!strcmp(a, "--cgroup-procs")) {
             if (cfg.ncgroups == MAX_CGROUPS) usage_error("too many --cgroup-procs");
             cfg.cgroups[cfg.ncgroups++] = v;

@@ -1,8 +1,9 @@
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import { run } from '@berth/runtime/common/exec';
-import { vethNameFor } from '@berth/runtime';
+import { isAlive, vethNameFor } from '@berth/runtime';
 import { openTestHost, spec, type TestHost } from './runtime-harness';
 
 const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'gcc', 'ip', 'nsenter'] };
@@ -13,6 +14,62 @@ const HOST_NS = `berth-t${process.pid}`;
 const CIDR = '10.231.0.0/24';
 const GATEWAY = '10.231.0.1';
 const BRIDGE = 'berth0';
+const repoRoot = join(__dirname, '../../..');
+
+/**
+ * Starts a bridge container from a separate node process (as the worker would) whose write to the start
+ * FIFO never happens: it prints `held` at that point and waits, so the test can SIGKILL it exactly
+ * between the launch of init and its release.
+ */
+function startHeldAtRelease(host: TestHost, id: string): Promise<() => Promise<void>> {
+  const script = `
+    const fsp = require('node:fs/promises');
+    const open = fsp.open;
+    fsp.open = (p, ...rest) => {
+      if (String(p).endsWith('start.fifo')) {
+        process.stdout.write('held\\n');
+        return new Promise(() => undefined);
+      }
+      return open(p, ...rest);
+    };
+    const { openHostRuntime } = require('@berth/runtime');
+    const [dataRoot, cgroupParent, id, bridge, cidr, hostNetns] = process.argv.slice(1);
+    openHostRuntime({ dataRoot, cgroupParent, storageDriver: 'btrfs', network: { bridge, cidr, hostNetns } })
+      .then((rt) => rt.containers.start(id))
+      .then(() => process.exit(4), (e) => { process.stderr.write(String((e && e.stack) || e)); process.exit(3); });`;
+  const child = spawn(
+    process.execPath,
+    [
+      '-r',
+      'ts-node/register/transpile-only',
+      '-r',
+      'tsconfig-paths/register',
+      '-e',
+      script,
+      host.dataRoot,
+      host.cgroupParent,
+      id,
+      BRIDGE,
+      CIDR,
+      HOST_NS,
+    ],
+    { cwd: repoRoot, detached: true, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  return new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('exit', (code) => reject(new Error(`starter exited with ${code} before it was held: ${err}`)));
+    child.stdout!.on('data', (d: Buffer) => {
+      if (!d.toString().includes('held')) return;
+      child.removeAllListeners('exit');
+      resolve(async () => {
+        const exited = new Promise((r) => child.once('exit', r));
+        process.kill(-child.pid!, 'SIGKILL');
+        await exited;
+      });
+    });
+  });
+}
 
 /** Device names in the machine's root network namespace. */
 async function rootLinks(): Promise<string[]> {
@@ -115,6 +172,28 @@ describeKernel('container networking: bridge mode inside a simulated host netns,
     ]);
     expect(inHostNs.stdout.trim()).toBe('0');
   });
+
+  it('a start whose caller was killed before it released init: the next start runs the container', async () => {
+    await host.containers.create(spec('net-k', { network: { mode: 'bridge' } }));
+    const kill = await startHeldAtRelease(host, 'net-k');
+    await kill();
+    // What the kill left: an init that has not exec'd the container's, which the runtime must not take
+    // for a running container.
+    const stale = (await host.containers.get('net-k')).init!;
+    expect(await isAlive(stale)).toBe(true);
+
+    const started = await host.containers.start('net-k');
+    expect(started.changed).toBe(true);
+    expect(started.info.init!.pid).not.toBe(stale.pid);
+    expect(await isAlive(stale)).toBe(false);
+    const ps = await host.containers.exec('net-k', ['ps', '-o', 'pid,comm']);
+    expect(ps.stdout).toMatch(/^\s*1\s+init$/m);
+    const addr = await host.containers.exec('net-k', ['ip', '-o', '-4', 'addr', 'show', 'eth0']);
+    expect(addr.stdout).toContain(started.info.ipAddress!);
+    // Started and released: a later start is a no-op again.
+    expect((await host.containers.start('net-k')).changed).toBe(false);
+    await host.containers.destroy('net-k');
+  }, 60_000);
 
   it('keeps the address and MAC across a restart, so peers reach it again at once', async () => {
     const before = (await host.containers.get('net-a')).ipAddress;

@@ -1,3 +1,4 @@
+import { constants } from 'node:fs';
 import { chown, open, readFile } from 'node:fs/promises';
 import { run } from '../common/exec';
 import { RuntimeError } from '../common/errors';
@@ -296,11 +297,20 @@ export class ContainerRuntime {
   async start(id: string): Promise<OperationResult> {
     assertContainerId(id);
     // Independent reads run side by side: each is a thread-pool round trip, together one.
-    const [config, init] = await Promise.all([this.requireConfig(id), this.liveInit(id)]);
+    const [config, init, starting] = await Promise.all([
+      this.requireConfig(id),
+      this.liveInit(id),
+      this.store.isStarting(id),
+    ]);
     const info = await this.infoWith(id, config, init);
-    if (info.status === 'running') return { changed: false, info };
-    if (info.status === 'paused') {
-      throw new RuntimeError('WRONG_STATE', `container ${id} is paused: resume it instead`, { id });
+    // An init under the start's mark never got the host's byte (the caller of an earlier start was killed
+    // while it set up the network): it has not exec'd the container's init. It goes below, and a new one
+    // is launched.
+    if (!(init && starting)) {
+      if (info.status === 'running') return { changed: false, info };
+      if (info.status === 'paused') {
+        throw new RuntimeError('WRONG_STATE', `container ${id} is paused: resume it instead`, { id });
+      }
     }
     const { spec } = config;
     const [, , mount] = await Promise.all([
@@ -339,6 +349,7 @@ export class ContainerRuntime {
     } else {
       await this.storage.mount(id);
     }
+    if (bridge) await this.store.markStarting(id);
     const ref = await launchContainer(launch);
     let ipAddress: string | null = null;
     if (bridge && fifo) {
@@ -347,13 +358,26 @@ export class ContainerRuntime {
         ipAddress = await this.attachNetwork(id, ref.pid);
       } catch (e) {
         attachError = e;
-      } finally {
-        // Release init whether or not the network came up (it waits on the FIFO before exec).
-        const fh = await open(fifo, 'w');
-        await fh.write('g');
-        await fh.close();
       }
-      if (attachError) {
+      // Release init whether or not the network came up (it waits on the FIFO before exec). Without
+      // blocking: an init that gave up waiting (see LaunchOptions.syncTimeoutMs) has closed its end.
+      try {
+        const fh = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+        try {
+          await fh.write('g');
+        } finally {
+          await fh.close();
+        }
+      } catch (e) {
+        attachError ??= new RuntimeError(
+          'KERNEL_ERROR',
+          `container ${id}: init was gone before the host released it`,
+          { id },
+          { cause: e },
+        );
+      }
+      if (!attachError) await this.store.clearStarting(id);
+      else {
         // A container without the network it was asked for is not started: stop it, report the cause.
         await this.stop(id, 0).catch(() => undefined);
         throw attachError;
@@ -411,7 +435,8 @@ export class ContainerRuntime {
       return { changed: false, forced: false, info: await this.stoppedInfo(id, config) };
     }
     if ((await this.cgroups.state(this.cg(id))) === 'frozen') await this.cgroups.thaw(this.cg(id));
-    const { forced } = await stopInit(init, graceMs);
+    // An init never released by the host (see start) has no handler for SIGTERM yet: no grace to wait.
+    const { forced } = await stopInit(init, (await this.store.isStarting(id)) ? 0 : graceMs);
     await waitForExit(init, 5_000);
     await this.killRemaining(id);
     await this.cleanupAfterStop(id, config);

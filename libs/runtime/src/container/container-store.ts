@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RuntimeError } from '../common/errors';
 import type { InitRef } from '../namespaces/init-process';
@@ -15,7 +15,8 @@ export function assertContainerId(id: unknown): asserts id is string {
 
 /**
  * Per-container state on disk under `<dataRoot>/containers/<id>/`: `config.json` (what the container is),
- * `state/` (written by the launcher's supervisor: `init.pid` with pid + start time, `exit.status`) and
+ * `state/` (written by the launcher's supervisor: `init.pid` with pid + start time, `exit.status`; and
+ * `starting` while a bridge container's init waits for its network) and
  * `console.log` (init's output). Writes are atomic (temp file + rename) so a crash never leaves half a file.
  */
 export class ContainerStore {
@@ -37,6 +38,33 @@ export class ContainerStore {
   }
   fifoPath(id: string): string {
     return join(this.containerDir(id), 'start.fifo');
+  }
+  private startingPath(id: string): string {
+    return join(this.stateDir(id), 'starting');
+  }
+
+  /**
+   * Marks a start whose init waits for the host (the sync FIFO) before it execs: until `clearInit`, an init
+   * alive under this mark is a launch the host never released (its caller was killed in between), not a
+   * running container.
+   */
+  async markStarting(id: string): Promise<void> {
+    await mkdir(this.stateDir(id), { recursive: true, mode: 0o700 });
+    await writeFile(this.startingPath(id), '', { mode: 0o600 });
+  }
+
+  async isStarting(id: string): Promise<boolean> {
+    try {
+      await access(this.startingPath(id));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Ends the start's mark (init released, or the start undone). */
+  async clearStarting(id: string): Promise<void> {
+    await rm(this.startingPath(id), { force: true });
   }
 
   async readConfig(id: string): Promise<ContainerConfig | null> {
@@ -80,6 +108,7 @@ export class ContainerStore {
   async clearInit(id: string): Promise<void> {
     await rm(join(this.stateDir(id), 'init.pid'), { force: true });
     await rm(join(this.stateDir(id), 'exit.status'), { force: true });
+    await this.clearStarting(id);
   }
 
   /** Ids with a directory (complete or not). */

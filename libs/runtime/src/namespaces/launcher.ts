@@ -53,8 +53,13 @@ export interface LaunchOptions {
    * move a veth into; `host`: share the host's (tests and debugging only). Default `none`.
    */
   net?: 'none' | 'new' | 'host';
-  /** FIFO the helper reads one byte from before exec'ing init (the host configures the network first). */
+  /**
+   * FIFO the helper reads one byte from before exec'ing init (the host configures the network first). The
+   * caller opens it for writing without blocking (`O_NONBLOCK`: ENXIO once init gave up and exited).
+   */
   syncFifo?: string;
+  /** How long init waits for that byte before it exits without exec'ing (the helper's default: 30 s). */
+  syncTimeoutMs?: number;
   /** Init command and arguments; default ['/sbin/init']. */
   init?: string[];
   /** Kill the helper if it has not reported after this long (default 10000 ms). */
@@ -161,6 +166,13 @@ export function buildLaunchArgs(opts: LaunchOptions): string[] {
   if (!['none', 'new', 'host'].includes(net)) throw new InvalidArgumentError(`invalid net mode: ${net}`);
   args.push('--net', net);
   if (opts.syncFifo !== undefined) args.push('--sync-fifo', absolutePath('syncFifo', opts.syncFifo));
+  if (opts.syncTimeoutMs !== undefined) {
+    const ms = opts.syncTimeoutMs;
+    if (!Number.isInteger(ms) || ms < 1 || ms > 3_600_000)
+      throw new InvalidArgumentError(`invalid syncTimeoutMs: ${ms}`);
+    // Only when asked: a helper built before the option refuses it, and its own default is the same.
+    args.push('--sync-timeout-ms', String(ms));
+  }
   const init = opts.init ?? ['/sbin/init'];
   if (init.length === 0 || !init[0].startsWith('/') || init.some((a) => a.includes('\0'))) {
     throw new InvalidArgumentError('init must start with an absolute program path', { init });

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import {
   chmodSync,
+  constants,
   copyFileSync,
   existsSync,
   mkdirSync,
@@ -12,6 +13,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
@@ -365,6 +367,18 @@ describeKernel(
       expect(existsSync(join(ov, 'upper', 'written-in-container'))).toBe(true);
       expect(existsSync(join(rootfs, 'written-in-container'))).toBe(false);
       await stopInit(ref, 2000);
+    });
+
+    it('an init nobody releases from the sync FIFO gives up after its wait instead of hanging', async () => {
+      const fifo = join(work, 'held.fifo');
+      await run('mkfifo', [fifo]);
+      const ref = await launch('held1', { syncFifo: fifo, syncTimeoutMs: 300 });
+      expect(await isAlive(ref)).toBe(true);
+      for (let i = 0; i < 500 && (await isAlive(ref)); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(await isAlive(ref)).toBe(false);
+      // Its end of the FIFO is closed: a late release fails at once instead of blocking the host.
+      const late = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch((e: unknown) => e);
+      expect(late).toMatchObject({ code: 'ENXIO' });
     });
 
     it('reports a failed start with a typed error naming the step, and leaves nothing running', async () => {
