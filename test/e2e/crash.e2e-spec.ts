@@ -303,6 +303,35 @@ describeKernel(
       );
     }, 60_000);
 
+    it('a failure whose record fails at first is retried until written: the job does not stay active', async () => {
+      // The job is written with a payload its schema refuses (a permanent failure; system.noop has a single
+      // attempt), and the first two writes of its failure are refused. Unretried, BullMQ would end the job
+      // while PostgreSQL kept it `active` for as long as the worker lives.
+      await withJobTrigger(
+        'refuse_fail',
+        `IF TG_OP = 'INSERT' THEN NEW.params := NEW.params || '{"bogus": true}'::jsonb;
+         ELSIF NEW.state = 'failed' AND nextval('$seq') <= 2 THEN RAISE EXCEPTION 'failure refused by the test';
+         END IF; RETURN NEW;`,
+        `OLD.params->>'n' = '-4545'`,
+        async (submitNoop, trigger) => {
+          await c.ds.query(`CREATE TRIGGER ${trigger}_ins BEFORE INSERT ON jobs FOR EACH ROW
+            WHEN (NEW.params->>'n' = '-4545') EXECUTE FUNCTION ${trigger}()`);
+          try {
+            const id = await submitNoop(-4545);
+            const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=20`).set(c.auth());
+            expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'INVALID_PAYLOAD' } });
+            const events = (await jobEvents(c.ds, id)).map((e) => e.action);
+            expect(events).toEqual(['job.queued', 'job.active', 'job.failed']);
+            // Three writes of the failure: two refused, the third went through.
+            const [{ last_value: writes }] = await c.ds.query(`SELECT last_value FROM ${trigger}`);
+            expect(Number(writes)).toBe(3);
+          } finally {
+            await c.ds.query(`DROP TRIGGER IF EXISTS ${trigger}_ins ON jobs`);
+          }
+        },
+      );
+    }, 60_000);
+
     it('a claim that fails (PostgreSQL away or refusing) uses up no attempt: the job is handed back and runs', async () => {
       // The first three claims of this one job fail; system.noop has a single attempt, which a failed
       // claim counted as the job's failure would end in BullMQ while PostgreSQL still says `queued`.

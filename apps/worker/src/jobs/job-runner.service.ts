@@ -393,12 +393,12 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       const outcome = await handler.run(ctx);
       seconds();
       await done();
-      const complete = () => this.store.complete(job, outcome, unrecorded);
-      // A handler's own changes (`apply`) commit with the end before the slot moves on; the usual end is
-      // written behind (see WrittenBehind).
-      if (outcome.apply) await complete();
-      else
-        this.behind.add(job.id, complete, async (err) => {
+      // The end is written behind (see WrittenBehind): retried while PostgreSQL is away, never thrown here
+      // (a handler whose work is done must not be recorded as failed because the record failed once).
+      const written = this.behind.add(
+        job.id,
+        () => this.store.complete(job, outcome, unrecorded),
+        async (err) => {
           // Postgres refuses this end (not only is it away): the job is recorded as failed, retryable.
           const failure: JobFailure = {
             code: 'END_NOT_RECORDED',
@@ -406,7 +406,11 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
             step: null,
           };
           await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
-        });
+        },
+      );
+      // A handler's own changes (`apply`: destroy, resize, template import) commit with the end before
+      // BullMQ hears of it; the usual end does not hold the BullMQ job.
+      if (outcome.apply) await written;
       this.metrics.ended(kind, 'completed', seconds());
       log.info('job completed');
       return outcome.result;
@@ -420,14 +424,19 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
           .catch((err: unknown) => log.warn({ err, step }, 'step record failed'));
       const failure = classify(e);
       const maxAttempts = bull.opts.attempts ?? 1;
+      // A failure or a retry is recorded before BullMQ hears of it, retried while PostgreSQL is away:
+      // thrown at BullMQ unrecorded, the job's last attempt would end there while PostgreSQL kept it
+      // `active`, and every later job of its container would wait behind it.
       if (!failure.permanent && attempt < maxAttempts) {
         const delayMs = 1_000 * 2 ** (attempt - 1);
-        await this.store.waitingRetry(job, failure, attempt, delayMs);
+        await this.behind.add(job.id, () => this.store.waitingRetry(job, failure, attempt, delayMs));
         this.metrics.ended(kind, 'retry', seconds());
         log.warn({ failure, attempt }, 'job failed, will retry');
         throw e;
       }
-      await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
+      await this.behind.add(job.id, () =>
+        this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure)),
+      );
       this.metrics.ended(kind, 'failed', seconds());
       log.warn({ failure, attempt }, 'job failed');
       throw new UnrecoverableError(`${failure.code}: ${failure.message}`);

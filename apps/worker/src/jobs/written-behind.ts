@@ -49,8 +49,15 @@ export class WrittenBehind {
 
   constructor(private readonly log: Log) {}
 
-  /** Starts `write` for job `id` (its errors are logged, never thrown); see the class for `fallback`. */
-  add(id: string, write: () => Promise<void>, fallback?: (lastError: unknown) => Promise<void>): void {
+  /**
+   * Starts `write` for job `id` (its errors are logged, never thrown); see the class for `fallback`.
+   * Answers when it (or the fallback) is written: a caller that must not go on before may await it.
+   */
+  add(
+    id: string,
+    write: () => Promise<void>,
+    fallback?: (lastError: unknown) => Promise<void>,
+  ): Promise<void> {
     const run = async () => {
       for (let n = 0; ; n++) {
         try {
@@ -67,13 +74,14 @@ export class WrittenBehind {
             }
           }
           const retryMs = Math.min(FIRST_RETRY_MS * 2 ** n, MAX_RETRY_MS);
-          this.log.warn({ err, jobId: id, retryMs }, 'completion written behind failed, retrying');
+          this.log.warn({ err, jobId: id, retryMs }, "a job's record written behind failed, retrying");
           await sleep(retryMs);
         }
       }
     };
     const p: Promise<void> = run().finally(() => this.pending.delete(p));
     this.pending.add(p);
+    return p;
   }
 
   /** The writes pending. */
