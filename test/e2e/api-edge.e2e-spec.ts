@@ -493,6 +493,17 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       }
     });
 
+    it('refuses a body nested deeper than any of ours (well within the size limit) with 400, not a 500', async () => {
+      const deep = '{"a":'.repeat(3000) + '1' + '}'.repeat(3000);
+      expect(deep.length).toBeLessThan(a.config.api.bodyLimitBytes);
+      for (const url of ['/v1/containers', `/v1/containers/${containerId}/start`])
+        await refused(
+          () => a.http().post(url).set(a.auth()).set('Content-Type', 'application/json').send(deep),
+          400,
+          'MALFORMED_JSON',
+        );
+    });
+
     it('refuses a body over the limit with 413 PAYLOAD_TOO_LARGE', async () => {
       const big = { ...valid(), padding: 'x'.repeat(a.config.api.bodyLimitBytes) };
       await refused(create(big), 413, 'PAYLOAD_TOO_LARGE');
@@ -619,6 +630,7 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       const cursor = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
       for (const c of [
         cursor(['2024-02-30T00:00:00.000000Z', UNKNOWN]),
+        cursor(['0000-01-01T00:00:00.000000Z', UNKNOWN]),
         cursor(['2024-01-01T00:00:00.000000Z', '-'.repeat(36)]),
         cursor(['2024-01-01', UNKNOWN]),
         cursor([1, UNKNOWN]),

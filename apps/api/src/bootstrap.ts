@@ -45,6 +45,24 @@ function bodyParserProblem(err: unknown): unknown {
   }
 }
 
+/**
+ * How deep a JSON body may nest. Ours nest two levels; Nest's ValidationPipe walks a body recursively
+ * (stripProtoKeys), and a few thousand levels, well within the size limit, overflowed its stack (a 500).
+ */
+export const BODY_MAX_DEPTH = 32;
+
+/** Whether `value` nests deeper than `max` objects/arrays (walked without recursion). */
+function nestsDeeper(value: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (depth > max) return true;
+    for (const child of Object.values(v)) stack.push([child, depth + 1]);
+  }
+  return false;
+}
+
 /** Builds the API application (used by main.ts and by tests, which pass their own config). */
 export async function createApiApp(config: BerthConfig): Promise<NestExpressApplication> {
   const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(config), {
@@ -82,6 +100,17 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
     type: ['application/json', 'application/*+json'],
   });
   app.use((err: unknown, _req: Request, _res: Response, next: NextFunction) => next(bodyParserProblem(err)));
+  app.use((req: Request, _res: Response, next: NextFunction) =>
+    next(
+      nestsDeeper(req.body, BODY_MAX_DEPTH)
+        ? new ApiError(
+            HttpStatus.BAD_REQUEST,
+            'MALFORMED_JSON',
+            `the body nests deeper than ${BODY_MAX_DEPTH} levels`,
+          )
+        : undefined,
+    ),
+  );
   app.useGlobalPipes(
     new ValidationPipe({
       whitelist: true,
