@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
@@ -164,6 +164,22 @@ describeKernel('restart safety: the truth is on disk, /proc and cgroupfs', needs
     expect((await fresh.containers.exec('rs1', ['true'])).code).toBe(0);
     await fresh.containers.stop('rs1');
   }, 60_000);
+
+  it("a template import's staging left by a killed process is swept; a live process's is kept", async () => {
+    const tmp = join(host.dataRoot, 'tmp');
+    // A pid that is gone: a process that ran and exited.
+    const gone = spawn('true');
+    await new Promise((r) => gone.once('exit', r));
+    const dead = `template-big-${gone.pid}-1700000000000`;
+    const live = `template-other-1-1700000000000`; // pid 1 is alive
+    const mine = `template-mine-${process.pid}-1700000000000`;
+    for (const d of [dead, live, mine]) mkdirSync(join(tmp, d, 'rootfs', 'etc'), { recursive: true });
+    expect(await host.templates.sweepStaging()).toEqual([dead]);
+    expect(existsSync(join(tmp, dead))).toBe(false);
+    expect(existsSync(join(tmp, live))).toBe(true);
+    expect(existsSync(join(tmp, mine))).toBe(true);
+    for (const d of [live, mine]) rmSync(join(tmp, d), { recursive: true });
+  });
 
   it('reconcile reports orphans and half-created containers, removes them, and leaves real ones alone', async () => {
     // an orphan cgroup with a live process in it

@@ -34,7 +34,12 @@ export class HostRuntimeService {
     });
     // Half-created containers (a crash mid-create) are removed; their job is retried and creates them anew.
     const report = await rt.containers.reconcile({ remove: true });
-    this.log.info({ storage: rt.storage.info().name, cgroup: rt.cgroups.version, report }, 'runtime ready');
+    // And what a template import killed midway left in its staging directory.
+    const staging = await rt.templates.sweepStaging();
+    this.log.info(
+      { storage: rt.storage.info().name, cgroup: rt.cgroups.version, report, staging },
+      'runtime ready',
+    );
     return rt;
   }
 }

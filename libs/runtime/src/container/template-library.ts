@@ -1,4 +1,5 @@
-import { mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../common/exec';
 import { RuntimeError } from '../common/errors';
@@ -59,9 +60,27 @@ export class TemplateLibrary {
     return this.install(name, (dir) => importRootfsTarball(archivePath, dir, { name }).then(() => undefined));
   }
 
+  /**
+   * Removes the staging directories of processes that are gone (a worker killed in the middle of an
+   * import): each can hold a whole rootfs. Run before each install and by the worker at its start.
+   * Answers the directories removed.
+   */
+  async sweepStaging(): Promise<string[]> {
+    const tmp = join(this.opts.dataRoot, 'tmp');
+    const removed: string[] = [];
+    for (const entry of await readdir(tmp).catch(() => [] as string[])) {
+      const m = /^template-.+-(\d+)-\d+$/.exec(entry);
+      if (!m || Number(m[1]) === process.pid || existsSync(`/proc/${m[1]}`)) continue;
+      await removeTree(join(tmp, entry));
+      removed.push(entry);
+    }
+    return removed;
+  }
+
   private async install(name: string, fill: (dir: string) => Promise<void>): Promise<TemplateResult> {
     const staging = this.staging(name);
     await mkdir(join(this.opts.dataRoot, 'tmp'), { recursive: true, mode: 0o700 });
+    await this.sweepStaging();
     try {
       const rootfs = join(staging, 'rootfs');
       await mkdir(staging, { mode: 0o700 });

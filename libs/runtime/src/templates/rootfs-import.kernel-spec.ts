@@ -277,6 +277,11 @@ describeKernel(
         await expect(
           importRootfsTarball(path.join(work, 'missing.tar'), path.join(out, 'm'), { name: 'm' }),
         ).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        // Not a regular file: an endless device would be read for ever, a directory or a FIFO is no archive.
+        for (const p of ['/dev/zero', '/dev/urandom', work])
+          await expect(importRootfsTarball(p, path.join(out, 'dev'), { name: 'dev' })).rejects.toMatchObject({
+            code: 'INVALID_PATH',
+          });
         await outIsEmpty();
       });
     });

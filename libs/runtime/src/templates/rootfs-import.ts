@@ -238,10 +238,15 @@ function resolveMember(
  *   DEPENDENCY_MISSING when the decompressor is absent.
  */
 export async function inspectRootfsArchive(archivePath: string): Promise<ArchiveInspection> {
+  let st;
   try {
-    await stat(archivePath);
+    st = await stat(archivePath);
   } catch {
     throw new RuntimeError('NOT_FOUND', `archive ${archivePath} does not exist`, { archivePath });
+  }
+  // A device, a FIFO or a directory is no archive (/dev/zero would be read for ever).
+  if (!st.isFile()) {
+    throw new RuntimeError('INVALID_PATH', `archive ${archivePath} is not a regular file`, { archivePath });
   }
   const compression = await detectCompression(archivePath);
   const members: ArchiveInspection['members'] = new Map();

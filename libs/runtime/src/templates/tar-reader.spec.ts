@@ -124,4 +124,35 @@ describe('readTarEntries', () => {
     const got = await entries(header({ name: 'a' }), Buffer.alloc(512), header({ name: '/etc/evil' }), END);
     expect(got.map((e) => e.name)).toEqual(['a']);
   });
+
+  it('reads what follows the end of the archive only up to a bound (an endless source is refused)', async () => {
+    let yielded = 0;
+    async function* endless(): AsyncGenerator<Buffer> {
+      yield Buffer.concat([header({ name: 'a' }), END]);
+      const zeros = Buffer.alloc(1 << 20);
+      for (;;) {
+        yielded += zeros.length;
+        yield zeros;
+      }
+    }
+    const read = async () => {
+      for await (const e of readTarEntries(endless())) void e;
+    };
+    await expect(read()).rejects.toMatchObject({ code: 'UNSAFE_ARCHIVE' });
+    expect(yielded).toBeLessThanOrEqual(32 << 20);
+    // The usual padding (GNU tar's 10 KiB records) is fine.
+    expect((await entries(header({ name: 'a' }), END, Buffer.alloc(9 * 1024))).map((e) => e.name)).toEqual([
+      'a',
+    ]);
+  });
+
+  it('does not quote a malformed header field: a file that is no archive keeps its content to itself', async () => {
+    const h = Buffer.alloc(512);
+    // /etc/shadow-like lines over the whole header, its checksum field (148-156) included.
+    h.write('daemon:*:19000:0:99999:7:::\n'.repeat(18), 0, 'latin1');
+    const err = await entries(h, END).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'UNSAFE_ARCHIVE' });
+    expect((err as Error).message).toMatch(/malformed checksum field/);
+    expect((err as Error).message).not.toMatch(/daemon|99999|:7|19000/);
+  });
 });

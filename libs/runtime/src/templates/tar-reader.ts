@@ -105,13 +105,20 @@ class ByteReader {
     await this.it.return?.();
   }
 
-  /** Consumes the rest of the stream (so a decompressor piping into us can finish). */
-  async drain(): Promise<void> {
+  /**
+   * Consumes the rest of the stream (so a decompressor piping into us can finish), up to `maxBytes`: past
+   * the end of the archive there is only its padding, and an endless source (a device, a decompression
+   * bomb of zeros) must not be read for ever.
+   */
+  async drain(maxBytes: number): Promise<void> {
     this.buffered = [];
     this.length = 0;
+    let read = 0;
     while (!this.done) {
       const next = await this.it.next();
       if (next.done) this.done = true;
+      else if ((read += (next.value as Buffer | string).length) > maxBytes)
+        throw unsafe(`more than ${maxBytes} bytes after the end of the archive`);
     }
   }
 }
@@ -137,7 +144,10 @@ function numeric(buf: Buffer, start: number, end: number, field: string): number
     .replace(/[\0 ]+$/g, '')
     .replace(/^ +/, '');
   if (text === '') return 0;
-  if (!/^[0-7]+$/.test(text)) throw unsafe(`malformed ${field} field in tar header: ${JSON.stringify(text)}`);
+  // The field's bytes stay out of the message: a file that is no archive at all (any file the worker
+  // can read) would show its content in the job's error.
+  if (!/^[0-7]+$/.test(text))
+    throw unsafe(`malformed ${field} field in tar header: not a tar archive or corrupt`);
   const value = parseInt(text, 8);
   if (!Number.isSafeInteger(value)) throw unsafe(`${field} too large in tar header`);
   return value;
@@ -187,6 +197,8 @@ function refusePaxKeys(pax: Map<string, string>, where: string): void {
 }
 
 const MAX_META_SIZE = 1 << 20; // long names and pax headers larger than 1 MiB are not real archives
+/** What may follow the end-of-archive blocks (tar pads to its record size: 10 KiB by default). */
+const MAX_TRAILER_SIZE = 16 << 20;
 
 /**
  * Yields every member of a tar stream in order (metadata entries like GNU long names and pax headers are
@@ -217,7 +229,7 @@ async function* entriesOf(reader: ByteReader): AsyncGenerator<TarEntry> {
       break; // no end-of-archive blocks: GNU tar accepts that with a warning
     }
     if (header.every((b) => b === 0)) {
-      await reader.drain();
+      await reader.drain(MAX_TRAILER_SIZE);
       break;
     }
     sawHeader = true;

@@ -7,7 +7,17 @@ export const templateImportJob: JobHandler<'template.import'> = {
     await step('import', async () => {
       if (payload.source.type === 'builtin') return runtime.templates.ensureBusybox(payload.name);
       if (await runtime.templates.has(payload.name)) return { name: payload.name, changed: false };
-      return runtime.templates.importTarball(payload.name, payload.source.path);
+      try {
+        return await runtime.templates.importTarball(payload.name, payload.source.path);
+      } catch (e) {
+        // Another import of the same template (a second request) sealed it meanwhile: it is there.
+        if (
+          (e as { code?: string }).code === 'TEMPLATE_EXISTS' &&
+          (await runtime.templates.has(payload.name))
+        )
+          return { name: payload.name, changed: false };
+        throw e;
+      }
     });
     const driver = runtime.storage.info().name;
     return {
@@ -23,7 +33,9 @@ export const templateImportJob: JobHandler<'template.import'> = {
   },
   async onFailed({ payload, hostId }, m) {
     await m.query(
-      `UPDATE template_replicas SET state = 'failed', updated_at = now() WHERE template_id = $1 AND host_id = $2`,
+      // Not over a replica another import of the template made ready meanwhile.
+      `UPDATE template_replicas SET state = 'failed', updated_at = now()
+       WHERE template_id = $1 AND host_id = $2 AND state <> 'ready'`,
       [payload.templateId, hostId],
     );
   },
