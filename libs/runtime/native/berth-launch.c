@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <grp.h>
@@ -257,6 +258,20 @@ static void mount_or_fail(int fd, const char *step, const char *src, const char 
     if (mount(src, dst, type, flags, data) < 0) fail(fd, step, errno, dst);
 }
 
+/* The per-mount flags a bind remount of `path` must repeat (see run_init). */
+static unsigned long mount_flags_of(const char *path) {
+    struct statvfs sv;
+    unsigned long f = 0;
+    if (statvfs(path, &sv) < 0) return 0;
+    if (sv.f_flag & ST_RDONLY) f |= MS_RDONLY;
+    if (sv.f_flag & ST_NOSUID) f |= MS_NOSUID;
+    if (sv.f_flag & ST_NOEXEC) f |= MS_NOEXEC;
+    if (sv.f_flag & ST_NOATIME) f |= MS_NOATIME;
+    if (sv.f_flag & ST_NODIRATIME) f |= MS_NODIRATIME;
+    if (sv.f_flag & ST_RELATIME) f |= MS_RELATIME;
+    return f;
+}
+
 static void bring_up_loopback(int fd) {
     struct ifreq ifr;
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -309,6 +324,11 @@ static void run_init(int fd) {
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) fail(fd, "mount-private", errno, "/");
     if (cfg.ov_lower) mount_or_fail(fd, "mount-overlay", "overlay", cfg.rootfs, "overlay", 0, overlay_spec);
     mount_or_fail(fd, "bind-rootfs", cfg.rootfs, cfg.rootfs, NULL, MS_BIND | MS_REC, NULL);
+    /* No device node in the root filesystem opens a device (its /dev is a tmpfs of its own, below): a
+     * node that came with a template or that the container made must not reach a host disk. A bind
+     * remount keeps the flags it cannot drop (locked under a user namespace), so they are passed again. */
+    mount_or_fail(fd, "nodev-rootfs", NULL, cfg.rootfs, NULL,
+                  MS_REMOUNT | MS_BIND | MS_NODEV | mount_flags_of(cfg.rootfs), NULL);
     if (chdir(cfg.rootfs) < 0) fail(fd, "chdir-rootfs", errno, cfg.rootfs);
 
     if (stat("proc", &st) < 0 && mkdir("proc", 0555) < 0) fail(fd, "mount-proc", errno, "proc");
@@ -422,6 +442,10 @@ static void run_setup(int to_sup, int from_sup) {
     int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC;
     if (cfg.netns) flags |= CLONE_NEWNET;
     if (cfg.userns) flags |= CLONE_NEWUSER;
+    /* Drop the host's supplementary groups while still allowed to: inside the user namespace setgroups is
+     * denied, and the container would keep them for ever. Root may always; as a non-root caller (tests),
+     * there is nothing a group could grant that the caller did not have. */
+    if (cfg.userns && setgroups(0, NULL) < 0 && errno != EPERM) fail(to_sup, "setgroups", errno, NULL);
     if (unshare(flags) < 0) fail(to_sup, "unshare", errno, NULL);
     if (cfg.userns) {
         int status = -1;

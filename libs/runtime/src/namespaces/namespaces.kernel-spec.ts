@@ -333,6 +333,37 @@ describeKernel(
       expect(stop.forced).toBe(false);
     });
 
+    it("opens no device node of its root filesystem, and keeps none of the host's supplementary groups", async () => {
+      // A node for /dev/null's device outside /dev: readable and writable by all, if devices opened there.
+      await run('mknod', ['-m', '0666', join(usernsRootfs, 'planted-node'), 'c', '1', '3']);
+      const groups = process.getgroups!();
+      process.setgroups!([...groups, 4242]);
+      let ref: LaunchResult;
+      try {
+        ref = await launch('userns-nodev', {
+          rootfs: usernsRootfs,
+          userns: { hostUid: 100000, count: 65536 },
+          net: 'new',
+        });
+      } finally {
+        process.setgroups!(groups);
+      }
+      try {
+        const planted = await execInContainer(ref, ['sh', '-c', 'echo x > /planted-node'], { userns: true });
+        expect(planted.code).not.toBe(0);
+        expect(planted.stderr).toMatch(/Permission denied/);
+        // Its own /dev still works.
+        expect((await execInContainer(ref, ['sh', '-c', 'echo x > /dev/null'], { userns: true })).code).toBe(
+          0,
+        );
+        const status = readFileSync(`/proc/${ref.pid}/status`, 'utf8');
+        expect(status).toMatch(/^Groups:\s*$/m);
+      } finally {
+        await stopInit(ref, 2000);
+        rmSync(join(usernsRootfs, 'planted-node'));
+      }
+    });
+
     it('under a user namespace without its own netns it skips /sys and says so', async () => {
       const ref = await launch('userns2', {
         rootfs: usernsRootfs,

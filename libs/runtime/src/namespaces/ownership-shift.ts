@@ -1,4 +1,5 @@
-import { chmod, lchown, lstat, opendir, readFile, rename, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { chmod, lchown, lstat, open, opendir, rename, rm } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { InvalidArgumentError, RuntimeError } from '../common/errors';
 
@@ -24,12 +25,26 @@ export function shiftId(id: number, from: number, to: number, count: number): nu
   return id;
 }
 
+/**
+ * The offset the marker records, 0 without one. The tree may be a container's, whose root can plant
+ * anything there: the marker is read only as a small regular file, never through a symlink (which could
+ * point at a FIFO or an endless device on the host).
+ */
 async function readMarker(root: string): Promise<number> {
+  let fh;
   try {
-    const n = Number((await readFile(join(root, SHIFT_MARKER), 'utf8')).trim());
+    fh = await open(
+      join(root, SHIFT_MARKER),
+      constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK,
+    );
+    const st = await fh.stat();
+    if (!st.isFile() || st.size > 64) return 0;
+    const n = Number((await fh.readFile('utf8')).trim());
     return Number.isSafeInteger(n) && n >= 0 ? n : 0;
   } catch {
     return 0;
+  } finally {
+    await fh?.close();
   }
 }
 
@@ -81,8 +96,19 @@ export async function shiftOwnership(rootfsDir: string, offset: number, count = 
   };
   await visit(rootfsDir);
   // the marker is written last and atomically: a crash before it means the walk runs again (safely)
+  // Created new, never through whatever is at its name (a symlink there would have root write anywhere).
   const tmp = join(rootfsDir, `${SHIFT_MARKER}.tmp`);
-  await writeFile(tmp, `${offset}\n`);
+  await rm(tmp, { force: true });
+  const fh = await open(
+    tmp,
+    constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+    0o644,
+  );
+  try {
+    await fh.writeFile(`${offset}\n`);
+  } finally {
+    await fh.close();
+  }
   await lchown(tmp, offset, offset);
   await rename(tmp, join(rootfsDir, SHIFT_MARKER));
   return { from, changed, skipped: false };

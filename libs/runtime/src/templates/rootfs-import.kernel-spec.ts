@@ -3,6 +3,7 @@ import {
   mkdir,
   mkdtemp,
   readdir,
+  readFile,
   readlink,
   rm,
   stat,
@@ -17,7 +18,8 @@ import * as path from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import { run } from '../common/exec';
 import { buildBusyboxTemplate } from './busybox.builder';
-import { importRootfsTarball, inspectRootfsArchive } from './rootfs-import';
+import { importRootfsTarball, inspectRootfsArchive, verifyExtracted } from './rootfs-import';
+import { shiftOwnership } from '../namespaces/ownership-shift';
 
 // Under a full parallel kernel run these spawn many processes on 2 cores: allow more than 5 s.
 jest.setTimeout(30_000);
@@ -258,6 +260,113 @@ describeKernel(
           await expect(stat(target)).rejects.toMatchObject({ code: 'ENOENT' });
           await outIsEmpty();
         }
+      });
+
+      /** A ustar header (what GNU tar writes), for members `tar --create` would not make. */
+      const ustar = (
+        name: string,
+        type: string,
+        size = 0,
+        extra: { dev?: [number, number] } = {},
+      ): Buffer => {
+        const h = Buffer.alloc(512);
+        const oct = (v: number, len: number) => v.toString(8).padStart(len - 1, '0') + '\0';
+        h.write(name, 0, 100, 'utf8');
+        h.write(oct(0o755, 8), 100, 'latin1');
+        h.write(oct(0, 8), 108, 'latin1');
+        h.write(oct(0, 8), 116, 'latin1');
+        h.write(oct(size, 12), 124, 'latin1');
+        h.write(oct(0, 12), 136, 'latin1');
+        h.write(type, 156, 'latin1');
+        h.write('ustar\x0000', 257, 'latin1');
+        h.write(oct(extra.dev?.[0] ?? 0, 8), 329, 'latin1');
+        h.write(oct(extra.dev?.[1] ?? 0, 8), 337, 'latin1');
+        h.fill(0x20, 148, 156);
+        let sum = 0;
+        for (const b of h) sum += b;
+        h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+        return h;
+      };
+      const padded = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
+      const init = Buffer.from('#!/bin/sh\n');
+
+      it("refuses a regular file named like a directory ('foo/'), whose data GNU tar would extract as members", async () => {
+        // Inside foo/'s data: a block device for a host disk, which GNU tar would create.
+        const hidden = ustar('dev/evil', '4', 0, { dev: [7, 0] });
+        const archive = path.join(work, 'slash.tar');
+        await writeFile(
+          archive,
+          Buffer.concat([
+            ustar('./', '5'),
+            ustar('sbin/', '5'),
+            ustar('sbin/init', '0', init.length),
+            padded(init),
+            ustar('foo/', '0', hidden.length),
+            hidden,
+            Buffer.alloc(1024),
+          ]),
+        );
+        const err = await importRootfsTarball(archive, path.join(out, 'slash'), { name: 'slash' }).catch(
+          (e: unknown) => e,
+        );
+        expect(err).toMatchObject({ code: 'UNSAFE_ARCHIVE', message: expect.stringMatching(/ends in '\/'/) });
+        await outIsEmpty();
+      });
+
+      it("refuses members named like Berth's id-shift marker", async () => {
+        for (const name of ['.berth-idshift', './.berth-idshift.tmp']) {
+          const archive = path.join(work, 'marker.tar');
+          await writeFile(
+            archive,
+            Buffer.concat([
+              ustar('./', '5'),
+              ustar('sbin/init', '0', init.length),
+              padded(init),
+              ustar(name, '2'),
+              Buffer.alloc(1024),
+            ]),
+          );
+          await expect(inspectRootfsArchive(archive)).rejects.toMatchObject({
+            code: 'UNSAFE_ARCHIVE',
+            message: expect.stringMatching(/reserves/),
+          });
+        }
+      });
+
+      it('checks the extracted tree against the inspected members: anything unchecked is refused', async () => {
+        const tree = await mkdtemp(path.join(work, 'tree-'));
+        await mkdir(path.join(tree, 'etc'));
+        await writeFile(path.join(tree, 'etc/hosts'), 'x');
+        const members = new Map([
+          ['etc', { type: 'directory' as const, mode: 0o755, linkname: '' }],
+          ['etc/hosts', { type: 'file' as const, mode: 0o644, linkname: '' }],
+        ]);
+        await expect(verifyExtracted(tree, members)).resolves.toBeUndefined();
+        // A device nobody checked (what a second reading of the archive could have made).
+        await run('mknod', [path.join(tree, 'etc/disk'), 'b', '7', '0']);
+        await expect(verifyExtracted(tree, members)).rejects.toMatchObject({
+          code: 'UNSAFE_ARCHIVE',
+          message: expect.stringMatching(/etc\/disk.*no such member/),
+        });
+        await rm(path.join(tree, 'etc/disk'));
+        // A member of another type than the one checked.
+        await rm(path.join(tree, 'etc/hosts'));
+        await symlink('/etc/shadow', path.join(tree, 'etc/hosts'));
+        await expect(verifyExtracted(tree, members)).rejects.toMatchObject({ code: 'UNSAFE_ARCHIVE' });
+      });
+
+      it('never writes the id-shift marker through a link the tree holds, nor reads one that is no small file', async () => {
+        const tree = await mkdtemp(path.join(work, 'shift-'));
+        const victim = path.join(work, 'victim');
+        await writeFile(victim, 'precious\n');
+        await symlink(victim, path.join(tree, '.berth-idshift.tmp'));
+        await run('mkfifo', [path.join(work, 'shift-fifo')]);
+        await symlink(path.join(work, 'shift-fifo'), path.join(tree, '.berth-idshift'));
+        const shifted = await shiftOwnership(tree, 100000);
+        expect(shifted).toMatchObject({ from: 0, skipped: false });
+        expect(await readFile(victim, 'utf8')).toBe('precious\n');
+        expect((await lstat(path.join(tree, '.berth-idshift'))).isFile()).toBe(true);
+        expect(await shiftOwnership(tree, 100000)).toMatchObject({ skipped: true });
       });
 
       it('refuses garbage, truncated and corrupt-compressed files', async () => {

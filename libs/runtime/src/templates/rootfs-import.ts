@@ -1,10 +1,12 @@
 import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { lstat, mkdir, open, rename, stat } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { lstat, mkdir, open, readdir, rename, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { run } from '../common/exec';
 import { RuntimeError } from '../common/errors';
 import { assertTemplateName } from '../common/validation';
+import { SHIFT_MARKER } from '../namespaces/ownership-shift';
 import { removeTree, stagingPathFor, treeUsage } from './fs-util';
 import type { TarCompression } from './template-metadata';
 import { readTarEntries, TarEntry, TarEntryType } from './tar-reader';
@@ -135,6 +137,13 @@ function checkEntry(entry: TarEntry, members: ArchiveInspection['members'], syml
   const name = normaliseMemberName(entry.name);
   if (name === '' && entry.type !== 'directory')
     throw unsafe(entry.name, `the archive root must be a directory`);
+  // GNU tar takes a regular-file member whose name ends in '/' for a directory (an old convention) and
+  // reads its data as more members, which this inspection would never have seen.
+  if (entry.type !== 'directory' && /\/\.?$/.test(entry.name))
+    throw unsafe(entry.name, `a ${entry.type} whose name ends in '/'`);
+  // Berth's own bookkeeping at the top of a rootfs (the id shift's marker): not the archive's to set.
+  if (name === SHIFT_MARKER || name.startsWith(`${SHIFT_MARKER}.`))
+    throw unsafe(entry.name, 'a name Berth reserves for its own bookkeeping');
   // A member under a path the archive made a symlink would be written wherever the link points (an
   // absolute link resolves on the host during extraction): refuse instead of trusting the extractor.
   for (const p of [...prefixes(name), name]) {
@@ -386,6 +395,9 @@ export async function importRootfsTarball(
       ],
       { timeoutMs: options.timeoutMs ?? 600_000 },
     );
+    // What tar made must be what the inspection saw: a mismatch between the two readers of the archive
+    // must not slip a device, or anything unchecked, into a template.
+    await verifyExtracted(staging, inspection.members);
     const usage = await treeUsage(staging);
     try {
       await rename(staging, targetDir);
@@ -410,6 +422,66 @@ export async function importRootfsTarball(
     await removeTree(staging);
     throw e;
   }
+}
+
+/** A member's type as the extracted inode shows it (a hard link is a regular file). */
+function extractedType(st: Stats): TarEntryType | null {
+  if (st.isFile()) return 'file';
+  if (st.isDirectory()) return 'directory';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isCharacterDevice()) return 'char';
+  if (st.isBlockDevice()) return 'block';
+  if (st.isFIFO()) return 'fifo';
+  return null;
+}
+
+/** A member's type, a hard link's being its target's (checkEntry made sure it is an earlier member). */
+function typeOf(
+  member: { type: TarEntryType; linkname: string },
+  members: ArchiveInspection['members'],
+): TarEntryType | undefined {
+  let m: { type: TarEntryType; linkname: string } | undefined = member;
+  for (let hops = 0; m?.type === 'hardlink' && hops < 64; hops++)
+    m = members.get(normaliseMemberName(m.linkname));
+  return m?.type === 'hardlink' ? undefined : m?.type;
+}
+
+/**
+ * Walks the extracted tree (never following a link): every inode must be a member the inspection checked,
+ * of the same type (or a directory tar made as the parent of one), and every device one of
+ * ALLOWED_DEVICES with its numbers. @throws UNSAFE_ARCHIVE naming the first that is not.
+ */
+export async function verifyExtracted(root: string, members: ArchiveInspection['members']): Promise<void> {
+  const parents = new Set<string>();
+  for (const name of members.keys()) for (const p of prefixes(name)) parents.add(p);
+  const walk = async (dir: string, rel: string): Promise<void> => {
+    for (const entry of await readdir(dir)) {
+      const name = rel === '' ? entry : `${rel}/${entry}`;
+      const st = await lstat(path.join(dir, entry));
+      const type = extractedType(st);
+      const member = members.get(name);
+      const expected = member && typeOf(member, members);
+      if (type === 'directory' && !member && parents.has(name)) {
+        await walk(path.join(dir, entry), name);
+        continue;
+      }
+      if (!type || !member || expected !== type)
+        throw unsafe(
+          name,
+          `extracted as ${type ?? 'an unknown type'}, but the archive was checked with ${member ? `a ${member.type}` : 'no such member'}`,
+        );
+      if (type === 'block') throw unsafe(name, 'block device not allowed');
+      if (type === 'char') {
+        const allowed = ALLOWED_DEVICES[name];
+        const major = Math.floor(st.rdev / 256) & 0xfff;
+        const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
+        if (!allowed || allowed[0] !== major || allowed[1] !== minor)
+          throw unsafe(name, `device ${major}:${minor} not allowed`);
+      }
+      if (type === 'directory') await walk(path.join(dir, entry), name);
+    }
+  };
+  await walk(root, '');
 }
 
 async function exists(p: string): Promise<boolean> {
