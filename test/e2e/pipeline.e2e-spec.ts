@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
+import { HostRuntimeService } from '../../apps/worker/src/runtime/host-runtime.service';
 
 const MiB = 1024 * 1024;
 
@@ -124,6 +125,42 @@ describeKernel(
       expect(readFileSync(cg('freezer', 'freezer.state'), 'utf8').trim()).toBe('THAWED');
     }, 60_000);
 
+    it('snapshots under a name once: the same name again is 409, one taken outside Berth fails the job', async () => {
+      const rt = await p.worker.get(HostRuntimeService).get();
+      const job = await accepted(
+        await p.http().post(`/v1/containers/${id}/snapshots`).set(p.auth()).send({ name: 'before' }),
+      );
+      expect(job.result).toMatchObject({ snapshot: 'before', snapshots: ['before'] });
+      expect((await rt.containers.listSnapshots(id)).map((s) => s.name)).toEqual(['before']);
+
+      const jobs = async () =>
+        (await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id]))[0].n;
+      const before = await jobs();
+      const again = await p
+        .http()
+        .post(`/v1/containers/${id}/snapshots`)
+        .set(p.auth())
+        .send({ name: 'before' });
+      expect(again.status).toBe(409);
+      expect(again.body.code).toBe('SNAPSHOT_EXISTS');
+      expect(await jobs()).toBe(before);
+
+      // A name Berth does not know is taken on the host: the job must not answer that snapshot as its own.
+      await rt.containers.snapshot(id, 'outside');
+      const res = await p
+        .http()
+        .post(`/v1/containers/${id}/snapshots`)
+        .set(p.auth())
+        .send({ name: 'outside' });
+      expect(res.status).toBe(202);
+      const failed = await waitJob(p, res.body.job.id);
+      expect(failed).toMatchObject({
+        state: 'failed',
+        error: { code: 'SNAPSHOT_EXISTS', step: 'name-free' },
+      });
+      expect((await p.http().get(`/v1/containers/${id}`).set(p.auth())).body.state).toBe('running');
+    }, 60_000);
+
     it('refuses a transition the state machine does not allow with 409 and no job', async () => {
       const before = (
         await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id])
@@ -149,8 +186,9 @@ describeKernel(
       expect(actions).toEqual(
         expect.arrayContaining(['job.queued', 'job.active', 'job.step.done', 'job.completed']),
       );
-      // create, stop, start, restart, resize, pause, resume, destroy
-      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(8);
+      // create, stop, start, restart, resize, pause, resume, snapshot, destroy; the second snapshot failed
+      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(9);
+      expect(actions.filter((a) => a === 'job.failed')).toHaveLength(1);
     });
   },
 );

@@ -176,7 +176,10 @@ export class ContainersController {
 
   @Post(':id/snapshots')
   @HttpCode(202)
-  @ApiOperation({ summary: 'Snapshot the root filesystem under a name' })
+  @ApiOperation({
+    summary: 'Snapshot the root filesystem under a name',
+    description: 'A name is taken once per container: 409 SNAPSHOT_EXISTS for a name already used.',
+  })
   @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
   async snapshot(
     @Param('id', UuidPipe) id: string,
@@ -184,7 +187,7 @@ export class ContainersController {
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    return accepted(res, await this.containers.operate(id, 'container.snapshot', p, { snapshot: dto.name }));
+    return accepted(res, await this.containers.snapshot(id, p, dto.name));
   }
 
   @Delete(':id')

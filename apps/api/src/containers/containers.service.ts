@@ -118,6 +118,29 @@ export class ContainersService {
    * A request with an Idempotency-Key is written in a transaction of its own instead, with its answer;
    * so is a resize, whose room on the host is checked and held under the placement lock.
    */
+  /**
+   * A snapshot under a name the container has not used: a name taken by a snapshot job that has not
+   * failed or been cancelled answers 409 `SNAPSHOT_EXISTS` (its data is that snapshot's, not today's). Two
+   * requests racing for one name both pass here; the second's job then fails with the same code.
+   */
+  async snapshot(id: string, principal: Principal, name: string): Promise<Accepted> {
+    const [taken] = await preparedQuery<{ id: string }>(
+      this.ds,
+      `SELECT j.id FROM jobs j JOIN containers c ON c.id = j.container_id
+       WHERE j.container_id = $1 AND j.kind = 'container.snapshot' AND j.params->>'snapshot' = $2
+         AND j.state NOT IN ('failed', 'cancelled') AND ($3::uuid IS NULL OR c.tenant_id = $3)
+       LIMIT 1`,
+      [id, name, principal.tenantId],
+    );
+    if (taken)
+      throw new ApiError(
+        HttpStatus.CONFLICT,
+        'SNAPSHOT_EXISTS',
+        `container ${id} already has a snapshot named ${name} (job ${taken.id})`,
+      );
+    return this.operate(id, 'container.snapshot', principal, { snapshot: name });
+  }
+
   async operate(
     id: string,
     kind: JobKind,

@@ -3,6 +3,15 @@ import type { JobKind, JobPayload } from '@berth/jobs';
 import type { EntityManager } from 'typeorm';
 import type { StoredJob } from './job-store';
 
+export interface StepOptions {
+  /**
+   * The step returns only once its record is written (and fails the attempt, to be retried, when it
+   * cannot be): for a step whose record a later step relies on (e.g. a check whose answer a retry must not
+   * ask again, after the next step changed it).
+   */
+  recorded?: boolean;
+}
+
 /** What a job handler gets: its payload, the host runtime, and idempotent, recorded steps. */
 export interface JobContext<K extends JobKind = JobKind> {
   job: StoredJob;
@@ -15,7 +24,7 @@ export interface JobContext<K extends JobKind = JobKind> {
    * step and its record repeats it. The record is written behind (in order, before the job's end), so
    * the next step does not wait for it.
    */
-  step<T>(name: string, fn: () => Promise<T>): Promise<T | undefined>;
+  step<T>(name: string, fn: () => Promise<T>, options?: StepOptions): Promise<T | undefined>;
   /** Reports `{stage, percent}` to Postgres and BullMQ, written behind like the step records. */
   progress(stage: string, percent: number): void;
 }

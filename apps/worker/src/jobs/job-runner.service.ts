@@ -16,7 +16,7 @@ import { RuntimeError } from '@berth/runtime';
 import { HostRegistrationService } from '../host/host-registration.service';
 import { WorkerMetrics } from '../metrics/worker-metrics';
 import { HostRuntimeService } from '../runtime/host-runtime.service';
-import type { JobContext, JobHandler } from './job-context';
+import type { JobContext, JobHandler, StepOptions } from './job-context';
 import { buildRegistry } from './job-registry';
 import { JobStore, type JobFailure, type StoredJob } from './job-store';
 import { markContainerAfterFailure } from './shared/container-sync';
@@ -504,7 +504,10 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
     log: PinoLogger['logger'],
   ): Promise<{ ctx: JobContext; settle: () => Promise<string[]> }> {
     const runtime = await this.runtime.get();
-    type Record = { step: string } | { stage: string; percent: number };
+    type Record = ({ step: string } | { stage: string; percent: number }) & {
+      /** Told the outcome of the write (a step run with `recorded`). */
+      written?: { resolve: () => void; reject: (e: unknown) => void };
+    };
     const queue: Record[] = [];
     let inFlight: Promise<void> | null = null;
     let settled = false;
@@ -522,8 +525,11 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       // step on a retry, and the job's final write fails loudly if Postgres is away.
       inFlight = write(r)
         .then(
-          () => undefined,
-          (err: unknown) => log.warn({ err, record: r }, 'record written behind failed'),
+          () => r.written?.resolve(),
+          (err: unknown) => {
+            log.warn({ err, record: { ...r, written: undefined } }, 'record written behind failed');
+            r.written?.reject(err);
+          },
         )
         .finally(() => {
           inFlight = null;
@@ -545,7 +551,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       },
       runtime,
       hostId: this.hostId!,
-      step: async <T>(name: string, fn: () => Promise<T>) => {
+      step: async <T>(name: string, fn: () => Promise<T>, options?: StepOptions) => {
         if (done.has(name)) return undefined;
         let value: T;
         try {
@@ -554,7 +560,16 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
           throw new StepError(name, e);
         }
         done.add(name);
-        behind({ step: name });
+        if (!options?.recorded) {
+          behind({ step: name });
+          return value;
+        }
+        try {
+          await new Promise<void>((resolve, reject) => behind({ step: name, written: { resolve, reject } }));
+        } catch (e) {
+          // Not recorded: the attempt fails (transient) and its retry runs the step again.
+          throw new StepError(name, e);
+        }
         return value;
       },
       progress: (stage, percent) => behind({ stage, percent }),
