@@ -615,7 +615,13 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       await refused(() => a.http().get('/v1/jobs?since=yesterday').set(a.auth()), 400, 'VALIDATION_FAILED');
       await refused(() => a.http().get('/v1/containers?cursor=abc').set(a.auth()), 400, 'INVALID_CURSOR');
       // ISO 8601 forms PostgreSQL does not read as a timestamp, and an impossible day.
-      for (const since of ['2024-W01-1', '2024', '2024-02-30T00:00:00Z', '-2024-01-01'])
+      for (const since of [
+        '2024-W01-1',
+        '2024',
+        '2024-02-30T00:00:00Z',
+        '-2024-01-01',
+        '2026-01-01T00:00+20:00',
+      ])
         await refused(
           () =>
             a

@@ -61,6 +61,9 @@ describe('API health and readiness', () => {
     await redis.stop();
     const down = await eventually(503);
     expect(down.body.details.redis.status).toBe('down');
+    // Public: the error's code, never its text (no address or port).
+    expect(down.body.details.redis.message).toMatch(/^Redis unreachable/);
+    expect(JSON.stringify(down.body)).not.toContain(String(redis.port));
     expect(down.body.details.postgres.status).toBe('up');
     await redis.start();
     await eventually(200);
@@ -70,6 +73,8 @@ describe('API health and readiness', () => {
     await pg.stop();
     const down = await eventually(503);
     expect(down.body.details.postgres.status).toBe('down');
+    expect(down.body.details.postgres.message).toMatch(/^PostgreSQL unreachable/);
+    expect(JSON.stringify(down.body)).not.toContain(String(pg.port));
     expect(down.body.details.redis.status).toBe('up');
     await pg.start();
     await eventually(200, 30_000);

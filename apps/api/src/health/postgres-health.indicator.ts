@@ -3,6 +3,7 @@ import { HealthIndicatorService } from '@nestjs/terminus';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { migrationsApplied } from '@berth/db';
+import { unreachable } from './unreachable';
 
 /** Postgres is ready when it answers a query and every migration is applied. */
 @Injectable()
@@ -22,7 +23,8 @@ export class PostgresHealthIndicator {
       }
       return session.up();
     } catch (e) {
-      return session.down({ message: e instanceof Error ? e.message : String(e) });
+      // The endpoint is public: the error's code, not its text (addresses, role names, server messages).
+      return session.down({ message: unreachable('PostgreSQL', e) });
     }
   }
 }

@@ -2,6 +2,7 @@ import { Inject, Injectable, OnModuleDestroy } from '@nestjs/common';
 import { HealthIndicatorService } from '@nestjs/terminus';
 import Redis from 'ioredis';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
+import { unreachable } from './unreachable';
 
 /** Redis is ready when it answers PING within a second. */
 @Injectable()
@@ -33,7 +34,8 @@ export class RedisHealthIndicator implements OnModuleDestroy {
       ]);
       return pong === 'PONG' ? session.up() : session.down({ message: `unexpected answer ${pong}` });
     } catch (e) {
-      return session.down({ message: e instanceof Error ? e.message : String(e) });
+      // The endpoint is public: the error's code, not its text (addresses, role names, server messages).
+      return session.down({ message: unreachable('Redis', e) });
     }
   }
 
