@@ -751,6 +751,30 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
     expect(await a.counts()).toEqual(before);
   });
 
+  it("cannot cancel or retry a fleet job (a template import), even with a key that sees every tenant's jobs", async () => {
+    const plain = await createTestKey(a.ds, []); // no tenant, no admin scope
+    const imported = await a
+      .http()
+      .post('/v1/templates')
+      .set(a.auth())
+      .send({ name: 'fleet-tpl', source: 'builtin:busybox', host: a.hostId });
+    expect(imported.status).toBe(202);
+    const jobId = (imported.body.jobs as { id: string }[])[0].id;
+    expectProblem(
+      await a.http().post(`/v1/jobs/${jobId}/cancel`).set(a.auth(plain)).send({}),
+      403,
+      'FORBIDDEN',
+    );
+    const cancelled = await a.http().post(`/v1/jobs/${jobId}/cancel`).set(a.auth()).send({});
+    expect(cancelled.body).toMatchObject({ state: 'cancelled' });
+    expectProblem(
+      await a.http().post(`/v1/jobs/${jobId}/retry`).set(a.auth(plain)).send({}),
+      403,
+      'FORBIDDEN',
+    );
+    expect((await a.http().get(`/v1/jobs/${jobId}`).set(a.auth())).body.state).toBe('cancelled');
+  });
+
   it('does not see the fleet: no host list, no choice of host, no per-host reasons when there is no room', async () => {
     expectProblem(await a.http().get('/v1/hosts').set(a.auth(mine)), 403, 'FORBIDDEN');
     expect((await a.http().get('/v1/hosts').set(a.auth())).status).toBe(200);

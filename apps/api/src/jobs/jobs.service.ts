@@ -4,7 +4,7 @@ import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit, preparedQuery, publishAgain, recomputeTargetState } from '@berth/db';
 import { checkTransition, SLOT_WAIT_STAGE, type ContainerState, type JobKind } from '@berth/jobs';
-import type { Principal } from '../auth/principal';
+import { isAdmin, type Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { PlacementService, type ResizeLimits } from '../hosts/placement.service';
 import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
@@ -28,6 +28,19 @@ function retryRefusal(kind: JobKind, target: ContainerState): string | null {
       : `cannot create again a container that is (or will be) ${target}`;
   const check = checkTransition(kind, target);
   return check.allowed ? null : check.reason!;
+}
+
+/**
+ * A job of no container (a template import on a host, a system job) is the fleet's: only an admin key
+ * may run it again or cancel it, as only an admin key may ask for it.
+ */
+function fleetJobNeedsAdmin(job: JobRow, principal: Principal, what: string): void {
+  if (!job.container_id && !isAdmin(principal))
+    throw new ApiError(
+      HttpStatus.FORBIDDEN,
+      'FORBIDDEN',
+      `to ${what} a job of the fleet (${job.kind}) needs an admin API key`,
+    );
 }
 
 export interface JobFilters {
@@ -217,6 +230,7 @@ export class JobsService {
     return this.ds.transaction(async (m) => {
       const [job]: JobRow[] = await m.query(`SELECT * FROM jobs WHERE id = $1 FOR UPDATE`, [id]);
       if (!job) throw notFound('job', id);
+      fleetJobNeedsAdmin(job, principal, 'retry');
       if (job.state !== 'failed' && job.state !== 'cancelled') {
         throw new ApiError(
           HttpStatus.CONFLICT,
@@ -286,6 +300,7 @@ export class JobsService {
     return this.ds.transaction(async (m) => {
       const [job]: JobRow[] = await m.query(`SELECT * FROM jobs WHERE id = $1 FOR UPDATE`, [id]);
       if (!job) throw notFound('job', id);
+      fleetJobNeedsAdmin(job, principal, 'cancel');
       const waitingForSlot = job.state === 'active' && job.progress?.stage === SLOT_WAIT_STAGE;
       if (job.state !== 'queued' && job.state !== 'waiting-retry' && !waitingForSlot) {
         throw new ApiError(
