@@ -95,6 +95,31 @@ describeKernel('container lifecycle on the real kernel (btrfs pool)', needs, () 
     expect(r.info.spec.resources).toEqual({ cpus: 0.5, memoryBytes: 64 * 1024 * 1024, pidsMax: 40 });
   });
 
+  it('a resize the kernel refuses (memory below what the container holds) leaves every limit as it was', async () => {
+    // 24 MiB in the container's tmpfs /dev/shm: charged to its memory cgroup, and not reclaimable (no swap).
+    const held = await host.containers.exec(id, [
+      'dd',
+      'if=/dev/zero',
+      'of=/dev/shm/held',
+      'bs=1M',
+      'count=24',
+    ]);
+    expect(held.code).toBe(0);
+    const err = await host.containers
+      .resize(id, { cpus: 0.25, memoryBytes: 8 * 1024 * 1024 })
+      .catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'CGROUP_LIMIT_REJECTED' });
+    // CPU was written before memory was refused: back at the limits config.json records.
+    expect(readFileSync(cg('cpu', 'cpu.cfs_quota_us'), 'utf8').trim()).toBe('50000');
+    expect(readFileSync(cg('memory', 'memory.limit_in_bytes'), 'utf8').trim()).toBe(String(64 * 1024 * 1024));
+    expect((await host.containers.get(id)).spec.resources).toEqual({
+      cpus: 0.5,
+      memoryBytes: 64 * 1024 * 1024,
+      pidsMax: 40,
+    });
+    await host.containers.exec(id, ['rm', '/dev/shm/held']);
+  });
+
   it('stops cleanly in well under a second, leaving no process behind', async () => {
     const init = (await host.containers.get(id)).init!;
     const t0 = Date.now();

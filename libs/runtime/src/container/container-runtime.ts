@@ -492,7 +492,15 @@ export class ContainerRuntime {
       return { changed: false, info: await this.get(id) };
     }
     await this.cgroups.create(this.cg(id));
-    await this.cgroups.setLimits(this.cg(id), this.limitsOf(next));
+    try {
+      await this.cgroups.setLimits(this.cg(id), this.limitsOf(next));
+    } catch (e) {
+      // The limits are written one by one (CPU before memory): a refused one (memory below what the
+      // container holds) left the others at their new values. Back to the old ones, which config.json
+      // still records and the kernel accepted before; the caller reports the refusal.
+      await this.cgroups.setLimits(this.cg(id), this.limitsOf(config.spec.resources)).catch(() => undefined);
+      throw e;
+    }
     config.spec = { ...config.spec, resources: next };
     await this.store.writeConfig(id, config);
     return { changed: true, info: await this.get(id) };
