@@ -3,6 +3,10 @@ import type { Principal } from '../../apps/api/src/auth/principal';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
 import { startCluster, until, type Cluster } from '@test/support/worker-process';
+import { Queue } from 'bullmq';
+import Redis from 'ioredis';
+import { bullConnection, hostQueueName } from '@berth/jobs';
+import { testConfig } from '@test/support/config';
 
 const CONCURRENCY = 2;
 const PREFETCH = 2;
@@ -331,4 +335,58 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     }
     await w2.stop();
   }, 90_000);
+});
+
+describeKernel('worker: a job handed out again while it still runs', { root: true }, () => {
+  let p: Pipeline;
+  let hostId: string;
+  const principal: Principal = { keyId: 'test:lapse', tenantId: null, scopes: ['admin'], requestId: '' };
+
+  // Stalled jobs are looked for every WORKER_LOCK_MS: a lapsed lock is noticed within a second.
+  beforeAll(async () => {
+    p = await startPipeline('lapse', { WORKER_LOCK_MS: '1000' });
+    [{ id: hostId }] = await p.ds.query(`SELECT id FROM hosts WHERE name = $1`, [p.hostName]);
+  }, 120_000);
+  afterAll(() => p?.close(), 60_000);
+
+  it('runs it once: the copy waits for the run in progress instead of running beside it', async () => {
+    const job = await p.api
+      .get(JobEnqueuer)
+      .submit({ kind: 'system.noop', payload: { n: 7, holdMs: 3_000 }, hostId, principal });
+    const id = job!.id;
+    const actions = async () =>
+      (
+        (await p.ds.query(`SELECT action FROM audit_events WHERE job_id = $1 ORDER BY id`, [id])) as {
+          action: string;
+        }[]
+      ).map((e) => e.action);
+    await until('the job to be claimed', async () =>
+      (await actions()).includes('job.active') ? true : undefined,
+    );
+    // The lock lapses (as after an event-loop or Redis stall): BullMQ's stalled check hands the job out again.
+    const config = testConfig(p.env);
+    const redis = new Redis(config.redis.url);
+    try {
+      expect(await redis.del(`${config.redis.bullPrefix}:${hostQueueName(hostId)}:${id}:lock`)).toBe(1);
+    } finally {
+      redis.disconnect();
+    }
+    expect((await waitJob(p, id)).state).toBe('completed');
+    expect(await actions()).toEqual(['job.queued', 'job.active', 'job.completed']);
+    // The copy, looking again once the run ended, finds the job completed and lets it go unrun.
+    const queue = new Queue(hostQueueName(hostId), {
+      connection: bullConnection(config.redis.url),
+      prefix: config.redis.bullPrefix,
+    });
+    try {
+      const bull = await until('the copy to be let go', async () => {
+        const j = await queue.getJob(id);
+        return j && (await j.getState()) === 'completed' && j.returnvalue ? j : undefined;
+      });
+      expect(bull.returnvalue).toEqual({ skipped: 'completed' });
+    } finally {
+      await queue.close();
+    }
+    expect(await actions()).toEqual(['job.queued', 'job.active', 'job.completed']);
+  }, 60_000);
 });

@@ -24,6 +24,8 @@ import { WrittenBehind } from './written-behind';
 
 /** How long a job waits before looking again when an earlier job of its container is unfinished. */
 const FIFO_RECHECK_MS = 100;
+/** When a copy of a job this process still runs looks again (see `run`). */
+const RUNNING_RECHECK_MS = 1_000;
 
 /**
  * A job whose bookkeeping before its handler failed (PostgreSQL away at its claim, say) is handed back to
@@ -297,6 +299,14 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
   private async run(bull: Job<QueuedJobData>, token?: string): Promise<unknown> {
     const { jobId, kind } = bull.data;
     const attempt = bull.attemptsMade + 1;
+    if (this.running.has(jobId)) {
+      // BullMQ handed the job out again while this process still runs it (its lock lapsed: the event loop
+      // or Redis stalled longer than WORKER_LOCK_MS). A second run beside the first would undo its work
+      // (a create's clean-up of a half-made container, a start's kill of a fresh init): this copy waits,
+      // and finds the job ended once the first run is done.
+      await bull.moveToDelayed(Date.now() + RUNNING_RECHECK_MS, token);
+      throw new DelayedError();
+    }
     // One round trip: load, FIFO check, `active` mark with its audit event, finished steps.
     const claim = await bookkeeping('its claim', this.store.claim(jobId, attempt, bull.id!));
     const job = claim.job;
