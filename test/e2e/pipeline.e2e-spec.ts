@@ -1,6 +1,8 @@
-import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { helperPath } from '@berth/runtime';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
+import { until } from '@test/support/worker-process';
 import { HostRuntimeService } from '../../apps/worker/src/runtime/host-runtime.service';
 
 const MiB = 1024 * 1024;
@@ -161,6 +163,33 @@ describeKernel(
       expect((await p.http().get(`/v1/containers/${id}`).set(p.auth())).body.state).toBe('running');
     }, 60_000);
 
+    it('a restart cancelled while it waits for its retry leaves the container as the kernel has it', async () => {
+      // The launcher cannot be run: the restart's stop works, its start fails (transient) and waits to retry.
+      const helper = helperPath();
+      chmodSync(helper, 0o644);
+      let jobId: string;
+      try {
+        const res = await p.http().post(`/v1/containers/${id}/restart`).set(p.auth()).send({});
+        expect(res.status).toBe(202);
+        jobId = res.body.job.id;
+        await until('the restart to wait for its retry', async () => {
+          const [j] = await p.ds.query(`SELECT state FROM jobs WHERE id = $1`, [jobId]);
+          return j.state === 'waiting-retry' ? true : undefined;
+        });
+        const cancelled = await p.http().post(`/v1/jobs/${jobId}/cancel`).set(p.auth()).send({});
+        expect(cancelled.body).toMatchObject({ state: 'cancelled' });
+      } finally {
+        chmodSync(helper, 0o755);
+      }
+      const rt = await p.worker.get(HostRuntimeService).get();
+      expect((await rt.containers.get(id)).status).toBe('stopped');
+      const c = (await p.http().get(`/v1/containers/${id}`).set(p.auth())).body;
+      expect(c).toMatchObject({ state: 'stopped', targetState: 'stopped' });
+      // So a start is accepted (the row said `running` before: 409) and runs it again.
+      await accepted(await p.http().post(`/v1/containers/${id}/start`).set(p.auth()).send({}));
+      expect((await rt.containers.get(id)).status).toBe('running');
+    }, 60_000);
+
     it('refuses a transition the state machine does not allow with 409 and no job', async () => {
       const before = (
         await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id])
@@ -186,8 +215,9 @@ describeKernel(
       expect(actions).toEqual(
         expect.arrayContaining(['job.queued', 'job.active', 'job.step.done', 'job.completed']),
       );
-      // create, stop, start, restart, resize, pause, resume, snapshot, destroy; the second snapshot failed
-      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(9);
+      // create, stop, start, restart, resize, pause, resume, snapshot, start, destroy; the second snapshot
+      // failed, the second restart was cancelled
+      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(10);
       expect(actions.filter((a) => a === 'job.failed')).toHaveLength(1);
     });
   },

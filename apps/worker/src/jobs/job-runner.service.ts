@@ -18,7 +18,7 @@ import { WorkerMetrics } from '../metrics/worker-metrics';
 import { HostRuntimeService } from '../runtime/host-runtime.service';
 import type { JobContext, JobHandler, StepOptions } from './job-context';
 import { buildRegistry } from './job-registry';
-import { JobStore, type JobFailure, type StoredJob } from './job-store';
+import { JobStore, SETTLED_STATES, type JobFailure, type StoredJob } from './job-store';
 import { markContainerAfterFailure } from './shared/container-sync';
 import { WrittenBehind } from './written-behind';
 
@@ -218,7 +218,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
    * container being created or destroyed is its job's.
    */
   private async observeContainers(): Promise<void> {
-    const SETTLED = ['stopped', 'running', 'paused'];
+    const SETTLED = SETTLED_STATES;
     const rt = await this.runtime.get();
     const onHost = new Map((await rt.containers.list()).map((c) => [c.id, c.status as string]));
     for (const row of await this.store.settledContainers(this.hostId!)) {
@@ -439,6 +439,18 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       // `active`, and every later job of its container would wait behind it.
       if (!failure.permanent && attempt < maxAttempts) {
         const delayMs = 1_000 * 2 ** (attempt - 1);
+        // What the failed attempt left (a restart's stop done, its start failed) goes into the row first:
+        // a cancel while the retry waits projects the container from there (JobStore.observedAfterAttempt).
+        if (job.container_id && kind !== 'container.create') {
+          const status = await ctx.runtime.containers.get(job.container_id).then(
+            (i) => i.status,
+            () => null,
+          );
+          if (status)
+            await this.store
+              .observedAfterAttempt(job, status)
+              .catch((err: unknown) => log.warn({ err }, 'container state after the attempt not recorded'));
+        }
         await this.behind.add(job.id, () => this.store.waitingRetry(job, failure, attempt, delayMs));
         this.metrics.ended(kind, 'retry', seconds());
         log.warn({ failure, attempt }, 'job failed, will retry');

@@ -67,6 +67,8 @@ interface Completion {
   steps: string[];
 }
 
+/** Container states a job leaves behind; between them the kernel is the truth (see `observed`). */
+export const SETTLED_STATES = ['stopped', 'running', 'paused'];
 /** What the worker learns about a job it was handed, in one round trip (`JobStore.claim`). */
 export interface JobClaim {
   /** The job as it was before the claim; null when Postgres does not know it. */
@@ -420,7 +422,12 @@ export class JobStore {
    * follows, its target state is projected again through its pending jobs, and a `container.observed`
    * event says so; one transaction, a no-op when the row changed meanwhile. Answers whether it wrote.
    */
-  async observed(containerId: string, from: string, to: string): Promise<boolean> {
+  async observed(
+    containerId: string,
+    from: string,
+    to: string,
+    data: Record<string, unknown> = {},
+  ): Promise<boolean> {
     return this.ds.transaction(async (m) => {
       const rows: unknown[] = await m.query(
         `WITH u AS (UPDATE containers SET state = $3, version = version + 1, updated_at = now()
@@ -435,10 +442,25 @@ export class JobStore {
         action: 'container.observed',
         subjectType: 'container',
         subjectId: containerId,
-        data: { from, to },
+        data: { from, to, ...data },
       });
       return true;
     });
+  }
+
+  /**
+   * After a failed attempt of `job` (a retry follows): the container as the runtime has it now, when both
+   * that and its row are settled (stopped, running, paused) and differ. What the attempt did before it
+   * failed (a restart's stop) is then in the row: should the job be cancelled while it waits for its retry,
+   * the target state falls back to the truth, not to what the row said before the job.
+   */
+  async observedAfterAttempt(job: StoredJob, to: string): Promise<boolean> {
+    if (!job.container_id || !SETTLED_STATES.includes(to)) return false;
+    const [row] = (await this.ds.query(`SELECT state FROM containers WHERE id = $1`, [job.container_id])) as {
+      state: string;
+    }[];
+    if (!row || row.state === to || !SETTLED_STATES.includes(row.state)) return false;
+    return this.observed(job.container_id, row.state, to, { afterAttemptOf: job.id });
   }
 
   /**
