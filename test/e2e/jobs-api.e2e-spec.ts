@@ -677,6 +677,12 @@ describeKernel('jobs API: events as Server-Sent Events from a real worker', { ro
     });
     expect(again.messages.map((m) => m.event)).toEqual(['job.active', 'job.completed', 'end']);
     expect(again.messages[0].id).toBe(messages[1].id);
+    // `end` carries the last event's id: a reconnect naming it gets only `end`, not the story again.
+    expect(messages[3].id).toBe(messages[2].id);
+    const last = await readSse(p.api.getHttpServer(), `/v1/jobs/${job.id}/events`, p.token, 30_000, {
+      'Last-Event-ID': messages[3].id!,
+    });
+    expect(last.messages.map((m) => m.event)).toEqual(['end']);
   }, 60_000);
 
   it('answers an unknown job with 404 problem+json before any stream opens', async () => {

@@ -143,7 +143,9 @@ export class JobsController {
             sub.next({ id: e.id, type: e.action, data: e });
           }
           if (FINAL_JOB_STATES.includes(job.state)) {
-            sub.next({ type: 'end', data: job });
+            // The id of the last event: an EventSource that reconnects with it gets no event twice (Nest
+            // would number an event without one itself, 1, 2, …, and send the client's position back).
+            sub.next({ id: last, type: 'end', data: job });
             sub.complete();
           }
         } catch (e) {
