@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
-import { createReadStream } from 'node:fs';
+import { constants, createReadStream, createWriteStream } from 'node:fs';
 import type { Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, rename, stat } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import * as path from 'node:path';
 import { run } from '../common/exec';
 import { RuntimeError } from '../common/errors';
@@ -358,7 +359,29 @@ export async function importRootfsTarball(
     });
   }
 
-  const inspection = await inspectRootfsArchive(archivePath);
+  await mkdir(path.dirname(targetDir), { recursive: true });
+  // The archive is read once, into a private copy, which is both checked and extracted: a file swapped at
+  // its path between the check and tar's own opening (by whoever may write where it lies) would be
+  // extracted unchecked.
+  const copy = stagingPathFor(targetDir, 'archive');
+  await privateCopy(archivePath, copy);
+  try {
+    return await importChecked(copy, archivePath, targetDir, options, initPath, sameOwner);
+  } finally {
+    await rm(copy, { force: true });
+  }
+}
+
+/** importRootfsTarball from its private copy of the archive (`archive`; `archivePath` names it in errors). */
+async function importChecked(
+  archive: string,
+  archivePath: string,
+  targetDir: string,
+  options: ImportRootfsOptions,
+  initPath: string,
+  sameOwner: boolean,
+): Promise<ImportedRootfs> {
+  const inspection = await inspectRootfsArchive(archive);
   let init: ReturnType<typeof resolveMember>;
   try {
     init = resolveMember(inspection.members, initPath);
@@ -383,7 +406,7 @@ export async function importRootfsTarball(
         '--extract',
         ...TAR_FLAG[inspection.compression],
         '--file',
-        archivePath,
+        archive,
         '--directory',
         staging,
         '--numeric-owner',
@@ -421,6 +444,36 @@ export async function importRootfsTarball(
   } catch (e) {
     await removeTree(staging);
     throw e;
+  }
+}
+
+/**
+ * Copies the regular file at `src` to `dst` (new, 0600), from one open file: a device, a FIFO or a
+ * directory is refused (INVALID_PATH), a missing file is NOT_FOUND; at most the size it had when opened.
+ */
+async function privateCopy(src: string, dst: string): Promise<void> {
+  let fh;
+  try {
+    fh = await open(src, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch {
+    throw new RuntimeError('NOT_FOUND', `archive ${src} does not exist`, { archivePath: src });
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile())
+      throw new RuntimeError('INVALID_PATH', `archive ${src} is not a regular file`, { archivePath: src });
+    const out = createWriteStream(dst, { flags: 'wx', mode: 0o600 });
+    if (st.size === 0) {
+      out.end();
+      await finished(out);
+      return;
+    }
+    await pipeline(fh.createReadStream({ start: 0, end: st.size - 1, autoClose: false }), out);
+  } catch (e) {
+    await rm(dst, { force: true });
+    throw e;
+  } finally {
+    await fh.close();
   }
 }
 
