@@ -493,6 +493,24 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       }
     });
 
+    it('refuses a query parameter on a write instead of ignoring it (a DELETE ?dryRun=true destroys nothing)', async () => {
+      const before = await a.counts();
+      for (const [method, url] of [
+        ['delete', `/v1/containers/${containerId}?dryRun=true`],
+        ['post', `/v1/containers/${containerId}/stop?force=true`],
+        ['patch', `/v1/containers/${containerId}?x=1`],
+        ['post', `/v1/containers?dryRun=1`],
+      ] as [Method, string][]) {
+        const res = await refused(
+          () => a.http()[method](url).set(a.auth()).send({}),
+          400,
+          'VALIDATION_FAILED',
+        );
+        expect(res.body.detail).toMatch(/takes no query parameters/);
+      }
+      expect(await a.counts()).toEqual(before);
+    });
+
     it('refuses a body nested deeper than any of ours (well within the size limit) with 400, not a 500', async () => {
       const deep = '{"a":'.repeat(3000) + '1' + '}'.repeat(3000);
       expect(deep.length).toBeLessThan(a.config.api.bodyLimitBytes);

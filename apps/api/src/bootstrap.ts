@@ -78,6 +78,20 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
   app.use(app.get(ApiKeyService).lookupEarly());
   // The queue dashboard (admins, read-only): plain Express middleware ahead of Nest's routes.
   app.use(QUEUE_BOARD_PATH, ...app.get(QueueBoard).handlers());
+  // A write takes no query parameter (none of ours does): one the client meant (`?dryRun=true`,
+  // `?force=true` on a DELETE) must not be silently ignored while the write goes ahead.
+  app.use((req: Request, _res: Response, next: NextFunction) => {
+    const names = ['GET', 'HEAD', 'OPTIONS'].includes(req.method) ? [] : Object.keys(req.query ?? {});
+    next(
+      names.length > 0
+        ? new ApiError(
+            HttpStatus.BAD_REQUEST,
+            'VALIDATION_FAILED',
+            `a ${req.method} takes no query parameters: ${names.slice(0, 5).join(', ')}`,
+          )
+        : undefined,
+    );
+  });
   // Bodies: JSON only, bounded. A body of another type is refused (415) rather than silently read as
   // empty; parser errors get their stable codes here, because Nest turns a JSON SyntaxError into a plain
   // BadRequestException the ProblemFilter could no longer tell from any other 400.
