@@ -9,7 +9,7 @@ import { shiftOwnership } from '../namespaces/ownership-shift';
 import type { StorageDriver } from '../storage/storage.driver';
 import { buildBusyboxTemplate } from '../templates/busybox.builder';
 import { importRootfsTarball } from '../templates/rootfs-import';
-import { removeTree } from '../templates/fs-util';
+import { removeTree, treeUsage } from '../templates/fs-util';
 import { USERNS_RANGE } from './container-runtime';
 
 export interface TemplateLibraryOptions {
@@ -26,6 +26,8 @@ export interface TemplateResult {
   name: string;
   /** False when the template already existed and was left as it was. */
   changed: boolean;
+  /** The root filesystem's size (regular files, each hard-linked inode once), when it was made now. */
+  sizeBytes?: number;
 }
 
 /**
@@ -79,12 +81,14 @@ export class TemplateLibrary {
 
   private async install(name: string, fill: (dir: string) => Promise<void>): Promise<TemplateResult> {
     const staging = this.staging(name);
+    let sizeBytes = 0;
     await mkdir(join(this.opts.dataRoot, 'tmp'), { recursive: true, mode: 0o700 });
     await this.sweepStaging();
     try {
       const rootfs = join(staging, 'rootfs');
       await mkdir(staging, { mode: 0o700 });
       await fill(rootfs);
+      ({ sizeBytes } = await treeUsage(rootfs));
       if (this.opts.usernsHostUid !== null)
         await shiftOwnership(rootfs, this.opts.usernsHostUid, USERNS_RANGE);
       await withReverter(async (revert) => {
@@ -97,7 +101,7 @@ export class TemplateLibrary {
     } finally {
       await removeTree(staging);
     }
-    return { name, changed: true };
+    return { name, changed: true, sizeBytes };
   }
 
   async list(): Promise<string[]> {

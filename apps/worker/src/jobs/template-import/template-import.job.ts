@@ -4,7 +4,7 @@ import type { JobHandler } from '../job-context';
 export const templateImportJob: JobHandler<'template.import'> = {
   kind: 'template.import',
   async run({ payload, runtime, step, hostId }) {
-    await step('import', async () => {
+    const made = await step('import', async () => {
       if (payload.source.type === 'builtin') return runtime.templates.ensureBusybox(payload.name);
       if (await runtime.templates.has(payload.name)) return { name: payload.name, changed: false };
       try {
@@ -28,6 +28,12 @@ export const templateImportJob: JobHandler<'template.import'> = {
            WHERE template_id = $1 AND host_id = $2`,
           [payload.templateId, hostId, driver],
         );
+        // Its size, measured when it was made here (a template that was already there is not walked again).
+        if (made?.sizeBytes)
+          await m.query(`UPDATE templates SET size_bytes = $2 WHERE id = $1`, [
+            payload.templateId,
+            made.sizeBytes,
+          ]);
       },
     };
   },
