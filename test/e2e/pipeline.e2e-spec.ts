@@ -39,6 +39,19 @@ describeKernel(
       return job;
     }
 
+    it('lists the imported template, ready on this host, with the size of its root filesystem', async () => {
+      const list = (await p.http().get('/v1/templates').set(p.auth())).body as {
+        name: string;
+        sizeBytes: number;
+        replicas: { state: string }[];
+      }[];
+      const busybox = list.find((t) => t.name === 'busybox')!;
+      expect(busybox.replicas.map((r) => r.state)).toContain('ready');
+      // A static busybox and a few scripts: more than 500 KiB, less than 50 MiB.
+      expect(busybox.sizeBytes).toBeGreaterThan(500 * 1024);
+      expect(busybox.sizeBytes).toBeLessThan(50 * MiB);
+    });
+
     it('creates and starts a container that really runs on the host', async () => {
       const res = await p
         .http()
@@ -92,6 +105,32 @@ describeKernel(
         [job.id],
       );
       expect(steps.map((s) => s.step)).toEqual(['stop', 'start']);
+    }, 60_000);
+
+    it("a step's record refused once is written again, before the next step's: none is ever recorded alone", async () => {
+      // The first record of a `stop` step is refused (PostgreSQL away for a moment, say).
+      const fn = `berth_refuse_step_${process.pid}`;
+      await p.ds.query(`CREATE SEQUENCE ${fn}`);
+      await p.ds.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF nextval('${fn}') = 1 THEN RAISE EXCEPTION 'step record refused by the test'; END IF; RETURN NEW; END $$`);
+      await p.ds.query(`CREATE TRIGGER ${fn} BEFORE INSERT ON audit_events FOR EACH ROW
+        WHEN (NEW.action = 'job.step.done' AND NEW.data->>'step' = 'stop') EXECUTE FUNCTION ${fn}()`);
+      try {
+        const job = await accepted(
+          await p.http().post(`/v1/containers/${id}/restart`).set(p.auth()).send({}),
+        );
+        const steps: { step: string }[] = await p.ds.query(
+          `SELECT data->>'step' AS step FROM audit_events WHERE job_id = $1 AND action = 'job.step.done' ORDER BY id`,
+          [job.id],
+        );
+        expect(steps.map((s) => s.step)).toEqual(['stop', 'start']);
+        const [{ last_value: tries }] = await p.ds.query(`SELECT last_value FROM ${fn}`);
+        expect(Number(tries)).toBeGreaterThanOrEqual(2);
+      } finally {
+        await p.ds.query(`DROP TRIGGER IF EXISTS ${fn} ON audit_events`);
+        await p.ds.query(`DROP FUNCTION IF EXISTS ${fn}()`);
+        await p.ds.query(`DROP SEQUENCE IF EXISTS ${fn}`);
+      }
     }, 60_000);
 
     it('resizes live and pauses/resumes, checked in the cgroup', async () => {
@@ -215,9 +254,9 @@ describeKernel(
       expect(actions).toEqual(
         expect.arrayContaining(['job.queued', 'job.active', 'job.step.done', 'job.completed']),
       );
-      // create, stop, start, restart, resize, pause, resume, snapshot, start, destroy; the second snapshot
-      // failed, the second restart was cancelled
-      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(10);
+      // create, stop, start, restart, restart, resize, pause, resume, snapshot, start, destroy; the second
+      // snapshot failed, the third restart was cancelled
+      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(11);
       expect(actions.filter((a) => a === 'job.failed')).toHaveLength(1);
     });
   },

@@ -540,22 +540,32 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
             this.store.progress(job.id, r.stage, r.percent),
             bull.updateProgress({ stage: r.stage, percent: r.percent }),
           ]);
+    let retryMs = 0;
     const pump = () => {
       if (inFlight || settled || queue.length === 0) return;
       const r = queue.shift()!;
-      // A record that cannot be written is logged, not fatal: a lost step record repeats an idempotent
-      // step on a retry, and the job's final write fails loudly if Postgres is away.
+      // A step record that cannot be written stays first in line and is tried again: the records after it
+      // wait (a retry skips the recorded steps, and one recorded without an earlier one would have the
+      // earlier step run again after it: a restart's stop after its start). Left unwritten when the
+      // handler ends, they go with the job's end, in order. A progress record that fails is dropped.
       inFlight = write(r)
         .then(
-          () => r.written?.resolve(),
+          () => {
+            retryMs = 0;
+            r.written?.resolve();
+          },
           (err: unknown) => {
             log.warn({ err, record: { ...r, written: undefined } }, 'record written behind failed');
-            r.written?.reject(err);
+            if ('step' in r && !r.written) {
+              queue.unshift(r);
+              retryMs = Math.min(retryMs ? retryMs * 2 : 100, 2_000);
+            } else r.written?.reject(err);
           },
         )
         .finally(() => {
           inFlight = null;
-          pump();
+          if (retryMs) setTimeout(pump, retryMs);
+          else pump();
         });
     };
     // Started on the next turn of the event loop, not at once: a record made by the handler's last step
