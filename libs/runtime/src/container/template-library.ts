@@ -81,7 +81,7 @@ export class TemplateLibrary {
 
   private async install(name: string, fill: (dir: string) => Promise<void>): Promise<TemplateResult> {
     const staging = this.staging(name);
-    let sizeBytes = 0;
+    let sizeBytes: number;
     await mkdir(join(this.opts.dataRoot, 'tmp'), { recursive: true, mode: 0o700 });
     await this.sweepStaging();
     try {
