@@ -34,7 +34,7 @@ interface Operation {
 function expectProblem(res: Response, status: number, code: string) {
   expect({ status: res.status, code: res.body?.code }).toEqual({ status, code });
   expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
-  expect(res.body).toMatchObject({ type: expect.any(String), title: expect.any(String), status, code });
+  expect(res.body).toMatchObject({ type: expect.any(String), title: code, status, code });
   expect(typeof res.body.detail).toBe('string');
 }
 
@@ -272,6 +272,7 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
             code: 'UNAUTHORIZED',
           });
           expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+          expect(res.headers['www-authenticate']).toBe('Bearer realm="Berth"');
         }
       }
       expect(await a.counts()).toEqual(before);

@@ -59,6 +59,9 @@ export class ProblemFilter implements ExceptionFilter {
     problem.instance = req.originalUrl;
     if (problem.status >= 500 && !(exception instanceof ApiError)) this.log.error(exception);
     if (res.headersSent) return;
+    // RFC 9110: a 401 names its scheme (the queue board's middleware asks for Basic itself).
+    if (problem.status === 401 && !res.getHeader('WWW-Authenticate'))
+      res.setHeader('WWW-Authenticate', 'Bearer realm="Berth"');
     res.status(problem.status).type('application/problem+json').send(JSON.stringify(problem));
   }
 
@@ -78,14 +81,16 @@ export class ProblemFilter implements ExceptionFilter {
       const body = e.getResponse();
       const fromBody = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
       const message = Array.isArray(fromBody.message) ? fromBody.message : undefined;
+      const code =
+        (typeof fromBody.code === 'string' && fromBody.code) ||
+        (message ? 'VALIDATION_FAILED' : CODE_BY_STATUS[status]) ||
+        'ERROR';
       return {
         type: 'about:blank',
-        title: CODE_BY_STATUS[status] ?? 'ERROR',
+        // The title is the code, as in every other problem (ProblemDto).
+        title: code,
         status,
-        code:
-          (typeof fromBody.code === 'string' && fromBody.code) ||
-          (message ? 'VALIDATION_FAILED' : CODE_BY_STATUS[status]) ||
-          'ERROR',
+        code,
         detail: message
           ? message.join('; ')
           : typeof fromBody.message === 'string'
@@ -105,7 +110,7 @@ export class ProblemFilter implements ExceptionFilter {
       const errors = e.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`);
       return {
         type: 'about:blank',
-        title: 'BAD_REQUEST',
+        title: 'VALIDATION_FAILED',
         status: HttpStatus.BAD_REQUEST,
         code: 'VALIDATION_FAILED',
         detail: errors.join('; '),
