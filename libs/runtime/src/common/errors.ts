@@ -19,6 +19,7 @@ export type RuntimeErrorCode =
   | 'TEMPLATE_IN_USE'
   | 'WRONG_STATE'
   | 'UNSAFE_ARCHIVE'
+  | 'NO_SPACE'
   | 'INVALID_TEMPLATE'
   | 'UNSUPPORTED'
   | 'DEPENDENCY_MISSING'

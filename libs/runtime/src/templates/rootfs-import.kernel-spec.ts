@@ -275,7 +275,12 @@ describeKernel(
         h.write(oct(0o755, 8), 100, 'latin1');
         h.write(oct(0, 8), 108, 'latin1');
         h.write(oct(0, 8), 116, 'latin1');
-        h.write(oct(size, 12), 124, 'latin1');
+        if (size < 8 ** 11) h.write(oct(size, 12), 124, 'latin1');
+        else {
+          // GNU base-256 for what 11 octal digits cannot say.
+          h[124] = 0x80;
+          h.writeBigUInt64BE(BigInt(size), 128);
+        }
         h.write(oct(0, 12), 136, 'latin1');
         h.write(type, 156, 'latin1');
         h.write('ustar\x0000', 257, 'latin1');
@@ -311,6 +316,36 @@ describeKernel(
         );
         expect(err).toMatchObject({ code: 'UNSAFE_ARCHIVE', message: expect.stringMatching(/ends in '\/'/) });
         await outIsEmpty();
+      });
+
+      it('refuses an archive whose files hold more than the filesystem has free, before extracting any', async () => {
+        // A header that says 1 TiB follows (a decompression bomb says the same, only smaller on disk).
+        const archive = path.join(work, 'huge.tar');
+        await writeFile(
+          archive,
+          Buffer.concat([
+            ustar('./', '5'),
+            ustar('sbin/init', '0', init.length),
+            padded(init),
+            ustar('big', '0', 2 ** 40),
+            Buffer.alloc(1024),
+          ]),
+        );
+        const err = await importRootfsTarball(archive, path.join(out, 'huge'), { name: 'huge' }).catch(
+          (e: unknown) => e,
+        );
+        expect(err).toMatchObject({ code: 'NO_SPACE' });
+        await outIsEmpty();
+        // The bound, given: counted over the regular files' sizes.
+        const small = await tarOf('small.tar', ['-C', src, '.']);
+        const { dataBytes } = await inspectRootfsArchive(small);
+        expect(dataBytes).toBeGreaterThan(0);
+        await expect(inspectRootfsArchive(small, { maxDataBytes: dataBytes - 1 })).rejects.toMatchObject({
+          code: 'NO_SPACE',
+        });
+        await expect(inspectRootfsArchive(small, { maxDataBytes: dataBytes })).resolves.toMatchObject({
+          dataBytes,
+        });
       });
 
       it("refuses members named like Berth's id-shift marker", async () => {

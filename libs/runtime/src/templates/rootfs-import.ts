@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { constants, createReadStream, createWriteStream } from 'node:fs';
 import type { Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import { finished, pipeline } from 'node:stream/promises';
 import * as path from 'node:path';
 import { run } from '../common/exec';
@@ -58,6 +58,13 @@ export interface ArchiveInspection {
   entries: number;
   /** Normalised member paths (relative, no `./`) with their type, last definition wins. */
   members: Map<string, { type: TarEntryType; mode: number; linkname: string }>;
+  /** What its regular files hold, in bytes (what extracting it writes, give or take the metadata). */
+  dataBytes: number;
+}
+
+export interface InspectOptions {
+  /** Refuse (NO_SPACE) an archive whose files hold more than this, as soon as the reading gets there. */
+  maxDataBytes?: number;
 }
 
 function unsafe(entry: string, reason: string, extra: Record<string, unknown> = {}): RuntimeError {
@@ -245,9 +252,13 @@ function resolveMember(
  * - devices: only the char devices of ALLOWED_DEVICES, at those paths with those numbers; no block devices;
  * - fifos, setuid/setgid files and any owner are fine; sparse, multi-volume and unknown member types are not.
  * @throws RuntimeError UNSAFE_ARCHIVE naming the entry and the reason; NOT_FOUND when the file is missing;
+ *   NO_SPACE once its files hold more than `options.maxDataBytes`;
  *   DEPENDENCY_MISSING when the decompressor is absent.
  */
-export async function inspectRootfsArchive(archivePath: string): Promise<ArchiveInspection> {
+export async function inspectRootfsArchive(
+  archivePath: string,
+  options: InspectOptions = {},
+): Promise<ArchiveInspection> {
   let st;
   try {
     st = await stat(archivePath);
@@ -262,6 +273,7 @@ export async function inspectRootfsArchive(archivePath: string): Promise<Archive
   const members: ArchiveInspection['members'] = new Map();
   const symlinks = new Set<string>();
   let entries = 0;
+  let dataBytes = 0;
 
   if (compression === 'none') {
     const stream = createReadStream(archivePath);
@@ -273,7 +285,7 @@ export async function inspectRootfsArchive(archivePath: string): Promise<Archive
     } finally {
       stream.destroy();
     }
-    return { compression, entries, members };
+    return { compression, entries, members, dataBytes };
   }
 
   const [cmd, args] = DECOMPRESSORS[compression];
@@ -317,10 +329,19 @@ export async function inspectRootfsArchive(archivePath: string): Promise<Archive
       stderr: Buffer.concat(stderr).toString('utf8').slice(0, 2000),
     });
   }
-  return { compression, entries, members };
+  return { compression, entries, members, dataBytes };
 
   function record(entry: TarEntry, name: string): void {
     entries += 1;
+    if (entry.type === 'file') {
+      dataBytes += entry.size;
+      if (options.maxDataBytes !== undefined && dataBytes > options.maxDataBytes)
+        throw new RuntimeError(
+          'NO_SPACE',
+          `the archive holds more than the ${options.maxDataBytes} bytes free where it would be extracted`,
+          { archivePath, maxDataBytes: options.maxDataBytes },
+        );
+    }
     if (entry.type === 'symlink') symlinks.add(name);
     if (name !== '') members.set(name, { type: entry.type, mode: entry.mode, linkname: entry.linkname });
   }
@@ -335,7 +356,8 @@ export async function inspectRootfsArchive(archivePath: string): Promise<Archive
  *
  * Berth writes nothing into an imported rootfs (no marker file): its own symlinks could point anywhere on
  * the host. Callers record metadata in `template.json` outside the rootfs.
- * @throws RuntimeError INVALID_NAME, UNSAFE_ARCHIVE, INVALID_TEMPLATE (no executable init),
+ * @throws RuntimeError INVALID_NAME, UNSAFE_ARCHIVE, NO_SPACE (more data than the filesystem has free),
+ *   INVALID_TEMPLATE (no executable init),
  *   TEMPLATE_EXISTS (target exists), NOT_FOUND (archive missing), COMMAND_FAILED/KERNEL_EPERM (tar failed).
  */
 export async function importRootfsTarball(
@@ -381,7 +403,12 @@ async function importChecked(
   initPath: string,
   sameOwner: boolean,
 ): Promise<ImportedRootfs> {
-  const inspection = await inspectRootfsArchive(archive);
+  // No more than the filesystem has free (a decompression bomb would otherwise fill it, as root), less a
+  // twentieth kept for everything else.
+  const fs = await statfs(path.dirname(targetDir));
+  const inspection = await inspectRootfsArchive(archive, {
+    maxDataBytes: Math.floor(fs.bavail * fs.bsize * 0.95),
+  });
   let init: ReturnType<typeof resolveMember>;
   try {
     init = resolveMember(inspection.members, initPath);

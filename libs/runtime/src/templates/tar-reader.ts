@@ -303,7 +303,9 @@ async function* entriesOf(reader: ByteReader): AsyncGenerator<TarEntry> {
     if (type !== 'file' && size !== 0) {
       throw unsafe(`${type} entry ${JSON.stringify(name)} carries data`, { entry: name });
     }
-    await reader.skip(Math.ceil(size / BLOCK) * BLOCK);
+    // Handed over before its data is skipped: a consumer that refuses it (its size past a bound: a
+    // decompression bomb) stops before the data is read.
     yield entry;
+    await reader.skip(Math.ceil(size / BLOCK) * BLOCK);
   }
 }
