@@ -303,6 +303,25 @@ describeKernel(
       );
     }, 60_000);
 
+    it('a create whose end PostgreSQL refuses: the job fails END_NOT_RECORDED, the container is as the kernel has it', async () => {
+      await withJobTrigger(
+        'refuse_create_end',
+        `RAISE EXCEPTION 'create end refused by the test';`,
+        `NEW.state = 'completed' AND NEW.kind = 'container.create' AND NEW.params->>'name' = 'refused-end'`,
+        async () => {
+          const { id, jobId } = await create('refused-end');
+          const ended = await waitJob(jobId);
+          expect(ended).toMatchObject({ state: 'failed', error: { code: 'END_NOT_RECORDED' } });
+          // It ran: the container runs, and its row says so (not `error`, as for a create that failed).
+          expect((await rt.containers.get(id)).status).toBe('running');
+          const row = (await c.http().get(`/v1/containers/${id}`).set(c.auth())).body;
+          expect(row).toMatchObject({ state: 'running', targetState: 'running' });
+          const init = (await rt.containers.get(id)).init!;
+          survivors.push({ id, pid: init.pid, start: startTimeOf(init.pid)! });
+        },
+      );
+    }, 60_000);
+
     it('a failure whose record fails at first is retried until written: the job does not stay active', async () => {
       // The job is written with a payload its schema refuses (a permanent failure; system.noop has a single
       // attempt), and the first two writes of its failure are refused. Unretried, BullMQ would end the job

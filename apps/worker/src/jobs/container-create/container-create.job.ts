@@ -1,4 +1,5 @@
 import type { JobHandler } from '../job-context';
+import { SETTLED_STATES } from '../job-store';
 import { markContainerAfterFailure } from '../shared/container-sync';
 
 /** Clone the template, create the cgroup and record (step `create`), then optionally start (step `start`). */
@@ -28,7 +29,21 @@ export const containerCreateJob: JobHandler<'container.create'> = {
       container: info,
     };
   },
-  async onFailed({ payload }, m, error) {
-    await markContainerAfterFailure(m, payload.containerId, 'error', error.code);
+  async onFailed({ payload, runtime }, m, error) {
+    // A create that ran to its end but whose end PostgreSQL refused (END_NOT_RECORDED) made the container:
+    // the row says what the runtime has. Any other failure leaves a container never fully made: `error`.
+    const status =
+      error.code === 'END_NOT_RECORDED'
+        ? await runtime.containers.get(payload.containerId).then(
+            (i) => i.status,
+            () => 'error',
+          )
+        : 'error';
+    await markContainerAfterFailure(
+      m,
+      payload.containerId,
+      SETTLED_STATES.includes(status) ? status : 'error',
+      error.code,
+    );
   },
 };
