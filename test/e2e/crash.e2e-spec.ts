@@ -194,6 +194,13 @@ describeKernel(
         [hostId],
       );
       expect(stopped[0]?.data).toEqual({ signal: 'SIGTERM' });
+      // In that order: the host went offline once its jobs were done, not while they ran.
+      const [marks] = await c.ds.query(
+        `SELECT (SELECT max(id) FROM audit_events WHERE job_id = $1 AND action = 'job.completed') AS completed,
+                (SELECT max(id) FROM audit_events WHERE subject_id = $2 AND action = 'host.stopped') AS stopped`,
+        [jobId, hostId],
+      );
+      expect(Number(marks.stopped)).toBeGreaterThan(Number(marks.completed));
       w = await c.startWorker();
       await expectExactlyOnce(id, jobId);
       expectSurvivorsRunning();

@@ -1,4 +1,4 @@
-import { Inject, Injectable, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
+import { Inject, Injectable, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
 import { E_CANCELED, Semaphore } from 'async-mutex';
 import { DelayedError, type Job, Queue, UnrecoverableError, Worker } from 'bullmq';
 import { PinoLogger } from 'nestjs-pino';
@@ -120,7 +120,7 @@ export function classify(e: unknown): JobFailure & { permanent: boolean } {
  * a slot are handed back to the queue at once (the next worker claims them again).
  */
 @Injectable()
-export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown {
+export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private worker?: Worker<QueuedJobData>;
   /** This host's queue, for looking jobs up (the Worker only consumes). */
   private queue?: Queue<QueuedJobData>;
@@ -486,7 +486,7 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
       const [, release] = await this.slots.acquire();
       return { release, noticed: notice !== undefined };
     } catch (e) {
-      if (e === E_CANCELED) return null; // shutdown (see onApplicationShutdown)
+      if (e === E_CANCELED) return null; // shutdown (see beforeApplicationShutdown)
       throw e;
     } finally {
       clearTimeout(timer);
@@ -617,10 +617,11 @@ export class JobRunner implements OnApplicationBootstrap, OnApplicationShutdown 
 
   /**
    * Graceful: stop taking jobs, hand back those claimed ahead, let the running ones finish (past the grace
-   * BullMQ hands unfinished ones back) and wait for the ends written behind. (Nest shuts the root module
-   * down before the modules it imports: the database pools close after this.)
+   * BullMQ hands unfinished ones back) and wait for the ends written behind. Before the application's
+   * shutdown hooks, which come after it: the host's offline mark (HostRegistrationService, in this module:
+   * Nest runs one module's hooks side by side) and the database pools.
    */
-  async onApplicationShutdown(): Promise<void> {
+  async beforeApplicationShutdown(): Promise<void> {
     if (!this.worker) return this.queue?.close();
     // Jobs claimed ahead do not start now: they go back to the queue (see `process`).
     this.closing = true;
