@@ -358,6 +358,29 @@ describeKernel(
       );
     }, 60_000);
 
+    it('a failure PostgreSQL refuses for good is recorded bare (its code) instead of retried for ever', async () => {
+      await withJobTrigger(
+        'refuse_failure_text',
+        `IF TG_OP = 'INSERT' THEN NEW.params := NEW.params || '{"bogus": true}'::jsonb;
+         ELSIF NEW.state = 'failed' AND NEW.error_message NOT LIKE '%full record was refused%' THEN
+           RAISE EXCEPTION 'failure refused by the test';
+         END IF; RETURN NEW;`,
+        `OLD.params->>'n' = '-4646'`,
+        async (submitNoop, trigger) => {
+          await c.ds.query(`CREATE TRIGGER ${trigger}_ins BEFORE INSERT ON jobs FOR EACH ROW
+            WHEN (NEW.params->>'n' = '-4646') EXECUTE FUNCTION ${trigger}()`);
+          try {
+            const id = await submitNoop(-4646);
+            const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=20`).set(c.auth());
+            expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'INVALID_PAYLOAD' } });
+            expect(ended.body.error.message).toMatch(/full record was refused/);
+          } finally {
+            await c.ds.query(`DROP TRIGGER IF EXISTS ${trigger}_ins ON jobs`);
+          }
+        },
+      );
+    }, 60_000);
+
     it('a claim that fails (PostgreSQL away or refusing) uses up no attempt: the job is handed back and runs', async () => {
       // The first three claims of this one job fail; system.noop has a single attempt, which a failed
       // claim counted as the job's failure would end in BullMQ while PostgreSQL still says `queued`.

@@ -1,4 +1,9 @@
-import { Inject, Injectable, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
+import {
+  Inject,
+  Injectable,
+  type BeforeApplicationShutdown,
+  type OnApplicationBootstrap,
+} from '@nestjs/common';
 import { E_CANCELED, Semaphore } from 'async-mutex';
 import { DelayedError, type Job, Queue, UnrecoverableError, Worker } from 'bullmq';
 import { PinoLogger } from 'nestjs-pino';
@@ -20,7 +25,7 @@ import type { JobContext, JobHandler, StepOptions } from './job-context';
 import { buildRegistry } from './job-registry';
 import { JobStore, SETTLED_STATES, type JobFailure, type StoredJob } from './job-store';
 import { markContainerAfterFailure } from './shared/container-sync';
-import { WrittenBehind } from './written-behind';
+import { refusedByPostgres, WrittenBehind } from './written-behind';
 
 /** How long a job waits before looking again when an earlier job of its container is unfinished. */
 const FIFO_RECHECK_MS = 100;
@@ -79,23 +84,48 @@ function readable(ctx: JobContext): boolean {
   }
 }
 
+/** The clean-up of a failed job failed (its transaction rolled back): no outage, it will fail again. */
+class CleanupFailed extends Error {
+  constructor(readonly original: unknown) {
+    super(
+      `the clean-up of the failed job failed: ${original instanceof Error ? original.message : String(original)}`,
+      {
+        cause: original,
+      },
+    );
+  }
+}
+
+/** A failure whose full record PostgreSQL refuses: its code and step, a message of our own. */
+const bare = (failure: JobFailure): JobFailure => ({
+  code: failure.code,
+  message: `${failure.code} (its full record was refused by PostgreSQL: see the worker's log)`,
+  step: failure.step,
+});
+
 /** `p`, its failure made a BookkeepingError about `what`. */
 const bookkeeping = <T>(what: string, p: Promise<T>): Promise<T> =>
   p.catch((e: unknown) => {
     throw new BookkeepingError(what, e);
   });
 
+/**
+ * A failure's message as PostgreSQL can store it: no NUL (text and jsonb refuse it: a message quoting a
+ * corrupt file would have the failure itself refused), and bounded.
+ */
+const storable = (message: string): string => message.replace(/\0/g, '').slice(0, 4_000);
+
 /** Permanent: the request or the state is wrong; retrying the same job cannot help. */
 export function classify(e: unknown): JobFailure & { permanent: boolean } {
   const step = e instanceof StepError ? e.step : null;
   const err = e instanceof StepError ? e.original : e;
   if (err instanceof RuntimeError)
-    return { code: err.code, message: err.message, step, permanent: err.permanent };
+    return { code: err.code, message: storable(err.message), step, permanent: err.permanent };
   if (err instanceof ZodError)
-    return { code: 'INVALID_PAYLOAD', message: err.message, step, permanent: true };
+    return { code: 'INVALID_PAYLOAD', message: storable(err.message), step, permanent: true };
   return {
     code: 'INTERNAL',
-    message: err instanceof Error ? err.message : String(err),
+    message: storable(err instanceof Error ? err.message : String(err)),
     step,
     permanent: false,
   };
@@ -428,10 +458,15 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       seconds();
       // The steps finished before the failure are recorded before it (a retry resumes after them).
       await done();
-      for (const step of unrecorded)
-        await this.store
-          .stepDone(job, step)
-          .catch((err: unknown) => log.warn({ err, step }, 'step record failed'));
+      // In order, and none after one that failed: a later step recorded without an earlier one would have
+      // the retry run the earlier one again after it.
+      for (const step of unrecorded) {
+        const ok = await this.store.stepDone(job, step).then(
+          () => true,
+          (err: unknown) => (log.warn({ err, step }, 'step record failed'), false),
+        );
+        if (!ok) break;
+      }
       const failure = classify(e);
       const maxAttempts = bull.opts.attempts ?? 1;
       // A failure or a retry is recorded before BullMQ hears of it, retried while PostgreSQL is away:
@@ -451,13 +486,26 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
               .observedAfterAttempt(job, status)
               .catch((err: unknown) => log.warn({ err }, 'container state after the attempt not recorded'));
         }
-        await this.behind.add(job.id, () => this.store.waitingRetry(job, failure, attempt, delayMs));
+        await this.behind.add(
+          job.id,
+          () => this.store.waitingRetry(job, failure, attempt, delayMs),
+          () => this.store.waitingRetry(job, bare(failure), attempt, delayMs),
+        );
         this.metrics.ended(kind, 'retry', seconds());
         log.warn({ failure, attempt }, 'job failed, will retry');
         throw e;
       }
-      await this.behind.add(job.id, () =>
-        this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure)),
+      await this.behind.add(
+        job.id,
+        () =>
+          this.store.fail(job, failure, (m) =>
+            this.afterFailure(ctx, handler, m, failure).catch((err: unknown) => {
+              throw new CleanupFailed(err);
+            }),
+          ),
+        // Refused for good (a trigger, a constraint, its clean-up failing): the failure alone, its code.
+        () => this.store.fail(job, bare(failure)),
+        (err) => refusedByPostgres(err) || err instanceof CleanupFailed,
       );
       this.metrics.ended(kind, 'failed', seconds());
       log.warn({ failure, attempt }, 'job failed');
@@ -535,7 +583,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     let settled = false;
     const write = (r: Record) =>
       'step' in r
-        ? this.store.stepDone(job, r.step)
+        ? this.store.stepDone(job, r.step, {}, r.written !== undefined)
         : Promise.all([
             this.store.progress(job.id, r.stage, r.percent),
             bull.updateProgress({ stage: r.stage, percent: r.percent }),
@@ -559,6 +607,12 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
             if ('step' in r && !r.written) {
               queue.unshift(r);
               retryMs = Math.min(retryMs ? retryMs * 2 : 100, 2_000);
+              // A step waiting for its record behind this one does not wait for PostgreSQL to be back: its
+              // attempt fails (and is retried); its record stays in line.
+              for (const q of queue) {
+                q.written?.reject(err);
+                q.written = undefined;
+              }
             } else r.written?.reject(err);
           },
         )

@@ -308,12 +308,21 @@ export class JobStore {
    * fsync, on every job's critical path. Only for records whose loss in a Postgres crash repeats what the
    * pipeline already repeats safely: the `active` mark (the job still counts as unfinished), progress, a
    * finished step (steps are idempotent; a lost record re-runs the step, like a worker crash between step
-   * and record does). Terminal transitions (completed, failed, retry) stay synchronous, and the WAL is
+   * and record does; but a step run `recorded` is written durably: see StepOptions). Terminal transitions (completed, failed, retry) stay synchronous, and the WAL is
    * sequential: once they are durable, so is every record before.
    */
-  async stepDone(job: StoredJob, step: string, data: Record<string, unknown> = {}): Promise<void> {
+  /** A finished step's record; `durable`: its commit waits for the WAL flush (a step run `recorded`). */
+  async stepDone(
+    job: StoredJob,
+    step: string,
+    data: Record<string, unknown> = {},
+    durable = false,
+  ): Promise<void> {
     await this.hot.query(
-      `WITH ${RELAXED}
+      durable
+        ? `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
+           VALUES ('${ACTOR}', 'job.step.done', $1, $2, $3, $4)`
+        : `WITH ${RELAXED}
        INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
        SELECT '${ACTOR}', 'job.step.done', $1, $2, $3, $4 FROM relaxed`,
       [

@@ -52,11 +52,13 @@ export class WrittenBehind {
   /**
    * Starts `write` for job `id` (its errors are logged, never thrown); see the class for `fallback`.
    * Answers when it (or the fallback) is written: a caller that must not go on before may await it.
+   * `refused` tells an error that will not go away by itself (default: refusedByPostgres).
    */
   add(
     id: string,
     write: () => Promise<void>,
     fallback?: (lastError: unknown) => Promise<void>,
+    refused: (err: unknown) => boolean = refusedByPostgres,
   ): Promise<void> {
     const run = async () => {
       for (let n = 0; ; n++) {
@@ -64,7 +66,7 @@ export class WrittenBehind {
           await write();
           return;
         } catch (err) {
-          if (fallback && n + 1 >= FALLBACK_AFTER && refusedByPostgres(err)) {
+          if (fallback && n + 1 >= FALLBACK_AFTER && refused(err)) {
             try {
               await fallback(err);
               this.log.warn({ err, jobId: id }, 'completion refused, recorded the fallback instead');

@@ -294,23 +294,22 @@ describeKernel(
       };
       const padded = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
       const init = Buffer.from('#!/bin/sh\n');
+      /** A tar stream: the root, an executable /sbin/init, then `members`, then the end blocks. */
+      const withInit = (...members: Buffer[]) =>
+        Buffer.concat([
+          ustar('./', '5'),
+          ustar('sbin/', '5'),
+          ustar('sbin/init', '0', init.length),
+          padded(init),
+          ...members,
+          Buffer.alloc(1024),
+        ]);
 
       it("refuses a regular file named like a directory ('foo/'), whose data GNU tar would extract as members", async () => {
         // Inside foo/'s data: a block device for a host disk, which GNU tar would create.
         const hidden = ustar('dev/evil', '4', 0, { dev: [7, 0] });
         const archive = path.join(work, 'slash.tar');
-        await writeFile(
-          archive,
-          Buffer.concat([
-            ustar('./', '5'),
-            ustar('sbin/', '5'),
-            ustar('sbin/init', '0', init.length),
-            padded(init),
-            ustar('foo/', '0', hidden.length),
-            hidden,
-            Buffer.alloc(1024),
-          ]),
-        );
+        await writeFile(archive, withInit(ustar('foo/', '0', hidden.length), hidden));
         const err = await importRootfsTarball(archive, path.join(out, 'slash'), { name: 'slash' }).catch(
           (e: unknown) => e,
         );
@@ -321,16 +320,7 @@ describeKernel(
       it('refuses an archive whose files hold more than the filesystem has free, before extracting any', async () => {
         // A header that says 1 TiB follows (a decompression bomb says the same, only smaller on disk).
         const archive = path.join(work, 'huge.tar');
-        await writeFile(
-          archive,
-          Buffer.concat([
-            ustar('./', '5'),
-            ustar('sbin/init', '0', init.length),
-            padded(init),
-            ustar('big', '0', 2 ** 40),
-            Buffer.alloc(1024),
-          ]),
-        );
+        await writeFile(archive, withInit(ustar('big', '0', 2 ** 40)));
         const err = await importRootfsTarball(archive, path.join(out, 'huge'), { name: 'huge' }).catch(
           (e: unknown) => e,
         );
@@ -351,16 +341,7 @@ describeKernel(
       it("refuses members named like Berth's id-shift marker", async () => {
         for (const name of ['.berth-idshift', './.berth-idshift.tmp']) {
           const archive = path.join(work, 'marker.tar');
-          await writeFile(
-            archive,
-            Buffer.concat([
-              ustar('./', '5'),
-              ustar('sbin/init', '0', init.length),
-              padded(init),
-              ustar(name, '2'),
-              Buffer.alloc(1024),
-            ]),
-          );
+          await writeFile(archive, withInit(ustar(name, '2')));
           await expect(inspectRootfsArchive(archive)).rejects.toMatchObject({
             code: 'UNSAFE_ARCHIVE',
             message: expect.stringMatching(/reserves/),
