@@ -1,5 +1,5 @@
-import { chmodSync, existsSync, readFileSync, readlinkSync } from 'node:fs';
-import { helperPath } from '@berth/runtime';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { RuntimeError } from '@berth/runtime';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
 import { until } from '@test/support/worker-process';
@@ -203,9 +203,11 @@ describeKernel(
     }, 60_000);
 
     it('a restart cancelled while it waits for its retry leaves the container as the kernel has it', async () => {
-      // The launcher cannot be run: the restart's stop works, its start fails (transient) and waits to retry.
-      const helper = helperPath();
-      chmodSync(helper, 0o644);
+      // The restart's stop works; its start fails (a transient error, injected into the worker's runtime in
+      // this process) and the job waits to retry.
+      const rt = await p.worker.get(HostRuntimeService).get();
+      const containers = rt.containers as { start: typeof rt.containers.start };
+      containers.start = () => Promise.reject(new RuntimeError('KERNEL_ERROR', 'start refused by the test'));
       let jobId: string;
       try {
         const res = await p.http().post(`/v1/containers/${id}/restart`).set(p.auth()).send({});
@@ -218,9 +220,8 @@ describeKernel(
         const cancelled = await p.http().post(`/v1/jobs/${jobId}/cancel`).set(p.auth()).send({});
         expect(cancelled.body).toMatchObject({ state: 'cancelled' });
       } finally {
-        chmodSync(helper, 0o755);
+        delete (containers as Partial<typeof containers>).start; // the prototype's again
       }
-      const rt = await p.worker.get(HostRuntimeService).get();
       expect((await rt.containers.get(id)).status).toBe('stopped');
       const c = (await p.http().get(`/v1/containers/${id}`).set(p.auth())).body;
       expect(c).toMatchObject({ state: 'stopped', targetState: 'stopped' });

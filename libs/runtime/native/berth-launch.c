@@ -384,7 +384,10 @@ static void run_init(int fd) {
             clock_gettime(CLOCK_MONOTONIC, &now);
             long left_ms = (long)(until.tv_sec - now.tv_sec) * 1000 + (until.tv_nsec - now.tv_nsec) / 1000000;
             if (left_ms <= 0) {
-                errno = ETIMEDOUT;
+                /* a byte that came at the last moment still counts */
+                struct pollfd last = {.fd = fifo_fd, .events = POLLIN};
+                if (poll(&last, 1, 0) == 1 && read(fifo_fd, &c, 1) == 1) r = 1;
+                else errno = ETIMEDOUT;
                 break;
             }
             struct pollfd p = {.fd = fifo_fd, .events = POLLIN};

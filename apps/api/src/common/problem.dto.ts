@@ -66,7 +66,7 @@ const PROBLEM_DESCRIPTIONS: Record<number, string> = {
   401: 'no valid API key (missing, malformed, unknown or revoked)',
   403: 'the API key may not do this (admin keys only: the fleet’s writes, privileged containers, metrics)',
   404: 'no such resource',
-  409: 'conflict: the state machine refuses the transition (INVALID_TRANSITION), the container kept changing while the request was accepted (CONCURRENT_CHANGE: retry), or the Idempotency-Key is still in flight',
+  409: 'conflict: the state machine refuses the transition (INVALID_TRANSITION), the container kept changing while the request was accepted (CONCURRENT_CHANGE: retry), a snapshot name is taken (SNAPSHOT_EXISTS), or the Idempotency-Key is still in flight',
   413: 'the body is larger than the limit',
   415: 'the body is not application/json',
   422: 'well-formed but refused: unknown template or host, Idempotency-Key reused with another request',

@@ -110,15 +110,6 @@ export class ContainersService {
   }
 
   /**
-   * Accepts an operation on an existing container: refused with 409 before any job exists when the
-   * container's state machine does not allow it from its target state. Two round trips and no explicit
-   * transaction: the container's row is read and the transition checked, then the job is written with
-   * the enqueues of concurrent requests (JobEnqueuer.submit), guarded by the target state that was
-   * checked; when another request changed it in between, the check is made again on the new row.
-   * A request with an Idempotency-Key is written in a transaction of its own instead, with its answer;
-   * so is a resize, whose room on the host is checked and held under the placement lock.
-   */
-  /**
    * A snapshot under a name the container has not used: a name taken by a snapshot job that has not
    * failed or been cancelled answers 409 `SNAPSHOT_EXISTS` (its data is that snapshot's, not today's). Two
    * requests racing for one name both pass here; the second's job then fails with the same code.
@@ -141,6 +132,15 @@ export class ContainersService {
     return this.operate(id, 'container.snapshot', principal, { snapshot: name });
   }
 
+  /**
+   * Accepts an operation on an existing container: refused with 409 before any job exists when the
+   * container's state machine does not allow it from its target state. Two round trips and no explicit
+   * transaction: the container's row is read and the transition checked, then the job is written with
+   * the enqueues of concurrent requests (JobEnqueuer.submit), guarded by the target state that was
+   * checked; when another request changed it in between, the check is made again on the new row.
+   * A request with an Idempotency-Key is written in a transaction of its own instead, with its answer;
+   * so is a resize, whose room on the host is checked and held under the placement lock.
+   */
   async operate(
     id: string,
     kind: JobKind,

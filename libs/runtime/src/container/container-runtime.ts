@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { chown, open, readFile } from 'node:fs/promises';
+import { chown, open, readFile, stat } from 'node:fs/promises';
 import { run } from '../common/exec';
 import { RuntimeError } from '../common/errors';
 import { assertContainerName, assertCpus, assertPidsMax } from '../common/validation';
@@ -9,7 +9,7 @@ import { CgroupBusyError } from '../cgroups/cgroup.errors';
 import type { StorageDriver } from '../storage/storage.driver';
 import { Reverter } from '../common/reverter';
 import { isAlive, stopInit, waitForExit, type InitRef } from '../namespaces/init-process';
-import { launchContainer, type LaunchOptions } from '../namespaces/launcher';
+import { helperPath, launchContainer, type LaunchOptions } from '../namespaces/launcher';
 import { execInContainer, type ExecResult } from '../namespaces/container-exec';
 import { ensureBridge } from '../network/bridge';
 import { Ipam } from '../network/ipam';
@@ -262,7 +262,28 @@ export class ContainerRuntime {
   }
 
   private async infoOf(id: string, config: ContainerConfig): Promise<ContainerInfo> {
-    return this.infoWith(id, config, await this.liveInit(id));
+    const init = await this.liveInit(id);
+    // An init the host never released runs no container (see `held`): the container is not running.
+    return this.infoWith(id, config, init && (await this.held(id, init)) ? null : init);
+  }
+
+  /**
+   * Whether `init` is a launch its host never released: the start's mark is there (a bridge start whose
+   * caller was killed while it set up the network) and init still runs the launcher, not the container's
+   * program (its executable is the helper's inode; after the exec it is the container's). The mark alone
+   * would also catch a caller killed after the release and before it removed the mark.
+   */
+  private async held(id: string, init: InitRef): Promise<boolean> {
+    if (!(await this.store.isStarting(id))) return false;
+    try {
+      const [exe, helper] = await Promise.all([
+        stat(`/proc/${init.pid}/exe`),
+        stat(helperPath(this.opts.helper)),
+      ]);
+      return exe.dev === helper.dev && exe.ino === helper.ino;
+    } catch {
+      return false;
+    }
   }
 
   private async infoWith(id: string, config: ContainerConfig, init: InitRef | null): Promise<ContainerInfo> {
@@ -297,16 +318,12 @@ export class ContainerRuntime {
   async start(id: string): Promise<OperationResult> {
     assertContainerId(id);
     // Independent reads run side by side: each is a thread-pool round trip, together one.
-    const [config, init, starting] = await Promise.all([
-      this.requireConfig(id),
-      this.liveInit(id),
-      this.store.isStarting(id),
-    ]);
-    const info = await this.infoWith(id, config, init);
-    // An init under the start's mark never got the host's byte (the caller of an earlier start was killed
-    // while it set up the network): it has not exec'd the container's init. It goes below, and a new one
-    // is launched.
-    if (!(init && starting)) {
+    const [config, init] = await Promise.all([this.requireConfig(id), this.liveInit(id)]);
+    // An init its host never released (see `held`) has not exec'd the container's program: it goes below
+    // (killRemaining) and a new one is launched.
+    const held = init !== null && (await this.held(id, init));
+    const info = await this.infoWith(id, config, held ? null : init);
+    if (!held) {
       if (info.status === 'running') return { changed: false, info };
       if (info.status === 'paused') {
         throw new RuntimeError('WRONG_STATE', `container ${id} is paused: resume it instead`, { id });
@@ -435,8 +452,8 @@ export class ContainerRuntime {
       return { changed: false, forced: false, info: await this.stoppedInfo(id, config) };
     }
     if ((await this.cgroups.state(this.cg(id))) === 'frozen') await this.cgroups.thaw(this.cg(id));
-    // An init never released by the host (see start) has no handler for SIGTERM yet: no grace to wait.
-    const { forced } = await stopInit(init, (await this.store.isStarting(id)) ? 0 : graceMs);
+    // An init never released by its host (see `held`) has no handler for SIGTERM yet: no grace to wait.
+    const { forced } = await stopInit(init, (await this.held(id, init)) ? 0 : graceMs);
     await waitForExit(init, 5_000);
     await this.killRemaining(id);
     await this.cleanupAfterStop(id, config);

@@ -403,9 +403,10 @@ describeKernel(
     it('an init nobody releases from the sync FIFO gives up after its wait instead of hanging', async () => {
       const fifo = join(work, 'held.fifo');
       await run('mkfifo', [fifo]);
-      const ref = await launch('held1', { syncFifo: fifo, syncTimeoutMs: 300 });
-      expect(await isAlive(ref)).toBe(true);
-      for (let i = 0; i < 500 && (await isAlive(ref)); i++) await new Promise((r) => setTimeout(r, 10));
+      // 1.5 s: long enough to see it waiting on a busy machine, short for a test.
+      const ref = await launch('held1', { syncFifo: fifo, syncTimeoutMs: 1_500 });
+      expect(readFileSync(`/proc/${ref.pid}/cmdline`, 'utf8')).toContain('berth-launch'); // waiting, not exec'd
+      for (let i = 0; i < 1000 && (await isAlive(ref)); i++) await new Promise((r) => setTimeout(r, 10));
       expect(await isAlive(ref)).toBe(false);
       // Its end of the FIFO is closed: a late release fails at once instead of blocking the host.
       const late = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch((e: unknown) => e);
