@@ -515,7 +515,15 @@ export class ContainerRuntime {
       // The limits are written one by one (CPU before memory): a refused one (memory below what the
       // container holds) left the others at their new values. Back to the old ones, which config.json
       // still records and the kernel accepted before; the caller reports the refusal.
-      await this.cgroups.setLimits(this.cg(id), this.limitsOf(config.spec.resources)).catch(() => undefined);
+      const restore = await this.cgroups.setLimits(this.cg(id), this.limitsOf(config.spec.resources)).then(
+        () => null,
+        (err: unknown) => err,
+      );
+      // Said with the refusal: the limits may then be a mix of old and new (the runtime has no log).
+      if (restore && e instanceof RuntimeError)
+        Object.assign(e.context, {
+          restoreFailed: restore instanceof Error ? restore.message : String(restore),
+        });
       throw e;
     }
     config.spec = { ...config.spec, resources: next };

@@ -489,6 +489,16 @@ async function privateCopy(src: string, dst: string): Promise<void> {
     const st = await fh.stat();
     if (!st.isFile())
       throw new RuntimeError('INVALID_PATH', `archive ${src} is not a regular file`, { archivePath: src });
+    const fs = await statfs(path.dirname(dst));
+    if (st.size > fs.bavail * fs.bsize)
+      throw new RuntimeError(
+        'NO_SPACE',
+        `archive ${src} is larger than the free space of ${path.dirname(dst)}`,
+        {
+          archivePath: src,
+          sizeBytes: st.size,
+        },
+      );
     const out = createWriteStream(dst, { flags: 'wx', mode: 0o600 });
     if (st.size === 0) {
       out.end();
