@@ -1,10 +1,9 @@
-import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import { run } from '@berth/runtime/common/exec';
 import { isAlive, vethNameFor } from '@berth/runtime';
-import { openTestHost, spec, type TestHost } from './runtime-harness';
+import { openTestHost, spawnRuntimeScript, spec, type TestHost } from './runtime-harness';
 
 const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'gcc', 'ip', 'nsenter'] };
 
@@ -14,7 +13,6 @@ const HOST_NS = `berth-t${process.pid}`;
 const CIDR = '10.231.0.0/24';
 const GATEWAY = '10.231.0.1';
 const BRIDGE = 'berth0';
-const repoRoot = join(__dirname, '../../..');
 
 /**
  * Starts a bridge container from a separate node process (as the worker would) whose write to the start
@@ -37,24 +35,7 @@ function startHeldAtRelease(host: TestHost, id: string): Promise<() => Promise<v
     openHostRuntime({ dataRoot, cgroupParent, storageDriver: 'btrfs', network: { bridge, cidr, hostNetns } })
       .then((rt) => rt.containers.start(id))
       .then(() => process.exit(4), (e) => { process.stderr.write(String((e && e.stack) || e)); process.exit(3); });`;
-  const child = spawn(
-    process.execPath,
-    [
-      '-r',
-      'ts-node/register/transpile-only',
-      '-r',
-      'tsconfig-paths/register',
-      '-e',
-      script,
-      host.dataRoot,
-      host.cgroupParent,
-      id,
-      BRIDGE,
-      CIDR,
-      HOST_NS,
-    ],
-    { cwd: repoRoot, detached: true, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const child = spawnRuntimeScript(script, [host.dataRoot, host.cgroupParent, id, BRIDGE, CIDR, HOST_NS]);
   return new Promise((resolve, reject) => {
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));

@@ -16,10 +16,9 @@ import {
   type ReconcileReport,
   type StorageDriver,
 } from '@berth/runtime';
-import { openTestHost, spec, type TestHost } from './runtime-harness';
+import { openTestHost, spawnRuntimeScript, spec, type TestHost } from './runtime-harness';
 
 const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'nsenter', 'gcc', 'sleep'] };
-const repoRoot = join(__dirname, '../../..');
 const CONTROLLERS = ['memory', 'pids', 'cpu', 'freezer'];
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -52,22 +51,7 @@ function startFromChild(host: TestHost, id: string): Promise<{ child: ChildProce
         process.stderr.write(String((e && e.stack) || e));
         process.exit(3);
       });`;
-  const child = spawn(
-    process.execPath,
-    [
-      '-r',
-      'ts-node/register/transpile-only',
-      '-r',
-      'tsconfig-paths/register',
-      '-e',
-      script,
-      host.dataRoot,
-      host.cgroupParent,
-      id,
-    ],
-    // Its own process group, so the test can kill the child and everything in its group at once.
-    { cwd: repoRoot, detached: true, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const child = spawnRuntimeScript(script, [host.dataRoot, host.cgroupParent, id]);
   return new Promise((resolve, reject) => {
     let out = '';
     let err = '';

@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,4 +51,17 @@ export function spec(id: string, overrides: Partial<ContainerSpec> = {}): Contai
     privileged: false,
     ...overrides,
   };
+}
+
+/**
+ * Runs `script` (CommonJS, with `@berth/runtime` resolvable) in a separate node process through ts-node,
+ * as the worker would run the runtime, with `args` as its `process.argv.slice(1)`. Its own process group
+ * (detached), so a test can kill the child and everything in its group at once; stdout and stderr piped.
+ */
+export function spawnRuntimeScript(script: string, args: string[]): ChildProcess {
+  return spawn(
+    process.execPath,
+    ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register', '-e', script, ...args],
+    { cwd: join(__dirname, '../../..'), detached: true, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
 }
