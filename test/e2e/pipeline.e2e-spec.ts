@@ -50,6 +50,18 @@ describeKernel(
       // A static busybox and a few scripts: more than 500 KiB, less than 50 MiB.
       expect(busybox.sizeBytes).toBeGreaterThan(500 * 1024);
       expect(busybox.sizeBytes).toBeLessThan(50 * MiB);
+      // Imported again where it already is (nothing made): its size is read from what the host has.
+      await p.ds.query(`UPDATE templates SET size_bytes = 0 WHERE name = 'busybox'`);
+      const again = await p
+        .http()
+        .post('/v1/templates')
+        .set(p.auth())
+        .send({ name: 'busybox', source: 'builtin:busybox' });
+      for (const j of again.body.jobs) expect((await waitJob(p, j.id)).state).toBe('completed');
+      const [{ size }] = await p.ds.query(
+        `SELECT size_bytes::float AS size FROM templates WHERE name = 'busybox'`,
+      );
+      expect(size).toBe(busybox.sizeBytes);
     });
 
     it('creates and starts a container that really runs on the host', async () => {

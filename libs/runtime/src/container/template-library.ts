@@ -88,9 +88,10 @@ export class TemplateLibrary {
       const rootfs = join(staging, 'rootfs');
       await mkdir(staging, { mode: 0o700 });
       await fill(rootfs);
-      ({ sizeBytes } = await treeUsage(rootfs));
       if (this.opts.usernsHostUid !== null)
         await shiftOwnership(rootfs, this.opts.usernsHostUid, USERNS_RANGE);
+      // As sizeOf measures the sealed template (the shift's marker included).
+      ({ sizeBytes } = await treeUsage(rootfs));
       await withReverter(async (revert) => {
         const volume = await this.opts.storage.createTemplateVolume(name);
         revert.add('delete template volume', () => this.opts.storage.deleteTemplate(name));
@@ -102,6 +103,13 @@ export class TemplateLibrary {
       await removeTree(staging);
     }
     return { name, changed: true, sizeBytes };
+  }
+
+  /** What a template's root filesystem holds (regular files, each hard-linked inode once); NOT_FOUND-free: 0 when missing. */
+  async sizeOf(name: string): Promise<number> {
+    assertTemplateName(name);
+    if (!(await this.opts.storage.hasTemplate(name))) return 0;
+    return (await treeUsage(this.opts.storage.templatePath(name))).sizeBytes;
   }
 
   async list(): Promise<string[]> {

@@ -20,6 +20,8 @@ export const templateImportJob: JobHandler<'template.import'> = {
       }
     });
     const driver = runtime.storage.info().name;
+    // Its size: measured when it was made here, else read from what is there (a template this host had).
+    const sizeBytes = made?.sizeBytes ?? (await runtime.templates.sizeOf(payload.name));
     return {
       result: { template: payload.name, storageDriver: driver },
       apply: async (m) => {
@@ -28,11 +30,10 @@ export const templateImportJob: JobHandler<'template.import'> = {
            WHERE template_id = $1 AND host_id = $2`,
           [payload.templateId, hostId, driver],
         );
-        // Its size, measured when it was made here (a template that was already there is not walked again).
-        if (made?.sizeBytes)
+        if (sizeBytes > 0)
           await m.query(`UPDATE templates SET size_bytes = $2 WHERE id = $1`, [
             payload.templateId,
-            made.sizeBytes,
+            sizeBytes,
           ]);
       },
     };
