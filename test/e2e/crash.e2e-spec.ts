@@ -262,14 +262,16 @@ describeKernel(
     }, 120_000);
 
     /**
-     * Runs `fn` with a trigger on `jobs` that calls `body` (plpgsql) for the updates `when` selects, and a
-     * sequence of the same name the body may count with; a no-op job submitted with `n` is its target.
+     * Runs `fn` with a trigger on `jobs` that calls `body` (plpgsql) for the updates `when` selects (and,
+     * with `whenInserted`, for the inserts it selects: TG_OP tells them apart), and a sequence of the same
+     * name the body may count with; a no-op job submitted with `n` is its target.
      */
     async function withJobTrigger(
       name: string,
       body: string,
       when: string,
       fn: (submitNoop: (n: number) => Promise<string>, trigger: string) => Promise<void>,
+      whenInserted?: string,
     ) {
       const trigger = `berth_${name}_${process.pid}`;
       await c.ds.query(`CREATE SEQUENCE ${trigger}`);
@@ -277,6 +279,9 @@ describeKernel(
         BEGIN ${body.replaceAll('$seq', trigger)} END $$`);
       await c.ds.query(`CREATE TRIGGER ${trigger} BEFORE UPDATE ON jobs FOR EACH ROW
         WHEN (${when}) EXECUTE FUNCTION ${trigger}()`);
+      if (whenInserted)
+        await c.ds.query(`CREATE TRIGGER ${trigger}_ins BEFORE INSERT ON jobs FOR EACH ROW
+          WHEN (${whenInserted}) EXECUTE FUNCTION ${trigger}()`);
       const submitNoop = async (n: number) =>
         (await c.api.get(JobEnqueuer).submit({
           kind: 'system.noop',
@@ -287,6 +292,7 @@ describeKernel(
       try {
         await fn(submitNoop, trigger);
       } finally {
+        await c.ds.query(`DROP TRIGGER IF EXISTS ${trigger}_ins ON jobs`);
         await c.ds.query(`DROP TRIGGER IF EXISTS ${trigger} ON jobs`);
         await c.ds.query(`DROP FUNCTION IF EXISTS ${trigger}()`);
         await c.ds.query(`DROP SEQUENCE IF EXISTS ${trigger}`);
@@ -340,21 +346,16 @@ describeKernel(
          END IF; RETURN NEW;`,
         `OLD.params->>'n' = '-4545'`,
         async (submitNoop, trigger) => {
-          await c.ds.query(`CREATE TRIGGER ${trigger}_ins BEFORE INSERT ON jobs FOR EACH ROW
-            WHEN (NEW.params->>'n' = '-4545') EXECUTE FUNCTION ${trigger}()`);
-          try {
-            const id = await submitNoop(-4545);
-            const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=20`).set(c.auth());
-            expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'INVALID_PAYLOAD' } });
-            const events = (await jobEvents(c.ds, id)).map((e) => e.action);
-            expect(events).toEqual(['job.queued', 'job.active', 'job.failed']);
-            // Three writes of the failure: two refused, the third went through.
-            const [{ last_value: writes }] = await c.ds.query(`SELECT last_value FROM ${trigger}`);
-            expect(Number(writes)).toBe(3);
-          } finally {
-            await c.ds.query(`DROP TRIGGER IF EXISTS ${trigger}_ins ON jobs`);
-          }
+          const id = await submitNoop(-4545);
+          const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=20`).set(c.auth());
+          expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'INVALID_PAYLOAD' } });
+          const events = (await jobEvents(c.ds, id)).map((e) => e.action);
+          expect(events).toEqual(['job.queued', 'job.active', 'job.failed']);
+          // Three writes of the failure: two refused, the third went through.
+          const [{ last_value: writes }] = await c.ds.query(`SELECT last_value FROM ${trigger}`);
+          expect(Number(writes)).toBe(3);
         },
+        `NEW.params->>'n' = '-4545'`,
       );
     }, 60_000);
 
@@ -366,18 +367,13 @@ describeKernel(
            RAISE EXCEPTION 'failure refused by the test';
          END IF; RETURN NEW;`,
         `OLD.params->>'n' = '-4646'`,
-        async (submitNoop, trigger) => {
-          await c.ds.query(`CREATE TRIGGER ${trigger}_ins BEFORE INSERT ON jobs FOR EACH ROW
-            WHEN (NEW.params->>'n' = '-4646') EXECUTE FUNCTION ${trigger}()`);
-          try {
-            const id = await submitNoop(-4646);
-            const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=20`).set(c.auth());
-            expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'INVALID_PAYLOAD' } });
-            expect(ended.body.error.message).toMatch(/full record was refused/);
-          } finally {
-            await c.ds.query(`DROP TRIGGER IF EXISTS ${trigger}_ins ON jobs`);
-          }
+        async (submitNoop) => {
+          const id = await submitNoop(-4646);
+          const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=20`).set(c.auth());
+          expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'INVALID_PAYLOAD' } });
+          expect(ended.body.error.message).toMatch(/full record was refused/);
         },
+        `NEW.params->>'n' = '-4646'`,
       );
     }, 60_000);
 
