@@ -797,6 +797,19 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
   it('does not see the fleet: no host list, no choice of host, no per-host reasons when there is no room', async () => {
     expectProblem(await a.http().get('/v1/hosts').set(a.auth(mine)), 403, 'FORBIDDEN');
     expect((await a.http().get('/v1/hosts').set(a.auth())).status).toBe(200);
+    // Templates: their names and whether they can be used; not where they come from (a path on the
+    // hosts) nor which hosts have them.
+    const seen = (await a.http().get('/v1/templates').set(a.auth(mine))).body as Record<string, unknown>[];
+    const tpl = seen.find((t) => t.name === a.template)!;
+    expect(tpl).toMatchObject({ name: a.template, ready: true });
+    expect(tpl).not.toHaveProperty('source');
+    expect(tpl).not.toHaveProperty('replicas');
+    const asAdmin = (await a.http().get('/v1/templates').set(a.auth())).body as Record<string, unknown>[];
+    expect(asAdmin.find((t) => t.name === a.template)).toMatchObject({
+      ready: true,
+      source: expect.any(String),
+      replicas: [expect.objectContaining({ hostId: a.hostId, state: 'ready' })],
+    });
     const before = await a.counts();
     const body = { template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false };
     expectProblem(

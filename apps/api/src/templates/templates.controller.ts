@@ -12,7 +12,7 @@ import { IsIn, IsString, IsUUID, Matches, MaxLength } from 'class-validator';
 import type { Response } from 'express';
 import type { DataSource } from 'typeorm';
 import { appendAudit } from '@berth/db';
-import { AdminOnly, CurrentPrincipal, type Principal } from '../auth/principal';
+import { AdminOnly, CurrentPrincipal, isAdmin, type Principal } from '../auth/principal';
 import { ApiError } from '../common/api-error';
 import { OmittedOrValid } from '../common/body-optional';
 import { ApiAcceptedJob, ApiProblems } from '../common/problem.dto';
@@ -58,7 +58,11 @@ export class TemplatesService {
     private readonly enqueuer: JobEnqueuer,
   ) {}
 
-  async list() {
+  /**
+   * Every template, whether any host has it ready, and for an admin key where it comes from (`source`, a
+   * path on the hosts for a tarball) and which hosts have it: the fleet is the operator's.
+   */
+  async list(principal: Principal) {
     const rows = await this.ds.query(
       `SELECT t.id, t.name, t.source, t.size_bytes, t.created_at,
               COALESCE(json_agg(json_build_object('hostId', r.host_id, 'state', r.state, 'storageDriver', r.storage_driver))
@@ -66,13 +70,14 @@ export class TemplatesService {
        FROM templates t LEFT JOIN template_replicas r ON r.template_id = t.id
        GROUP BY t.id ORDER BY t.name`,
     );
+    const admin = isAdmin(principal);
     return rows.map((r: Record<string, unknown>) => ({
       id: r.id,
       name: r.name,
-      source: r.source,
       sizeBytes: Number(r.size_bytes),
       createdAt: (r.created_at as Date).toISOString(),
-      replicas: r.replicas,
+      ready: (r.replicas as { state: string }[]).some((x) => x.state === 'ready'),
+      ...(admin ? { source: r.source, replicas: r.replicas } : {}),
     }));
   }
 
@@ -153,11 +158,13 @@ export class TemplatesController {
   constructor(private readonly templates: TemplatesService) {}
 
   @Get()
-  @ApiOperation({ summary: 'Templates and the hosts that have them' })
+  @ApiOperation({
+    summary: 'Templates, and (admin keys) where they come from and the hosts that have them',
+  })
   @ApiOkResponse({ type: [TemplateDto] })
   @ApiProblems()
-  list() {
-    return this.templates.list();
+  list(@CurrentPrincipal() p: Principal) {
+    return this.templates.list(p);
   }
 
   @Post()

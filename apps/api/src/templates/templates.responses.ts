@@ -1,4 +1,4 @@
-import { ApiProperty } from '@nestjs/swagger';
+import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
 import { JobDto } from '../jobs/jobs.responses';
 
 /** OpenAPI shapes of the template answers (the values are built by TemplatesService). */
@@ -11,12 +11,20 @@ export class TemplateReplicaDto {
 export class TemplateDto {
   @ApiProperty({ format: 'uuid' }) id: string;
   @ApiProperty({ example: 'busybox' }) name: string;
-  @ApiProperty({ example: 'builtin:busybox', description: 'builtin:busybox or tarball:<path>' })
-  source: string;
-  @ApiProperty() sizeBytes: number;
+  @ApiProperty({ description: "its root filesystem's size (0 until a host has measured it)" })
+  sizeBytes: number;
   @ApiProperty({ format: 'date-time' }) createdAt: string;
-  @ApiProperty({ type: [TemplateReplicaDto], description: 'the hosts that have it (or are importing it)' })
-  replicas: TemplateReplicaDto[];
+  @ApiProperty({ description: 'some host has it ready: containers can be created from it' }) ready: boolean;
+  @ApiPropertyOptional({
+    example: 'builtin:busybox',
+    description: 'builtin:busybox or tarball:<path on the hosts>; admin keys only',
+  })
+  source?: string;
+  @ApiPropertyOptional({
+    type: [TemplateReplicaDto],
+    description: 'the hosts that have it (or are importing it); admin keys only',
+  })
+  replicas?: TemplateReplicaDto[];
 }
 
 export class TemplateRefDto {
