@@ -179,32 +179,24 @@ describeKernel(
     }, 60_000);
 
     it('snapshots under a name once: the same name again is 409, one taken outside Berth fails the job', async () => {
+      const snapshot = (name: string) =>
+        p.http().post(`/v1/containers/${id}/snapshots`).set(p.auth()).send({ name });
       const rt = await p.worker.get(HostRuntimeService).get();
-      const job = await accepted(
-        await p.http().post(`/v1/containers/${id}/snapshots`).set(p.auth()).send({ name: 'before' }),
-      );
+      const job = await accepted(await snapshot('before'));
       expect(job.result).toMatchObject({ snapshot: 'before', snapshots: ['before'] });
       expect((await rt.containers.listSnapshots(id)).map((s) => s.name)).toEqual(['before']);
 
       const jobs = async () =>
         (await p.ds.query(`SELECT count(*)::int AS n FROM jobs WHERE container_id = $1`, [id]))[0].n;
       const before = await jobs();
-      const again = await p
-        .http()
-        .post(`/v1/containers/${id}/snapshots`)
-        .set(p.auth())
-        .send({ name: 'before' });
+      const again = await snapshot('before');
       expect(again.status).toBe(409);
       expect(again.body.code).toBe('SNAPSHOT_EXISTS');
       expect(await jobs()).toBe(before);
 
       // A name Berth does not know is taken on the host: the job must not answer that snapshot as its own.
       await rt.containers.snapshot(id, 'outside');
-      const res = await p
-        .http()
-        .post(`/v1/containers/${id}/snapshots`)
-        .set(p.auth())
-        .send({ name: 'outside' });
+      const res = await snapshot('outside');
       expect(res.status).toBe(202);
       const failed = await waitJob(p, res.body.job.id);
       expect(failed).toMatchObject({

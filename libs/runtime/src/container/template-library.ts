@@ -105,7 +105,7 @@ export class TemplateLibrary {
     return { name, changed: true, sizeBytes };
   }
 
-  /** What a template's root filesystem holds (regular files, each hard-linked inode once); NOT_FOUND-free: 0 when missing. */
+  /** What a template's root filesystem holds (regular files, each hard-linked inode once); 0 when it is missing. */
   async sizeOf(name: string): Promise<number> {
     assertTemplateName(name);
     if (!(await this.opts.storage.hasTemplate(name))) return 0;
