@@ -1,3 +1,5 @@
+import type { Server } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -556,6 +558,35 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         415,
         'UNSUPPORTED_MEDIA_TYPE',
       );
+    });
+
+    it('answers a request Node refuses before any route (headers too large, not HTTP) with problem+json', async () => {
+      const server = a.api.getHttpServer() as Server;
+      if (!server.listening) await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const { port } = server.address() as AddressInfo;
+      /** One request written raw on its own connection: the status line and the parsed body. */
+      const raw = (text: string) =>
+        new Promise<{ head: string; body: Record<string, unknown> }>((resolve, reject) => {
+          let out = '';
+          const socket = connect(port, '127.0.0.1', () => socket.write(text));
+          socket.on('data', (d) => (out += d.toString()));
+          socket.on('error', reject);
+          socket.on('close', () => {
+            const [head, body] = out.split('\r\n\r\n');
+            resolve({ head, body: body ? JSON.parse(body) : null });
+          });
+        });
+      const huge = await raw(`GET /v1/hosts HTTP/1.1\r\nHost: x\r\nX-Padding: ${'a'.repeat(20_000)}\r\n\r\n`);
+      expect(huge.head).toMatch(/^HTTP\/1.1 431 /);
+      expect(huge.head).toMatch(/content-type: application\/problem\+json/i);
+      expect(huge.body).toMatchObject({ status: 431, code: 'HEADERS_TOO_LARGE', title: 'HEADERS_TOO_LARGE' });
+      const garbage = await raw('NOT HTTP AT ALL\r\n\r\n');
+      expect(garbage.head).toMatch(/^HTTP\/1.1 400 /);
+      expect(garbage.body).toMatchObject({ status: 400, code: 'BAD_REQUEST' });
+      // No framework banner on ordinary answers either.
+      const res = await a.http().get('/healthz');
+      expect(res.status).toBe(200);
+      expect(res.headers['x-powered-by']).toBeUndefined();
     });
 
     it('reads a +json body like a JSON one: its fields are validated, not dropped', async () => {

@@ -8,6 +8,7 @@ import type { BerthConfig } from '@berth/config';
 import { AppModule } from './app.module';
 import { ApiKeyService } from './auth/api-key.service';
 import { ApiError } from './common/api-error';
+import { answerClientError } from './common/client-error';
 import { HttpDrain } from './common/http-drain';
 import { MetricsService } from './ops/metrics.service';
 import { QUEUE_BOARD_PATH, QueueBoard } from './ops/queue-board';
@@ -70,6 +71,9 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
     bodyParser: false,
   });
   app.useLogger(app.get(Logger));
+  // Requests Node's parser refuses (headers too large, not HTTP) get problem+json too; no framework banner.
+  app.getHttpServer().on('clientError', answerClientError);
+  app.disable('x-powered-by');
   // First, so that every request is timed, refused ones too.
   app.use(app.get(MetricsService).httpMiddleware());
   // Every answer in flight is known when a shutdown begins (HttpDrain).
