@@ -212,6 +212,23 @@ static void close_except(const int *keep, int n) {
 }
 
 /* Field 22 of /proc/<pid>/stat: start time in clock ticks since boot (identifies a pid incarnation). */
+/*
+ * Capabilities no container keeps, LXC's default drop list: loading kernel modules (sys_module), raw I/O
+ * on ports and /dev/mem (sys_rawio), setting the host's clock (sys_time: an ntpd in a privileged container
+ * would move it), and the LSMs' overrides (mac_admin, mac_override). Dropped from the bounding set before
+ * the container's init, and every command run in it, is exec'd: root there never gets them back. Under a
+ * user namespace they are powerless on the host already; dropping them costs nothing there.
+ */
+static const int dropped_caps[] = {16 /* sys_module */, 17 /* sys_rawio */, 25 /* sys_time */,
+                                   32 /* mac_override */, 33 /* mac_admin */};
+
+/* 0, or the errno of the first drop that failed (EINVAL: a capability this kernel does not know). */
+static int drop_caps(void) {
+    for (size_t i = 0; i < sizeof(dropped_caps) / sizeof(dropped_caps[0]); i++)
+        if (prctl(PR_CAPBSET_DROP, dropped_caps[i], 0, 0, 0) < 0 && errno != EINVAL) return errno;
+    return 0;
+}
+
 static long long read_start_time(int pid) {
     char path[48], data[1024];
     struct buf p = {.n = 0};
@@ -333,6 +350,17 @@ static void run_init(int fd) {
 
     if (stat("proc", &st) < 0 && mkdir("proc", 0555) < 0) fail(fd, "mount-proc", errno, "proc");
     mount_or_fail(fd, "mount-proc", "proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    if (!cfg.userns) {
+        /* A privileged container's root is the host's: the host's sysctls (most of /proc/sys is not
+         * namespaced) and the magic SysRq key (reboot, crash) are read-only to it, as LXC's proc:mixed. */
+        static const char *ro[] = {"proc/sys", "proc/sysrq-trigger"};
+        for (size_t i = 0; i < sizeof(ro) / sizeof(ro[0]); i++) {
+            if (stat(ro[i], &st) < 0 && errno == ENOENT) continue; /* a kernel without SysRq */
+            mount_or_fail(fd, "proc-readonly", ro[i], ro[i], NULL, MS_BIND, NULL);
+            mount_or_fail(fd, "proc-readonly", NULL, ro[i], NULL,
+                          MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+        }
+    }
 
     if (stat("sys", &st) < 0 && mkdir("sys", 0555) < 0) fail(fd, "mount-sys", errno, "sys");
     if (mount("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
@@ -357,6 +385,8 @@ static void run_init(int fd) {
     if (chdir("/") < 0) fail(fd, "pivot_root", errno, "chdir /");
     if (umount2("/" OLDROOT, MNT_DETACH) < 0) fail(fd, "umount-oldroot", errno, OLDROOT);
     if (rmdir("/" OLDROOT) < 0) send_msg(fd, M_WARN, "rmdir-oldroot", errno, OLDROOT);
+    int cap_err = drop_caps();
+    if (cap_err) fail(fd, "capabilities", cap_err, "dropping host capabilities from the bounding set");
 
     /* stdio of init: stdin from /dev/null, stdout and stderr to the log */
     if (dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0) fail(fd, "stdio", errno, NULL);
@@ -870,6 +900,8 @@ static int exec_main(int argc, char **argv) {
             if (setresgid(0, 0, 0) < 0) exec_fail("setresgid", errno, NULL);
             if (setresuid(0, 0, 0) < 0) exec_fail("setresuid", errno, NULL);
         }
+        int cap_err = drop_caps();
+        if (cap_err) exec_fail("capabilities", cap_err, NULL);
         execvp(cmd[0], cmd);
         int e = errno;
         struct buf o = {.n = 0};

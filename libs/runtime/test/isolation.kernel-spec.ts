@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import { openTestHost, spec, type TestHost } from './runtime-harness';
@@ -265,7 +265,7 @@ describeKernel('isolation of unprivileged containers (btrfs)', needs, () => {
     expect((await host.containers.destroy(id)).changed).toBe(true);
   }, 90_000);
 
-  it('still runs privileged containers (real root on the host) that start and stop', async () => {
+  it('runs privileged containers (real root on the host, without its host-wide capabilities, sysctls and SysRq) that start and stop', async () => {
     const id = 'iso-priv';
     const created = await host.containers.create(spec(id, { privileged: true }));
     expect(created.changed).toBe(true);
@@ -279,6 +279,31 @@ describeKernel('isolation of unprivileged containers (btrfs)', needs, () => {
     const cg = (await host.containers.exec(id, ['cat', '/proc/self/cgroup'])).stdout;
     expect(cg).toContain(`/${host.cgroupParent}/${id}`);
     expect((await host.containers.exec(id, ['hostname'])).stdout.trim()).toBe(id);
+    // Root there is the host's, without the capabilities that reach past the container (LXC's default
+    // drop list): its init and the commands run in it alike. The rest of root's set stays.
+    const HOST_CAPS = [16, 17, 25, 32, 33]; // sys_module, sys_rawio, sys_time, mac_override, mac_admin
+    const bounding = (status: string) => BigInt(`0x${/^CapBnd:\s+([0-9a-f]+)$/m.exec(status)![1]}`);
+    const initBnd = bounding(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const execStatus = (await host.containers.exec(id, ['cat', '/proc/self/status'])).stdout;
+    for (const set of [initBnd, bounding(execStatus)]) {
+      for (const cap of HOST_CAPS)
+        expect({ cap, held: (set >> BigInt(cap)) & 1n }).toEqual({ cap, held: 0n });
+      for (const cap of [0, 12, 21])
+        expect({ cap, held: (set >> BigInt(cap)) & 1n }).toEqual({ cap, held: 1n }); // chown, net_admin, sys_admin
+    }
+    expect(/^CapEff:\s+([0-9a-f]+)$/m.exec(execStatus)![1]).toBe(
+      /^CapBnd:\s+([0-9a-f]+)$/m.exec(execStatus)![1],
+    );
+    // The host's sysctls and the magic SysRq key are read-only: opening one for writing fails (EROFS, the
+    // shell exits 1); were it writable, the open alone (`: >`, nothing written) would change nothing.
+    const readOnly = ['/proc/sys/vm/swappiness', '/proc/sys/kernel/hostname'];
+    if (existsSync('/proc/sysrq-trigger')) readOnly.push('/proc/sysrq-trigger'); // kernels with SysRq
+    for (const file of readOnly)
+      expect({ file, code: (await host.containers.exec(id, ['sh', '-c', ': > "$0"', file])).code }).toEqual({
+        file,
+        code: 1,
+      });
+    expect((await host.containers.exec(id, ['test', '-r', '/proc/sys/vm/swappiness'])).code).toBe(0);
     const stopped = await host.containers.stop(id);
     expect(stopped.info.status).toBe('stopped');
     expect(await host.cgroups.pids(`${host.cgroupParent}/${id}`)).toEqual([]);
