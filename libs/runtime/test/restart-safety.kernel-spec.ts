@@ -149,20 +149,25 @@ describeKernel('restart safety: the truth is on disk, /proc and cgroupfs', needs
     await fresh.containers.stop('rs1');
   }, 60_000);
 
-  it("a template import's staging left by a killed process is swept; a live process's is kept", async () => {
+  it("a template import's staging left by a killed process is swept (its pid reused or not); a live process's is kept", async () => {
     const tmp = join(host.dataRoot, 'tmp');
     // A pid that is gone: a process that ran and exited.
     const gone = spawn('true');
     await new Promise((r) => gone.once('exit', r));
     const dead = `template-big-${gone.pid}-1700000000000`;
-    const live = `template-other-1-1700000000000`; // pid 1 is alive
-    const mine = `template-mine-${process.pid}-1700000000000`;
-    for (const d of [dead, live, mine]) mkdirSync(join(tmp, d, 'rootfs', 'etc'), { recursive: true });
-    expect(await host.templates.sweepStaging()).toEqual([dead]);
-    expect(existsSync(join(tmp, dead))).toBe(false);
-    expect(existsSync(join(tmp, live))).toBe(true);
-    expect(existsSync(join(tmp, mine))).toBe(true);
-    for (const d of [live, mine]) rmSync(join(tmp, d), { recursive: true });
+    // pid 1 is alive: under its own start time (`<pid>.<start>`), and as an older version named it.
+    const initStart = readFileSync('/proc/1/stat', 'utf8').split(') ')[1].split(' ')[19];
+    const live = `template-other-1.${initStart}-1700000000000`;
+    const liveOld = `template-older-1-1700000000000`;
+    // pid 1 under another start time: a dead importer whose pid the kernel gave to another process.
+    const reused = `template-re-used-1.${Number(initStart) + 1}-1700000000000`;
+    const mine = `template-mine-${process.pid}.1-1700000000000`;
+    for (const d of [dead, live, liveOld, reused, mine])
+      mkdirSync(join(tmp, d, 'rootfs', 'etc'), { recursive: true });
+    expect((await host.templates.sweepStaging()).sort()).toEqual([dead, reused].sort());
+    for (const d of [dead, reused]) expect(existsSync(join(tmp, d))).toBe(false);
+    for (const d of [live, liveOld, mine]) expect(existsSync(join(tmp, d))).toBe(true);
+    for (const d of [live, liveOld, mine]) rmSync(join(tmp, d), { recursive: true });
   });
 
   it('reconcile reports orphans and half-created containers, removes them, and leaves real ones alone', async () => {

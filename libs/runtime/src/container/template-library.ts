@@ -1,10 +1,11 @@
-import { existsSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../common/exec';
 import { RuntimeError } from '../common/errors';
 import { withReverter } from '../common/reverter';
 import { assertTemplateName } from '../common/validation';
+import { parseProcStat, readProcStat } from '../namespaces/init-process';
 import { shiftOwnership } from '../namespaces/ownership-shift';
 import type { StorageDriver } from '../storage/storage.driver';
 import { buildBusyboxTemplate } from '../templates/busybox.builder';
@@ -30,6 +31,11 @@ export interface TemplateResult {
   sizeBytes?: number;
 }
 
+let ownStart: number | undefined;
+/** This process's start time (field 22 of /proc/self/stat), for its staging directories' names. */
+const ownStartTime = () =>
+  (ownStart ??= parseProcStat(readFileSync('/proc/self/stat', 'utf8'))?.startTime ?? 0);
+
 /**
  * The templates of one host, kept as sealed volumes of its storage driver. A template is built or
  * extracted into a staging directory under the data root first, validated there, then copied into a
@@ -39,8 +45,12 @@ export interface TemplateResult {
 export class TemplateLibrary {
   constructor(private readonly opts: TemplateLibraryOptions) {}
 
+  /**
+   * A staging directory is named after its process: pid and start time (`<pid>.<start>`), so that a pid
+   * the kernel gave to another process since is not taken for the importer (sweepStaging).
+   */
   private staging(name: string): string {
-    return join(this.opts.dataRoot, 'tmp', `template-${name}-${process.pid}-${Date.now()}`);
+    return join(this.opts.dataRoot, 'tmp', `template-${name}-${process.pid}.${ownStartTime()}-${Date.now()}`);
   }
 
   /** Builds the built-in busybox template offline from Debian's busybox-static. Idempotent. */
@@ -64,15 +74,20 @@ export class TemplateLibrary {
 
   /**
    * Removes the staging directories of processes that are gone (a worker killed in the middle of an
-   * import): each can hold a whole rootfs. Run before each install and by the worker at its start.
+   * import): each can hold a whole rootfs. A process is its pid and start time: a pid now held by
+   * another process does not keep a dead importer's directory. Run before each install and by the
+   * worker at its start.
    * Answers the directories removed.
    */
   async sweepStaging(): Promise<string[]> {
     const tmp = join(this.opts.dataRoot, 'tmp');
     const removed: string[] = [];
     for (const entry of await readdir(tmp).catch(() => [] as string[])) {
-      const m = /^template-.+-(\d+)-\d+$/.exec(entry);
-      if (!m || Number(m[1]) === process.pid || existsSync(`/proc/${m[1]}`)) continue;
+      // `<pid>.<start>`; a bare `<pid>` from an older version counts as alive while that pid exists.
+      const m = /^template-.+-(\d+)(?:\.(\d+))?-\d+$/.exec(entry);
+      if (!m || Number(m[1]) === process.pid) continue;
+      const stat = await readProcStat(Number(m[1]));
+      if (stat && (m[2] === undefined || stat.startTime === Number(m[2]))) continue;
       await removeTree(join(tmp, entry));
       removed.push(entry);
     }
