@@ -801,6 +801,47 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
     expect(await a.counts()).toEqual(before);
   });
 
+  it("is told its job waits for its host, not which host; its container's story does not name the host", async () => {
+    const made = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth(mine))
+      .send({ name: 'mine-waiting', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+    expect(made.status).toBe(202);
+    const { job, container } = made.body as { job: { id: string }; container: { id: string } };
+    const [{ beat }] = await a.ds.query(`SELECT last_heartbeat_at AS beat FROM hosts WHERE id = $1`, [
+      a.hostId,
+    ]);
+    await a.ds.query(`UPDATE hosts SET last_heartbeat_at = now() - interval '1 hour' WHERE id = $1`, [
+      a.hostId,
+    ]);
+    try {
+      const asTenant = [
+        (await a.http().get(`/v1/jobs/${job.id}`).set(a.auth(mine))).body,
+        (await a.http().get(`/v1/jobs/${job.id}/wait?timeout=0`).set(a.auth(mine))).body,
+      ];
+      for (const view of asTenant) {
+        expect(view.waitingReason).toMatch(/^waiting for its host: offline since \d{4}-/);
+        expect(JSON.stringify(view)).not.toContain('tenants-h1');
+      }
+      const asAdmin = await a.http().get(`/v1/jobs/${job.id}`).set(a.auth());
+      expect(asAdmin.body.waitingReason).toMatch(/^waiting for host tenants-h1: offline since \d{4}-/);
+    } finally {
+      await a.ds.query(`UPDATE hosts SET last_heartbeat_at = $2 WHERE id = $1`, [a.hostId, beat]);
+    }
+    const story = async (key?: string) =>
+      (await a.http().get(`/v1/audit?subject=${container.id}`).set(a.auth(key))).body as {
+        action: string;
+        data: Record<string, unknown>;
+      }[];
+    const requested = (events: { action: string; data: Record<string, unknown> }[]) =>
+      events.find((e) => e.action === 'container.create.requested')!;
+    expect(requested(await story(mine)).data).toMatchObject({ name: 'mine-waiting' });
+    expect(requested(await story(mine)).data).not.toHaveProperty('host');
+    expect(JSON.stringify(await story(mine))).not.toContain('tenants-h1');
+    expect(requested(await story()).data).toMatchObject({ name: 'mine-waiting', host: 'tenants-h1' });
+  });
+
   it("cannot cancel or retry a fleet job (a template import), even with a key that sees every tenant's jobs", async () => {
     const plain = await createTestKey(a.ds, []); // no tenant, no admin scope
     const imported = await a

@@ -4,7 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { Type } from 'class-transformer';
 import { IsInt, IsOptional, IsUUID, Matches, Max, Min } from 'class-validator';
 import type { DataSource } from 'typeorm';
-import { CurrentPrincipal, type Principal } from '../auth/principal';
+import { CurrentPrincipal, isAdmin, type Principal } from '../auth/principal';
 import { ApiProblems } from '../common/problem.dto';
 import { AuditEventDto } from './audit.responses';
 
@@ -30,6 +30,13 @@ export class AuditQuery {
   @Min(1)
   @Max(1000)
   limit?: number;
+}
+
+/** An event's data without the name of a host (what a key without the admin scope sees). */
+function withoutHost(data: unknown): unknown {
+  if (data === null || typeof data !== 'object' || Array.isArray(data) || !('host' in data)) return data;
+  const { host: _, ...rest } = data as Record<string, unknown>;
+  return rest;
 }
 
 @ApiTags('audit')
@@ -79,7 +86,8 @@ export class AuditController {
       subjectId: r.subject_id,
       jobId: r.job_id,
       requestId: r.request_id,
-      data: r.data,
+      // Where the fleet put a container (a create's `host`) is the operator's to know.
+      data: isAdmin(p) ? r.data : withoutHost(r.data),
     }));
   }
 }

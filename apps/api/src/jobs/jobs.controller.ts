@@ -83,8 +83,8 @@ export class JobsController {
   @ApiOkResponse({ type: JobWithEventsDto })
   @ApiProblems(400, 404)
   @UseGuards(JobVisibleGuard)
-  async get(@Param('id', UuidPipe) id: string) {
-    const [job, events] = await Promise.all([this.jobs.get(id), this.jobs.events(id)]);
+  async get(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
+    const [job, events] = await Promise.all([this.jobs.get(id, undefined, p), this.jobs.events(id)]);
     return { ...job, events };
   }
 
@@ -93,13 +93,18 @@ export class JobsController {
   @ApiOkResponse({ type: JobDto, description: 'the job: ended, or as it is when the timeout passed' })
   @ApiProblems(400, 404)
   @UseGuards(JobVisibleGuard)
-  wait(@Param('id', UuidPipe) id: string, @Query() q: WaitQuery, @Res({ passthrough: true }) res: Response) {
+  wait(
+    @Param('id', UuidPipe) id: string,
+    @Query() q: WaitQuery,
+    @CurrentPrincipal() p: Principal,
+    @Res({ passthrough: true }) res: Response,
+  ) {
     // A client that hangs up stops the wait (the response's 'close' before its end: the connection went).
     const gone = new AbortController();
     res.on('close', () => {
       if (!res.writableFinished) gone.abort();
     });
-    return this.jobs.wait(id, (q.timeout ?? 30) * 1_000, gone.signal);
+    return this.jobs.wait(id, (q.timeout ?? 30) * 1_000, p, gone.signal);
   }
 
   @Sse(':id/events')
@@ -119,6 +124,7 @@ export class JobsController {
   @UseGuards(JobExistsGuard)
   events(
     @Param('id', UuidPipe) id: string,
+    @CurrentPrincipal() p: Principal,
     @Headers('last-event-id') lastEventId?: string,
   ): Observable<MessageEvent> {
     return new Observable<MessageEvent>((sub) => {
@@ -137,7 +143,7 @@ export class JobsController {
           // The job first, its events second: a job read as ended has its final event committed with it, so
           // the events read after it include that event (the other order could see the job end after an
           // events read that missed it, and close the stream without it).
-          const job = await this.jobs.get(id);
+          const job = await this.jobs.get(id, undefined, p);
           for (const e of await this.jobs.events(id, last)) {
             last = e.id;
             sub.next({ id: e.id, type: e.action, data: e });

@@ -45,7 +45,9 @@ export class JobDto {
   @ApiProperty({ type: String, format: 'date-time', nullable: true }) finishedAt: string | null;
   @ApiPropertyOptional({
     example: 'waiting for host h1: offline since 2025-01-01T00:00:00.000Z',
-    description: 'why a job that has not ended makes no progress: its host is offline',
+    description:
+      'why a job that has not ended makes no progress: its host is offline (named to admin keys only: ' +
+      '`waiting for its host: …` otherwise)',
   })
   waitingReason?: string;
 }

@@ -88,8 +88,12 @@ export class JobsService {
     if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId)) throw notFound('job', id);
   }
 
-  /** The job `id` as the API shows it, read on `on` (a request's transaction) or the pool. */
-  async get(id: string, on: DataSource | EntityManager = this.ds): Promise<JobView> {
+  /**
+   * The job `id` as the API shows it to `viewer`, read on `on` (a request's transaction) or the pool. Its
+   * `waitingReason` names the host only to an admin key (the fleet is the operator's); without a viewer,
+   * nobody's.
+   */
+  async get(id: string, on: DataSource | EntityManager = this.ds, viewer?: Principal): Promise<JobView> {
     // Long-polls ask this at every change of the job: a prepared statement.
     const [row] = await preparedQuery<JobRow>(on, `SELECT * FROM jobs WHERE id = $1`, [id]);
     if (!row) throw notFound('job', id);
@@ -104,7 +108,11 @@ export class JobsService {
         [row.host_id, this.config.host.offlineAfterMs],
       );
       if (host?.offline) {
-        view.waitingReason = `waiting for host ${host.name}: offline since ${new Date(host.last_heartbeat_at).toISOString()}`;
+        const since = new Date(host.last_heartbeat_at).toISOString();
+        view.waitingReason =
+          viewer && isAdmin(viewer)
+            ? `waiting for host ${host.name}: offline since ${since}`
+            : `waiting for its host: offline since ${since}`;
       }
     }
     return view;
@@ -170,8 +178,8 @@ export class JobsService {
    * state it had, when `signal` aborts (the client went away: it stops following the job); with its
    * current state when the process begins to shut down.
    */
-  async wait(id: string, timeoutMs: number, signal?: AbortSignal): Promise<JobView> {
-    const first = await this.get(id);
+  async wait(id: string, timeoutMs: number, viewer: Principal, signal?: AbortSignal): Promise<JobView> {
+    const first = await this.get(id, this.ds, viewer);
     if (FINAL_JOB_STATES.includes(first.state) || signal?.aborted) return first;
     return new Promise<JobView>((resolve, reject) => {
       let done = false;
@@ -187,7 +195,7 @@ export class JobsService {
       // A look that fails (PostgreSQL busy or away a moment) is not the wait's end: the next one retries
       // (the safety net's tick, the next notification); the timeout's answer reports a lasting failure.
       const check = () => {
-        void this.get(id).then(
+        void this.get(id, this.ds, viewer).then(
           (j) => FINAL_JOB_STATES.includes(j.state) && finish(Promise.resolve(j)),
           (e: unknown) => this.log.warn(`a look at job ${id} for its long-poll failed: ${String(e)}`),
         );
@@ -200,12 +208,12 @@ export class JobsService {
         if (row && FINAL_JOB_STATES.includes(row.state)) finish(Promise.resolve(toJobView(row)));
         else if (!action || !NOT_AN_END.has(action)) check();
       });
-      const timer = setTimeout(() => finish(this.get(id)), timeoutMs);
+      const timer = setTimeout(() => finish(this.get(id, this.ds, viewer)), timeoutMs);
       const gone = () => finish(Promise.resolve(first));
       signal?.addEventListener('abort', gone);
       // The process shuts down: the job as it is now, as at the timeout (the client asks again).
       const closing = this.notifications.closing;
-      const stopping = () => finish(this.get(id));
+      const stopping = () => finish(this.get(id, this.ds, viewer));
       if (closing.aborted) stopping();
       else closing.addEventListener('abort', stopping, { once: true });
       check();
@@ -321,7 +329,7 @@ export class JobsService {
 
   /** The job as a write's answer, read in its transaction `m` and stored there for its Idempotency-Key. */
   private async answer(m: EntityManager, id: string, principal: Principal, location?: string) {
-    const view = await this.get(id, m);
+    const view = await this.get(id, m, principal);
     await principal.idempotency?.store(m, view, location);
     return view;
   }
