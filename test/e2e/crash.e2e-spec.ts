@@ -166,8 +166,10 @@ describeKernel(
       const atKill = await killWhen(jobId, () => existsSync(initFile), 0);
       // Init runs; usually the step that launched it is not recorded yet (the retry must then find init running
       // and not launch a second one). On a fast run the record can land before the worker is stopped; the
-      // invariants below hold either way.
-      expect(atKill).toContain('step create');
+      // invariants below hold either way. The create step's record is written behind it too: usually
+      // committed by now, but on a loaded machine still on its way (the retry then runs create again, which
+      // finds the container made and changes nothing). The job cannot have ended.
+      expect(atKill).not.toContain('job.completed');
       const { pid } = JSON.parse(readFileSync(initFile, 'utf8')) as { pid: number };
       const start = startTimeOf(pid);
       expect(start).not.toBeNull();
