@@ -64,7 +64,7 @@ async function waitForHost() {
         throw new Error(`template import ${j.id} ${done.state}: ${JSON.stringify(done.error)}`);
     }
   }
-  console.log(`template busybox: ready on ${hostName}`);
+  console.log(`template busybox: ${ready ? 'already' : 'imported and'} ready on ${hostName}`);
   const existing = (await call('GET', `/v1/containers?name=${name}`)).items[0];
   let jobId;
   let containerId = existing && existing.id;
@@ -103,7 +103,7 @@ async function waitForHost() {
   }
   console.log('\nWatch it:');
   console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" ${base}/v1/jobs/${jobId}/wait`);
-  console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" ${base}/v1/containers?name=${name}`);
+  console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" '${base}/v1/containers?name=${name}'`);
   console.log(`  npm run runtime -- exec ${containerId} -- ps   # on this host, as root`);
   console.log(`  ${base}/admin/queues   # queue board: basic auth, any user, the admin key as password`);
   console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" ${base}/metrics`);

@@ -2,6 +2,10 @@
 # Brings the whole system up locally (README's first command): host packages, Redis + PostgreSQL, npm deps,
 # migrations, build, then the API and one worker for this host in the background. Idempotent: what already
 # runs is left running.  `scripts/up.sh stop` stops the API and worker (services: scripts/services.sh stop).
+# `scripts/up.sh purge` undoes everything it made: the API and worker stopped, this host wiped (every
+# container and template destroyed, the storage pool released, the cgroup parent and the data root
+# removed: `npm run runtime -- wipe --yes`), Redis and PostgreSQL stopped and their data, the admin key
+# and the logs (.berth) deleted. The next `up` starts from nothing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
@@ -37,6 +41,25 @@ stop_one() {
 if [ "${1:-}" = stop ]; then
   stop_one worker
   stop_one api
+  exit 0
+fi
+
+if [ "${1:-}" = purge ]; then
+  stop_one worker
+  stop_one api
+  if [ -d node_modules ]; then
+    # The host as the worker configured it (the same environment variables, the same defaults).
+    # (The database's address is not needed: a stand-in when its password file is already gone.)
+    mapfile -t rt < <(DATABASE_URL=${DATABASE_URL:-postgres://unused@127.0.0.1/unused} \
+      node -r ts-node/register/transpile-only -r tsconfig-paths/register -e "
+      const r = require('./libs/config/src').loadConfig().runtime;
+      console.log(r.dataRoot); console.log(r.cgroupParent); console.log(r.network.bridge);")
+    [ "${#rt[@]}" -eq 3 ] || { echo "up: cannot read the runtime's configuration" >&2; exit 1; }
+    npm run -s runtime -- --data-root "${rt[0]}" --cgroup-parent "${rt[1]}" --bridge "${rt[2]}" wipe --yes
+  fi
+  bash scripts/services.sh stop
+  rm -rf .berth
+  echo "up: purged (the next \`npm run up\` starts from nothing)" >&2
   exit 0
 fi
 

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import type { ContainerInfo } from '@berth/runtime';
@@ -133,4 +133,39 @@ describeKernel('runtime CLI against the real kernel', needs, () => {
       deadInits: [],
     });
   }, 60_000);
+
+  it('wipe --yes empties the host for good: containers, templates, pool, cgroup parent, data root', async () => {
+    expect((await cli('create', 'web2')).code).toBe(0);
+    expect((await cli('start', 'web2')).code).toBe(0);
+    const refused = await cli('wipe');
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/--yes/);
+    expect(JSON.parse((await cli('list', '--json')).stdout)).toHaveLength(1);
+
+    const wiped = await cli('wipe', '--yes', '--json');
+    expect(wiped).toMatchObject({ code: 0, stderr: '' });
+    expect(JSON.parse(wiped.stdout)).toEqual({
+      containers: ['web2'],
+      templates: ['busybox'],
+      bridgeRemoved: false,
+      dataRootRemoved: true,
+    });
+    expect(existsSync(host.dataRoot)).toBe(false);
+    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(host.dataRoot);
+    const loops = readdirSync('/sys/block').filter((d) => d.startsWith('loop'));
+    const backing = loops.map((d) => {
+      try {
+        return readFileSync(`/sys/block/${d}/loop/backing_file`, 'utf8');
+      } catch {
+        return '';
+      }
+    });
+    expect(backing.filter((f) => f.startsWith(host.dataRoot))).toEqual([]);
+    for (const c of ['cpu', 'memory', 'pids', 'freezer'])
+      expect({ c, left: existsSync(`/sys/fs/cgroup/${c}/${host.cgroupParent}`) }).toEqual({ c, left: false });
+    // Nothing left to wipe: said so, nothing made.
+    const again = await cli('wipe', '--yes');
+    expect(again).toMatchObject({ code: 0, stdout: `nothing to wipe: ${host.dataRoot} does not exist\n` });
+    expect(existsSync(host.dataRoot)).toBe(false);
+  }, 120_000);
 });

@@ -1,5 +1,5 @@
-import { mkdir } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { mkdir, readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { assertContainerName, parseSize } from '../common/validation';
 import { assertContainerId } from '../container/container-store';
 import type {
@@ -8,7 +8,9 @@ import type {
   ContainerSpec,
   NetworkMode,
 } from '../container/container.types';
-import { openHostRuntime, type HostRuntime } from '../host-runtime';
+import { RuntimeError } from '../common/errors';
+import { openHostRuntime, wipeHostRuntime, type HostRuntime } from '../host-runtime';
+import { removeBridge } from '../network/bridge';
 import type { StorageDriverName } from '../storage/storage.driver';
 import { CliUsageError, describeFailure, EXIT_OK, formatBytes, formatTable } from './cli.format';
 import { parseCommandLine, type CommandSpec, type OptionSpec, type OptionValues } from './cli.parser';
@@ -156,6 +158,81 @@ function lifecycle(
       );
     },
   };
+}
+
+/** Berth's own entries in a data root (what `wipe` removes; anything else there is left alone). */
+const DATA_ROOT_ENTRIES = ['containers', 'network', 'storage', 'tmp'];
+
+/** Mount points at or below `dir` (from /proc/self/mountinfo; octal escapes decoded). */
+async function mountsUnder(dir: string): Promise<string[]> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  return text
+    .split('\n')
+    .map((line) => line.split(' ')[4])
+    .filter((m): m is string => m !== undefined)
+    .map((m) => m.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+    .filter((m) => m === dir || m.startsWith(`${dir}/`));
+}
+
+/**
+ * `wipe --yes`: empties this host for good (decommissioning it, or a local install's `npm run up --
+ * purge`): every container destroyed, the templates deleted, the storage pool released (unmounted, its
+ * loop device detached), the cgroup parent and the bridge removed (the bridge only when nothing is
+ * attached to it), then Berth's directories in the data root, and the data root itself when that leaves
+ * it empty. Refuses to delete a directory while anything is still mounted in the data root.
+ */
+async function wipe(ctx: CommandContext): Promise<void> {
+  if (ctx.options.yes !== true)
+    throw new CliUsageError('wipe destroys every container and template of this host: confirm with --yes');
+  const { dataRoot, cgroupParent, bridge, hostNetns } = ctx.globals;
+  // Opening the runtime would make a data root (and a storage pool) only to wipe them.
+  if (
+    !(await stat(dataRoot).then(
+      (st) => st.isDirectory(),
+      () => false,
+    ))
+  ) {
+    ctx.print(
+      { containers: [], templates: [], bridgeRemoved: false, dataRootRemoved: false },
+      `nothing to wipe: ${dataRoot} does not exist`,
+    );
+    return;
+  }
+  const rt = await ctx.runtime();
+  const containers = (await rt.containers.list()).map((c) => c.id);
+  const templates = await rt.templates.list();
+  await wipeHostRuntime(rt);
+  const left = await rt.containers.list().catch(() => []);
+  if (left.length > 0)
+    throw new RuntimeError(
+      'WRONG_STATE',
+      `containers could not be destroyed: ${left.map((c) => c.id).join(', ')}`,
+    );
+  await rt.cgroups.destroy(cgroupParent);
+  let bridgeRemoved = false;
+  const ports = await readdir(`/sys/class/net/${bridge}/brif`).catch(() => null);
+  if (!hostNetns && ports !== null && ports.length === 0) bridgeRemoved = await removeBridge(bridge);
+  const mounted = await mountsUnder(dataRoot);
+  if (mounted.length > 0)
+    throw new RuntimeError(
+      'WRONG_STATE',
+      `still mounted in the data root, not removing it: ${mounted.join(', ')}`,
+    );
+  for (const entry of DATA_ROOT_ENTRIES) await rm(join(dataRoot, entry), { recursive: true, force: true });
+  const dataRootRemoved = await rmdir(dataRoot).then(
+    () => true,
+    () => false,
+  );
+  ctx.print(
+    { containers, templates, bridgeRemoved, dataRootRemoved },
+    [
+      `destroyed ${containers.length} container(s), deleted ${templates.length} template(s)`,
+      `released the storage pool, removed cgroup parent ${cgroupParent}${bridgeRemoved ? ` and bridge ${bridge}` : ''}`,
+      dataRootRemoved
+        ? `removed ${dataRoot}`
+        : `removed Berth's directories in ${dataRoot} (other files are left)`,
+    ].join('\n'),
+  );
 }
 
 const COMMANDS: readonly CommandSpec<Run>[] = [
@@ -414,6 +491,14 @@ const COMMANDS: readonly CommandSpec<Run>[] = [
       else if (report.removed) lines.push('removed');
       ctx.print(report, lines.join('\n'));
     },
+  },
+  {
+    name: 'wipe',
+    args: '',
+    description:
+      'empty this host for good: every container and template, the storage pool, the cgroup parent, the data root (--yes)',
+    options: [{ name: 'yes', type: 'boolean', description: 'confirm: everything of this host is destroyed' }],
+    run: wipe,
   },
 ];
 
