@@ -565,24 +565,43 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       if (!server.listening) await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
       const { port } = server.address() as AddressInfo;
       /** One request written raw on its own connection: the status line and the parsed body. */
+      const connections = () =>
+        new Promise<number>((resolve, reject) =>
+          server.getConnections((e, n) => (e ? reject(e) : resolve(n))),
+        );
+      /**
+       * One request written raw on its own connection, which the client keeps half-open (as some do): the
+       * status line and the parsed body, once the server has closed its side; and whether the server let
+       * go of the connection (it must not wait for the client).
+       */
       const raw = (text: string) =>
-        new Promise<{ head: string; body: Record<string, unknown> }>((resolve, reject) => {
+        new Promise<{ head: string; body: Record<string, unknown>; released: boolean }>((resolve, reject) => {
           let out = '';
-          const socket = connect(port, '127.0.0.1', () => socket.write(text));
+          const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true }, () => socket.write(text));
           socket.on('data', (d) => (out += d.toString()));
           socket.on('error', reject);
-          socket.on('close', () => {
+          socket.on('end', () => {
             const [head, body] = out.split('\r\n\r\n');
-            resolve({ head, body: body ? JSON.parse(body) : null });
+            void (async () => {
+              let open = await connections();
+              for (let i = 0; i < 50 && open > 0; i++) {
+                await new Promise((r) => setTimeout(r, 20));
+                open = await connections();
+              }
+              socket.destroy();
+              resolve({ head, body: body ? JSON.parse(body) : null, released: open === 0 });
+            })().catch(reject);
           });
         });
       const huge = await raw(`GET /v1/hosts HTTP/1.1\r\nHost: x\r\nX-Padding: ${'a'.repeat(20_000)}\r\n\r\n`);
       expect(huge.head).toMatch(/^HTTP\/1.1 431 /);
       expect(huge.head).toMatch(/content-type: application\/problem\+json/i);
       expect(huge.body).toMatchObject({ status: 431, code: 'HEADERS_TOO_LARGE', title: 'HEADERS_TOO_LARGE' });
+      expect(huge.released).toBe(true);
       const garbage = await raw('NOT HTTP AT ALL\r\n\r\n');
       expect(garbage.head).toMatch(/^HTTP\/1.1 400 /);
       expect(garbage.body).toMatchObject({ status: 400, code: 'BAD_REQUEST' });
+      expect(garbage.released).toBe(true);
       // No framework banner on ordinary answers either.
       const res = await a.http().get('/healthz');
       expect(res.status).toBe(200);

@@ -1,9 +1,10 @@
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 
-/** Node's HTTP parser errors a client can cause, with the status Node itself would answer. */
+/** Node's HTTP parser errors a client can cause, with the status Node 20 itself answers. */
 function statusOf(err: NodeJS.ErrnoException): number {
   if (err.code === 'HPE_HEADER_OVERFLOW') return 431;
+  if (err.code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW') return 413;
   if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return 408;
   return 400;
 }
@@ -11,12 +12,14 @@ function statusOf(err: NodeJS.ErrnoException): number {
 const CODES: Record<number, string> = {
   400: 'BAD_REQUEST',
   408: 'REQUEST_TIMEOUT',
+  413: 'PAYLOAD_TOO_LARGE',
   431: 'HEADERS_TOO_LARGE',
 };
 
 const DETAILS: Record<number, string> = {
   400: 'the request is not valid HTTP',
   408: 'the request did not arrive in time',
+  413: 'the chunk extensions are larger than the server accepts',
   431: 'the request line or headers are larger than the server accepts (16 KiB)',
 };
 
@@ -36,11 +39,15 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Socket): v
   const status = statusOf(err);
   const code = CODES[status];
   const body = JSON.stringify({ type: 'about:blank', title: code, status, code, detail: DETAILS[status] });
+  // Written, then the connection destroyed (Node's own answer does the same): the server allows half-open
+  // connections, and after `end` alone a client that keeps its side open would hold the socket (and a
+  // graceful shutdown) until the headers timeout.
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n` +
       'Content-Type: application/problem+json; charset=utf-8\r\n' +
       `Content-Length: ${Buffer.byteLength(body)}\r\n` +
       'Connection: close\r\n\r\n' +
       body,
+    () => socket.destroy(),
   );
 }
