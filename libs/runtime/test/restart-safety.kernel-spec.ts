@@ -161,11 +161,14 @@ describeKernel('restart safety: the truth is on disk, /proc and cgroupfs', needs
     const liveOld = `template-older-1-1700000000000`;
     // pid 1 under another start time: a dead importer whose pid the kernel gave to another process.
     const reused = `template-re-used-1.${Number(initStart) + 1}-1700000000000`;
-    const mine = `template-mine-${process.pid}.1-1700000000000`;
-    for (const d of [dead, live, liveOld, reused, mine])
+    // This process's own, and one of a dead process that had this process's pid before it.
+    const ownStart = readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[19];
+    const mine = `template-mine-${process.pid}.${ownStart}-1700000000000`;
+    const mineBefore = `template-mine-${process.pid}.${Number(ownStart) - 1}-1700000000000`;
+    for (const d of [dead, live, liveOld, reused, mine, mineBefore])
       mkdirSync(join(tmp, d, 'rootfs', 'etc'), { recursive: true });
-    expect((await host.templates.sweepStaging()).sort()).toEqual([dead, reused].sort());
-    for (const d of [dead, reused]) expect(existsSync(join(tmp, d))).toBe(false);
+    expect((await host.templates.sweepStaging()).sort()).toEqual([dead, reused, mineBefore].sort());
+    for (const d of [dead, reused, mineBefore]) expect(existsSync(join(tmp, d))).toBe(false);
     for (const d of [live, liveOld, mine]) expect(existsSync(join(tmp, d))).toBe(true);
     for (const d of [live, liveOld, mine]) rmSync(join(tmp, d), { recursive: true });
   });

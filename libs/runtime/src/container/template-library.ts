@@ -31,10 +31,15 @@ export interface TemplateResult {
   sizeBytes?: number;
 }
 
-let ownStart: number | undefined;
-/** This process's start time (field 22 of /proc/self/stat), for its staging directories' names. */
+let ownStart: number | null | undefined;
+/**
+ * This process's start time (field 22 of /proc/self/stat), for its staging directories' names; null when
+ * it cannot be read (the names then carry the pid alone, which a sweep judges by the pid only).
+ */
 const ownStartTime = () =>
-  (ownStart ??= parseProcStat(readFileSync('/proc/self/stat', 'utf8'))?.startTime ?? 0);
+  ownStart === undefined
+    ? (ownStart = parseProcStat(readFileSync('/proc/self/stat', 'utf8'))?.startTime ?? null)
+    : ownStart;
 
 /**
  * The templates of one host, kept as sealed volumes of its storage driver. A template is built or
@@ -50,7 +55,9 @@ export class TemplateLibrary {
    * the kernel gave to another process since is not taken for the importer (sweepStaging).
    */
   private staging(name: string): string {
-    return join(this.opts.dataRoot, 'tmp', `template-${name}-${process.pid}.${ownStartTime()}-${Date.now()}`);
+    const start = ownStartTime();
+    const owner = start === null ? `${process.pid}` : `${process.pid}.${start}`;
+    return join(this.opts.dataRoot, 'tmp', `template-${name}-${owner}-${Date.now()}`);
   }
 
   /** Builds the built-in busybox template offline from Debian's busybox-static. Idempotent. */
@@ -85,7 +92,8 @@ export class TemplateLibrary {
     for (const entry of await readdir(tmp).catch(() => [] as string[])) {
       // `<pid>.<start>`; a bare `<pid>` from an older version counts as alive while that pid exists.
       const m = /^template-.+-(\d+)(?:\.(\d+))?-\d+$/.exec(entry);
-      if (!m || Number(m[1]) === process.pid) continue;
+      if (!m) continue;
+      // This process too: under its pid with another start time, it is a dead process that had this pid.
       const stat = await readProcStat(Number(m[1]));
       if (stat && (m[2] === undefined || stat.startTime === Number(m[2]))) continue;
       await removeTree(join(tmp, entry));
