@@ -60,6 +60,9 @@ export class AuditController {
           OR job_id IN (SELECT id FROM jobs WHERE tenant_id = $${args.length}))`,
       );
     }
+    // The fleet's events (hosts, templates, jobs of no container) are the operator's: a key without the
+    // admin scope reads the stories of containers.
+    if (!isAdmin(p)) where.push(`subject_type = 'container'`);
     if (q.subject) {
       args.push(q.subject);
       where.push(

@@ -20,7 +20,7 @@ import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiProduces, ApiTags } from
 import type { Response } from 'express';
 import { Observable } from 'rxjs';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { CurrentPrincipal, type AuthedRequest, type Principal } from '../auth/principal';
+import { CurrentPrincipal, isAdmin, type AuthedRequest, type Principal } from '../auth/principal';
 import { fleetPrivate } from '../common/fleet-private';
 import { ApiAcceptedJob, ApiProblems, ApiWrite, NoBodyPipe, UuidPipe } from '../common/problem.dto';
 import { FINAL_JOB_STATES, jobLocation } from './job-view';
@@ -32,8 +32,9 @@ import { JobsService } from './jobs.service';
 const ANY_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
- * A job of another tenant is answered 404, as an unknown one (JobsService.assertVisible); only a key of a
- * tenant needs the lookup. A malformed id is left to the UUID pipe (400).
+ * A job of another tenant, or of the fleet to a key without the admin scope, is answered 404, as an
+ * unknown one (JobsService.assertVisible); only an admin key skips the lookup. A malformed id is left to
+ * the UUID pipe (400).
  */
 @Injectable()
 export class JobVisibleGuard implements CanActivate {
@@ -42,7 +43,7 @@ export class JobVisibleGuard implements CanActivate {
   async canActivate(ctx: ExecutionContext): Promise<boolean> {
     const req = ctx.switchToHttp().getRequest<AuthedRequest>();
     const id = req.params.id;
-    if (typeof id === 'string' && ANY_UUID.test(id) && (this.always || req.principal?.tenantId))
+    if (typeof id === 'string' && ANY_UUID.test(id) && (this.always || !isAdmin(req.principal!)))
       await this.jobs.assertVisible(id, req.principal!);
     return true;
   }
@@ -75,7 +76,12 @@ export class JobsController {
   @ApiOkResponse({ type: JobPageDto })
   @ApiProblems(400)
   list(@Query() q: ListJobsQuery, @CurrentPrincipal() p: Principal) {
-    return this.jobs.list({ ...q, tenant: p.tenantId ?? undefined, limit: q.limit ?? 50 });
+    return this.jobs.list({
+      ...q,
+      tenant: p.tenantId ?? undefined,
+      containersOnly: !isAdmin(p),
+      limit: q.limit ?? 50,
+    });
   }
 
   @Get(':id')

@@ -52,6 +52,8 @@ export interface JobFilters {
   since?: string;
   /** Only this tenant's jobs (a tenant's key). */
   tenant?: string;
+  /** Only jobs of containers, not the fleet's (a key without the admin scope). */
+  containersOnly?: boolean;
   limit: number;
   cursor?: string;
 }
@@ -80,12 +82,18 @@ export class JobsService {
    * sees only its containers); a key without a tenant sees every job.
    */
   async assertVisible(id: string, principal: Principal): Promise<void> {
-    const [row] = await preparedQuery<{ tenant_id: string | null }>(
+    const [row] = await preparedQuery<{ tenant_id: string | null; container_id: string | null }>(
       this.ds,
-      `SELECT tenant_id FROM jobs WHERE id = $1`,
+      `SELECT tenant_id, container_id FROM jobs WHERE id = $1`,
       [id],
     );
-    if (!row || (principal.tenantId && row.tenant_id !== principal.tenantId)) throw notFound('job', id);
+    if (
+      !row ||
+      (principal.tenantId && row.tenant_id !== principal.tenantId) ||
+      // A job of no container (a template import on a host) is the fleet's: the operator's to see.
+      (!row.container_id && !isAdmin(principal))
+    )
+      throw notFound('job', id);
   }
 
   /**
@@ -154,6 +162,7 @@ export class JobsService {
     if (f.campaign) add('campaign_id = ?', f.campaign);
     if (f.since) add('created_at >= ?', f.since);
     if (f.tenant) add('tenant_id = ?', f.tenant);
+    if (f.containersOnly) where.push('container_id IS NOT NULL');
     if (f.cursor) {
       const c = decodeCursor(f.cursor);
       args.push(c.at, c.id);
