@@ -211,24 +211,48 @@ static void close_except(const int *keep, int n) {
     }
 }
 
-/* Field 22 of /proc/<pid>/stat: start time in clock ticks since boot (identifies a pid incarnation). */
 /*
  * Capabilities no container keeps, LXC's default drop list: loading kernel modules (sys_module), raw I/O
  * on ports and /dev/mem (sys_rawio), setting the host's clock (sys_time: an ntpd in a privileged container
- * would move it), and the LSMs' overrides (mac_admin, mac_override). Dropped from the bounding set before
- * the container's init, and every command run in it, is exec'd: root there never gets them back. Under a
- * user namespace they are powerless on the host already; dropping them costs nothing there.
+ * would move it), and the LSMs' overrides (mac_admin, mac_override). Dropped from the bounding set, the
+ * inheritable set and the ambient set (root's exec gains bounding | inheritable | ambient: a worker run
+ * with inheritable capabilities must not hand them back) before the container's init, and every command
+ * run in it, is exec'd. Under a user namespace they are powerless on the host already; dropping them
+ * costs nothing there. A guard against accidents, not against a privileged container's root: it keeps
+ * sys_admin, with which it can remount /proc/sys and reach the host (docs/design-notes.md).
  */
 static const int dropped_caps[] = {16 /* sys_module */, 17 /* sys_rawio */, 25 /* sys_time */,
                                    32 /* mac_override */, 33 /* mac_admin */};
 
-/* 0, or the errno of the first drop that failed (EINVAL: a capability this kernel does not know). */
+/* capget/capset's ABI (linux/capability.h, version 3: two 32-bit words per set); musl has no wrapper. */
+struct cap_header {
+    uint32_t version;
+    int pid;
+};
+struct cap_data {
+    uint32_t effective, permitted, inheritable;
+};
+#define CAP_VERSION_3 0x20080522
+#define PR_CAP_AMBIENT_ 47
+#define PR_CAP_AMBIENT_CLEAR_ALL_ 4
+
+/* 0, or the errno of the first step that failed. */
 static int drop_caps(void) {
     for (size_t i = 0; i < sizeof(dropped_caps) / sizeof(dropped_caps[0]); i++)
         if (prctl(PR_CAPBSET_DROP, dropped_caps[i], 0, 0, 0) < 0 && errno != EINVAL) return errno;
+    /* EINVAL: a kernel without ambient capabilities (before 4.3), which then has none to clear */
+    if (prctl(PR_CAP_AMBIENT_, PR_CAP_AMBIENT_CLEAR_ALL_, 0, 0, 0) < 0 && errno != EINVAL) return errno;
+    struct cap_header h = {.version = CAP_VERSION_3, .pid = 0};
+    struct cap_data d[2];
+    memset(d, 0, sizeof(d));
+    if (syscall(SYS_capget, &h, d) < 0) return errno;
+    for (size_t i = 0; i < sizeof(dropped_caps) / sizeof(dropped_caps[0]); i++)
+        d[dropped_caps[i] / 32].inheritable &= ~(1U << (dropped_caps[i] % 32));
+    if (syscall(SYS_capset, &h, d) < 0) return errno;
     return 0;
 }
 
+/* Field 22 of /proc/<pid>/stat: start time in clock ticks since boot (identifies a pid incarnation). */
 static long long read_start_time(int pid) {
     char path[48], data[1024];
     struct buf p = {.n = 0};

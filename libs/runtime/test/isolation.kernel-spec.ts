@@ -1,7 +1,8 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
+import { execInContainer, helperPath } from '../src/namespaces';
 import { openTestHost, spec, type TestHost } from './runtime-harness';
 
 const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'gcc'] };
@@ -294,6 +295,31 @@ describeKernel('isolation of unprivileged containers (btrfs)', needs, () => {
     expect(/^CapEff:\s+([0-9a-f]+)$/m.exec(execStatus)![1]).toBe(
       /^CapBnd:\s+([0-9a-f]+)$/m.exec(execStatus)![1],
     );
+    // A worker started with inheritable and ambient capabilities (systemd's CapabilityInheritable=,
+    // AmbientCapabilities=) does not hand them back: root's exec gains bounding | inheritable | ambient.
+    const wrapper = join(host.dataRoot, 'helper-with-inherited-caps');
+    const inherit = ['setpriv', '--inh-caps', '+sys_time,+sys_module', '--ambient-caps', '+sys_time', '--'];
+    writeFileSync(wrapper, `#!/bin/sh\nexec ${inherit.join(' ')} ${helperPath()} "$@"\n`, { mode: 0o755 });
+    const caps = (status: string, set: string) =>
+      BigInt(`0x${new RegExp(`^${set}:\\s+([0-9a-f]+)$`, 'm').exec(status)![1]}`);
+    // (the wrapper does what it says: a program it starts on the host has them)
+    const onHost = execFileSync(inherit[0], [...inherit.slice(1), 'cat', '/proc/self/status'], {
+      encoding: 'utf8',
+    });
+    expect((caps(onHost, 'CapInh') >> 25n) & 1n).toBe(1n);
+    expect((caps(onHost, 'CapAmb') >> 25n) & 1n).toBe(1n);
+    const inherited = await execInContainer(started.info.init!, ['cat', '/proc/self/status'], {
+      cgroupProcs: host.cgroups.procsFiles(`${host.cgroupParent}/${id}`),
+      helper: wrapper,
+    });
+    expect(inherited.code).toBe(0);
+    for (const set of ['CapInh', 'CapPrm', 'CapEff', 'CapAmb', 'CapBnd'])
+      for (const cap of HOST_CAPS)
+        expect({ set, cap, held: (caps(inherited.stdout, set) >> BigInt(cap)) & 1n }).toEqual({
+          set,
+          cap,
+          held: 0n,
+        });
     // The host's sysctls and the magic SysRq key are read-only: opening one for writing fails (EROFS, the
     // shell exits 1); were it writable, the open alone (`: >`, nothing written) would change nothing.
     const readOnly = ['/proc/sys/vm/swappiness', '/proc/sys/kernel/hostname'];
