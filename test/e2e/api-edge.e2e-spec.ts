@@ -432,9 +432,25 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       expect(await templates()).toBe(before);
     });
 
-    it('refuses missing required fields', async () => {
+    it('refuses missing required fields, naming each as required', async () => {
       const res = await refused(create({ name: 'edge-missing' }), 400, 'VALIDATION_FAILED');
-      expect(res.body.errors.join(' ')).toMatch(/template[\s\S]*cpus[\s\S]*memoryBytes/);
+      expect(res.body.errors).toEqual([
+        'template is required',
+        'cpus is required',
+        'memoryBytes is required',
+      ]);
+    });
+
+    it('says a value of the wrong type is of the wrong type, and only that', async () => {
+      const res = await refused(
+        create({ ...valid(), cpus: 'two', memoryBytes: '256M' }),
+        400,
+        'VALIDATION_FAILED',
+      );
+      expect(res.body.errors).toEqual([
+        expect.stringMatching(/^cpus must be a number/),
+        'memoryBytes must be an integer number',
+      ]);
     });
 
     it('refuses a container no host has room for with 503 NO_CAPACITY', async () => {

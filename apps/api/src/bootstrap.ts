@@ -1,4 +1,4 @@
-import { HttpStatus, ValidationPipe } from '@nestjs/common';
+import { BadRequestException, HttpStatus, ValidationPipe } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
@@ -9,6 +9,7 @@ import { AppModule } from './app.module';
 import { ApiKeyService } from './auth/api-key.service';
 import { ApiError } from './common/api-error';
 import { answerClientError } from './common/client-error';
+import { validationMessages } from './common/validation-messages';
 import { HttpDrain } from './common/http-drain';
 import { MetricsService } from './ops/metrics.service';
 import { QUEUE_BOARD_PATH, QueueBoard } from './ops/queue-board';
@@ -136,6 +137,8 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
       transform: true,
       forbidUnknownValues: true,
       stopAtFirstError: false,
+      // One clear message per mistake (`cpus is required`, `cpus must be a number …`).
+      exceptionFactory: (errors) => new BadRequestException(validationMessages(errors)),
     }),
   );
   app.enableShutdownHooks();
