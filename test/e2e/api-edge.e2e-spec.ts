@@ -530,6 +530,18 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       expect(await a.counts()).toEqual(before);
     });
 
+    it('refuses a body on a read instead of ignoring the filters in it', async () => {
+      const res = await a
+        .http()
+        .get('/v1/containers')
+        .set(a.auth())
+        .set('Content-Type', 'application/json')
+        .send(JSON.stringify({ name: 'edge-ok' }));
+      expectProblem(res, 400, 'VALIDATION_FAILED');
+      expect(res.body.detail).toMatch(/GET takes no body/);
+      expect((await a.http().get('/v1/containers?name=edge-ok').set(a.auth())).status).toBe(200);
+    });
+
     it('refuses a body nested deeper than any of ours (well within the size limit) with 400, not a 500', async () => {
       const deep = '{"a":'.repeat(3000) + '1' + '}'.repeat(3000);
       expect(deep.length).toBeLessThan(a.config.api.bodyLimitBytes);

@@ -101,6 +101,16 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
   // empty; parser errors get their stable codes here, because Nest turns a JSON SyntaxError into a plain
   // BadRequestException the ProblemFilter could no longer tell from any other 400.
   app.use((req: Request, _res: Response, next: NextFunction) => {
+    // A read takes no body: filters sent there (as some HTTP clients allow) would be silently ignored.
+    if (hasBody(req) && ['GET', 'HEAD'].includes(req.method)) {
+      return next(
+        new ApiError(
+          HttpStatus.BAD_REQUEST,
+          'VALIDATION_FAILED',
+          `a ${req.method} takes no body (filters go in the query string)`,
+        ),
+      );
+    }
     if (hasBody(req) && !req.is(['application/json', 'application/*+json'])) {
       return next(
         new ApiError(
