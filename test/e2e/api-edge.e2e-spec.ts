@@ -530,6 +530,20 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       expect(await a.counts()).toEqual(before);
     });
 
+    it('answers a method a path does not take with 405 and Allow, an unknown path with 404', async () => {
+      const put = await a.http().put('/v1/containers').set(a.auth()).send({});
+      expectProblem(put, 405, 'METHOD_NOT_ALLOWED');
+      expect(put.headers.allow).toBe('GET, HEAD, POST');
+      const del = await a.http().delete('/v1/jobs').set(a.auth());
+      expectProblem(del, 405, 'METHOD_NOT_ALLOWED');
+      expect(del.headers.allow).toBe('GET, HEAD');
+      const one = await a.http().put(`/v1/containers/${containerId}`).set(a.auth()).send({});
+      expectProblem(one, 405, 'METHOD_NOT_ALLOWED');
+      expect(one.headers.allow).toBe('DELETE, GET, HEAD, PATCH');
+      expectProblem(await a.http().get('/v1/nothing-here').set(a.auth()), 404, 'NOT_FOUND');
+      expectProblem(await a.http().put('/v1/nothing-here').set(a.auth()).send({}), 404, 'NOT_FOUND');
+    });
+
     it('refuses a body on a read instead of ignoring the filters in it', async () => {
       const res = await a
         .http()

@@ -5,7 +5,10 @@ import {
   HttpException,
   HttpStatus,
   Logger,
+  NotFoundException,
+  Optional,
 } from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
 import type { Request, Response } from 'express';
 import { ZodError } from 'zod';
 import { ApiError } from './api-error';
@@ -51,11 +54,23 @@ const RUNTIME_CODES: Record<string, HttpStatus> = {
 export class ProblemFilter implements ExceptionFilter {
   private readonly log = new Logger('ProblemFilter');
 
+  constructor(@Optional() private readonly adapter?: HttpAdapterHost) {}
+
   catch(exception: unknown, host: ArgumentsHost): void {
     const ctx = host.switchToHttp();
     const res = ctx.getResponse<Response>();
     const req = ctx.getRequest<Request>();
-    const problem = this.toProblem(exception);
+    const allowed = this.otherMethods(exception, req);
+    const problem: Problem = allowed
+      ? {
+          type: 'about:blank',
+          title: 'METHOD_NOT_ALLOWED',
+          status: HttpStatus.METHOD_NOT_ALLOWED,
+          code: 'METHOD_NOT_ALLOWED',
+          detail: `${req.method} is not allowed on ${req.path}: ${allowed.join(', ')}`,
+        }
+      : this.toProblem(exception);
+    if (allowed) res.setHeader('Allow', allowed.join(', '));
     problem.instance = req.originalUrl;
     if (problem.status >= 500 && !(exception instanceof ApiError)) this.log.error(exception);
     if (res.headersSent) return;
@@ -63,6 +78,29 @@ export class ProblemFilter implements ExceptionFilter {
     if (problem.status === 401 && !res.getHeader('WWW-Authenticate'))
       res.setHeader('WWW-Authenticate', 'Bearer realm="Berth"');
     res.status(problem.status).type('application/problem+json').send(JSON.stringify(problem));
+  }
+
+  /**
+   * For the router's own 404 (no route for this method and path): the methods the path has, when it has
+   * routes under other methods (answered 405 with `Allow`, RFC 9110), else null (a 404 it stays).
+   */
+  private otherMethods(e: unknown, req: Request): string[] | null {
+    if (!(e instanceof NotFoundException) || e.message !== `Cannot ${req.method} ${req.originalUrl}`)
+      return null;
+    type Layer = { route?: { methods: Record<string, boolean> }; match(path: string): boolean };
+    const app = this.adapter?.httpAdapter?.getInstance<{ router?: { stack: Layer[] } }>();
+    const methods = new Set<string>();
+    for (const layer of app?.router?.stack ?? []) {
+      if (!layer.route || !layer.match(req.path)) continue;
+      const on = Object.keys(layer.route.methods)
+        .filter((m) => layer.route!.methods[m])
+        .map((m) => m.toUpperCase());
+      // A route for every method (a catch-all, e.g. the not-found handler's) says nothing about this path.
+      if (on.includes('_ALL') || on.length > 8) continue;
+      for (const m of on) methods.add(m);
+    }
+    if (methods.has('GET')) methods.add('HEAD');
+    return methods.size > 0 && !methods.has(req.method) ? [...methods].sort() : null;
   }
 
   private toProblem(e: unknown): Problem {
