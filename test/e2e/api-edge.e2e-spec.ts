@@ -799,14 +799,19 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
   }, 60_000);
   afterAll(() => a?.close(), 30_000);
 
-  it('sees only its own containers, jobs and audit trail; the fleet’s writes and privileged containers are refused', async () => {
-    const made = await a
+  /** `POST /v1/containers` with this tenant's key: a small container, not started (must be accepted). */
+  const createMine = async (name: string) => {
+    const res = await a
       .http()
       .post('/v1/containers')
       .set(a.auth(mine))
-      .send({ name: 'mine-1', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
-    expect(made.status).toBe(202);
-    const { job, container } = made.body as { job: { id: string }; container: { id: string } };
+      .send({ name, template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
+    expect(res.status).toBe(202);
+    return res.body as { job: { id: string }; container: { id: string } };
+  };
+
+  it('sees only its own containers, jobs and audit trail; the fleet’s writes and privileged containers are refused', async () => {
+    const { job, container } = await createMine('mine-1');
 
     // The other tenant: as if neither existed.
     const other = (m: Method, url: string) => {
@@ -863,13 +868,7 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
   });
 
   it("is told its job waits for its host, not which host; its container's story does not name the host", async () => {
-    const made = await a
-      .http()
-      .post('/v1/containers')
-      .set(a.auth(mine))
-      .send({ name: 'mine-waiting', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
-    expect(made.status).toBe(202);
-    const { job, container } = made.body as { job: { id: string }; container: { id: string } };
+    const { job, container } = await createMine('mine-waiting');
     const [{ beat }] = await a.ds.query(`SELECT last_heartbeat_at AS beat FROM hosts WHERE id = $1`, [
       a.hostId,
     ]);
@@ -912,12 +911,7 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
       .send({ name: 'fleet-tpl', source: 'builtin:busybox', host: a.hostId });
     expect(imported.status).toBe(202);
     const jobId = (imported.body.jobs as { id: string }[])[0].id;
-    const own = await a
-      .http()
-      .post('/v1/containers')
-      .set(a.auth(mine))
-      .send({ name: 'mine-story', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false });
-    expect(own.status).toBe(202);
+    await createMine('mine-story');
     // As if it did not exist: not listed, not found, not cancelled, not retried.
     for (const key of [plain, mine]) {
       const listed = (await a.http().get('/v1/jobs?limit=200').set(a.auth(key))).body.items as {
