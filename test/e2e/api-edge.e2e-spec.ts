@@ -788,6 +788,7 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
   let a: ApiOnly;
   let mine: string;
   let theirs: string;
+  let theirsAdmin: string;
   beforeAll(async () => {
     a = await startApiOnly('tenants');
     const tenant = async (name: string) =>
@@ -795,7 +796,10 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
         (await a.ds.query(`INSERT INTO tenants (name) VALUES ($1) RETURNING id`, [name])) as { id: string }[]
       )[0].id;
     mine = await createTestKey(a.ds, [], await tenant('t-mine'));
-    theirs = await createTestKey(a.ds, [], await tenant('t-theirs'));
+    const theirTenant = await tenant('t-theirs');
+    theirs = await createTestKey(a.ds, [], theirTenant);
+    // A tenant's key with the admin scope is still that tenant's for the tenant's resources.
+    theirsAdmin = await createTestKey(a.ds, ['admin'], theirTenant);
   }, 60_000);
   afterAll(() => a?.close(), 30_000);
 
@@ -813,22 +817,25 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
   it('sees only its own containers, jobs and audit trail; the fleet’s writes and privileged containers are refused', async () => {
     const { job, container } = await createMine('mine-1');
 
-    // The other tenant: as if neither existed.
-    const other = (m: Method, url: string) => {
-      const r = a.http()[m](url).set(a.auth(theirs));
+    // The other tenant: as if neither existed, with or without the admin scope.
+    const other = (m: Method, url: string, key: string) => {
+      const r = a.http()[m](url).set(a.auth(key));
       return m === 'get' ? r : r.send({});
     };
-    for (const [m, url] of [
-      ['get', `/v1/containers/${container.id}`],
-      ['get', `/v1/jobs/${job.id}`],
-      ['get', `/v1/jobs/${job.id}/wait?timeout=0`],
-      ['get', `/v1/jobs/${job.id}/events`],
-      ['post', `/v1/jobs/${job.id}/cancel`],
-      ['post', `/v1/jobs/${job.id}/retry`],
-    ] as [Method, string][]) {
-      const res = await other(m, url);
-      expect({ url, status: res.status }).toEqual({ url, status: 404 });
-    }
+    for (const key of [theirs, theirsAdmin])
+      for (const [m, url] of [
+        ['get', `/v1/containers/${container.id}`],
+        ['get', `/v1/jobs/${job.id}`],
+        ['get', `/v1/jobs/${job.id}/wait?timeout=0`],
+        ['get', `/v1/jobs/${job.id}/events`],
+        ['post', `/v1/jobs/${job.id}/cancel`],
+        ['post', `/v1/jobs/${job.id}/retry`],
+      ] as [Method, string][]) {
+        const res = await other(m, url, key);
+        expect({ key: key === theirs ? 'theirs' : 'theirs, admin', url, status: res.status }).toMatchObject({
+          status: 404,
+        });
+      }
     const ids = async (key: string, url: string) =>
       ((await a.http().get(url).set(a.auth(key))).body.items as { id: string }[]).map((x) => x.id);
     expect(await ids(theirs, '/v1/jobs')).not.toContain(job.id);
