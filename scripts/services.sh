@@ -5,6 +5,8 @@
 #   scripts/services.sh ensure   install packages, build the native helper, start Redis + PostgreSQL (idempotent)
 #   scripts/services.sh status   say what runs where
 #   scripts/services.sh stop     stop the project-local Redis + PostgreSQL
+#   scripts/services.sh purge    stop them and delete their data (the PostgreSQL cluster wherever .berth/
+#                                links it, Redis's dir) and the state dir itself (.berth: admin key, logs)
 #
 # When REDIS_URL / DATABASE_URL are set, that service is used as it is: nothing is installed or started
 # for it, only checked for reachability.
@@ -217,8 +219,20 @@ case "${1:-}" in
     ;;
   stop) stop_all ;;
   status) status ;;
+  purge)
+    stop_all
+    # The cluster of a checkout under e.g. /root lives in /var/lib/postgresql/berth-<hash> (linked from
+    # .berth/): deleted with the links, or the next `ensure` would keep it aside as an earlier checkout's.
+    for d in "$PG_DATA" "$PG_RUN"; do
+      case "$d" in
+        "$STATE"/* | /var/lib/postgresql/berth-*) rm -rf "$d" ;;
+      esac
+    done
+    rm -rf "$STATE"
+    say "deleted $STATE and the services' data"
+    ;;
   *)
-    echo "usage: $0 ensure|status|stop" >&2
+    echo "usage: $0 ensure|status|stop|purge" >&2
     exit 2
     ;;
 esac

@@ -11,6 +11,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 RUN=.berth/run
 LOGS=.berth/logs
+# The runtime's settings as the worker reads them (five lines: data root, cgroup parent, bridge, storage
+# driver, host netns), for `purge`'s wipe of this host.
+RUNTIME_CONFIG_JS="const r = require(process.argv[1]).loadConfig().runtime;
+for (const v of [r.dataRoot, r.cgroupParent, r.network.bridge, r.storageDriver, r.network.hostNetns ?? '']) console.log(v);"
 mkdir -p "$RUN" "$LOGS"
 # Local mode: the admin key the API creates on its first start lands here (0600).
 export ADMIN_KEY_FILE=${ADMIN_KEY_FILE:-$PWD/.berth/admin.key}
@@ -47,18 +51,22 @@ fi
 if [ "${1:-}" = purge ]; then
   stop_one worker
   stop_one api
-  if [ -d node_modules ]; then
-    # The host as the worker configured it (the same environment variables, the same defaults).
+  # The host as the worker was started with (recorded by the last `up`), else as the configuration says now.
+  if [ -s "$RUN/runtime" ]; then
+    mapfile -t rt <"$RUN/runtime"
+  elif [ -d node_modules ]; then
     # (The database's address is not needed: a stand-in when its password file is already gone.)
     mapfile -t rt < <(DATABASE_URL=${DATABASE_URL:-postgres://unused@127.0.0.1/unused} \
-      node -r ts-node/register/transpile-only -r tsconfig-paths/register -e "
-      const r = require('./libs/config/src').loadConfig().runtime;
-      console.log(r.dataRoot); console.log(r.cgroupParent); console.log(r.network.bridge);")
-    [ "${#rt[@]}" -eq 3 ] || { echo "up: cannot read the runtime's configuration" >&2; exit 1; }
-    npm run -s runtime -- --data-root "${rt[0]}" --cgroup-parent "${rt[1]}" --bridge "${rt[2]}" wipe --yes
+      node -r ts-node/register/transpile-only -r tsconfig-paths/register -e "$RUNTIME_CONFIG_JS" ./libs/config/src)
+  else
+    echo "up: no node_modules and no record of the last up: cannot wipe the host (npm ci first)" >&2
+    exit 1
   fi
-  bash scripts/services.sh stop
-  rm -rf .berth
+  [ "${#rt[@]}" -eq 5 ] || { echo "up: cannot read the runtime's configuration" >&2; exit 1; }
+  args=(--data-root "${rt[0]}" --cgroup-parent "${rt[1]}" --bridge "${rt[2]}" --storage "${rt[3]}")
+  [ -n "${rt[4]}" ] && args+=(--host-netns "${rt[4]}")
+  npm run -s runtime -- "${args[@]}" wipe --yes
+  bash scripts/services.sh purge
   echo "up: purged (the next \`npm run up\` starts from nothing)" >&2
   exit 0
 fi
@@ -91,6 +99,8 @@ start_one() {
 }
 start_one api dist/apps/api/apps/api/src/main.js
 start_one worker dist/apps/worker/apps/worker/src/main.js
+# What `purge` wipes: this worker's host, whatever the environment says then.
+node -e "$RUNTIME_CONFIG_JS" ./dist/apps/api/libs/config/src >"$RUN/runtime.tmp" && mv "$RUN/runtime.tmp" "$RUN/runtime"
 
 port=$(node -e "console.log(require('./dist/apps/api/libs/config/src').loadConfig().api.port)")
 host_name=$(node -e "console.log(require('./dist/apps/api/libs/config/src').loadConfig().host.name)")

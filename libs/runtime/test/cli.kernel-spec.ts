@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import type { ContainerInfo } from '@berth/runtime';
@@ -18,7 +18,7 @@ interface CliRun {
  * Runs the CLI as the operator would (`npm run runtime -- …` runs exactly this), with an argument array
  * and the test host's data root and cgroup parent.
  */
-function cliIn(host: TestHost, args: string[]): Promise<CliRun> {
+function cliIn(host: TestHost, args: string[], dataRoot = host.dataRoot): Promise<CliRun> {
   const argv = [
     '-r',
     'ts-node/register/transpile-only',
@@ -26,7 +26,7 @@ function cliIn(host: TestHost, args: string[]): Promise<CliRun> {
     'tsconfig-paths/register',
     join(repoRoot, 'libs/runtime/src/cli/main.ts'),
     '--data-root',
-    host.dataRoot,
+    dataRoot,
     '--cgroup-parent',
     host.cgroupParent,
     '--storage',
@@ -141,8 +141,21 @@ describeKernel('runtime CLI against the real kernel', needs, () => {
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/--yes/);
     expect(JSON.parse((await cli('list', '--json')).stdout)).toHaveLength(1);
+    // A data root that holds anything but Berth's data (a mistyped path, a home directory) is not emptied.
+    writeFileSync(join(host.dataRoot, 'notes.txt'), 'not Berth’s');
+    const foreign = await cli('wipe', '--yes');
+    expect(foreign.code).toBe(1);
+    expect(foreign.stderr).toMatch(
+      /WRONG_STATE: .* holds more than Berth's data \(notes\.txt\): not wiping it/,
+    );
+    expect(JSON.parse((await cli('list', '--json')).stdout)).toHaveLength(1);
+    expect(readFileSync(join(host.dataRoot, 'notes.txt'), 'utf8')).toBe('not Berth’s');
+    rmSync(join(host.dataRoot, 'notes.txt'));
 
-    const wiped = await cli('wipe', '--yes', '--json');
+    // Through a symlink to the data root (mounts and loop devices are recorded under its real path).
+    const link = `${host.dataRoot}-link`;
+    symlinkSync(host.dataRoot, link);
+    const wiped = await cliIn(host, ['wipe', '--yes', '--json'], link).finally(() => rmSync(link));
     expect(wiped).toMatchObject({ code: 0, stderr: '' });
     expect(JSON.parse(wiped.stdout)).toEqual({
       containers: ['web2'],

@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
+import { mkdir, readdir, realpath, rm, rmdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { assertContainerName, parseSize } from '../common/validation';
 import { assertContainerId } from '../container/container-store';
@@ -11,6 +11,7 @@ import type {
 import { RuntimeError } from '../common/errors';
 import { openHostRuntime, wipeHostRuntime, type HostRuntime } from '../host-runtime';
 import { removeBridge } from '../network/bridge';
+import { mountsUnder } from '../storage/mount-table';
 import type { StorageDriverName } from '../storage/storage.driver';
 import { CliUsageError, describeFailure, EXIT_OK, formatBytes, formatTable } from './cli.format';
 import { parseCommandLine, type CommandSpec, type OptionSpec, type OptionValues } from './cli.parser';
@@ -162,42 +163,44 @@ function lifecycle(
 
 /** Berth's own entries in a data root (what `wipe` removes; anything else there is left alone). */
 const DATA_ROOT_ENTRIES = ['containers', 'network', 'storage', 'tmp'];
-
-/** Mount points at or below `dir` (from /proc/self/mountinfo; octal escapes decoded). */
-async function mountsUnder(dir: string): Promise<string[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  return text
-    .split('\n')
-    .map((line) => line.split(' ')[4])
-    .filter((m): m is string => m !== undefined)
-    .map((m) => m.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((m) => m === dir || m.startsWith(`${dir}/`));
-}
+/** What else a data root may hold for `wipe` to go ahead: the API's default admin key, a disk's lost+found. */
+const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found'];
 
 /**
  * `wipe --yes`: empties this host for good (decommissioning it, or a local install's `npm run up --
  * purge`): every container destroyed, the templates deleted, the storage pool released (unmounted, its
  * loop device detached), the cgroup parent and the bridge removed (the bridge only when nothing is
  * attached to it), then Berth's directories in the data root, and the data root itself when that leaves
- * it empty. Refuses to delete a directory while anything is still mounted in the data root.
+ * it empty (a data root that is a mount point of its own stays). Refuses, before touching anything, a data
+ * root that holds anything else (a mistyped path, a home directory: not Berth's to empty), and refuses to
+ * delete a directory while anything is still mounted below the data root. The worker of this data root
+ * must be stopped first; a cgroup parent belongs to one data root (reconcile removes the groups under it
+ * that this data root does not know).
  */
 async function wipe(ctx: CommandContext): Promise<void> {
   if (ctx.options.yes !== true)
     throw new CliUsageError('wipe destroys every container and template of this host: confirm with --yes');
-  const { dataRoot, cgroupParent, bridge, hostNetns } = ctx.globals;
+  const { cgroupParent, bridge, hostNetns } = ctx.globals;
   // Opening the runtime would make a data root (and a storage pool) only to wipe them.
-  if (
-    !(await stat(dataRoot).then(
-      (st) => st.isDirectory(),
-      () => false,
-    ))
-  ) {
+  const root = await realpath(ctx.globals.dataRoot).catch(() => null);
+  if (root === null || !(await stat(root)).isDirectory()) {
     ctx.print(
       { containers: [], templates: [], bridgeRemoved: false, dataRootRemoved: false },
-      `nothing to wipe: ${dataRoot} does not exist`,
+      `nothing to wipe: ${ctx.globals.dataRoot} does not exist`,
     );
     return;
   }
+  const foreign = (await readdir(root)).filter(
+    (e) => !DATA_ROOT_ENTRIES.includes(e) && !DATA_ROOT_EXTRAS.includes(e),
+  );
+  if (foreign.length > 0)
+    throw new RuntimeError(
+      'WRONG_STATE',
+      `${root} holds more than Berth's data (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): not wiping it`,
+      { dataRoot: root, foreign: foreign.slice(0, 20) },
+    );
+  // Mounts and loop devices are recorded under the real path (a data root reached through a symlink).
+  ctx.globals.dataRoot = root;
   const rt = await ctx.runtime();
   const containers = (await rt.containers.list()).map((c) => c.id);
   const templates = await rt.templates.list();
@@ -208,18 +211,20 @@ async function wipe(ctx: CommandContext): Promise<void> {
       'WRONG_STATE',
       `containers could not be destroyed: ${left.map((c) => c.id).join(', ')}`,
     );
+  // wipeHostRuntime goes on past a failure; a pool that would not go away says why here.
+  await rt.storage.release();
   await rt.cgroups.destroy(cgroupParent);
   let bridgeRemoved = false;
   const ports = await readdir(`/sys/class/net/${bridge}/brif`).catch(() => null);
   if (!hostNetns && ports !== null && ports.length === 0) bridgeRemoved = await removeBridge(bridge);
-  const mounted = await mountsUnder(dataRoot);
+  const mounted = (await mountsUnder(root)).map((m) => m.mountPoint).filter((m) => m !== root);
   if (mounted.length > 0)
     throw new RuntimeError(
       'WRONG_STATE',
       `still mounted in the data root, not removing it: ${mounted.join(', ')}`,
     );
-  for (const entry of DATA_ROOT_ENTRIES) await rm(join(dataRoot, entry), { recursive: true, force: true });
-  const dataRootRemoved = await rmdir(dataRoot).then(
+  for (const entry of DATA_ROOT_ENTRIES) await rm(join(root, entry), { recursive: true, force: true });
+  const dataRootRemoved = await rmdir(root).then(
     () => true,
     () => false,
   );
@@ -229,8 +234,8 @@ async function wipe(ctx: CommandContext): Promise<void> {
       `destroyed ${containers.length} container(s), deleted ${templates.length} template(s)`,
       `released the storage pool, removed cgroup parent ${cgroupParent}${bridgeRemoved ? ` and bridge ${bridge}` : ''}`,
       dataRootRemoved
-        ? `removed ${dataRoot}`
-        : `removed Berth's directories in ${dataRoot} (other files are left)`,
+        ? `removed ${root}`
+        : `removed Berth's directories in ${root} (it stays: not empty, or a mount point)`,
     ].join('\n'),
   );
 }
