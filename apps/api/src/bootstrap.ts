@@ -102,7 +102,8 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
   // BadRequestException the ProblemFilter could no longer tell from any other 400.
   app.use((req: Request, _res: Response, next: NextFunction) => {
     // A read takes no body: filters sent there (as some HTTP clients allow) would be silently ignored.
-    if (hasBody(req) && ['GET', 'HEAD'].includes(req.method)) {
+    // (By its length: a chunked request with nothing in it, as some clients send, is no body.)
+    if (['GET', 'HEAD'].includes(req.method) && Number(req.headers['content-length'] ?? 0) > 0) {
       return next(
         new ApiError(
           HttpStatus.BAD_REQUEST,
@@ -111,7 +112,11 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
         ),
       );
     }
-    if (hasBody(req) && !req.is(['application/json', 'application/*+json'])) {
+    if (
+      hasBody(req) &&
+      !['GET', 'HEAD'].includes(req.method) &&
+      !req.is(['application/json', 'application/*+json'])
+    ) {
       return next(
         new ApiError(
           HttpStatus.UNSUPPORTED_MEDIA_TYPE,

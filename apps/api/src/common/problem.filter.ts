@@ -61,6 +61,12 @@ export class ProblemFilter implements ExceptionFilter {
     const res = ctx.getResponse<Response>();
     const req = ctx.getRequest<Request>();
     const allowed = this.otherMethods(exception, req);
+    if (allowed && req.method === 'OPTIONS' && !res.headersSent) {
+      // What the path takes, without a body (RFC 9110 §9.3.7).
+      res.setHeader('Allow', [...allowed, 'OPTIONS'].join(', '));
+      res.status(HttpStatus.NO_CONTENT).end();
+      return;
+    }
     const problem: Problem = allowed
       ? {
           type: 'about:blank',
@@ -87,7 +93,7 @@ export class ProblemFilter implements ExceptionFilter {
   private otherMethods(e: unknown, req: Request): string[] | null {
     if (!(e instanceof NotFoundException) || e.message !== `Cannot ${req.method} ${req.originalUrl}`)
       return null;
-    type Layer = { route?: { methods: Record<string, boolean> }; match(path: string): boolean };
+    type Layer = { route?: { methods: Record<string, boolean> }; match(path: string): unknown };
     const app = this.adapter?.httpAdapter?.getInstance<{ router?: { stack: Layer[] } }>();
     const methods = new Set<string>();
     for (const layer of app?.router?.stack ?? []) {

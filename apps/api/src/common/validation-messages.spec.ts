@@ -68,6 +68,18 @@ describe('validationMessages', () => {
     expect(messages({ name: 'a', memory: 64, colour: 'red' })).toEqual(['property colour should not exist']);
   });
 
+  it('says what is wrong with a value that is not an object of a known shape, and says it once', () => {
+    const unknown = validateSync({ not: 'a class instance' }, { forbidUnknownValues: true });
+    expect(validationMessages(unknown)).toEqual(['an unknown value was passed to the validate function']);
+    class Items {
+      @IsInt({ each: true })
+      items!: number[];
+    }
+    expect(validationMessages(validateSync(plainToInstance(Items, { items: ['a', 'b'] })))).toEqual([
+      'each value in items must be an integer number',
+    ]);
+  });
+
   it('names nested fields by their path', () => {
     expect(messages({ name: 'a', memory: 64, limits: {} })).toEqual(['limits.pids is required']);
     expect(messages({ name: 'a', memory: 64, limits: { pids: 1 } })).toEqual([

@@ -23,6 +23,11 @@ const TYPE_CHECKS = new Set([
  * Nest's own messages do; an unknown field keeps class-validator's `property <name> should not exist`.
  */
 export function validationMessages(errors: readonly ValidationError[], parent = ''): string[] {
+  // Once each: the elements of an array share their messages (`each value in items must be …`).
+  return [...new Set(collect(errors, parent))];
+}
+
+function collect(errors: readonly ValidationError[], parent: string): string[] {
   const out: string[] = [];
   for (const e of errors) {
     const path = parent ? `${parent}.${e.property}` : e.property;
@@ -30,12 +35,14 @@ export function validationMessages(errors: readonly ValidationError[], parent = 
     const keys = Object.keys(constraints);
     const prefixed = (message: string) => (parent ? `${parent}.${message}` : message);
     if (keys.includes('whitelistValidation')) out.push(prefixed(constraints.whitelistValidation));
+    // No property: the value itself is refused (forbidUnknownValues: not an object of a known shape).
+    else if (e.property === undefined) out.push(...keys.map((k) => constraints[k]));
     else if (keys.length > 0 && e.value === undefined) out.push(`${path} is required`);
     else if (keys.length > 0) {
       const types = keys.filter((k) => TYPE_CHECKS.has(k));
       for (const k of types.length > 0 ? types : keys) out.push(prefixed(constraints[k]));
     }
-    if (e.children && e.children.length > 0) out.push(...validationMessages(e.children, path));
+    if (e.children && e.children.length > 0) out.push(...collect(e.children, path));
   }
   return out;
 }
