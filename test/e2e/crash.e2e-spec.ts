@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { HostRuntime } from '@berth/runtime';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { describeKernel } from '@test/support/kernel';
@@ -184,7 +185,12 @@ describeKernel(
     it('SIGTERM while a create runs: the worker finishes the job and records it, then marks its host offline and exits', async () => {
       const { id, jobId } = await create(`crash-d-${process.pid}`);
       const hostId = await c.hostId();
+      // The running worker is recorded in its data root (what `wipe` refuses to empty under it)...
+      const owner = join(c.dataRoot, 'worker.pid');
+      expect(JSON.parse(readFileSync(owner, 'utf8'))).toMatchObject({ pid: w.proc.pid });
       const atStop = await killWhen(jobId, (a) => a.includes('job.active'), 2, 'stop');
+      // ...until it stops.
+      expect(existsSync(owner)).toBe(false);
       expect(atStop).not.toContain('job.completed');
       // Recorded by the stopping worker itself: no other worker runs on this host now.
       const [job] = await c.ds.query(`SELECT state FROM jobs WHERE id = $1`, [jobId]);

@@ -6,6 +6,7 @@ export * from './namespaces';
 export * from './network';
 export * from './templates';
 export * from './host/host-facts';
+export * from './host/data-root-owner';
 export * from './container/container.types';
 export * from './container/container-store';
 export * from './container/container-runtime';

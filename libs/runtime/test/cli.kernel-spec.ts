@@ -152,6 +152,16 @@ describeKernel('runtime CLI against the real kernel', needs, () => {
     expect(readFileSync(join(host.dataRoot, 'notes.txt'), 'utf8')).toBe('not Berth’s');
     rmSync(join(host.dataRoot, 'notes.txt'));
 
+    // Not while the data root's worker runs (this test process plays it), but once it is gone.
+    const owner = join(host.dataRoot, 'worker.pid');
+    const start = readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[19];
+    writeFileSync(owner, JSON.stringify({ pid: process.pid, startTime: Number(start) }));
+    const busy = await cli('wipe', '--yes');
+    expect(busy.code).toBe(1);
+    expect(busy.stderr).toMatch(new RegExp(`WRONG_STATE: the worker of .* runs \\(pid ${process.pid}\\)`));
+    expect(JSON.parse((await cli('list', '--json')).stdout)).toHaveLength(1);
+    writeFileSync(owner, JSON.stringify({ pid: process.pid, startTime: Number(start) + 1 })); // a dead one
+
     // Through a symlink to the data root (mounts and loop devices are recorded under its real path).
     const link = `${host.dataRoot}-link`;
     symlinkSync(host.dataRoot, link);

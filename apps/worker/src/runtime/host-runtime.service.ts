@@ -1,14 +1,14 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, type OnApplicationShutdown } from '@nestjs/common';
 import { PinoLogger } from 'nestjs-pino';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { openHostRuntime, type HostRuntime } from '@berth/runtime';
+import { claimDataRoot, openHostRuntime, releaseDataRoot, type HostRuntime } from '@berth/runtime';
 
 /**
  * This host's runtime (libs/runtime), opened once: cgroup and storage drivers detected, the storage pool
  * prepared, and what a crash left half done reconciled before any job runs.
  */
 @Injectable()
-export class HostRuntimeService {
+export class HostRuntimeService implements OnApplicationShutdown {
   private runtime?: Promise<HostRuntime>;
 
   constructor(
@@ -36,10 +36,16 @@ export class HostRuntimeService {
     const report = await rt.containers.reconcile({ remove: true });
     // And what a template import killed midway left in its staging directory.
     const staging = await rt.templates.sweepStaging();
+    // This process works on the data root now (`wipe` refuses while it runs).
+    await claimDataRoot(r.dataRoot);
     this.log.info(
       { storage: rt.storage.info().name, cgroup: rt.cgroups.version, report, staging },
       'runtime ready',
     );
     return rt;
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    if (this.runtime) await releaseDataRoot(this.config.runtime.dataRoot).catch(() => undefined);
   }
 }

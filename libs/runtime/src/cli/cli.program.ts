@@ -10,6 +10,7 @@ import type {
 } from '../container/container.types';
 import { RuntimeError } from '../common/errors';
 import { openHostRuntime, wipeHostRuntime, type HostRuntime } from '../host-runtime';
+import { dataRootOwner, OWNER_FILE } from '../host/data-root-owner';
 import { removeBridge } from '../network/bridge';
 import { mountsUnder } from '../storage/mount-table';
 import type { StorageDriverName } from '../storage/storage.driver';
@@ -164,7 +165,7 @@ function lifecycle(
 /** Berth's own entries in a data root (what `wipe` removes; anything else there is left alone). */
 const DATA_ROOT_ENTRIES = ['containers', 'network', 'storage', 'tmp'];
 /** What else a data root may hold for `wipe` to go ahead: the API's default admin key, a disk's lost+found. */
-const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found'];
+const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found', OWNER_FILE];
 
 /**
  * `wipe --yes`: empties this host for good (decommissioning it, or a local install's `npm run up --
@@ -173,9 +174,9 @@ const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found'];
  * attached to it), then Berth's directories in the data root, and the data root itself when that leaves
  * it empty (a data root that is a mount point of its own stays). Refuses, before touching anything, a data
  * root that holds anything else (a mistyped path, a home directory: not Berth's to empty), and refuses to
- * delete a directory while anything is still mounted below the data root. The worker of this data root
- * must be stopped first; a cgroup parent belongs to one data root (reconcile removes the groups under it
- * that this data root does not know).
+ * delete a directory while anything is still mounted below the data root, or to start while the worker
+ * recorded in the data root still runs (worker.pid). A cgroup parent belongs to one data root (reconcile
+ * removes the groups under it that this data root does not know).
  */
 async function wipe(ctx: CommandContext): Promise<void> {
   if (ctx.options.yes !== true)
@@ -198,6 +199,13 @@ async function wipe(ctx: CommandContext): Promise<void> {
       'WRONG_STATE',
       `${root} holds more than Berth's data (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): not wiping it`,
       { dataRoot: root, foreign: foreign.slice(0, 20) },
+    );
+  const owner = await dataRootOwner(root);
+  if (owner !== null)
+    throw new RuntimeError(
+      'WRONG_STATE',
+      `the worker of ${root} runs (pid ${owner}): stop it first (npm run up -- stop, or its service)`,
+      { dataRoot: root, pid: owner },
     );
   // Mounts and loop devices are recorded under the real path (a data root reached through a symlink).
   ctx.globals.dataRoot = root;
@@ -223,7 +231,8 @@ async function wipe(ctx: CommandContext): Promise<void> {
       'WRONG_STATE',
       `still mounted in the data root, not removing it: ${mounted.join(', ')}`,
     );
-  for (const entry of DATA_ROOT_ENTRIES) await rm(join(root, entry), { recursive: true, force: true });
+  for (const entry of [...DATA_ROOT_ENTRIES, OWNER_FILE])
+    await rm(join(root, entry), { recursive: true, force: true });
   const dataRootRemoved = await rmdir(root).then(
     () => true,
     () => false,
