@@ -220,6 +220,11 @@ case "${1:-}" in
   stop) stop_all ;;
   status) status ;;
   purge)
+    # BERTH_STATE_DIR is deleted whole: only a path that cannot be a system directory.
+    case "$STATE" in
+      /*/*) ;;
+      *) die "refusing to purge the state dir $STATE (an absolute path at least two levels deep)" ;;
+    esac
     stop_all
     # The cluster of a checkout under e.g. /root lives in /var/lib/postgresql/berth-<hash> (linked from
     # .berth/): deleted with the links, or the next `ensure` would keep it aside as an earlier checkout's.

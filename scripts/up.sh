@@ -98,9 +98,11 @@ start_one() {
   echo "up: $name started (pid $!, log $LOGS/$name.log)" >&2
 }
 start_one api dist/apps/api/apps/api/src/main.js
+# What `purge` wipes: the host of the worker started now (one already running keeps its record).
+if ! running worker || [ ! -s "$RUN/runtime" ]; then
+  node -e "$RUNTIME_CONFIG_JS" ./dist/apps/api/libs/config/src >"$RUN/runtime.tmp" && mv "$RUN/runtime.tmp" "$RUN/runtime"
+fi
 start_one worker dist/apps/worker/apps/worker/src/main.js
-# What `purge` wipes: this worker's host, whatever the environment says then.
-node -e "$RUNTIME_CONFIG_JS" ./dist/apps/api/libs/config/src >"$RUN/runtime.tmp" && mv "$RUN/runtime.tmp" "$RUN/runtime"
 
 port=$(node -e "console.log(require('./dist/apps/api/libs/config/src').loadConfig().api.port)")
 host_name=$(node -e "console.log(require('./dist/apps/api/libs/config/src').loadConfig().host.name)")

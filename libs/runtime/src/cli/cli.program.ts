@@ -164,8 +164,11 @@ function lifecycle(
 
 /** Berth's own entries in a data root (what `wipe` removes; anything else there is left alone). */
 const DATA_ROOT_ENTRIES = ['containers', 'network', 'storage', 'tmp'];
-/** What else a data root may hold for `wipe` to go ahead: the API's default admin key, a disk's lost+found. */
-const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found', OWNER_FILE];
+/**
+ * What else a data root may hold for `wipe` to go ahead: the API's default admin key, a disk's lost+found,
+ * the worker's record (and its temporary file, left by a worker killed while writing it).
+ */
+const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found', OWNER_FILE, `${OWNER_FILE}.tmp`];
 
 /**
  * `wipe --yes`: empties this host for good (decommissioning it, or a local install's `npm run up --
@@ -231,7 +234,7 @@ async function wipe(ctx: CommandContext): Promise<void> {
       'WRONG_STATE',
       `still mounted in the data root, not removing it: ${mounted.join(', ')}`,
     );
-  for (const entry of [...DATA_ROOT_ENTRIES, OWNER_FILE])
+  for (const entry of [...DATA_ROOT_ENTRIES, OWNER_FILE, `${OWNER_FILE}.tmp`])
     await rm(join(root, entry), { recursive: true, force: true });
   const dataRootRemoved = await rmdir(root).then(
     () => true,
