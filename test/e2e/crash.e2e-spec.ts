@@ -418,6 +418,25 @@ describeKernel(
       );
     }, 60_000);
 
+    it('a second worker on the same data root is refused at its start, touching nothing; the first goes on', async () => {
+      if (w.proc.exitCode !== null || w.proc.signalCode !== null) w = await c.startWorker();
+      const hostId = await c.hostId();
+      const hostEvents = async () =>
+        (await c.ds.query(`SELECT count(*)::int AS n FROM audit_events WHERE subject_id = $1`, [hostId]))[0]
+          .n;
+      const before = await hostEvents();
+      // It would reconcile the data root (removing what the first is half-way through creating) and run
+      // the host's jobs a second time.
+      await expect(c.startWorker()).rejects.toThrow(
+        new RegExp(`data root \\S+ is in use by another process \\(the worker, pid ${w.pid}\\)`),
+      );
+      // Not registered: no `host.registered`, no heartbeat's state change.
+      expect(await hostEvents()).toBe(before);
+      const { id, jobId } = await create(`crash-f-${process.pid}`);
+      await expectExactlyOnce(id, jobId);
+      expectSurvivorsRunning();
+    }, 120_000);
+
     it('destroys everything through the API afterwards: nothing is left on the host', async () => {
       // A failed case above may have left its worker killed: this one needs a live worker.
       if (w.proc.exitCode !== null || w.proc.signalCode !== null) w = await c.startWorker();

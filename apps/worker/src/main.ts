@@ -1,5 +1,6 @@
 import 'reflect-metadata';
 import { ConfigError, loadConfig } from '@berth/config';
+import { RuntimeError } from '@berth/runtime';
 import { createWorker } from './bootstrap';
 
 async function main(): Promise<void> {
@@ -8,6 +9,10 @@ async function main(): Promise<void> {
 }
 
 main().catch((e: unknown) => {
-  console.error(e instanceof ConfigError ? e.message : e);
+  // A bad setting, or a fact of the host (its data root held by another worker): one line says it.
+  if (e instanceof ConfigError) console.error(e.message);
+  else if (e instanceof RuntimeError && e.code === 'WRONG_STATE')
+    console.error(`worker: ${e.code}: ${e.message}`);
+  else console.error(e);
   process.exit(1);
 });

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
-import type { ContainerInfo } from '@berth/runtime';
+import { claimDataRoot, lockDataRoot, type ContainerInfo } from '@berth/runtime';
 import { openTestHost, type TestHost } from './runtime-harness';
 
 const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'nsenter', 'gcc'] };
@@ -152,15 +152,17 @@ describeKernel('runtime CLI against the real kernel', needs, () => {
     expect(readFileSync(join(host.dataRoot, 'notes.txt'), 'utf8')).toBe('not Berth’s');
     rmSync(join(host.dataRoot, 'notes.txt'));
 
-    // Not while the data root's worker runs (this test process plays it), but once it is gone.
-    const owner = join(host.dataRoot, 'worker.pid');
-    const start = readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[19];
-    writeFileSync(owner, JSON.stringify({ pid: process.pid, startTime: Number(start) }));
+    // Not while the data root's worker runs (this test process plays it: it holds the data root and
+    // records itself, as the worker does), but once it is gone. What it recorded stays behind, as after a
+    // SIGKILL: the record alone holds nothing.
+    const held = await lockDataRoot(host.dataRoot);
+    await claimDataRoot(host.dataRoot);
     const busy = await cli('wipe', '--yes');
+    await held.release();
     expect(busy.code).toBe(1);
     expect(busy.stderr).toMatch(new RegExp(`WRONG_STATE: the worker of .* runs \\(pid ${process.pid}\\)`));
     expect(JSON.parse((await cli('list', '--json')).stdout)).toHaveLength(1);
-    writeFileSync(owner, JSON.stringify({ pid: process.pid, startTime: Number(start) + 1 })); // a dead one
+    expect(existsSync(join(host.dataRoot, 'worker.pid'))).toBe(true);
 
     // Through a symlink to the data root (mounts and loop devices are recorded under its real path).
     const link = `${host.dataRoot}-link`;

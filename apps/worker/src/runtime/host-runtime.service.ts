@@ -1,21 +1,39 @@
-import { Inject, Injectable, type OnApplicationShutdown } from '@nestjs/common';
+import { Inject, Injectable, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import { PinoLogger } from 'nestjs-pino';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
-import { claimDataRoot, openHostRuntime, releaseDataRoot, type HostRuntime } from '@berth/runtime';
+import {
+  claimDataRoot,
+  lockDataRoot,
+  openHostRuntime,
+  releaseDataRoot,
+  type DataRootLock,
+  type HostRuntime,
+} from '@berth/runtime';
 
 /**
  * This host's runtime (libs/runtime), opened once: cgroup and storage drivers detected, the storage pool
  * prepared, and what a crash left half done reconciled before any job runs.
  */
 @Injectable()
-export class HostRuntimeService implements OnApplicationShutdown {
+export class HostRuntimeService implements OnModuleInit, OnApplicationShutdown {
   private runtime?: Promise<HostRuntime>;
+  private lock?: DataRootLock;
 
   constructor(
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
     private readonly log: PinoLogger,
   ) {
     log.setContext(HostRuntimeService.name);
+  }
+
+  /**
+   * This process alone works on the data root, taken before anything else starts (the host's registration,
+   * the reconcile of the data root, the queue): a second worker there would remove the containers this one
+   * is half-way through creating, and run its jobs again. A second worker is refused at its start and
+   * exits saying which process holds the data root.
+   */
+  async onModuleInit(): Promise<void> {
+    this.lock = await lockDataRoot(this.config.runtime.dataRoot);
   }
 
   get(): Promise<HostRuntime> {
@@ -36,7 +54,7 @@ export class HostRuntimeService implements OnApplicationShutdown {
     const report = await rt.containers.reconcile({ remove: true });
     // And what a template import killed midway left in its staging directory.
     const staging = await rt.templates.sweepStaging();
-    // This process works on the data root now (`wipe` refuses while it runs).
+    // Who holds it, for the messages of those refused (`wipe`, a second worker).
     await claimDataRoot(r.dataRoot);
     this.log.info(
       { storage: rt.storage.info().name, cgroup: rt.cgroups.version, report, staging },
@@ -47,5 +65,6 @@ export class HostRuntimeService implements OnApplicationShutdown {
 
   async onApplicationShutdown(): Promise<void> {
     if (this.runtime) await releaseDataRoot(this.config.runtime.dataRoot).catch(() => undefined);
+    await this.lock?.release();
   }
 }

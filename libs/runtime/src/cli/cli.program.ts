@@ -10,7 +10,7 @@ import type {
 } from '../container/container.types';
 import { RuntimeError } from '../common/errors';
 import { openHostRuntime, wipeHostRuntime, type HostRuntime } from '../host-runtime';
-import { dataRootOwner, OWNER_FILE } from '../host/data-root-owner';
+import { lockDataRoot, OWNER_FILE } from '../host/data-root-owner';
 import { removeBridge } from '../network/bridge';
 import { mountsUnder } from '../storage/mount-table';
 import type { StorageDriverName } from '../storage/storage.driver';
@@ -177,8 +177,8 @@ const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found', OWNER_FILE, `${OWNER_FILE}.
  * attached to it), then Berth's directories in the data root, and the data root itself when that leaves
  * it empty (a data root that is a mount point of its own stays). Refuses, before touching anything, a data
  * root that holds anything else (a mistyped path, a home directory: not Berth's to empty), and refuses to
- * delete a directory while anything is still mounted below the data root, or to start while the worker
- * recorded in the data root still runs (worker.pid). A cgroup parent belongs to one data root (reconcile
+ * delete a directory while anything is still mounted below the data root, or to start while the data
+ * root's worker runs (the worker holds it: lockDataRoot; and wipe holds it while it works). A cgroup parent belongs to one data root (reconcile
  * removes the groups under it that this data root does not know).
  */
 async function wipe(ctx: CommandContext): Promise<void> {
@@ -203,13 +203,31 @@ async function wipe(ctx: CommandContext): Promise<void> {
       `${root} holds more than Berth's data (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): not wiping it`,
       { dataRoot: root, foreign: foreign.slice(0, 20) },
     );
-  const owner = await dataRootOwner(root);
-  if (owner !== null)
+  // Held while wiping: a worker starting now waits for nothing, it is refused (and the other way round).
+  const lock = await lockDataRoot(root).catch((e: unknown) => {
+    if (!(e instanceof RuntimeError) || e.code !== 'WRONG_STATE') throw e;
+    const pid = e.context.pid as number | null;
     throw new RuntimeError(
       'WRONG_STATE',
-      `the worker of ${root} runs (pid ${owner}): stop it first (npm run up -- stop, or its service)`,
-      { dataRoot: root, pid: owner },
+      `the worker of ${root} runs${pid === null ? '' : ` (pid ${pid})`}: stop it first (npm run up -- stop, or its service)`,
+      { dataRoot: root, pid },
     );
+  });
+  try {
+    await wipeLocked(ctx, root, cgroupParent, bridge, hostNetns);
+  } finally {
+    await lock.release();
+  }
+}
+
+/** wipe's work, the data root held (lockDataRoot) and checked to hold Berth's data only. */
+async function wipeLocked(
+  ctx: CommandContext,
+  root: string,
+  cgroupParent: string,
+  bridge: string,
+  hostNetns: string | undefined,
+): Promise<void> {
   // Mounts and loop devices are recorded under the real path (a data root reached through a symlink).
   ctx.globals.dataRoot = root;
   const rt = await ctx.runtime();

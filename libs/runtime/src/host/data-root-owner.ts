@@ -1,5 +1,8 @@
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { realpath, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { join, resolve } from 'node:path';
+import { RuntimeError } from '../common/errors';
 import { readProcStat } from '../namespaces/init-process';
 
 /** The file in a data root that names the worker process using it. */
@@ -46,4 +49,56 @@ export async function dataRootOwner(dataRoot: string): Promise<number | null> {
   if (!owner) return null;
   const stat = await readProcStat(owner.pid);
   return stat && stat.startTime === owner.startTime && stat.state !== 'Z' ? owner.pid : null;
+}
+
+/** A data root held by this process (lockDataRoot) until `release`, or until the process ends. */
+export interface DataRootLock {
+  readonly dataRoot: string;
+  release(): Promise<void>;
+}
+
+/** The abstract socket name that stands for a data root: its real path, hashed (names are ≤ 107 bytes). */
+async function lockName(dataRoot: string): Promise<{ path: string; name: string }> {
+  const path = await realpath(dataRoot).catch(() => resolve(dataRoot));
+  return { path, name: `\0berth/data-root/${createHash('sha256').update(path).digest('hex').slice(0, 40)}` };
+}
+
+/**
+ * Takes a data root for this process alone: a worker holds it for its whole life, `wipe` while it empties
+ * one. Two workers on one data root would each reconcile it at start (removing the containers the other is
+ * half-way through creating) and run its jobs twice. The lock is a Linux abstract Unix socket bound under a
+ * name derived from the root's real path: exclusive (the kernel refuses a second bind), and gone with its
+ * process however that ends (a SIGKILL leaves no stale lock to judge). Abstract names are per network
+ * namespace: processes sharing a data root must share their network namespace (a host's worker and its
+ * CLI do). Throws WRONG_STATE, naming the holder's pid when it recorded one, if another process holds it.
+ */
+export async function lockDataRoot(dataRoot: string): Promise<DataRootLock> {
+  const { path, name } = await lockName(dataRoot);
+  const server: Server = createServer((socket) => socket.destroy());
+  await new Promise<void>((ok, fail) => {
+    server.once('error', fail);
+    server.listen({ path: name, exclusive: true }, () => {
+      server.off('error', fail);
+      ok();
+    });
+  }).catch(async (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EADDRINUSE') throw e;
+    const pid = await dataRootOwner(path);
+    throw new RuntimeError(
+      'WRONG_STATE',
+      `data root ${path} is in use by another process${pid === null ? '' : ` (the worker, pid ${pid})`}`,
+      { dataRoot: path, pid },
+    );
+  });
+  // The lock does not keep the process alive.
+  server.unref();
+  let released = false;
+  return {
+    dataRoot: path,
+    release: async () => {
+      if (released) return;
+      released = true;
+      await new Promise<void>((ok) => server.close(() => ok()));
+    },
+  };
 }
