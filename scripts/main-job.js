@@ -104,7 +104,16 @@ async function waitForHost() {
   console.log('\nWatch it:');
   console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" ${base}/v1/jobs/${jobId}/wait`);
   console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" '${base}/v1/containers?name=${name}'`);
-  console.log(`  npm run runtime -- exec ${containerId} -- ps   # on this host, as root`);
+  // The worker's data root and cgroup parent when they are not the defaults (the CLI reads them from the
+  // environment too, but the line may be pasted into another shell).
+  const where = [
+    ['--data-root', process.env.BERTH_DATA_ROOT, '/var/lib/berth'],
+    ['--cgroup-parent', process.env.BERTH_CGROUP_PARENT, 'berth'],
+  ]
+    .filter(([, v, d]) => v && v !== d)
+    .map(([flag, v]) => `${flag} '${v}' `)
+    .join('');
+  console.log(`  npm run runtime -- ${where}exec ${containerId} -- ps   # on this host, as root`);
   console.log(`  ${base}/admin/queues   # queue board: basic auth, any user, the admin key as password`);
   console.log(`  curl -s -H "Authorization: Bearer $(cat ${keyFile})" ${base}/metrics`);
 })().catch((e) => {

@@ -38,14 +38,56 @@ function fakeHost() {
   return { containers, open, opened };
 }
 
-async function cli(argv: string[], host = fakeHost()) {
+async function cli(argv: string[], host = fakeHost(), env: NodeJS.ProcessEnv = {}) {
   let stdout = '';
   let stderr = '';
-  const code = await runCli(argv, { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) }, host.open);
+  const io = { stdout: (t: string) => (stdout += t), stderr: (t: string) => (stderr += t) };
+  const code = await runCli(argv, io, host.open, env);
   return { code, stdout, stderr, host };
 }
 
 describe('runCli', () => {
+  it("defaults to the worker's runtime settings from the environment; a flag wins", async () => {
+    const env = {
+      BERTH_DATA_ROOT: '/srv/berth',
+      BERTH_CGROUP_PARENT: 'berth-a',
+      BERTH_STORAGE_DRIVER: 'overlay',
+      BERTH_BRIDGE: 'berth1',
+      BERTH_BRIDGE_CIDR: '10.99.0.0/24',
+      BERTH_HOST_NETNS: 'berth-h1',
+    };
+    const fromEnv = await cli(['list'], fakeHost(), env);
+    expect(fromEnv.code).toBe(0);
+    expect(fromEnv.host.opened[0]).toMatchObject({
+      dataRoot: '/srv/berth',
+      cgroupParent: 'berth-a',
+      storage: 'overlay',
+      bridge: 'berth1',
+      bridgeCidr: '10.99.0.0/24',
+      hostNetns: 'berth-h1',
+    });
+    const flags = await cli(['--data-root', '/srv/other', '--storage', 'dir', 'list'], fakeHost(), env);
+    expect(flags.host.opened[0]).toMatchObject({
+      dataRoot: '/srv/other',
+      storage: 'dir',
+      cgroupParent: 'berth-a',
+    });
+    // Without them, the worker's own defaults.
+    const bare = await cli(['list']);
+    expect(bare.host.opened[0]).toMatchObject({
+      dataRoot: '/var/lib/berth',
+      cgroupParent: 'berth',
+      storage: 'auto',
+      bridge: 'berth0',
+      bridgeCidr: undefined,
+      hostNetns: undefined,
+    });
+    // A driver the worker would not take either is a usage error, said as such.
+    const bad = await cli(['list'], fakeHost(), { BERTH_STORAGE_DRIVER: 'zfs' });
+    expect(bad).toMatchObject({ code: 2 });
+    expect(bad.stderr).toMatch(/--storage must be one of auto, btrfs, overlay, dir, got zfs/);
+  });
+
   it('builds the spec from the flags (sizes through parseSize) and reports the result', async () => {
     const r = await cli([
       'create',

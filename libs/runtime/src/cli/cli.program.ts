@@ -54,20 +54,26 @@ export const openRuntimeForCli: RuntimeOpener = async (o) => {
   });
 };
 
-const GLOBAL_OPTIONS: readonly OptionSpec[] = [
+/**
+ * The options every command takes. Their defaults are the worker's settings from the same environment
+ * variables (`BERTH_DATA_ROOT`, `BERTH_CGROUP_PARENT`, `BERTH_STORAGE_DRIVER`, `BERTH_BRIDGE`,
+ * `BERTH_BRIDGE_CIDR`, `BERTH_HOST_NETNS`), so that on a host whose worker runs with them the CLI works on
+ * the same data root without repeating them; a flag wins.
+ */
+const globalOptions = (env: NodeJS.ProcessEnv): readonly OptionSpec[] => [
   {
     name: 'data-root',
     type: 'string',
     value: 'dir',
     description: 'data root of this host',
-    default: '/var/lib/berth',
+    default: env.BERTH_DATA_ROOT || '/var/lib/berth',
   },
   {
     name: 'cgroup-parent',
     type: 'string',
     value: 'name',
     description: 'cgroup parent of the containers',
-    default: 'berth',
+    default: env.BERTH_CGROUP_PARENT || 'berth',
   },
   {
     name: 'storage',
@@ -75,7 +81,7 @@ const GLOBAL_OPTIONS: readonly OptionSpec[] = [
     value: 'driver',
     description: 'storage driver',
     choices: ['auto', 'btrfs', 'overlay', 'dir'],
-    default: 'auto',
+    default: env.BERTH_STORAGE_DRIVER || 'auto',
   },
   { name: 'json', type: 'boolean', description: 'print one JSON document on stdout' },
   {
@@ -83,19 +89,21 @@ const GLOBAL_OPTIONS: readonly OptionSpec[] = [
     type: 'string',
     value: 'name',
     description: 'host bridge for --network bridge',
-    default: 'berth0',
+    default: env.BERTH_BRIDGE || 'berth0',
   },
   {
     name: 'bridge-cidr',
     type: 'string',
     value: 'cidr',
     description: 'address pool of the bridge, e.g. 10.88.0.0/24 (enables --network bridge)',
+    default: env.BERTH_BRIDGE_CIDR || undefined,
   },
   {
     name: 'host-netns',
     type: 'string',
     value: 'name',
     description: 'named netns that plays the host for the bridge',
+    default: env.BERTH_HOST_NETNS || undefined,
   },
 ];
 
@@ -547,10 +555,11 @@ export async function runCli(
   argv: readonly string[],
   io: CliIo,
   open: RuntimeOpener = openRuntimeForCli,
+  env: NodeJS.ProcessEnv = {},
 ): Promise<number> {
   let exitCode = EXIT_OK;
   try {
-    const parsed = parseCommandLine(argv, GLOBAL_OPTIONS, COMMANDS);
+    const parsed = parseCommandLine(argv, globalOptions(env), COMMANDS);
     if (parsed.kind === 'help') {
       io.stdout(parsed.text);
       return EXIT_OK;
