@@ -5,19 +5,21 @@
 # `scripts/up.sh purge` undoes everything it made: the API and worker stopped, this host wiped (every
 # container and template destroyed, the storage pool released, the cgroup parent and the data root
 # removed: `npm run runtime -- wipe --yes`), Redis and PostgreSQL stopped and their data, the admin key
-# and the logs (.berth) deleted. The next `up` starts from nothing.
+# and the logs (.berth, or BERTH_STATE_DIR) deleted. The next `up` starts from nothing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
-RUN=.berth/run
-LOGS=.berth/logs
+# Its run files, logs and the admin key live with the local services' state (scripts/services.sh).
+STATE=${BERTH_STATE_DIR:-$PWD/.berth}
+RUN=$STATE/run
+LOGS=$STATE/logs
 # The runtime's settings as the worker reads them (five lines: data root, cgroup parent, bridge, storage
 # driver, host netns), for `purge`'s wipe of this host.
 RUNTIME_CONFIG_JS="const r = require(process.argv[1]).loadConfig().runtime;
 for (const v of [r.dataRoot, r.cgroupParent, r.network.bridge, r.storageDriver, r.network.hostNetns ?? '']) console.log(v);"
 mkdir -p "$RUN" "$LOGS"
 # Local mode: the admin key the API creates on its first start lands here (0600).
-export ADMIN_KEY_FILE=${ADMIN_KEY_FILE:-$PWD/.berth/admin.key}
+export ADMIN_KEY_FILE=${ADMIN_KEY_FILE:-$STATE/admin.key}
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
