@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { describeKernel } from '@test/support/kernel';
 import {
@@ -209,11 +210,18 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
   it('one host name, one machine: a worker of another machine cannot take a live host, and a worker whose host was taken stops', async () => {
     // The live worker's row, as if it ran on another machine (cloned VMs keep their hostname).
     await c.ds.query(`UPDATE hosts SET machine_id = 'another-machine' WHERE id = $1`, [hostId]);
-    await expect(c.startWorker()).rejects.toThrow(
+    // (A data root of its own, as on another machine: this one's is held by the live worker.)
+    const elsewhere = {
+      BERTH_DATA_ROOT: `${c.dataRoot}-elsewhere`,
+      BERTH_CGROUP_PARENT: `${c.cgroupParent}x`,
+    };
+    await expect(c.startWorker(elsewhere)).rejects.toThrow(
       new RegExp(`host name ${c.hostName} is held by a live worker on another machine \\(another-machine`),
     );
     expect(w.proc.exitCode).toBeNull();
     expect(await myHost()).toMatchObject({ state: 'online' });
+    // Refused before its runtime opened: nothing made there.
+    expect(existsSync(elsewhere.BERTH_DATA_ROOT)).toBe(false);
 
     // Another worker takes the row while this one lives (it had stopped heartbeating long enough): this
     // one stops at its next heartbeat, and leaves the row to the other (no offline mark).
