@@ -321,6 +321,42 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     await w.stop();
   }, 90_000);
 
+  it('past the grace, a stopping worker holds its data root until it exits: a worker started meanwhile is refused', async () => {
+    const w = await c.startWorker({ SHUTDOWN_GRACE_MS: '500', WORKER_LOCK_MS: '2000' });
+    const hostId = await c.hostId();
+    const job = await c.api
+      .get(JobEnqueuer)
+      .submit({ kind: 'system.noop', payload: { n: 98, holdMs: 10_000 }, hostId, principal });
+    await until('the long job running', async () => {
+      const [r] = await rows([job!.id]);
+      return r.state === 'active' && r.stage !== 'waiting for a worker slot';
+    });
+    // The host's offline mark, at the end of the shutdown, waits for this row lock: the process lives on
+    // past the grace with its job still running.
+    const lock = c.ds.createQueryRunner();
+    await lock.connect();
+    try {
+      await lock.startTransaction();
+      await lock.query(`SELECT 1 FROM hosts WHERE id = $1 FOR UPDATE`, [hostId]);
+      w.proc.kill('SIGTERM');
+      await until('the grace over', async () => /shutdown grace over/.test(w.output()));
+      await expect(c.startWorker({ WORKER_LOCK_MS: '2000' })).rejects.toThrow(
+        new RegExp(`data root \\S+ is in use by another process \\(the worker, pid ${w.pid}\\)`),
+      );
+      expect(w.proc.exitCode).toBeNull();
+      expect(w.proc.signalCode).toBeNull();
+    } finally {
+      await lock.rollbackTransaction();
+      await lock.release();
+    }
+    await w.exited;
+    // Once it is gone, the next worker takes the data root and runs the job to its end, recorded once.
+    const w2 = await c.startWorker({ WORKER_LOCK_MS: '2000' });
+    const res = await c.http().get(`/v1/jobs/${job!.id}/wait?timeout=60`).set(c.auth());
+    expect(res.body).toMatchObject({ state: 'completed', result: { n: 98 } });
+    await w2.stop();
+  }, 90_000);
+
   it('SIGKILL with jobs claimed ahead: after a restart every job runs to its end and is completed once', async () => {
     const { w, ids } = await oneRunningTwoWaiting();
     await w.kill();

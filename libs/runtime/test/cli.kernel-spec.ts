@@ -158,9 +158,23 @@ describeKernel('runtime CLI against the real kernel', needs, () => {
     const held = await lockDataRoot(host.dataRoot);
     await claimDataRoot(host.dataRoot);
     const busy = await cli('wipe', '--yes');
+    // Nor does any command that changes the host run beside it; those that look do.
+    const besides = {
+      create: await cli('create', 'web3'),
+      reconcile: await cli('reconcile', '--remove'),
+      list: await cli('list', '--json'),
+    };
     await held.release();
     expect(busy.code).toBe(1);
     expect(busy.stderr).toMatch(new RegExp(`WRONG_STATE: the worker of .* runs \\(pid ${process.pid}\\)`));
+    for (const refused of [besides.create, besides.reconcile]) {
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(
+        /WRONG_STATE: the worker of .* runs .*or change this host through the API/,
+      );
+    }
+    expect(besides.list.code).toBe(0);
+    expect(JSON.parse(besides.list.stdout)).toHaveLength(1);
     expect(JSON.parse((await cli('list', '--json')).stdout)).toHaveLength(1);
     expect(existsSync(join(host.dataRoot, 'worker.pid'))).toBe(true);
 

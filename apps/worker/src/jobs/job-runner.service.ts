@@ -690,11 +690,14 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       // same promise (it waits for every handler). The shutdown goes on without them instead: their BullMQ
       // jobs stall once this process is gone and another worker (or this one restarted) takes them again.
       const closed = await Promise.race([this.worker.close().then(() => 'closed' as const), grace]);
-      if (closed === 'grace')
+      if (closed === 'grace') {
         this.log.warn(
           { running: this.config.worker.concurrency - this.slots.getValue() },
           'shutdown grace over with jobs still running: they are handed back when their locks lapse',
         );
+        // They run on until the process ends: so does its hold on the data root.
+        this.runtime.holdUntilExit();
+      }
     } finally {
       clearTimeout(timer);
     }

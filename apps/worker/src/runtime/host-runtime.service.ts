@@ -18,6 +18,7 @@ import {
 export class HostRuntimeService implements OnModuleInit, OnApplicationShutdown {
   private runtime?: Promise<HostRuntime>;
   private lock?: DataRootLock;
+  private heldUntilExit = false;
 
   constructor(
     @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
@@ -63,7 +64,17 @@ export class HostRuntimeService implements OnModuleInit, OnApplicationShutdown {
     return rt;
   }
 
+  /**
+   * Handlers still run past the shutdown grace (JobRunner): the data root stays held (and recorded) until
+   * the process ends, which frees it whatever happens in the rest of the shutdown. Released earlier, a
+   * worker started meanwhile would reconcile the data root under those handlers.
+   */
+  holdUntilExit(): void {
+    this.heldUntilExit = true;
+  }
+
   async onApplicationShutdown(): Promise<void> {
+    if (this.heldUntilExit) return;
     if (this.runtime) await releaseDataRoot(this.config.runtime.dataRoot).catch(() => undefined);
     await this.lock?.release();
   }

@@ -31,11 +31,13 @@ function fakeHost() {
     resize: jest.fn(),
   };
   const opened: CliGlobalOptions[] = [];
-  const open = jest.fn(async (o: CliGlobalOptions) => {
+  const exclusive: boolean[] = [];
+  const open = jest.fn(async (o: CliGlobalOptions, changes: boolean) => {
     opened.push(o);
+    exclusive.push(changes);
     return { containers, templates: {} } as unknown as HostRuntime;
   });
-  return { containers, open, opened };
+  return { containers, open, opened, exclusive };
 }
 
 async function cli(argv: string[], host = fakeHost(), env: NodeJS.ProcessEnv = {}) {
@@ -47,6 +49,18 @@ async function cli(argv: string[], host = fakeHost(), env: NodeJS.ProcessEnv = {
 }
 
 describe('runCli', () => {
+  it('holds the data root (beside no worker) for the commands that change the host, not for those that look', async () => {
+    const holds = async (argv: string[]) => (await cli(argv)).host.exclusive[0];
+    for (const argv of [['list'], ['stats', 'web1'], ['exec', 'web1', '--', 'true'], ['reconcile']])
+      expect({ argv, holds: await holds(argv) }).toEqual({ argv, holds: false });
+    for (const argv of [
+      ['create', 'web1'],
+      ['start', 'web1'],
+      ['reconcile', '--remove'],
+    ])
+      expect({ argv, holds: await holds(argv) }).toEqual({ argv, holds: true });
+  });
+
   it("defaults to the worker's runtime settings from the environment; a flag wins", async () => {
     const env = {
       BERTH_DATA_ROOT: '/srv/berth',

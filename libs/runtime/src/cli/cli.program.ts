@@ -10,7 +10,7 @@ import type {
 } from '../container/container.types';
 import { RuntimeError } from '../common/errors';
 import { openHostRuntime, wipeHostRuntime, type HostRuntime } from '../host-runtime';
-import { lockDataRoot, OWNER_FILE } from '../host/data-root-owner';
+import { LOCK_ID_FILE, lockDataRoot, OWNER_FILE } from '../host/data-root-owner';
 import { removeBridge } from '../network/bridge';
 import { mountsUnder } from '../storage/mount-table';
 import type { StorageDriverName } from '../storage/storage.driver';
@@ -40,12 +40,21 @@ export interface CliIo {
   stderr(text: string): void;
 }
 
-/** Opens the host runtime a command works on; injected so the command layer can be tested with a fake. */
-export type RuntimeOpener = (options: CliGlobalOptions) => Promise<HostRuntime>;
+/**
+ * Opens the host runtime a command works on; injected so the command layer can be tested with a fake.
+ * `exclusive`: the command changes the host, and must not run beside the data root's worker.
+ */
+export type RuntimeOpener = (options: CliGlobalOptions, exclusive: boolean) => Promise<HostRuntime>;
 
-/** The real opener: creates the data root (0711, so unprivileged containers can reach their rootfs). */
-export const openRuntimeForCli: RuntimeOpener = async (o) => {
+/**
+ * The real opener: creates the data root (0711, so unprivileged containers can reach their rootfs); for a
+ * command that changes the host, holds it first (lockDataRoot, until the CLI exits). With the worker
+ * running, its host is the worker's: a container made or destroyed behind its back, or the half-made
+ * containers `reconcile --remove` would take from under a running create, is what the lock is for.
+ */
+export const openRuntimeForCli: RuntimeOpener = async (o, exclusive) => {
   await mkdir(o.dataRoot, { recursive: true, mode: 0o711 });
+  if (exclusive) await lockDataRoot(o.dataRoot).catch((e: unknown) => refusedBesideWorker(e, o.dataRoot));
   return openHostRuntime({
     dataRoot: o.dataRoot,
     cgroupParent: o.cgroupParent,
@@ -170,13 +179,27 @@ function lifecycle(
   };
 }
 
+/** lockDataRoot's refusal, said for the CLI's user. */
+function refusedBesideWorker(e: unknown, dataRoot: string): never {
+  if (!(e instanceof RuntimeError) || e.code !== 'WRONG_STATE') throw e;
+  const pid = e.context.pid as number | null;
+  throw new RuntimeError(
+    'WRONG_STATE',
+    `the worker of ${dataRoot} runs${pid === null ? '' : ` (pid ${pid})`}: stop it first (npm run up -- stop, or its service), or change this host through the API`,
+    { dataRoot, pid },
+  );
+}
+
 /** Berth's own entries in a data root (what `wipe` removes; anything else there is left alone). */
 const DATA_ROOT_ENTRIES = ['containers', 'network', 'storage', 'tmp'];
+/** What else a data root may hold for `wipe` to go ahead (left there): the API's default admin key, a disk's lost+found. */
+const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found'];
 /**
- * What else a data root may hold for `wipe` to go ahead: the API's default admin key, a disk's lost+found,
- * the worker's record (and its temporary file, left by a worker killed while writing it).
+ * Berth's own files in a data root (removed with the entries): the worker's record and the lock's id, and
+ * their temporary files (left by a process killed while writing them).
  */
-const DATA_ROOT_EXTRAS = ['admin.key', 'lost+found', OWNER_FILE, `${OWNER_FILE}.tmp`];
+const isBerthFile = (e: string) =>
+  [OWNER_FILE, `${OWNER_FILE}.tmp`, LOCK_ID_FILE].includes(e) || /^lock\.id\.\d+\.tmp$/.test(e);
 
 /**
  * `wipe --yes`: empties this host for good (decommissioning it, or a local install's `npm run up --
@@ -203,7 +226,7 @@ async function wipe(ctx: CommandContext): Promise<void> {
     return;
   }
   const foreign = (await readdir(root)).filter(
-    (e) => !DATA_ROOT_ENTRIES.includes(e) && !DATA_ROOT_EXTRAS.includes(e),
+    (e) => !DATA_ROOT_ENTRIES.includes(e) && !DATA_ROOT_EXTRAS.includes(e) && !isBerthFile(e),
   );
   if (foreign.length > 0)
     throw new RuntimeError(
@@ -212,15 +235,7 @@ async function wipe(ctx: CommandContext): Promise<void> {
       { dataRoot: root, foreign: foreign.slice(0, 20) },
     );
   // Held while wiping: a worker starting now waits for nothing, it is refused (and the other way round).
-  const lock = await lockDataRoot(root).catch((e: unknown) => {
-    if (!(e instanceof RuntimeError) || e.code !== 'WRONG_STATE') throw e;
-    const pid = e.context.pid as number | null;
-    throw new RuntimeError(
-      'WRONG_STATE',
-      `the worker of ${root} runs${pid === null ? '' : ` (pid ${pid})`}: stop it first (npm run up -- stop, or its service)`,
-      { dataRoot: root, pid },
-    );
-  });
+  const lock = await lockDataRoot(root).catch((e: unknown) => refusedBesideWorker(e, root));
   try {
     await wipeLocked(ctx, root, cgroupParent, bridge, hostNetns);
   } finally {
@@ -260,7 +275,7 @@ async function wipeLocked(
       'WRONG_STATE',
       `still mounted in the data root, not removing it: ${mounted.join(', ')}`,
     );
-  for (const entry of [...DATA_ROOT_ENTRIES, OWNER_FILE, `${OWNER_FILE}.tmp`])
+  for (const entry of [...DATA_ROOT_ENTRIES, ...(await readdir(root)).filter(isBerthFile)])
     await rm(join(root, entry), { recursive: true, force: true });
   const dataRootRemoved = await rmdir(root).then(
     () => true,
@@ -546,6 +561,14 @@ const COMMANDS: readonly CommandSpec<Run>[] = [
 ];
 
 /**
+ * Commands that only look (the others change the host: they hold its data root, see openRuntimeForCli;
+ * `wipe` holds it itself, before its checks).
+ */
+const LOOKING = ['template list', 'list', 'stats', 'exec'];
+const changesHost = (command: string, o: OptionValues) =>
+  !LOOKING.includes(command) && command !== 'wipe' && !(command === 'reconcile' && o.remove !== true);
+
+/**
  * Runs one CLI invocation (`argv` without node and the script) and resolves its exit code: 0 on success,
  * 1 with `error: <CODE>: <message>` on stderr for a failure, 2 with `error: USAGE: …` for a usage error,
  * and for `exec` the command's own exit code. Never throws and never calls process.exit, so output is
@@ -579,7 +602,7 @@ export async function runCli(
       args: parsed.args,
       options: o,
       globals,
-      runtime: () => (runtime ??= open(globals)),
+      runtime: () => (runtime ??= open(globals, changesHost(parsed.command.name, o))),
       print(value, human) {
         if (globals.json) io.stdout(`${JSON.stringify(value, null, 2)}\n`);
         else if (human) io.stdout(human.endsWith('\n') ? human : `${human}\n`);

@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { claimDataRoot, lockDataRoot, releaseDataRoot } from './data-root-owner';
+import { claimDataRoot, LOCK_ID_FILE, lockDataRoot, releaseDataRoot } from './data-root-owner';
 
 const ROOT = resolve(__dirname, '../../../..');
 
@@ -41,6 +41,27 @@ describe('lockDataRoot: one process per data root', () => {
     const again = await lockDataRoot(link);
     expect(again.dataRoot).toBe(dataRoot);
     await again.release();
+  });
+
+  it('one lock per root whatever the path: made on first use, reached through a symlinked parent; its id is root-only', async () => {
+    mkdirSync(join(dir, 'real'));
+    symlinkSync(join(dir, 'real'), join(dir, 'alias'));
+    // Neither exists yet: the first lock makes the root.
+    const lock = await lockDataRoot(join(dir, 'alias', 'fresh'));
+    expect(lock.dataRoot).toBe(join(dir, 'real', 'fresh'));
+    expect(statSync(join(dir, 'real', 'fresh')).mode & 0o777).toBe(0o711);
+    await expect(lockDataRoot(join(dir, 'real', 'fresh'))).rejects.toMatchObject({ code: 'WRONG_STATE' });
+    // The name comes from an id only root can read (no other user can take the name first).
+    expect(statSync(join(dir, 'real', 'fresh', LOCK_ID_FILE)).mode & 0o777).toBe(0o600);
+    await lock.release();
+    // A copy of a root (its id with it) is another root.
+    const copy = join(dir, 'copy');
+    mkdirSync(copy);
+    cpSync(join(dir, 'real', 'fresh', LOCK_ID_FILE), join(copy, LOCK_ID_FILE));
+    const a = await lockDataRoot(join(dir, 'real', 'fresh'));
+    const b = await lockDataRoot(copy);
+    await a.release();
+    await b.release();
   });
 
   it('a holder killed with SIGKILL leaves no lock behind', async () => {

@@ -1,7 +1,7 @@
-import { createHash } from 'node:crypto';
-import { realpath, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { link, mkdir, realpath, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { RuntimeError } from '../common/errors';
 import { readProcStat } from '../namespaces/init-process';
 
@@ -57,17 +57,41 @@ export interface DataRootLock {
   release(): Promise<void>;
 }
 
-/** The abstract socket name that stands for a data root: its real path, hashed (names are ≤ 107 bytes). */
+/** The file in a data root whose random content names its lock (0600: only root can read it). */
+export const LOCK_ID_FILE = 'lock.id';
+
+/**
+ * The abstract socket name that stands for a data root (made here, 0711, if it does not exist yet): a
+ * random id kept in the root (`lock.id`, made once, 0600) and the root's device and inode, hashed. The
+ * same root reached by any path (a symlink, a bind mount, before and after it existed) gives the same
+ * name; a copy of the root elsewhere gives another; and a user who cannot read `lock.id` cannot compute
+ * the name to take it first (abstract sockets have no permissions of their own).
+ */
 async function lockName(dataRoot: string): Promise<{ path: string; name: string }> {
-  const path = await realpath(dataRoot).catch(() => resolve(dataRoot));
-  return { path, name: `\0berth/data-root/${createHash('sha256').update(path).digest('hex').slice(0, 40)}` };
+  await mkdir(dataRoot, { recursive: true, mode: 0o711 });
+  const path = await realpath(dataRoot);
+  const file = join(path, LOCK_ID_FILE);
+  let id = await readFile(file, 'utf8').catch(() => null);
+  if (id === null) {
+    // Made once, atomically: of two processes making it at once, the first link wins and both read it.
+    const tmp = `${file}.${process.pid}.tmp`;
+    await writeFile(tmp, `${randomBytes(16).toString('hex')}\n`, { mode: 0o600 });
+    await link(tmp, file).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+    await rm(tmp, { force: true });
+    id = await readFile(file, 'utf8');
+  }
+  const { dev, ino } = await stat(path);
+  const key = `${id.trim()}:${dev}:${ino}`;
+  return { path, name: `\0berth/data-root/${createHash('sha256').update(key).digest('hex').slice(0, 40)}` };
 }
 
 /**
  * Takes a data root for this process alone: a worker holds it for its whole life, `wipe` while it empties
  * one. Two workers on one data root would each reconcile it at start (removing the containers the other is
  * half-way through creating) and run its jobs twice. The lock is a Linux abstract Unix socket bound under a
- * name derived from the root's real path: exclusive (the kernel refuses a second bind), and gone with its
+ * name that stands for the root (lockName): exclusive (the kernel refuses a second bind), and gone with its
  * process however that ends (a SIGKILL leaves no stale lock to judge). Abstract names are per network
  * namespace: processes sharing a data root must share their network namespace (a host's worker and its
  * CLI do). Throws WRONG_STATE, naming the holder's pid when it recorded one, if another process holds it.
