@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs';
+import { readdirSync, rmSync, statfsSync } from 'node:fs';
+import { join } from 'node:path';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { describeKernel } from '@test/support/kernel';
 import {
@@ -21,6 +22,7 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
   let hostId: string;
   const template = `bb-place-${process.pid}`;
   const small = { template, cpus: 0.1, memoryBytes: 32 * MiB, diskBytes: 64 * MiB, pidsMax: 64 };
+  type HostView = { id: string; capacity: { diskBytes: number } };
   let n = 0;
   const name = () => `place-${n++}-${process.pid}`;
 
@@ -59,6 +61,16 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     expect(await counts()).toEqual(before);
     return res.body;
   }
+
+  it("a host's disk capacity is its storage pool's, not the filesystem the pool's image sits on", async () => {
+    const host = ((await c.http().get('/v1/hosts').set(c.auth())).body as HostView[]).find(
+      (h) => h.id === hostId,
+    )!;
+    const pool = statfsSync(join(c.dataRoot, 'storage', 'btrfs', 'pool'));
+    const under = statfsSync(c.dataRoot);
+    expect(pool.blocks * pool.bsize).toBeLessThan(under.blocks * under.bsize);
+    expect(host.capacity.diskBytes).toBe(pool.blocks * pool.bsize);
+  });
 
   it('no host fits: 503 NO_CAPACITY with the reason per host, nothing written', async () => {
     const body = await expectRefused({ memoryBytes: TiB }, /not enough memory/);
@@ -220,8 +232,9 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     );
     expect(w.proc.exitCode).toBeNull();
     expect(await myHost()).toMatchObject({ state: 'online' });
-    // Refused before its runtime opened: nothing made there.
-    expect(existsSync(elsewhere.BERTH_DATA_ROOT)).toBe(false);
+    // Refused before its runtime opened: no storage pool there (only the data root its lock made).
+    expect(readdirSync(elsewhere.BERTH_DATA_ROOT)).toEqual(['lock.id']);
+    rmSync(elsewhere.BERTH_DATA_ROOT, { recursive: true });
 
     // Another worker takes the row while this one lives (it had stopped heartbeating long enough): this
     // one stops at its next heartbeat, and leaves the row to the other (no offline mark).

@@ -103,6 +103,21 @@ export class HostRegistrationService implements OnApplicationBootstrap, OnApplic
   }
 
   /**
+   * The host's disk capacity as its storage pool has it (storageBytes), once the runtime is open: the
+   * registration had the data root's filesystem (a btrfs pool is a loop image on it, far smaller), and
+   * placement counts the containers' disks against this.
+   */
+  async recordDisk(diskBytes: number): Promise<void> {
+    await this.ds.query(
+      `UPDATE hosts SET disk_bytes = $3, capabilities = capabilities || jsonb_build_object('diskBytes', $3::bigint),
+              updated_at = now()
+        WHERE id = $1 AND instance_id = $2 AND disk_bytes IS DISTINCT FROM $3`,
+      [this.id, this.instance, diskBytes],
+    );
+    this.log.info({ hostId: this.id, diskBytes }, 'disk capacity from the storage pool');
+  }
+
+  /**
    * One heartbeat; a failure is logged and retried at the next tick (Postgres may be restarting). A row
    * that another worker took meanwhile is not touched: this worker stops (SIGTERM: the graceful shutdown).
    */

@@ -18,6 +18,7 @@ import {
   type QueuedJobData,
 } from '@berth/jobs';
 import { RuntimeError } from '@berth/runtime';
+import { storageBytes } from '@berth/runtime/host/host-facts';
 import { HostRegistrationService } from '../host/host-registration.service';
 import { WorkerMetrics } from '../metrics/worker-metrics';
 import { HostRuntimeService } from '../runtime/host-runtime.service';
@@ -181,7 +182,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
 
   async onApplicationBootstrap(): Promise<void> {
     this.hostId = await this.registration.registered;
-    await this.runtime.get();
+    await this.registration.recordDisk(await storageBytes((await this.runtime.get()).storage));
     const queue = hostQueueName(this.hostId);
     this.queue = new Queue<QueuedJobData>(queue, {
       connection: bullConnection(this.config.redis.url),

@@ -1,13 +1,17 @@
 import { statfs, readFile } from 'node:fs/promises';
 import { cpus, release, totalmem } from 'node:os';
 import { dirname } from 'node:path';
+import type { StorageDriver } from '../storage/storage.driver';
 
 /** What a host offers to Berth, as detected from the kernel at worker start. */
 export interface HostFacts {
   kernelVersion: string;
   cpuCount: number;
   memoryBytes: number;
-  /** Total bytes of the filesystem that holds the data root (or its nearest existing parent). */
+  /**
+   * Total bytes of the filesystem that holds the data root (or its nearest existing parent); the worker
+   * replaces it with its storage pool's once its runtime is open (storageBytes).
+   */
   diskBytes: number;
   cgroupVersion: 1 | 2;
   storageDrivers: string[];
@@ -35,6 +39,15 @@ async function diskBytes(path: string): Promise<number> {
       if (p === '/') return 0;
     }
   }
+}
+
+/**
+ * Total bytes of the filesystem the containers' volumes live on, for the host's disk capacity: the storage
+ * pool (btrfs: its loop image's filesystem, not the disk under it), or the data root's filesystem for the
+ * drivers that keep volumes in plain directories. The driver must be prepared.
+ */
+export async function storageBytes(storage: Pick<StorageDriver, 'rootfsPath'>): Promise<number> {
+  return diskBytes(dirname(storage.rootfsPath('capacity')));
 }
 
 async function storageDrivers(): Promise<string[]> {
