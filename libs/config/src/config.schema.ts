@@ -108,6 +108,11 @@ export const envSchema = z
      * and BullMQ fails it, and Berth records it as failed (WORKER_LOST) instead of running it again.
      */
     WORKER_MAX_STALLED: int(0, 100).default(5),
+    /**
+     * How often a worker compares its host's stopped, running and paused containers with the kernel (a
+     * container powered off from inside, an init killed by the OOM killer); default: HEARTBEAT_INTERVAL_MS.
+     */
+    WORKER_OBSERVE_INTERVAL_MS: int(100, 3_600_000).optional(),
     /** Where the worker serves its Prometheus metrics (`GET /metrics`); port 0: not served. */
     WORKER_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
     WORKER_METRICS_PORT: int(0, 65535).default(0),

@@ -53,6 +53,12 @@ describe('loadConfig', () => {
     expect(c.worker.concurrency).toBe(8);
     expect(c.worker.prefetch).toBe(8); // follows the concurrency unless set
     expect(loadConfig({ WORKER_CONCURRENCY: '8', WORKER_PREFETCH: '0' }).worker.prefetch).toBe(0);
+    // The host's containers are compared with the kernel at the heartbeat's pace unless set.
+    expect(loadConfig({ HEARTBEAT_INTERVAL_MS: '2000' }).worker.observeIntervalMs).toBe(2000);
+    expect(
+      loadConfig({ HEARTBEAT_INTERVAL_MS: '2000', WORKER_OBSERVE_INTERVAL_MS: '500' }).worker
+        .observeIntervalMs,
+    ).toBe(500);
     expect(c.runtime.network.allowIpForward).toBe(true);
   });
 
