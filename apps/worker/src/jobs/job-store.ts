@@ -417,32 +417,42 @@ export class JobStore {
       await this.ds.transaction((m) => recomputeTargetState(m, container.id));
   }
 
-  /** The live containers of this host that Postgres records as stopped, running or paused. */
-  async settledContainers(hostId: string): Promise<{ id: string; state: string }[]> {
+  /**
+   * The live containers of this host that Postgres records as stopped, running or paused, with their row's
+   * version (a guard for `observed`).
+   */
+  async settledContainers(hostId: string): Promise<{ id: string; state: string; version: number }[]> {
     return this.ds.query(
-      `SELECT id, state FROM containers
+      `SELECT id, state, version FROM containers
        WHERE host_id = $1 AND destroyed_at IS NULL AND state IN ('stopped', 'running', 'paused')`,
       [hostId],
     );
   }
 
   /**
-   * A container found `to` on the host while Postgres says `from` (JobRunner.observeContainers): its row
-   * follows, its target state is projected again through its pending jobs, and a `container.observed`
-   * event says so; one transaction, a no-op when the row changed meanwhile. Answers whether it wrote.
+   * A container found `to` on the host while Postgres says `from` (ContainerObserver): its row follows, its
+   * target state is projected again through its pending jobs, and a `container.observed` event says so; one
+   * transaction, a no-op when the row changed meanwhile. With `idle` (the row's version when it was read,
+   * before the kernel was), also a no-op when the row was written since (a job ended meanwhile: the kernel
+   * read may be from before it) or when a job of the container is `active` now (its job owns its state
+   * while it runs, and writes it at its end). Answers whether it wrote.
    */
   async observed(
     containerId: string,
     from: string,
     to: string,
     data: Record<string, unknown> = {},
+    idle?: { version: number },
   ): Promise<boolean> {
     return this.ds.transaction(async (m) => {
       const rows: unknown[] = await m.query(
         `WITH u AS (UPDATE containers SET state = $3, version = version + 1, updated_at = now()
-                    WHERE id = $1 AND state = $2 AND destroyed_at IS NULL RETURNING id)
+                    WHERE id = $1 AND state = $2 AND destroyed_at IS NULL
+                      AND ($4::int IS NULL OR (version = $4 AND NOT EXISTS (
+                        SELECT 1 FROM jobs WHERE container_id = $1 AND state = 'active')))
+                    RETURNING id)
          SELECT id FROM u`,
-        [containerId, from, to],
+        [containerId, from, to, idle?.version ?? null],
       );
       if (rows.length === 0) return false;
       await recomputeTargetState(m, containerId, to);
