@@ -3,6 +3,7 @@ import { LoggerModule } from 'nestjs-pino';
 import { ConfigModule, loggerParams, type BerthConfig } from '@berth/config';
 import { DbModule } from '@berth/db';
 import { HostRegistrationService } from './host/host-registration.service';
+import { ContainerObserver } from './jobs/container-observer.service';
 import { JobRunner } from './jobs/job-runner.service';
 import { JobStore } from './jobs/job-store';
 import { WorkerMetrics } from './metrics/worker-metrics';
@@ -14,7 +15,14 @@ export class WorkerModule {
     return {
       module: WorkerModule,
       imports: [ConfigModule.forRoot(config), LoggerModule.forRoot(loggerParams(config, 'worker')), DbModule],
-      providers: [HostRegistrationService, HostRuntimeService, JobStore, JobRunner, WorkerMetrics],
+      providers: [
+        HostRegistrationService,
+        HostRuntimeService,
+        JobStore,
+        ContainerObserver,
+        JobRunner,
+        WorkerMetrics,
+      ],
       exports: [HostRegistrationService, HostRuntimeService, JobRunner, WorkerMetrics],
     };
   }

@@ -24,7 +24,8 @@ import { WorkerMetrics } from '../metrics/worker-metrics';
 import { HostRuntimeService } from '../runtime/host-runtime.service';
 import type { JobContext, JobHandler, StepOptions } from './job-context';
 import { buildRegistry } from './job-registry';
-import { JobStore, SETTLED_STATES, type JobFailure, type StoredJob } from './job-store';
+import { ContainerObserver } from './container-observer.service';
+import { JobStore, type JobFailure, type StoredJob } from './job-store';
 import { markContainerAfterFailure } from './shared/container-sync';
 import { refusedByPostgres, WrittenBehind } from './written-behind';
 
@@ -174,6 +175,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     private readonly store: JobStore,
     private readonly log: PinoLogger,
     private readonly metrics: WorkerMetrics,
+    private readonly observer: ContainerObserver,
   ) {
     log.setContext(JobRunner.name);
     this.behind = new WrittenBehind(log);
@@ -190,7 +192,8 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     });
     this.queue.on('error', (e) => this.log.warn({ err: e }, 'queue error'));
     await this.sweep();
-    await this.observeContainers();
+    // Before any job runs: after a reboot (or an init that died while no worker ran) rows say `running`.
+    await this.observer.start(this.hostId);
     this.worker = new Worker<QueuedJobData>(queue, (job, token) => this.process(job, token), {
       connection: bullConnection(this.config.redis.url),
       prefix: this.config.redis.bullPrefix,
@@ -238,29 +241,6 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       const reason = `BullMQ job ${bullJobId} is ${state} but its end was not recorded`;
       if (await this.store.requeue(id, reason, bullJobId))
         this.log.warn({ jobId: id, bullJobId, state }, 'requeued a job whose end was lost');
-    }
-  }
-
-  /**
-   * The containers of this host as the kernel has them now, before any job runs: after a reboot (or an
-   * init that died while no worker ran) Postgres still says `running` or `paused`. Each whose runtime
-   * status differs is written as it is, with a `container.observed` event and its target state projected
-   * again through its pending jobs (JobStore.observed). Only between stopped, running and paused: a
-   * container being created or destroyed is its job's.
-   */
-  private async observeContainers(): Promise<void> {
-    const SETTLED = SETTLED_STATES;
-    const rt = await this.runtime.get();
-    const onHost = new Map((await rt.containers.list()).map((c) => [c.id, c.status as string]));
-    for (const row of await this.store.settledContainers(this.hostId!)) {
-      const status = onHost.get(row.id);
-      if (!status || status === row.state || !SETTLED.includes(status) || !SETTLED.includes(row.state))
-        continue;
-      if (await this.store.observed(row.id, row.state, status))
-        this.log.warn(
-          { containerId: row.id, from: row.state, to: status },
-          'container state observed on the host',
-        );
     }
   }
 

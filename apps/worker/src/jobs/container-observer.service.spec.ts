@@ -1,0 +1,81 @@
+import type { PinoLogger } from 'nestjs-pino';
+import type { BerthConfig } from '@berth/config';
+import type { HostRuntimeService } from '../runtime/host-runtime.service';
+import { ContainerObserver } from './container-observer.service';
+import type { JobStore } from './job-store';
+
+const INTERVAL_MS = 20;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The observer's passes in time (what a pass writes is JobStore.observed's, tested against PostgreSQL):
+ * periodic, one at a time, a failed one not the last, none after the shutdown.
+ */
+describe('ContainerObserver', () => {
+  /** An observer over a host with one container, running in Postgres and stopped in the kernel. */
+  function observer(settled: () => Promise<{ id: string; state: string; version: number }[]>) {
+    const observed = jest.fn(async () => true);
+    const warn = jest.fn();
+    const store = { settledContainers: jest.fn(settled), observed } as unknown as JobStore;
+    const runtime = {
+      get: async () => ({ containers: { list: async () => [{ id: 'c1', status: 'stopped' }] } }),
+    } as unknown as HostRuntimeService;
+    const log = { setContext: () => undefined, warn } as unknown as PinoLogger;
+    const config = { worker: { observeIntervalMs: INTERVAL_MS } } as BerthConfig;
+    return { o: new ContainerObserver(config, runtime, store, log), store, observed, warn };
+  }
+  const ROWS = [{ id: 'c1', state: 'running', version: 3 }];
+
+  it('observes once at start, then every interval, with the row version as the write guard', async () => {
+    const { o, store, observed } = observer(async () => ROWS);
+    await o.start('h1');
+    expect(store.settledContainers).toHaveBeenCalledTimes(1);
+    expect(observed).toHaveBeenCalledWith('c1', 'running', 'stopped', {}, { version: 3 });
+    await sleep(INTERVAL_MS * 6);
+    expect((store.settledContainers as jest.Mock).mock.calls.length).toBeGreaterThanOrEqual(3);
+    await o.beforeApplicationShutdown();
+  });
+
+  it('a failed pass is logged and the next one runs', async () => {
+    let n = 0;
+    const { o, store, warn } = observer(async () => {
+      if (++n === 2) throw new Error('PostgreSQL is away');
+      return ROWS;
+    });
+    await o.start('h1');
+    await sleep(INTERVAL_MS * 6);
+    expect(warn).toHaveBeenCalledWith(
+      expect.objectContaining({ err: expect.any(Error) }),
+      expect.any(String),
+    );
+    expect((store.settledContainers as jest.Mock).mock.calls.length).toBeGreaterThanOrEqual(3);
+    await o.beforeApplicationShutdown();
+  });
+
+  it('at shutdown waits for the pass in flight, then observes no more', async () => {
+    let release!: () => void;
+    let inFlight = false;
+    let n = 0;
+    const { o, store } = observer(async () => {
+      if (++n === 2) {
+        inFlight = true;
+        await new Promise<void>((r) => (release = r));
+        inFlight = false;
+      }
+      return ROWS;
+    });
+    await o.start('h1');
+    while (!inFlight) await sleep(5);
+    let closed = false;
+    const closing = o.beforeApplicationShutdown().then(() => (closed = true));
+    await sleep(INTERVAL_MS * 3);
+    // Not before the pass ends (the database closes after the shutdown hooks).
+    expect(closed).toBe(false);
+    release();
+    await closing;
+    const passes = (store.settledContainers as jest.Mock).mock.calls.length;
+    await sleep(INTERVAL_MS * 5);
+    expect(store.settledContainers).toHaveBeenCalledTimes(passes);
+    expect(passes).toBe(2);
+  });
+});

@@ -1,0 +1,81 @@
+import { Inject, Injectable, type BeforeApplicationShutdown } from '@nestjs/common';
+import { PinoLogger } from 'nestjs-pino';
+import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
+import { HostRuntimeService } from '../runtime/host-runtime.service';
+import { JobStore, SETTLED_STATES } from './job-store';
+
+/**
+ * Keeps Postgres in step with what the kernel has of this host's containers when no job changes them: a
+ * container powered off from inside (`poweroff -f` in the customer's VPS), an init killed by the OOM killer,
+ * a reboot while no worker ran. Each whose runtime status differs from its row is written as it is, with a
+ * `container.observed` event and its target state projected again through its pending jobs
+ * (JobStore.observed): the API then accepts a start again, and billing stops counting it as running.
+ *
+ * One pass before the worker takes jobs (JobRunner: after a reboot every row may be wrong), then one every
+ * WORKER_OBSERVE_INTERVAL_MS while it runs, until its shutdown. A pass where nothing changed is one query
+ * and the runtime's list, no write. Only between stopped, running and paused (a container being created or
+ * destroyed is its job's), and never under a job: a container with a job `active` is skipped, and so is
+ * one whose row was written between the pass's read and its write (a job ended meanwhile: the kernel was
+ * read before its end), both checked again in the write's statement, so a job claimed meanwhile wins.
+ */
+@Injectable()
+export class ContainerObserver implements BeforeApplicationShutdown {
+  private timer?: NodeJS.Timeout;
+  /** The pass in flight, awaited at shutdown (the database closes after). */
+  private pass?: Promise<void>;
+  private closed = false;
+
+  constructor(
+    @Inject(BERTH_CONFIG) private readonly config: BerthConfig,
+    private readonly runtime: HostRuntimeService,
+    private readonly store: JobStore,
+    private readonly log: PinoLogger,
+  ) {
+    log.setContext(ContainerObserver.name);
+  }
+
+  /**
+   * The start-up pass (its failure is the caller's: the worker does not start on a host it cannot read),
+   * then the periodic ones; a periodic pass that fails (PostgreSQL away) is logged and tried at the next.
+   */
+  async start(hostId: string): Promise<void> {
+    await this.observe(hostId);
+    const next = () => {
+      if (this.closed) return;
+      this.timer = setTimeout(() => {
+        this.pass = this.observe(hostId)
+          .catch((err: unknown) => this.log.warn({ err }, 'container observation failed'))
+          .finally(() => {
+            this.pass = undefined;
+            next();
+          });
+      }, this.config.worker.observeIntervalMs);
+    };
+    next();
+  }
+
+  /** One pass: every settled container of the host whose runtime status differs from its row. */
+  private async observe(hostId: string): Promise<void> {
+    const rows = await this.store.settledContainers(hostId);
+    // Read after the rows: a job that ends in between has bumped the row's version (see JobStore.observed).
+    const rt = await this.runtime.get();
+    const onHost = new Map((await rt.containers.list()).map((c) => [c.id, c.status as string]));
+    for (const row of rows) {
+      if (this.closed) return;
+      const status = onHost.get(row.id);
+      if (!status || status === row.state || !SETTLED_STATES.includes(status)) continue;
+      if (await this.store.observed(row.id, row.state, status, {}, { version: row.version }))
+        this.log.warn(
+          { containerId: row.id, from: row.state, to: status },
+          'container state observed on the host',
+        );
+    }
+  }
+
+  /** No pass starts any more; the one in flight ends before the application's shutdown goes on. */
+  async beforeApplicationShutdown(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    await this.pass;
+  }
+}
