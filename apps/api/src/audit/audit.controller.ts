@@ -9,11 +9,19 @@ import { ApiProblems } from '../common/problem.dto';
 import { AuditEventDto } from './audit.responses';
 
 export class AuditQuery {
-  @ApiPropertyOptional({ format: 'uuid', description: 'container, host, template or job id' })
+  @ApiPropertyOptional({
+    format: 'uuid',
+    description:
+      'a container, host, template or job id: the events of that subject (a container’s include those of ' +
+      'its jobs; a job’s are its own, as with `job`)',
+  })
   @IsOptional()
   @IsUUID()
   subject?: string;
-  @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() job?: string;
+  @ApiPropertyOptional({ format: 'uuid', description: 'the events of this job only' })
+  @IsOptional()
+  @IsUUID()
+  job?: string;
   @ApiPropertyOptional({
     type: 'string',
     pattern: '^\\d{1,18}$',
@@ -48,7 +56,7 @@ export class AuditController {
   @Get()
   @ApiOperation({ summary: 'The append-only audit trail, oldest first: the full story of a subject' })
   @ApiOkResponse({ type: [AuditEventDto] })
-  @ApiProblems(400)
+  @ApiProblems('VALIDATION_FAILED')
   async list(@Query() q: AuditQuery, @CurrentPrincipal() p: Principal) {
     const where: string[] = [];
     const args: unknown[] = [];
@@ -64,9 +72,11 @@ export class AuditController {
     // admin scope reads the stories of containers.
     if (!isAdmin(p)) where.push(`subject_type = 'container'`);
     if (q.subject) {
+      // A subject's story: its own events, and its jobs' (a container's); a job's is its events.
       args.push(q.subject);
       where.push(
-        `(subject_id = $${args.length} OR job_id IN (SELECT id FROM jobs WHERE container_id = $${args.length}))`,
+        `(subject_id = $${args.length} OR job_id = $${args.length}
+          OR job_id IN (SELECT id FROM jobs WHERE container_id = $${args.length}))`,
       );
     }
     if (q.job) {
