@@ -24,7 +24,13 @@ export class ContainerDto {
   targetState: string;
   @ApiProperty({ type: String, format: 'uuid', nullable: true }) hostId: string | null;
   @ApiProperty({ type: String, nullable: true, example: 'busybox' }) template: string | null;
-  @ApiProperty({ type: ContainerResourcesDto }) resources: ContainerResourcesDto;
+  @ApiProperty({
+    type: ContainerResourcesDto,
+    description:
+      'the limits its host applies; in a resize’s 202 answer, the limits once its accepted resizes have run ' +
+      '(GET shows them when the resize job has completed)',
+  })
+  resources: ContainerResourcesDto;
   @ApiProperty({ type: ContainerNetworkDto }) network: ContainerNetworkDto;
   @ApiProperty({ type: String, format: 'uuid', nullable: true }) lastJobId: string | null;
   @ApiProperty({ type: String, nullable: true }) errorCode: string | null;

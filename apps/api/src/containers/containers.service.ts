@@ -186,13 +186,45 @@ export class ContainersService {
         [id],
       );
       const next = this.transition(row, id, kind, principal);
-      if (kind === 'container.resize')
-        await this.placement.checkResize(tx, id, extra.resources as ResizeLimits);
+      let answered = row;
+      if (kind === 'container.resize') {
+        const resources = extra.resources as ResizeLimits;
+        await this.placement.checkResize(tx, id, resources);
+        answered = await this.resized(tx, row, resources);
+      }
       const job = await this.enqueuer.enqueue(tx, this.operation(row, kind, principal, extra, next));
-      const answer = this.accepted(row, job, next);
+      const answer = this.accepted(answered, job, next);
       await claim?.store(tx, answer, jobLocation(job.id));
       return answer;
     });
+  }
+
+  /**
+   * `row` with the limits it will have once its accepted resizes and this one (`r`) have run, in their
+   * order: the row keeps the limits its host applies until each resize job has completed (its end writes
+   * them), so a resize's answer is projected like its target state. Read under the container's row lock,
+   * which every resize takes before it writes its job.
+   */
+  private async resized(
+    q: Parameters<typeof preparedQuery>[0],
+    row: ContainerRow,
+    r: ResizeLimits,
+  ): Promise<ContainerRow> {
+    const pending = await preparedQuery<{ resources: ResizeLimits }>(
+      q,
+      `SELECT params -> 'resources' AS resources FROM jobs
+       WHERE container_id = $1 AND kind = 'container.resize' AND state IN ('queued', 'active', 'waiting-retry')
+       ORDER BY container_seq`,
+      [row.id],
+    );
+    const limits = { cpus: Number(row.cpus), memoryBytes: Number(row.memory_bytes), pidsMax: row.pids_max };
+    for (const p of [...pending.map((j) => j.resources ?? {}), r]) Object.assign(limits, p);
+    return {
+      ...row,
+      cpus: String(limits.cpus),
+      memory_bytes: String(limits.memoryBytes),
+      pids_max: limits.pidsMax,
+    };
   }
 
   /** The target state `kind` leads `row` to: 404 when it is not the caller's, 409 when not allowed. */
@@ -233,7 +265,10 @@ export class ContainersService {
     };
   }
 
-  /** The answer to an accepted operation: its job, and the container as it will be. */
+  /**
+   * The answer to an accepted operation: its job, and the container as it will be (its target state; a
+   * resize's answer, its limits too: see `resized`).
+   */
   private accepted(row: ContainerRow, job: EnqueuedJob, next: ContainerState): Accepted {
     const updated: ContainerRow = {
       ...row,
