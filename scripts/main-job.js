@@ -45,6 +45,25 @@ async function waitForHost() {
   }
 }
 
+/**
+ * The main job's own container `name`: one of no tenant. The admin key lists every tenant's containers, and
+ * a tenant's of the same name (stopped, e.g. for non-payment) is never the main job's to start; the list
+ * cannot filter "no tenant", so every page is read.
+ */
+async function ownContainer(name) {
+  let cursor = null;
+  do {
+    const page = await call(
+      'GET',
+      `/v1/containers?name=${encodeURIComponent(name)}&limit=200${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`,
+    );
+    const own = page.items.find((c) => c.tenantId === null);
+    if (own) return own;
+    cursor = page.nextCursor;
+  } while (cursor);
+  return undefined;
+}
+
 (async () => {
   const host = await waitForHost();
   const ready = (await call('GET', '/v1/templates')).find(
@@ -65,7 +84,7 @@ async function waitForHost() {
     }
   }
   console.log(`template busybox: ${ready ? 'already' : 'imported and'} ready on ${hostName}`);
-  const existing = (await call('GET', `/v1/containers?name=${name}`)).items[0];
+  const existing = await ownContainer(name);
   let jobId;
   let containerId = existing && existing.id;
   if (existing) {
