@@ -1,6 +1,6 @@
 import { request as httpRequest, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Response } from 'supertest';
@@ -139,6 +139,59 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         ].sort(),
       );
       expect(p.required).toEqual(expect.arrayContaining(['type', 'title', 'status', 'code', 'detail']));
+    });
+
+    it('lists every code the API answers with in the Problem schema, and each route names its own', () => {
+      // The codes in the source: every ApiError and not-found, and the exception filters' own.
+      const src = join(__dirname, '../../apps/api/src');
+      const files = (readdirSync(src, { recursive: true }) as string[]).filter(
+        (f) => f.endsWith('.ts') && !f.endsWith('.spec.ts'),
+      );
+      const thrown = new Set<string>();
+      for (const f of files) {
+        const text = readFileSync(join(src, f), 'utf8');
+        for (const m of text.matchAll(/new ApiError\(\s*[^,]+,\s*'([A-Z_]+)'/g)) thrown.add(m[1]);
+        for (const m of text.matchAll(/notFound\('(\w+)'/g)) thrown.add(`${m[1].toUpperCase()}_NOT_FOUND`);
+        if (/problem\.filter|client-error/.test(f)) {
+          for (const m of text.matchAll(/(?:^\s+\d{3}: |code: |\? )'([A-Z_]+)'/gm)) thrown.add(m[1]);
+          for (const m of text.matchAll(/^\s+([A-Z_]+): HttpStatus\./gm)) thrown.add(m[1]);
+        }
+      }
+      expect(thrown.size).toBeGreaterThan(30);
+      const listed = (doc.components.schemas.Problem.properties.code as { enum: string[] }).enum;
+      expect([...thrown].filter((c) => !listed.includes(c))).toEqual([]);
+      // Each operation's problems name its codes; these once shared one generic description.
+      const named = (path: string, method: string, status: string) =>
+        (doc.paths[path][method].responses[status] as { description: string }).description;
+      const expected: [string, string, string, string[]][] = [
+        [
+          '/v1/containers',
+          'post',
+          '409',
+          ['CONTAINER_NAME_TAKEN', 'TEMPLATE_NOT_READY', 'IDEMPOTENCY_KEY_IN_FLIGHT'],
+        ],
+        ['/v1/containers', 'post', '422', ['TEMPLATE_NOT_FOUND', 'HOST_NOT_FOUND', 'EXCEEDS_HOST_CAPACITY']],
+        ['/v1/containers', 'post', '503', ['NO_CAPACITY']],
+        ['/v1/containers/{id}', 'patch', '409', ['INVALID_TRANSITION', 'CONCURRENT_CHANGE']],
+        ['/v1/containers/{id}', 'patch', '422', ['EXCEEDS_HOST_CAPACITY', 'IDEMPOTENCY_KEY_REUSED']],
+        ['/v1/containers/{id}/snapshots', 'post', '409', ['SNAPSHOT_EXISTS']],
+        ['/v1/templates', 'post', '409', ['TEMPLATE_EXISTS']],
+        [
+          '/v1/jobs/{id}/retry',
+          'post',
+          '409',
+          ['JOB_NOT_RETRYABLE', 'CONTAINER_DESTROYED', 'INVALID_TRANSITION'],
+        ],
+        ['/v1/jobs/{id}/cancel', 'post', '409', ['JOB_NOT_CANCELLABLE']],
+        ['/v1/hosts/{id}/drain', 'post', '404', ['HOST_NOT_FOUND']],
+      ];
+      for (const [path, method, status, codes] of expected)
+        for (const code of codes)
+          expect({ path, method, status, description: named(path, method, status) }).toMatchObject({
+            description: expect.stringContaining(`${code}:`),
+          });
+      // …and no operation names a code for a status it is not answered with.
+      expect(named('/v1/containers', 'post', '409')).not.toContain('NO_CAPACITY');
     });
 
     it('describes the health answers, readiness’s 503 too', () => {
@@ -453,22 +506,41 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       ]);
     });
 
-    it('refuses a container no host has room for with 503 NO_CAPACITY', async () => {
-      // Valid, but larger than the only host (8 GiB).
-      const res = await refused(create({ ...valid(), memoryBytes: 64 * 1024 * MiB }), 503, 'NO_CAPACITY');
+    it('refuses a container no host has room for now with 503 NO_CAPACITY', async () => {
+      // Valid, and within the only host's 8 GiB, but more than it has free (edge-ok holds 64 MiB).
+      const res = await refused(
+        create({ ...valid(), memoryBytes: 8 * 1024 * MiB - 32 * MiB }),
+        503,
+        'NO_CAPACITY',
+      );
       expect(res.body.reasons).toEqual([expect.stringContaining('not enough memory')]);
-      // More CPUs than the host has (4): the runtime would refuse the limit; overcommit is across containers.
-      const cpus = await refused(create({ ...valid(), cpus: 8 }), 503, 'NO_CAPACITY');
-      expect(cpus.body.reasons).toEqual([expect.stringMatching(/has 4 CPUs$/)]);
     });
 
-    it('refuses a resize its host has no room for with 503 NO_CAPACITY, before any job exists', async () => {
+    it('refuses a container larger than every host with 422 EXCEEDS_HOST_CAPACITY: no freed room ends it', async () => {
+      const memory = await refused(
+        create({ ...valid(), memoryBytes: 64 * 1024 * MiB }),
+        422,
+        'EXCEEDS_HOST_CAPACITY',
+      );
+      expect(memory.body.reasons).toEqual([`edge-h1: has ${8 * 1024 * MiB} bytes of memory`]);
+      // More CPUs than the host has (4): the runtime would refuse the limit; overcommit is across containers.
+      const cpus = await refused(create({ ...valid(), cpus: 8 }), 422, 'EXCEEDS_HOST_CAPACITY');
+      expect(cpus.body.reasons).toEqual(['edge-h1: has 4 CPUs']);
+      const disk = await refused(
+        create({ ...valid(), diskBytes: 200 * 1024 * MiB }),
+        422,
+        'EXCEEDS_HOST_CAPACITY',
+      );
+      expect(disk.body.reasons).toEqual([`edge-h1: has ${100 * 1024 * MiB} bytes of disk`]);
+    });
+
+    it('refuses a resize larger than its host with 422 EXCEEDS_HOST_CAPACITY, before any job exists', async () => {
       const patch = (body: object) => () =>
         a.http().patch(`/v1/containers/${containerId}`).set(a.auth()).send(body);
-      const cpus = await refused(patch({ cpus: 8 }), 503, 'NO_CAPACITY');
-      expect(cpus.body.reasons).toEqual([expect.stringMatching(/has 4 CPUs$/)]);
-      const memory = await refused(patch({ memoryBytes: 16 * 1024 * MiB }), 503, 'NO_CAPACITY');
-      expect(memory.body.reasons).toEqual([expect.stringContaining('not enough memory')]);
+      const cpus = await refused(patch({ cpus: 4.5 }), 422, 'EXCEEDS_HOST_CAPACITY');
+      expect(cpus.body.reasons).toEqual(['edge-h1: has 4 CPUs']);
+      const memory = await refused(patch({ memoryBytes: 16 * 1024 * MiB }), 422, 'EXCEEDS_HOST_CAPACITY');
+      expect(memory.body.reasons).toEqual([`edge-h1: has ${8 * 1024 * MiB} bytes of memory`]);
     });
 
     it('refuses unknown fields with 400, naming them', async () => {
@@ -798,6 +870,19 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       expect(res.headers.location).toBeUndefined();
     });
 
+    it("reads a job's story by subject as by job, and a container's with its jobs'", async () => {
+      const [{ id: jobId }] = await a.ds.query(`SELECT id FROM jobs WHERE container_id = $1 LIMIT 1`, [
+        containerId,
+      ]);
+      const story = async (q: string) =>
+        (await a.http().get(`/v1/audit?${q}`).set(a.auth())).body as { jobId: string | null }[];
+      const bySubject = await story(`subject=${jobId}`);
+      expect(bySubject.length).toBeGreaterThan(0);
+      expect(bySubject).toEqual(await story(`job=${jobId}`));
+      expect(bySubject.every((e) => e.jobId === jobId)).toBe(true);
+      expect((await story(`subject=${containerId}`)).map((e) => e.jobId)).toContain(jobId);
+    });
+
     it('still accepts the valid request after all of that', async () => {
       const before = await a.counts();
       const res = await a.http().post('/v1/containers').set(a.auth()).send(valid());
@@ -1016,12 +1101,13 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
       403,
       'FORBIDDEN',
     );
-    // No room: 503 as for an admin, without the hosts' names and what they have free.
+    // No room now: 503 as for an admin, without the hosts' names and what they have free.
+    const [{ total }] = await a.ds.query(`SELECT memory_bytes AS total FROM hosts WHERE id = $1`, [a.hostId]);
     const full = await a
       .http()
       .post('/v1/containers')
       .set(a.auth(mine))
-      .send({ ...body, name: 'mine-huge', memoryBytes: TiB });
+      .send({ ...body, name: 'mine-huge', memoryBytes: Number(total) });
     expectProblem(full, 503, 'NO_CAPACITY');
     expect(full.body.reasons).toBeUndefined();
     expect(JSON.stringify(full.body)).not.toContain('tenants-h1');
@@ -1029,8 +1115,24 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
       .http()
       .post('/v1/containers')
       .set(a.auth())
-      .send({ ...body, name: 'admin-huge', memoryBytes: TiB });
+      .send({ ...body, name: 'admin-huge', memoryBytes: Number(total) });
     expect(admin.body.reasons).toEqual([expect.stringMatching(/^tenants-h1: not enough memory/)]);
+    // Larger than any host: 422, as for an admin, without the hosts' names and sizes.
+    const never = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth(mine))
+      .send({ ...body, name: 'mine-never', memoryBytes: TiB });
+    expectProblem(never, 422, 'EXCEEDS_HOST_CAPACITY');
+    expect(never.body.reasons).toBeUndefined();
+    expect(JSON.stringify(never.body)).not.toContain('tenants-h1');
+    expect(JSON.stringify(never.body)).not.toContain(String(total));
+    const adminNever = await a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth())
+      .send({ ...body, name: 'admin-never', memoryBytes: TiB });
+    expect(adminNever.body.reasons).toEqual([`tenants-h1: has ${total} bytes of memory`]);
     expect(await a.counts()).toEqual(before);
     // A resize too.
     const made = await a
@@ -1042,10 +1144,18 @@ describe('keys of a tenant (room for tenants, no holes)', () => {
       .http()
       .patch(`/v1/containers/${made.body.container.id}`)
       .set(a.auth(mine))
-      .send({ memoryBytes: TiB });
+      .send({ memoryBytes: Number(total) });
     expectProblem(grow, 503, 'NO_CAPACITY');
     expect(grow.body.reasons).toBeUndefined();
     expect(JSON.stringify(grow.body)).not.toContain('tenants-h1');
+    const growNever = await a
+      .http()
+      .patch(`/v1/containers/${made.body.container.id}`)
+      .set(a.auth(mine))
+      .send({ cpus: 64 });
+    expectProblem(growNever, 422, 'EXCEEDS_HOST_CAPACITY');
+    expect(growNever.body.reasons).toBeUndefined();
+    expect(JSON.stringify(growNever.body)).not.toContain('tenants-h1');
     // A resize that fitted, cancelled, then retried once the room is gone: the retry's refusal as well.
     const fits = await a
       .http()
@@ -1218,6 +1328,103 @@ describe('resize holds: a growth takes its room on the host when accepted, not w
       await a.ds.query(`UPDATE hosts SET memory_bytes = $2 WHERE id = $1`, [a.hostId, memory]);
     }
   }, 60_000);
+});
+
+describe('refusals no freed room ends: 409/422 with their own codes, 503 NO_CAPACITY only for room', () => {
+  let a: ApiOnly;
+  const GiB = 1024 * MiB;
+  beforeAll(async () => {
+    a = await startApiOnly('never');
+  }, 60_000);
+  afterAll(() => a?.close(), 30_000);
+
+  const create = (body: object) =>
+    a
+      .http()
+      .post('/v1/containers')
+      .set(a.auth())
+      .send({ name: 'never-x', template: a.template, cpus: 1, memoryBytes: 64 * MiB, start: false, ...body });
+  async function refused(res: Promise<Response>, status: number, code: string): Promise<Response> {
+    const before = await a.counts();
+    const r = await res;
+    expectProblem(r, status, code);
+    expect(await a.counts()).toEqual(before);
+    return r;
+  }
+  const template = async (name: string, states: [string, string][]) => {
+    const [{ id }] = await a.ds.query(
+      `INSERT INTO templates (name, source) VALUES ($1, 'tarball:/nonexistent.tar') RETURNING id`,
+      [name],
+    );
+    for (const [host, state] of states)
+      await a.ds.query(`INSERT INTO template_replicas (template_id, host_id, state) VALUES ($1, $2, $3)`, [
+        id,
+        host,
+        state,
+      ]);
+  };
+
+  it('a template whose import failed on every host, or still runs: 409 TEMPLATE_NOT_READY', async () => {
+    await template('never-failed', [[a.hostId, 'failed']]);
+    const failed = await refused(create({ template: 'never-failed' }), 409, 'TEMPLATE_NOT_READY');
+    expect(failed.body.detail).toMatch(/not ready on any host: no import of it succeeded; import it again/);
+    await template('never-importing', [[a.hostId, 'importing']]);
+    const importing = await refused(create({ template: 'never-importing' }), 409, 'TEMPLATE_NOT_READY');
+    expect(importing.body.detail).toMatch(/still running/);
+    // Ready on another host only: not on the host chosen.
+    const other = await a.addHost('never-h2');
+    expectProblem(await create({ template: a.template, host: other }), 409, 'TEMPLATE_NOT_READY');
+    // Ready on a host that is offline now: it may come back, so 503.
+    const away = await a.addHost('never-h3', { stale: true });
+    await template('never-away', [[away, 'ready']]);
+    const offline = await refused(create({ template: 'never-away' }), 503, 'NO_CAPACITY');
+    expect(offline.body.reasons).toContain('never-h3: offline');
+  });
+
+  it('larger than every online host: 422 (offline hosts do not count); one online host large enough: 503', async () => {
+    const big = await a.addHost('never-big', { stale: true });
+    await a.ds.query(`UPDATE hosts SET cpu_count = 16, memory_bytes = $2 WHERE id = $1`, [big, 64 * GiB]);
+    const res = await refused(create({ cpus: 8, memoryBytes: 16 * GiB }), 422, 'EXCEEDS_HOST_CAPACITY');
+    expect(res.body.detail).toMatch(/no online host is large enough/);
+    expect(res.body.reasons).toEqual(expect.arrayContaining(['never-h1: has 4 CPUs']));
+    expect(res.body.reasons.join()).not.toContain('never-big');
+    // The chosen host is weighed whatever its state.
+    const chosen = await refused(create({ cpus: 8, host: a.hostId }), 422, 'EXCEEDS_HOST_CAPACITY');
+    expect(chosen.body.detail).toBe(
+      'host never-h1 is too small for this container whatever it frees: has 4 CPUs',
+    );
+    // Back online, the large host could take it once it has the template: room, not size.
+    await a.ds.query(`UPDATE hosts SET last_heartbeat_at = now() WHERE id = $1`, [big]);
+    const later = await refused(create({ cpus: 8, memoryBytes: 16 * GiB }), 503, 'NO_CAPACITY');
+    expect(later.body.reasons).toContain('never-big: template not available there');
+    await a.ds.query(`UPDATE hosts SET last_heartbeat_at = now() - interval '1 hour' WHERE id = $1`, [big]);
+  });
+
+  it("a resize's answer shows the limits the container will have; GET the ones its host applies until the job has run", async () => {
+    const made = await create({ name: 'never-resized', cpus: 0.5, memoryBytes: 64 * MiB });
+    expect(made.status).toBe(202);
+    const id = made.body.container.id as string;
+    const before = made.body.container.resources;
+    expect(before).toEqual({ cpus: 0.5, memoryBytes: 64 * MiB, diskBytes: 1024 * MiB, pidsMax: 512 });
+    const resize = (body: object) => a.http().patch(`/v1/containers/${id}`).set(a.auth()).send(body);
+    const first = await resize({ cpus: 0.3, pidsMax: 100 });
+    expect(first.status).toBe(202);
+    expect(first.body.container.resources).toEqual({ ...before, cpus: 0.3, pidsMax: 100 });
+    // A second one, accepted before the first has run: the limits once both have run, in their order.
+    const second = await resize({ memoryBytes: 128 * MiB, cpus: 0.4 });
+    expect(second.body.container.resources).toEqual({
+      ...before,
+      cpus: 0.4,
+      memoryBytes: 128 * MiB,
+      pidsMax: 100,
+    });
+    // No worker here: the jobs have not run, and the container's row keeps what its host applies.
+    expect((await a.http().get(`/v1/containers/${id}`).set(a.auth())).body.resources).toEqual(before);
+    // A cancelled one no longer counts.
+    expect((await a.http().post(`/v1/jobs/${second.body.job.id}/cancel`).set(a.auth())).status).toBe(200);
+    const third = await resize({ pidsMax: 200 });
+    expect(third.body.container.resources).toEqual({ ...before, cpus: 0.3, pidsMax: 200 });
+  });
 });
 
 describe('admin key bootstrap', () => {

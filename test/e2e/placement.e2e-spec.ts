@@ -62,6 +62,19 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     return res.body;
   }
 
+  /** A create no host could ever take: 422 EXCEEDS_HOST_CAPACITY with each host's size, nothing written. */
+  async function expectTooLarge(body: object, why: RegExp) {
+    const before = await counts();
+    const res = await create({ name: name(), ...small, ...body });
+    expect({ status: res.status, code: res.body.code }).toEqual({
+      status: 422,
+      code: 'EXCEEDS_HOST_CAPACITY',
+    });
+    expect(`${res.body.detail} ${JSON.stringify(res.body.reasons ?? [])}`).toMatch(why);
+    expect(await counts()).toEqual(before);
+    return res.body;
+  }
+
   it("a host's disk capacity is its storage pool's, not the filesystem the pool's image sits on", async () => {
     const host = ((await c.http().get('/v1/hosts').set(c.auth())).body as HostView[]).find(
       (h) => h.id === hostId,
@@ -72,18 +85,27 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
     expect(host.capacity.diskBytes).toBe(pool.blocks * pool.bsize);
   });
 
-  it('no host fits: 503 NO_CAPACITY with the reason per host, nothing written', async () => {
-    const body = await expectRefused({ memoryBytes: TiB }, /not enough memory/);
+  it('no host fits now: 503 NO_CAPACITY with the reason per host, nothing written; larger than the host: 422', async () => {
+    const [{ total }] = await c.ds.query(`SELECT memory_bytes AS total FROM hosts WHERE id = $1`, [hostId]);
+    const half = Math.floor(Number(total) / 2) + MiB;
+    const holder = await create({ name: name(), ...small, memoryBytes: half, start: false });
+    expect(holder.status).toBe(202);
+    // Run (its outbox row published) before the refusals count what they left unwritten.
+    expect(await wait(holder.body.job.id)).toMatchObject({ state: 'completed' });
+    const body = await expectRefused({ memoryBytes: half }, /not enough memory/);
     expect(body.reasons).toEqual(
       expect.arrayContaining([expect.stringMatching(new RegExp(`^${c.hostName}: not enough memory`))]),
     );
-    // CPU is checked before memory: a limit above the host's cores, whatever is free (the runtime would
-    // refuse it; CPU is overcommitted across containers, not within one).
-    const cpu = await expectRefused({ cpus: 1024, memoryBytes: TiB }, /has \d+ CPUs/);
-    expect(cpu.reasons).toEqual(
-      expect.arrayContaining([expect.stringMatching(new RegExp(`^${c.hostName}: has \\d+ CPUs$`))]),
-    );
-  });
+    // Larger than the host, whatever it frees: 422, not a 503 a client would retry for ever.
+    const memory = await expectTooLarge({ memoryBytes: TiB }, /no online host is large enough/);
+    expect(memory.reasons).toEqual([`${c.hostName}: has ${total} bytes of memory`]);
+    // CPU is checked before memory: a limit above the host's cores (the runtime would refuse it; CPU is
+    // overcommitted across containers, not within one).
+    const cpu = await expectTooLarge({ cpus: 1024, memoryBytes: TiB }, /has \d+ CPUs/);
+    expect(cpu.reasons).toEqual([expect.stringMatching(new RegExp(`^${c.hostName}: has \\d+ CPUs$`))]);
+    const del = await c.http().delete(`/v1/containers/${holder.body.container.id}`).set(c.auth());
+    expect(await wait(del.body.job.id)).toMatchObject({ state: 'completed' });
+  }, 60_000);
 
   it('creates racing for the last room: exactly as many are accepted as fit, the others get 503', async () => {
     const [{ free }] = await c.ds.query(
@@ -121,9 +143,11 @@ describeKernel('placement and host liveness', { root: true, programs: ['busybox'
       [res.body.container.id],
     );
     expect(requested.data).toMatchObject({ host: c.hostName, template: small.template, start: true });
-    await expectRefused(
+    await expectTooLarge(
       { host: hostId, memoryBytes: TiB },
-      new RegExp(`host ${c.hostName} cannot take it: not enough memory`),
+      new RegExp(
+        `host ${c.hostName} is too small for this container whatever it frees: has \\d+ bytes of memory`,
+      ),
     );
     const before = await counts();
     const unknown = await create({ name: name(), ...small, host: '00000000-0000-4000-8000-000000000000' });

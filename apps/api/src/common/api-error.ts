@@ -1,10 +1,11 @@
 import { HttpStatus } from '@nestjs/common';
+import type { ErrorCode } from './error-codes';
 
-/** An error the API answers with as problem+json; `code` is stable for clients. */
+/** An error the API answers with as problem+json; `code` is stable for clients (one of ERROR_CODES). */
 export class ApiError extends Error {
   constructor(
     readonly status: HttpStatus,
-    readonly code: string,
+    readonly code: ErrorCode,
     message: string,
     readonly extra: Record<string, unknown> = {},
   ) {
@@ -12,7 +13,10 @@ export class ApiError extends Error {
   }
 }
 
-export const notFound = (what: string, id: string) =>
-  new ApiError(HttpStatus.NOT_FOUND, `${what.toUpperCase()}_NOT_FOUND`, `${what} ${id} does not exist`, {
-    id,
-  });
+export const notFound = (what: 'container' | 'job' | 'host', id: string) =>
+  new ApiError(
+    HttpStatus.NOT_FOUND,
+    `${what.toUpperCase() as Uppercase<typeof what>}_NOT_FOUND`,
+    `${what} ${id} does not exist`,
+    { id },
+  );

@@ -1,5 +1,6 @@
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
+import type { ErrorCode } from './error-codes';
 
 /** Node's HTTP parser errors a client can cause, with the status Node 20 itself answers. */
 function statusOf(err: NodeJS.ErrnoException): number {
@@ -9,7 +10,7 @@ function statusOf(err: NodeJS.ErrnoException): number {
   return 400;
 }
 
-const CODES: Record<number, string> = {
+const CODES: Record<number, ErrorCode> = {
   400: 'BAD_REQUEST',
   408: 'REQUEST_TIMEOUT',
   413: 'PAYLOAD_TOO_LARGE',

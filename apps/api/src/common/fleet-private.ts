@@ -1,21 +1,24 @@
-import { HttpStatus } from '@nestjs/common';
 import { isAdmin, type Principal } from '../auth/principal';
 import { ApiError } from './api-error';
+import type { ErrorCode } from './error-codes';
 
 /**
- * A refusal for lack of room, as a key without the admin scope sees it: that there is no room, not which
- * hosts the fleet has nor what they have free (the reasons name every host; GET /v1/hosts is admin-only).
+ * What a key without the admin scope is told instead of a refusal whose detail and reasons name hosts
+ * (GET /v1/hosts is admin-only): the same status and code, without which hosts the fleet has nor what
+ * they have free or how large they are.
  */
+const TENANT_DETAIL: Partial<Record<ErrorCode, string>> = {
+  NO_CAPACITY: 'no room for these limits now; try again later',
+  EXCEEDS_HOST_CAPACITY: 'these limits are larger than a host can ever give (not only now); ask for less',
+};
+
+/** A refusal about the fleet's room or size, as a key without the admin scope sees it. */
 export async function fleetPrivate<T>(p: Principal, answer: Promise<T>): Promise<T> {
   try {
     return await answer;
   } catch (e) {
-    if (e instanceof ApiError && e.code === 'NO_CAPACITY' && !isAdmin(p))
-      throw new ApiError(
-        HttpStatus.SERVICE_UNAVAILABLE,
-        'NO_CAPACITY',
-        'no room for these limits now; try again later',
-      );
+    const detail = e instanceof ApiError ? TENANT_DETAIL[e.code] : undefined;
+    if (e instanceof ApiError && detail && !isAdmin(p)) throw new ApiError(e.status, e.code, detail);
     throw e;
   }
 }

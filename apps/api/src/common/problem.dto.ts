@@ -9,6 +9,7 @@ import {
   getSchemaPath,
 } from '@nestjs/swagger';
 import { ApiError } from './api-error';
+import { ERROR_CODES, statusesOf, type ErrorCode } from './error-codes';
 
 /** An RFC 9457 problem, as every error of the API is answered (application/problem+json). */
 @ApiSchema({ name: 'Problem' })
@@ -24,11 +25,13 @@ export class ProblemDto {
 
   @ApiProperty({
     example: 'VALIDATION_FAILED',
+    enum: Object.keys(ERROR_CODES),
     description:
-      'stable machine-readable code, e.g. UNAUTHORIZED, VALIDATION_FAILED, MALFORMED_JSON, INVALID_ID, ' +
-      'PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, CONTAINER_NOT_FOUND, TEMPLATE_NOT_FOUND, INVALID_TRANSITION, ' +
-      'CONCURRENT_CHANGE, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_FLIGHT, NO_CAPACITY, HOST_NOT_FOUND, ' +
-      'JOB_NOT_FOUND, JOB_NOT_RETRYABLE, JOB_NOT_CANCELLABLE, CONTAINER_DESTROYED, FORBIDDEN',
+      'stable machine-readable code; each operation’s error answers say which codes it gives and why. ' +
+      'Every code: ' +
+      Object.entries(ERROR_CODES)
+        .map(([code, { status }]) => `${code} (${[status].flat().join(', ')})`)
+        .join(', '),
   })
   code: string;
 
@@ -61,41 +64,54 @@ export class ProblemDto {
   targetState?: string;
 }
 
-const PROBLEM_DESCRIPTIONS: Record<number, string> = {
-  400: 'invalid request: validation failed, malformed JSON, unknown field, bad id or cursor',
-  401: 'no valid API key (missing, malformed, unknown or revoked)',
-  403: 'the API key may not do this (admin keys only: the fleet’s writes, privileged containers, metrics)',
-  404: 'no such resource',
-  409: 'conflict: the state machine refuses the transition (INVALID_TRANSITION), the container kept changing while the request was accepted (CONCURRENT_CHANGE: retry), a snapshot name is taken (SNAPSHOT_EXISTS), or the Idempotency-Key is still in flight',
-  413: 'the body is larger than the limit',
-  415: 'the body is not application/json',
-  422: 'well-formed but refused: unknown template or host, Idempotency-Key reused with another request',
-  503: 'no host can take it now (NO_CAPACITY)',
-};
+/** A code an operation answers with; `CODE:status` picks one status of a code that has several. */
+export type ProblemRef = ErrorCode | `${ErrorCode}:${number}`;
 
-/** Documents the problem+json answers an endpoint can give; 401 is implied for every guarded endpoint. */
-export function ApiProblems(...statuses: number[]): MethodDecorator & ClassDecorator {
-  const all = [...new Set([HttpStatus.UNAUTHORIZED, ...statuses])].sort();
+/**
+ * Documents the problem+json answers an endpoint can give, by code: one response per status, whose
+ * description names each of the endpoint's codes with that status and what it means. 401 UNAUTHORIZED is
+ * implied for every guarded endpoint.
+ */
+export function ApiProblems(...refs: ProblemRef[]): MethodDecorator & ClassDecorator {
+  const byStatus = new Map<number, ErrorCode[]>();
+  for (const ref of ['UNAUTHORIZED', ...refs] as ProblemRef[]) {
+    const [code, status] = ref.split(':') as [ErrorCode, string?];
+    for (const s of status ? [Number(status)] : statusesOf(code)) {
+      const codes = byStatus.get(s) ?? [];
+      if (!codes.includes(code)) codes.push(code);
+      byStatus.set(s, codes);
+    }
+  }
   return applyDecorators(
     ApiExtraModels(ProblemDto),
-    ...all.map((status) =>
-      ApiResponse({
-        status,
-        description: PROBLEM_DESCRIPTIONS[status] ?? 'error',
-        content: { 'application/problem+json': { schema: { $ref: getSchemaPath(ProblemDto) } } },
-      }),
-    ),
+    ...[...byStatus.entries()]
+      .sort(([a], [b]) => a - b)
+      .map(([status, codes]) =>
+        ApiResponse({
+          status,
+          description: codes.map((c) => `${c}: ${ERROR_CODES[c].meaning}`).join('; '),
+          content: { 'application/problem+json': { schema: { $ref: getSchemaPath(ProblemDto) } } },
+        }),
+      ),
   );
 }
 
 /** The problems every write can give, besides its own: bad body, too large, wrong type, idempotency. */
-const WRITE_PROBLEMS = [400, 409, 413, 415, 422];
+const WRITE_PROBLEMS: ProblemRef[] = [
+  'VALIDATION_FAILED',
+  'MALFORMED_JSON',
+  'INVALID_IDEMPOTENCY_KEY',
+  'IDEMPOTENCY_KEY_IN_FLIGHT',
+  'PAYLOAD_TOO_LARGE',
+  'UNSUPPORTED_MEDIA_TYPE',
+  'IDEMPOTENCY_KEY_REUSED',
+];
 
 /**
  * A write that answers 202 with `type` and `Location: /v1/jobs/<id>`; it takes an Idempotency-Key and can
  * give the write problems plus `extra` ones.
  */
-export function ApiAcceptedJob(type: Type<unknown>, description: string, ...extra: number[]) {
+export function ApiAcceptedJob(type: Type<unknown>, description: string, ...extra: ProblemRef[]) {
   return applyDecorators(
     ApiIdempotencyKey(),
     ApiResponse({
@@ -115,7 +131,7 @@ export function ApiAcceptedJob(type: Type<unknown>, description: string, ...extr
 }
 
 /** A write that answers 200 (not a job); it takes an Idempotency-Key too. */
-export function ApiWrite(type: Type<unknown>, description: string, ...extra: number[]) {
+export function ApiWrite(type: Type<unknown>, description: string, ...extra: ProblemRef[]) {
   return applyDecorators(
     ApiIdempotencyKey(),
     ApiResponse({ status: HttpStatus.OK, description, type }),

@@ -12,6 +12,7 @@ import { HttpAdapterHost } from '@nestjs/core';
 import type { Request, Response } from 'express';
 import { ZodError } from 'zod';
 import { ApiError } from './api-error';
+import type { ErrorCode } from './error-codes';
 
 interface Problem {
   type: string;
@@ -23,7 +24,7 @@ interface Problem {
   [key: string]: unknown;
 }
 
-const CODE_BY_STATUS: Record<number, string> = {
+const CODE_BY_STATUS: Record<number, ErrorCode> = {
   400: 'BAD_REQUEST',
   401: 'UNAUTHORIZED',
   403: 'FORBIDDEN',
@@ -38,7 +39,7 @@ const CODE_BY_STATUS: Record<number, string> = {
 };
 
 /** Runtime error codes that are the caller's fault, when they surface through the API. */
-const RUNTIME_CODES: Record<string, HttpStatus> = {
+const RUNTIME_CODES: Partial<Record<ErrorCode | string, HttpStatus>> = {
   INVALID_ARGUMENT: HttpStatus.BAD_REQUEST,
   INVALID_NAME: HttpStatus.BAD_REQUEST,
   INVALID_SIZE: HttpStatus.BAD_REQUEST,
@@ -179,7 +180,7 @@ export class ProblemFilter implements ExceptionFilter {
       };
     }
     if (typeof anyErr?.code === 'string' && RUNTIME_CODES[anyErr.code]) {
-      const status = RUNTIME_CODES[anyErr.code];
+      const status = RUNTIME_CODES[anyErr.code]!;
       return {
         type: 'about:blank',
         title: anyErr.code,

@@ -45,7 +45,17 @@ export class ContainersController {
   @Post()
   @HttpCode(202)
   @ApiOperation({ summary: 'Create a container (and start it unless start=false)' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 403, 503)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'FORBIDDEN',
+    'CONTAINER_NAME_TAKEN',
+    'TEMPLATE_NOT_READY',
+    'TEMPLATE_NOT_FOUND',
+    'HOST_NOT_FOUND:422',
+    'EXCEEDS_HOST_CAPACITY',
+    'NO_CAPACITY',
+  )
   async create(
     @Body() dto: CreateContainerDto,
     @CurrentPrincipal() p: Principal,
@@ -62,14 +72,14 @@ export class ContainersController {
   @Get()
   @ApiOperation({ summary: 'List live containers (or those in `state`), newest first, cursor-paginated' })
   @ApiOkResponse({ type: ContainerPageDto })
-  @ApiProblems(400)
+  @ApiProblems('VALIDATION_FAILED', 'INVALID_CURSOR')
   list(@Query() q: ListContainersQuery, @CurrentPrincipal() p: Principal) {
     return this.containers.list(q, p);
   }
 
   @Get(':id')
   @ApiOkResponse({ type: ContainerDto })
-  @ApiProblems(400, 404)
+  @ApiProblems('INVALID_ID', 'CONTAINER_NOT_FOUND')
   get(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     return this.containers.get(id, p);
   }
@@ -78,7 +88,14 @@ export class ContainersController {
   @Post(':id/start')
   @HttpCode(202)
   @ApiOperation({ summary: 'Start a stopped container' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'INVALID_ID',
+    'CONTAINER_NOT_FOUND',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+  )
   start(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -91,7 +108,14 @@ export class ContainersController {
   @Post(':id/stop')
   @HttpCode(202)
   @ApiOperation({ summary: 'Stop: SIGTERM to init, SIGKILL after timeoutMs' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'INVALID_ID',
+    'CONTAINER_NOT_FOUND',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+  )
   stop(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -104,7 +128,14 @@ export class ContainersController {
   @Post(':id/restart')
   @HttpCode(202)
   @ApiOperation({ summary: 'Restart a running container' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'INVALID_ID',
+    'CONTAINER_NOT_FOUND',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+  )
   restart(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -117,7 +148,14 @@ export class ContainersController {
   @Post(':id/pause')
   @HttpCode(202)
   @ApiOperation({ summary: 'Freeze every process of a running container' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'INVALID_ID',
+    'CONTAINER_NOT_FOUND',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+  )
   pause(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -130,7 +168,14 @@ export class ContainersController {
   @Post(':id/resume')
   @HttpCode(202)
   @ApiOperation({ summary: 'Thaw a paused container' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'INVALID_ID',
+    'CONTAINER_NOT_FOUND',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+  )
   resume(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -157,7 +202,16 @@ export class ContainersController {
   @Patch(':id')
   @HttpCode(202)
   @ApiOperation({ summary: 'Resize live: CPU, memory and pids limits take effect without a restart' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404, 503)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'INVALID_ID',
+    'CONTAINER_NOT_FOUND',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+    'EXCEEDS_HOST_CAPACITY',
+    'NO_CAPACITY',
+  )
   async resize(
     @Param('id', UuidPipe) id: string,
     @Body() dto: ResizeContainerDto,
@@ -180,7 +234,15 @@ export class ContainersController {
     summary: 'Snapshot the root filesystem under a name',
     description: 'A name is taken once per container: 409 SNAPSHOT_EXISTS for a name already used.',
   })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'INVALID_ID',
+    'CONTAINER_NOT_FOUND',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+    'SNAPSHOT_EXISTS',
+  )
   async snapshot(
     @Param('id', UuidPipe) id: string,
     @Body() dto: SnapshotDto,
@@ -193,7 +255,14 @@ export class ContainersController {
   @Delete(':id')
   @HttpCode(202)
   @ApiOperation({ summary: 'Destroy: nothing of it is left on the host' })
-  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, 404)
+  @ApiAcceptedJob(
+    ContainerAcceptedDto,
+    ACCEPTED,
+    'INVALID_ID',
+    'CONTAINER_NOT_FOUND',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+  )
   async destroy(
     @Param('id', UuidPipe) id: string,
     @Body(NoBodyPipe) _body: unknown,

@@ -96,7 +96,7 @@ export class HostsController {
     summary: 'Hosts with capacity, reservations and heartbeat (admin keys only: the fleet is the operator’s)',
   })
   @ApiOkResponse({ type: [HostDto] })
-  @ApiProblems(403)
+  @ApiProblems('FORBIDDEN')
   @AdminOnly()
   list() {
     return this.hosts.list();
@@ -105,7 +105,7 @@ export class HostsController {
   @Post(':id/drain')
   @HttpCode(200)
   @ApiOperation({ summary: 'No new containers are placed on a draining host' })
-  @ApiWrite(HostDto, 'the host, draining', 403, 404)
+  @ApiWrite(HostDto, 'the host, draining', 'INVALID_ID', 'FORBIDDEN', 'HOST_NOT_FOUND:404')
   @AdminOnly()
   drain(
     @Param('id', UuidPipe) id: string,
@@ -118,7 +118,7 @@ export class HostsController {
   @Post(':id/undrain')
   @HttpCode(200)
   @ApiOperation({ summary: 'Place new containers on the host again' })
-  @ApiWrite(HostDto, 'the host, not draining', 403, 404)
+  @ApiWrite(HostDto, 'the host, not draining', 'INVALID_ID', 'FORBIDDEN', 'HOST_NOT_FOUND:404')
   @AdminOnly()
   undrain(
     @Param('id', UuidPipe) id: string,

@@ -51,19 +51,21 @@ const LOCK = `SELECT pg_advisory_xact_lock(hashtext('berth.placement'))`;
  * (what its live containers reserve: the host's counters, kept by a trigger on the containers table, see
  * migration HostReservations). The fitting host with the most free memory wins (then
  * by name). The answer is one row: the inserted container (its columns null when nothing fitted), how
- * many hosts were considered, every unfit host's reason in that order, and whether the template exists.
+ * many hosts were considered, every unfit host's reason in that order, whether the template exists, the
+ * states of its replicas on those hosts, and each host too small for the container whatever it frees
+ * (of the online hosts, or the explicit one): what tells a refusal that waiting cannot end from one it can.
  * `$1` template, `$2` offline threshold (ms), `$3` cpus, `$4` host or null, `$5` memory, `$6` disk, `$7` id,
  * `$8` tenant, `$9` name, `$10` target state, `$11` pids, `$12` network mode, `$13` actor, `$14` request
  * id, `$15` the audit event's data.
  */
 const PLACE_AND_INSERT = `WITH
   f AS (SELECT h.*, h.cpu_count * ${CPU_OVERCOMMIT} - h.reserved_cpus::float AS cpu_free,
-               h.memory_bytes - h.reserved_memory_bytes AS mem_free, h.disk_bytes - h.reserved_disk_bytes AS disk_free
+               h.memory_bytes - h.reserved_memory_bytes AS mem_free, h.disk_bytes - h.reserved_disk_bytes AS disk_free,
+               (h.state = 'online' AND h.last_heartbeat_at >= now() - make_interval(secs => $2::float / 1000)) AS online
         FROM hosts h
         WHERE $4::uuid IS NULL OR h.id = $4::uuid),
   h AS (SELECT f.id, f.name, f.mem_free, CASE
-          WHEN NOT (f.state = 'online' AND f.last_heartbeat_at >= now() - make_interval(secs => $2::float / 1000))
-            THEN 'offline'
+          WHEN NOT f.online THEN 'offline'
           WHEN f.draining THEN 'draining'
           WHEN NOT EXISTS (SELECT 1 FROM template_replicas r JOIN templates t ON t.id = r.template_id
                            WHERE r.host_id = f.id AND t.name = $1 AND r.state = 'ready')
@@ -75,6 +77,13 @@ const PLACE_AND_INSERT = `WITH
           WHEN f.disk_free < $6::bigint THEN format('not enough disk (%s bytes free)', f.disk_free)
         END AS why
         FROM f),
+  -- What no amount of freed room would change: each host's size (the online ones, or the explicit one).
+  size AS (SELECT f.name, f.mem_free, CASE
+             WHEN f.cpu_count < $3::float THEN format('has %s CPUs', f.cpu_count)
+             WHEN f.memory_bytes < $5::bigint THEN format('has %s bytes of memory', f.memory_bytes)
+             WHEN f.disk_bytes < $6::bigint THEN format('has %s bytes of disk', f.disk_bytes)
+           END AS why
+           FROM f WHERE f.online OR $4::uuid IS NOT NULL),
   t AS (SELECT id, name FROM templates WHERE name = $1),
   pick AS (SELECT h.id, h.name FROM h WHERE h.why IS NULL ORDER BY h.mem_free DESC, h.name LIMIT 1),
   c AS (INSERT INTO containers (id, tenant_id, name, host_id, template_id, state, target_state, cpus, memory_bytes,
@@ -89,7 +98,12 @@ SELECT c.*, t.name AS template_name, pick.name AS host_name,
        (SELECT count(*) FROM h)::int AS placement_hosts,
        (SELECT json_agg(h.name || ': ' || h.why ORDER BY h.mem_free DESC, h.name) FROM h WHERE h.why IS NOT NULL)
          AS placement_reasons,
-       t.id IS NOT NULL AS placement_template
+       t.id IS NOT NULL AS placement_template,
+       (SELECT array_agg(DISTINCT r.state) FROM template_replicas r JOIN f ON f.id = r.host_id
+        WHERE r.template_id = t.id) AS placement_replicas,
+       (SELECT count(*) FROM size)::int AS placement_sized,
+       (SELECT json_agg(size.name || ': ' || size.why ORDER BY size.mem_free DESC, size.name) FROM size
+        WHERE size.why IS NOT NULL) AS placement_too_small
 FROM (SELECT 1) one LEFT JOIN c ON true LEFT JOIN pick ON true LEFT JOIN t ON true`;
 
 /** A resize's new limits (the fields it changes). */
@@ -101,7 +115,7 @@ export type ResizeLimits = { cpus?: number; memoryBytes?: number; pidsMax?: numb
  * what the container counts there now.
  */
 const RESIZE_ROOM = `SELECT h.name, h.cpu_count, h.cpu_count * ${CPU_OVERCOMMIT} - h.reserved_cpus::float AS cpu_free,
-       h.memory_bytes - h.reserved_memory_bytes AS mem_free,
+       h.memory_bytes - h.reserved_memory_bytes AS mem_free, h.memory_bytes AS mem_total,
        GREATEST(c.cpus, c.held_cpus)::float AS cpus_counted,
        GREATEST(c.memory_bytes, c.held_memory_bytes) AS mem_counted
 FROM containers c JOIN hosts h ON h.id = c.host_id WHERE c.id = $1`;
@@ -110,6 +124,12 @@ type PlacementAnswer = PlacedContainer & {
   placement_hosts: number;
   placement_reasons: string[] | null;
   placement_template: boolean;
+  /** The states of the template's replicas on the hosts considered (null: none). */
+  placement_replicas: string[] | null;
+  /** How many hosts' sizes were weighed: the online ones, or the explicit one. */
+  placement_sized: number;
+  /** Each of those hosts too small for the container whatever it frees, and why. */
+  placement_too_small: string[] | null;
 };
 
 /**
@@ -126,7 +146,10 @@ export class PlacementService {
    * trip between them, and the caller may send its next statements and the COMMIT right behind: the lock
    * is held for one round trip and the commit, so concurrent creates queue on it that much less). Two
    * concurrent creates cannot both take the last room. Nothing fits: nothing is written, and the promise
-   * rejects with 503 NO_CAPACITY (the reason per host), 422 TEMPLATE_NOT_FOUND or 422 HOST_NOT_FOUND.
+   * rejects with 422 TEMPLATE_NOT_FOUND or 422 HOST_NOT_FOUND; 409 TEMPLATE_NOT_READY when the template is
+   * ready on no host (or not on the explicit one); 422 EXCEEDS_HOST_CAPACITY when every online host (or the
+   * explicit one) is smaller than the container (its cores, memory or disk); else 503 NO_CAPACITY (the
+   * reason per host): room that may free up.
    */
   placeAndInsert(
     tx: SqlTx,
@@ -160,7 +183,8 @@ export class PlacementService {
    * placement lock (held to its end, like a create's): no more CPUs than the host has (the runtime would
    * refuse it), and a growth only into the room the host has left. The resize job the caller then writes
    * holds that room at once (`containers.held_*`, migration ResizeHolds): a create or another resize
-   * accepted before it has run cannot take it too. No room: 503 NO_CAPACITY with the reasons.
+   * accepted before it has run cannot take it too. More CPUs than the host has, or a memory growth past
+   * all the host has: 422 EXCEEDS_HOST_CAPACITY. No room now: 503 NO_CAPACITY. Both with the reasons.
    */
   async checkResize(
     q: Parameters<typeof preparedQuery>[0],
@@ -173,19 +197,31 @@ export class PlacementService {
       cpu_count: number;
       cpu_free: number;
       mem_free: string;
+      mem_total: string;
       cpus_counted: number;
       mem_counted: string;
     }>(q, RESIZE_ROOM, [containerId]);
     if (!h) return;
+    // Larger than the host itself: no room it frees would make it fit (422, not a 503 to retry).
+    const tooLarge: string[] = [];
+    if (r.cpus !== undefined && r.cpus > h.cpu_count) tooLarge.push(`${h.name}: has ${h.cpu_count} CPUs`);
+    const memGrowth = r.memoryBytes === undefined ? 0 : r.memoryBytes - Number(h.mem_counted);
+    if (memGrowth > 0 && r.memoryBytes! > Number(h.mem_total))
+      tooLarge.push(`${h.name}: has ${h.mem_total} bytes of memory`);
+    if (tooLarge.length > 0)
+      throw new ApiError(
+        HttpStatus.UNPROCESSABLE_ENTITY,
+        'EXCEEDS_HOST_CAPACITY',
+        `the container's host is too small for the new limits whatever it frees: ${tooLarge.join('; ')}`,
+        { reasons: tooLarge },
+      );
     const reasons: string[] = [];
     // Only a growth needs room: a shrink is accepted even on a host already short of it (its cores or
     // memory lowered since, an overcommit from before), whose room it gives back.
     const cpuGrowth = r.cpus === undefined ? 0 : r.cpus - h.cpus_counted;
-    if (r.cpus !== undefined && r.cpus > h.cpu_count) reasons.push(`${h.name}: has ${h.cpu_count} CPUs`);
-    else if (cpuGrowth > 0 && cpuGrowth > h.cpu_free + 1e-9)
+    if (cpuGrowth > 0 && cpuGrowth > h.cpu_free + 1e-9)
       reasons.push(`${h.name}: not enough CPU (${Math.max(h.cpu_free, 0).toFixed(2)} free)`);
     const memFree = Number(h.mem_free);
-    const memGrowth = r.memoryBytes === undefined ? 0 : r.memoryBytes - Number(h.mem_counted);
     if (memGrowth > 0 && memGrowth > memFree)
       reasons.push(`${h.name}: not enough memory (${Math.max(memFree, 0)} bytes free)`);
     if (reasons.length > 0)
@@ -213,14 +249,39 @@ export class PlacementService {
     }
     if (row.id) return row;
     const why = reasons ?? [];
+    if (req.hostId && hosts === 0) {
+      throw new ApiError(
+        HttpStatus.UNPROCESSABLE_ENTITY,
+        'HOST_NOT_FOUND',
+        `host ${req.hostId} does not exist`,
+      );
+    }
+    // Refusals that no freed room would end: a client retrying a 503 would retry them for ever.
+    if (hosts > 0 && !answer.placement_replicas?.includes('ready')) {
+      const importing = answer.placement_replicas?.includes('importing');
+      const where = req.hostId ? `on host ${why[0].split(': ')[0]}` : 'on any host';
+      throw new ApiError(
+        HttpStatus.CONFLICT,
+        'TEMPLATE_NOT_READY',
+        `template ${req.template} is not ready ${where}: ` +
+          (importing
+            ? 'its import is still running; create the container once it is ready'
+            : 'no import of it succeeded; import it again (POST /v1/templates)'),
+      );
+    }
+    const tooSmall = answer.placement_too_small ?? [];
+    if (answer.placement_sized > 0 && tooSmall.length === answer.placement_sized) {
+      throw new ApiError(
+        HttpStatus.UNPROCESSABLE_ENTITY,
+        'EXCEEDS_HOST_CAPACITY',
+        req.hostId
+          ? `host ${tooSmall[0].split(': ')[0]} is too small for this container whatever it frees: ` +
+              tooSmall[0].split(': ').slice(1).join(': ')
+          : 'no online host is large enough for this container, whatever it frees: ask for less',
+        { reasons: tooSmall },
+      );
+    }
     if (req.hostId) {
-      if (hosts === 0) {
-        throw new ApiError(
-          HttpStatus.UNPROCESSABLE_ENTITY,
-          'HOST_NOT_FOUND',
-          `host ${req.hostId} does not exist`,
-        );
-      }
       const [name, ...reason] = why[0].split(': ');
       throw new ApiError(
         HttpStatus.SERVICE_UNAVAILABLE,

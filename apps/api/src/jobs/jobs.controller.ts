@@ -75,7 +75,7 @@ export class JobsController {
   @Get()
   @ApiOperation({ summary: 'List jobs, newest first, with filters and cursor pagination' })
   @ApiOkResponse({ type: JobPageDto })
-  @ApiProblems(400)
+  @ApiProblems('VALIDATION_FAILED', 'INVALID_CURSOR')
   list(@Query() q: ListJobsQuery, @CurrentPrincipal() p: Principal) {
     return this.jobs.list({
       ...q,
@@ -88,7 +88,7 @@ export class JobsController {
   @Get(':id')
   @ApiOperation({ summary: 'A job with every event (transitions, steps, retries) from the audit trail' })
   @ApiOkResponse({ type: JobWithEventsDto })
-  @ApiProblems(400, 404)
+  @ApiProblems('VALIDATION_FAILED', 'INVALID_ID', 'JOB_NOT_FOUND')
   @UseGuards(JobVisibleGuard)
   async get(@Param('id', UuidPipe) id: string, @CurrentPrincipal() p: Principal) {
     const [job, events] = await Promise.all([this.jobs.get(id, undefined, p), this.jobs.events(id)]);
@@ -98,7 +98,7 @@ export class JobsController {
   @Get(':id/wait')
   @ApiOperation({ summary: 'Long-poll: answers as soon as the job has ended, or after `timeout` seconds' })
   @ApiOkResponse({ type: JobDto, description: 'the job: ended, or as it is when the timeout passed' })
-  @ApiProblems(400, 404)
+  @ApiProblems('VALIDATION_FAILED', 'INVALID_ID', 'JOB_NOT_FOUND')
   @UseGuards(JobVisibleGuard)
   wait(
     @Param('id', UuidPipe) id: string,
@@ -127,7 +127,7 @@ export class JobsController {
   })
   @ApiProduces('text/event-stream')
   @ApiOkResponse({ description: 'text/event-stream of JobEvent messages, then `end` with the Job' })
-  @ApiProblems(400, 404)
+  @ApiProblems('VALIDATION_FAILED', 'INVALID_ID', 'JOB_NOT_FOUND')
   @UseGuards(JobExistsGuard)
   events(
     @Param('id', UuidPipe) id: string,
@@ -195,7 +195,19 @@ export class JobsController {
   @Post(':id/retry')
   @HttpCode(202)
   @ApiOperation({ summary: 'Retry a failed or cancelled job (resumes after its finished steps)' })
-  @ApiAcceptedJob(JobDto, 'the job, queued again; Location: /v1/jobs/<id>', 404, 503)
+  @ApiAcceptedJob(
+    JobDto,
+    'the job, queued again; Location: /v1/jobs/<id>',
+    'INVALID_ID',
+    'FORBIDDEN',
+    'JOB_NOT_FOUND',
+    'JOB_NOT_RETRYABLE',
+    'CONTAINER_DESTROYED',
+    'INVALID_TRANSITION',
+    'CONCURRENT_CHANGE',
+    'EXCEEDS_HOST_CAPACITY',
+    'NO_CAPACITY',
+  )
   @UseGuards(JobVisibleGuard)
   async retry(
     @Param('id', UuidPipe) id: string,
@@ -215,7 +227,7 @@ export class JobsController {
   @ApiOperation({
     summary: 'Cancel a job that has not started yet (queued, or claimed and waiting for a worker slot)',
   })
-  @ApiWrite(JobDto, 'the job, cancelled', 404)
+  @ApiWrite(JobDto, 'the job, cancelled', 'INVALID_ID', 'FORBIDDEN', 'JOB_NOT_FOUND', 'JOB_NOT_CANCELLABLE')
   @UseGuards(JobVisibleGuard)
   cancel(
     @Param('id', UuidPipe) id: string,

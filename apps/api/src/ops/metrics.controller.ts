@@ -16,7 +16,7 @@ export class MetricsController {
   @ApiOperation({ summary: 'Prometheus metrics (admin keys only; scrape with a bearer token)' })
   @ApiProduces('text/plain')
   @ApiOkResponse({ description: 'Prometheus text exposition format', schema: { type: 'string' } })
-  @ApiProblems(403)
+  @ApiProblems('FORBIDDEN')
   async get(@Res({ passthrough: true }) res: Response): Promise<string> {
     const { contentType, body } = await this.metrics.render();
     res.setHeader('Content-Type', contentType);

@@ -173,9 +173,10 @@ export class TemplatesController {
   @ApiAcceptedJob(
     TemplateImportAcceptedDto,
     'the template and one job per host; Location: /v1/jobs/<first job id>',
-    403,
-    422,
-    503,
+    'FORBIDDEN',
+    'TEMPLATE_EXISTS',
+    'HOST_NOT_FOUND:422',
+    'NO_CAPACITY',
   )
   // Templates are the fleet's, and an import reads a path on the hosts as root: admins only.
   @AdminOnly()
