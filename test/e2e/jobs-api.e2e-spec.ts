@@ -6,7 +6,7 @@ import { JobNotifications } from '../../apps/api/src/jobs/job-notifications';
 import { JobsService } from '../../apps/api/src/jobs/jobs.service';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
 import { describeKernel } from '@test/support/kernel';
-import { startPipeline, type Pipeline } from '@test/support/pipeline';
+import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
 import { sleep, until } from '@test/support/worker-process';
 
 const UNKNOWN = '00000000-0000-4000-8000-000000000000';
@@ -663,6 +663,45 @@ describeKernel('jobs API: events as Server-Sent Events from a real worker', { ro
       result: { n: 1 },
     });
   }, 60_000);
+
+  it('a template whose every import failed takes a new source; the failed job is not run again with the old one', async () => {
+    const name = `tpl-fix-${process.pid}`;
+    const post = (body: object) =>
+      p
+        .http()
+        .post('/v1/templates')
+        .set(p.auth())
+        .send({ name, ...body });
+    const wrong = await post({ source: 'tarball', path: `/nonexistent/rootfs-${process.pid}.tar` });
+    expect(wrong.status).toBe(202);
+    const failed = await waitJob(p, wrong.body.jobs[0].id);
+    expect(failed.state).toBe('failed');
+    // The corrected request: accepted (the name was held by nothing that worked), and it runs.
+    const fixed = await post({ source: 'builtin:busybox' });
+    expect(fixed.status).toBe(202);
+    expect(fixed.body.template).toMatchObject({ id: wrong.body.template.id, source: 'builtin:busybox' });
+    expect((await waitJob(p, fixed.body.jobs[0].id)).state).toBe('completed');
+    const listed = (await p.http().get('/v1/templates').set(p.auth())).body as { name: string }[];
+    expect(listed.find((t) => t.name === name)).toMatchObject({ ready: true, source: 'builtin:busybox' });
+    const [event] = await p.ds.query(
+      `SELECT data FROM audit_events WHERE subject_id = $1 AND action = 'template.import.requested'
+        ORDER BY id DESC LIMIT 1`,
+      [wrong.body.template.id],
+    );
+    expect(event.data).toMatchObject({
+      source: 'builtin:busybox',
+      replacedSource: `tarball:/nonexistent/rootfs-${process.pid}.tar`,
+    });
+    // The old job would import the old source under the name again.
+    const retried = await p.http().post(`/v1/jobs/${wrong.body.jobs[0].id}/retry`).set(p.auth()).send({});
+    expect({ status: retried.status, code: retried.body.code }).toEqual({
+      status: 409,
+      code: 'JOB_NOT_RETRYABLE',
+    });
+    // Ready somewhere: another source is refused.
+    const again = await post({ source: 'tarball', path: '/srv/other.tar' });
+    expect({ status: again.status, code: again.body.code }).toEqual({ status: 409, code: 'TEMPLATE_EXISTS' });
+  }, 90_000);
 
   it('replays the events of an ended job and closes at once', async () => {
     const job = await enqueueNoop(2);

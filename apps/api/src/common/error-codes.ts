@@ -64,7 +64,11 @@ export const ERROR_CODES = {
     meaning:
       'the template is ready on no host (or not on the chosen one): its import runs, or failed everywhere',
   },
-  JOB_NOT_RETRYABLE: { status: 409, meaning: 'only a failed or cancelled job can be retried' },
+  JOB_NOT_RETRYABLE: {
+    status: 409,
+    meaning:
+      'only a failed or cancelled job can be retried; a template import not once its template took another source',
+  },
   JOB_NOT_CANCELLABLE: { status: 409, meaning: 'the job has started or ended: too late to cancel' },
   IDEMPOTENCY_KEY_IN_FLIGHT: { status: 409, meaning: 'a request with this Idempotency-Key is still running' },
   // 413, 415, 422, 429, 431

@@ -43,6 +43,28 @@ function fleetJobNeedsAdmin(job: JobRow, principal: Principal, what: string): vo
     );
 }
 
+/**
+ * A template import runs again only with the template's source: once a new import gave the name another
+ * source (every import of the old one had failed), the old job would bring the old rootfs back under it.
+ */
+async function refuseStaleImport(m: EntityManager, job: JobRow): Promise<void> {
+  const p = job.params as { templateId?: string; source?: { type: string; path?: string; builder?: string } };
+  // As the import request wrote the template's source: `tarball:<path>` or `builtin:<builder>`.
+  const wanted =
+    p.source?.type === 'tarball'
+      ? `tarball:${p.source.path}`
+      : p.source?.builder
+        ? `builtin:${p.source.builder}`
+        : null;
+  const [tpl] = await m.query(`SELECT source FROM templates WHERE id = $1`, [p.templateId]);
+  if (tpl && wanted !== null && tpl.source !== wanted)
+    throw new ApiError(
+      HttpStatus.CONFLICT,
+      'JOB_NOT_RETRYABLE',
+      `the template's source is ${tpl.source} now (this job imported ${wanted}): import it anew instead`,
+    );
+}
+
 export interface JobFilters {
   state?: string;
   kind?: string;
@@ -255,6 +277,7 @@ export class JobsService {
           `job ${id} is ${job.state}; only failed or cancelled jobs can be retried`,
         );
       }
+      if (job.kind === 'template.import') await refuseStaleImport(m, job);
       let seq: number | null = null;
       // Whether other jobs of its container were accepted after it: then what it did before may have been
       // undone (a restart's stop, followed by a start), and it runs again from its first step.

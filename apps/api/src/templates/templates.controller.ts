@@ -93,12 +93,23 @@ export class TemplatesService {
         source,
       ]);
       const [tpl] = await m.query(`SELECT id, source FROM templates WHERE name = $1 FOR UPDATE`, [dto.name]);
+      // Another source: refused while the template is ready or importing anywhere (its clones and its
+      // imports are of that source); a name whose every import failed (a wrong path) takes the new one.
+      let replacedSource: string | undefined;
       if (tpl.source !== source) {
-        throw new ApiError(
-          HttpStatus.CONFLICT,
-          'TEMPLATE_EXISTS',
-          `template ${dto.name} exists with source ${tpl.source}`,
+        const [{ n }] = await m.query(
+          `SELECT count(*)::int AS n FROM template_replicas
+            WHERE template_id = $1 AND state IN ('ready', 'importing')`,
+          [tpl.id],
         );
+        if (n > 0)
+          throw new ApiError(
+            HttpStatus.CONFLICT,
+            'TEMPLATE_EXISTS',
+            `template ${dto.name} exists with source ${tpl.source} (ready or importing on ${n} host(s))`,
+          );
+        await m.query(`UPDATE templates SET source = $2 WHERE id = $1`, [tpl.id, source]);
+        replacedSource = tpl.source;
       }
       const hosts: { id: string }[] = dto.host
         ? await m.query(`SELECT id FROM hosts WHERE id = $1`, [dto.host])
@@ -142,7 +153,12 @@ export class TemplatesService {
         subjectType: 'template',
         subjectId: tpl.id,
         requestId: principal.requestId,
-        data: { name: dto.name, source, hosts: hosts.map((h) => h.id) },
+        data: {
+          name: dto.name,
+          source,
+          hosts: hosts.map((h) => h.id),
+          ...(replacedSource ? { replacedSource } : {}),
+        },
       });
       const answer = { template: { id: tpl.id, name: dto.name, source }, jobs };
       await principal.idempotency?.store(m, answer, jobLocation(jobs[0].id));
