@@ -1,5 +1,6 @@
 import { Queue } from 'bullmq';
 import { Client } from 'pg';
+import type { EntityManager } from 'typeorm';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { JobsService } from '../../apps/api/src/jobs/jobs.service';
@@ -262,6 +263,50 @@ describeKernel(
       );
       expect(requested).toEqual([{ fresh: 'false' }, { fresh: 'true' }]);
       await store.complete(fresh.job!, { result: {} });
+    });
+
+    it("applies a completion's own changes once: the completion written again does not write them again", async () => {
+      const [{ id: containerId }] = await p.ds.query(
+        `INSERT INTO containers (name, host_id, state, target_state, cpus, memory_bytes, disk_bytes, pids_max)
+         VALUES ($1, $2, 'running', 'running', 0.1, 33554432, 67108864, 64) RETURNING id`,
+        [`gc-apply-${process.pid}`, idleHost],
+      );
+      const store = p.worker.get(JobStore);
+      const job = (await enqueuer.submit({
+        kind: 'system.noop',
+        payload: { n: 1 },
+        hostId: idleHost,
+        containerId,
+        principal,
+      }))!;
+      const { job: claimed } = await store.claim(job.id, 1, job.id);
+      // Like a resize's: the container's limits as the handler found them once it ran.
+      const outcome = {
+        result: {},
+        apply: async (m: EntityManager) => {
+          await m.query(`UPDATE containers SET memory_bytes = $2 WHERE id = $1`, [
+            containerId,
+            48 * 1024 * 1024,
+          ]);
+        },
+      };
+      await store.complete(claimed!, outcome);
+      // The container changes after that end (the next job of it); then the completion is written again
+      // (its first commit's answer was lost): the job is completed already, its changes are not written again.
+      await p.ds.query(`UPDATE containers SET memory_bytes = $2 WHERE id = $1`, [
+        containerId,
+        80 * 1024 * 1024,
+      ]);
+      await store.complete(claimed!, outcome);
+      const [row] = await p.ds.query(`SELECT memory_bytes::float AS memory FROM containers WHERE id = $1`, [
+        containerId,
+      ]);
+      expect(row.memory).toBe(80 * 1024 * 1024);
+      const completions = await p.ds.query(
+        `SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = 'job.completed'`,
+        [job.id],
+      );
+      expect(completions).toEqual([{ n: 1 }]);
     });
 
     it("notifies a job's end with its row, and not its active mark", async () => {

@@ -109,6 +109,8 @@ interface HotRow {
   done_steps: string[] | null;
   /** Completion: whether the job is its container's latest (null when the container row was not written). */
   latest: boolean | null;
+  /** Completion: whether this statement completed the job (false: it was completed already). */
+  updated: boolean | null;
 }
 
 /**
@@ -162,7 +164,7 @@ const CLAIM_ROWS = `
                  AND id > COALESCE((SELECT max(r.id) FROM audit_events r
                                     WHERE r.job_id = ci.id AND r.action = 'job.retry.requested'
                                       AND r.data->>'fresh' = 'true'), 0)) AS done_steps,
-         NULL::boolean AS latest
+         NULL::boolean AS latest, NULL::boolean AS updated
   FROM ci LEFT JOIN cj ON cj.id = ci.id LEFT JOIN cb ON cb.id = ci.id`;
 
 /**
@@ -200,10 +202,14 @@ const completionCtes = (p: number) => `
     FROM u WHERE u.sync AND containers.id = ANY($${p + 1}::uuid[]) AND containers.id = u.container_id
     RETURNING u.id, containers.job_seq = u.container_seq AS latest)`;
 
-/** Each completion's answer: whether its job is its container's latest (null: container row not written). */
+/**
+ * Each completion's answer: whether its job is its container's latest (null: container row not written),
+ * and whether this statement completed it (false: it was completed already).
+ */
 const COMPLETION_ROWS = `
   SELECT 'complete' AS op, i.id, NULL::jsonb AS job, NULL::boolean AS blocked, NULL::boolean AS activated,
-         NULL::boolean AS superseded, NULL::text[] AS done_steps, c.latest
+         NULL::boolean AS superseded, NULL::text[] AS done_steps, c.latest,
+         EXISTS (SELECT 1 FROM u WHERE u.id = i.id) AS updated
   FROM i LEFT JOIN c ON c.id = i.id`;
 
 const completionParams = (inputs: readonly Completion[]) => [
@@ -409,7 +415,9 @@ export class JobStore {
             `WITH ${completionCtes(1)} ${COMPLETION_ROWS}`,
             completionParams([input]),
           );
-          await apply(m);
+          // Completed already (an earlier write committed, its answer lost, and this is its retry): the
+          // handler's changes went with that commit; written again they would undo what came after it.
+          if (row?.updated) await apply(m);
           return row?.latest ?? null;
         })
       : ((await this.writes({ complete: input })) as boolean | null);
