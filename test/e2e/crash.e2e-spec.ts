@@ -9,6 +9,7 @@ import {
   jobEvents,
   sleep,
   startCluster,
+  until,
   type Cluster,
   type WorkerProcess,
 } from '@test/support/worker-process';
@@ -415,6 +416,38 @@ describeKernel(
           const [{ last_value: claims }] = await c.ds.query(`SELECT last_value FROM ${seq}`);
           expect(Number(claims)).toBe(4);
         },
+      );
+    }, 60_000);
+
+    it('a job whose claim a crash of PostgreSQL took back while it ran, then failed for good, is recorded as failed', async () => {
+      // The job is written with a payload its schema refuses (a permanent failure); its failure's record is
+      // held back (a deadlock's SQLSTATE: retried) while the row says `active`. The test then resets the row
+      // to what crash recovery restores when the claim's relaxed commit is lost: `queued` again.
+      await withJobTrigger(
+        'lost_claim_fail',
+        `IF TG_OP = 'INSERT' THEN NEW.params := NEW.params || '{"bogus": true}'::jsonb;
+         ELSIF NEW.state = 'failed' AND OLD.state = 'active' THEN
+           PERFORM nextval('$seq');
+           RAISE EXCEPTION 'failure held back by the test' USING ERRCODE = '40P01';
+         END IF; RETURN NEW;`,
+        `OLD.params->>'n' = '-4848'`,
+        async (submitNoop, seq) => {
+          const id = await submitNoop(-4848);
+          await until('the failure to be held back', async () =>
+            (await c.ds.query(`SELECT is_called FROM ${seq}`))[0].is_called ? true : undefined,
+          );
+          await c.ds.query(
+            `UPDATE jobs SET state = 'queued', attempts = 0, started_at = NULL WHERE id = $1`,
+            [id],
+          );
+          // Dropped because the row no longer says `active`, the failure would leave the job `queued` while
+          // BullMQ ended it: nothing would run it again, and `wait` would never answer.
+          const ended = await c.http().get(`/v1/jobs/${id}/wait?timeout=20`).set(c.auth());
+          expect(ended.body).toMatchObject({ state: 'failed', error: { code: 'INVALID_PAYLOAD' } });
+          const events = (await jobEvents(c.ds, id)).map((e) => e.action);
+          expect(events).toEqual(['job.queued', 'job.active', 'job.failed']);
+        },
+        `NEW.params->>'n' = '-4848'`,
       );
     }, 60_000);
 

@@ -237,7 +237,7 @@ describeKernel(
       const first = await store.claim(job.id, 1, job.id);
       expect(first.activated).toBe(true);
       await store.stepDone(first.job!, 'first');
-      await store.fail(first.job!, failure);
+      await store.fail(first.job!, failure, job.id);
 
       // Nothing accepted since: the retry resumes after `first`, through its new carrier only.
       expect((await jobs.retry(job.id, principal)).state).toBe('queued');
@@ -245,7 +245,7 @@ describeKernel(
       const again = await store.claim(job.id, 1, `${job.id}-r1`);
       expect(again).toMatchObject({ activated: true, superseded: false });
       expect([...again.doneSteps]).toEqual(['first']);
-      await store.fail(again.job!, failure);
+      await store.fail(again.job!, failure, `${job.id}-r1`);
 
       // Another job of the container accepted and run since: what `first` did may be undone.
       const other = await submit(2);
@@ -263,6 +263,49 @@ describeKernel(
       );
       expect(requested).toEqual([{ fresh: 'false' }, { fresh: 'true' }]);
       await store.complete(fresh.job!, { result: {} });
+    });
+
+    it('records the failure or retry of a job whose claim a crash of PostgreSQL took back, through its carrier only', async () => {
+      const store = p.worker.get(JobStore);
+      const failure = { code: 'TEST', message: 'failed by the test', step: null };
+      const [lost, carried, done] = await noops(3);
+      for (const id of [lost, carried, done]) expect((await store.claim(id, 1, id)).activated).toBe(true);
+      // What crash recovery restores when a claim's relaxed commit was lost: the job as it was before it.
+      await p.ds.query(
+        `UPDATE jobs SET state = 'queued', attempts = 0, started_at = NULL WHERE id = ANY($1::uuid[])`,
+        [[lost, carried]],
+      );
+      await p.ds.query(`UPDATE jobs SET carrier = $2 WHERE id = $1`, [carried, `${carried}-k1`]);
+      await store.complete((await store.load(done))!, { result: {} });
+      const row = async (id: string) =>
+        (await p.ds.query(`SELECT state, error_code FROM jobs WHERE id = $1`, [id]))[0];
+      const actions = async (id: string) =>
+        (
+          await p.ds.query(
+            `SELECT action FROM audit_events WHERE job_id = $1 AND action <> 'job.queued' ORDER BY id`,
+            [id],
+          )
+        ).map((e: { action: string }) => e.action);
+
+      // Its handler failed (transient, then for good) after the crash: recorded, not dropped because the
+      // row no longer says `active` (BullMQ would end the job while PostgreSQL kept it pending).
+      await store.waitingRetry((await store.load(lost))!, failure, 1, 1_000, lost);
+      expect(await row(lost)).toEqual({ state: 'waiting-retry', error_code: 'TEST' });
+      await store.fail((await store.load(lost))!, failure, lost);
+      expect(await row(lost)).toEqual({ state: 'failed', error_code: 'TEST' });
+      expect(await actions(lost)).toEqual(['job.active', 'job.retry', 'job.failed']);
+
+      // Through an older BullMQ job of it: nothing; through its carrier: recorded.
+      await store.fail((await store.load(carried))!, failure, carried);
+      expect(await row(carried)).toEqual({ state: 'queued', error_code: null });
+      await store.fail((await store.load(carried))!, failure, `${carried}-k1`);
+      expect(await row(carried)).toEqual({ state: 'failed', error_code: 'TEST' });
+
+      // An ended job keeps its end.
+      await store.fail((await store.load(done))!, failure, done);
+      await store.waitingRetry((await store.load(done))!, failure, 1, 1_000, done);
+      expect(await row(done)).toEqual({ state: 'completed', error_code: null });
+      expect(await actions(done)).toEqual(['job.active', 'job.completed']);
     });
 
     it("applies a completion's own changes once: the completion written again does not write them again", async () => {

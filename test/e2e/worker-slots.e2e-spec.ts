@@ -357,6 +357,56 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     await w2.stop();
   }, 90_000);
 
+  it('a job claimed ahead whose claim a crash of PostgreSQL took back runs once its slot frees (not let go as cancelled)', async () => {
+    const { w, ids, waiting, running } = await oneRunningTwoWaiting();
+    const [lost, kept] = waiting;
+    // The claim and the waiting notice are relaxed commits: what crash recovery restores when both are lost
+    // (the shared PostgreSQL cannot be crashed here; its `job.active` event stays in the trail).
+    await c.ds.query(
+      `UPDATE jobs SET state = 'queued', attempts = 0, started_at = NULL, progress = NULL WHERE id = $1`,
+      [lost],
+    );
+    // Let go as cancelled, its BullMQ job would end while PostgreSQL says `queued`: nothing would run it.
+    await allCompleted(ids);
+    const of = await actionsOf(ids);
+    expect(of(lost)).toEqual(['job.queued', 'job.active', 'job.active', 'job.completed']);
+    for (const id of [running, kept]) expect(of(id)).toEqual(['job.queued', 'job.active', 'job.completed']);
+    await w.stop();
+  }, 90_000);
+
+  it('the start-up sweep puts back in the queue a pending job whose BullMQ job has ended, and leaves the others', async () => {
+    // No worker runs (one ran, so the host is known): two jobs wait in BullMQ; one's BullMQ job then goes
+    // (as one completed as "skipped" and removed since would), while PostgreSQL still says `queued`.
+    await (await c.startWorker()).stop();
+    const hostId = await c.hostId();
+    const enqueuer = c.api.get(JobEnqueuer);
+    const submit = async (n: number) =>
+      (await enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId, principal }))!.id;
+    const [gone, waiting] = [await submit(31), await submit(32)];
+    const queue = await c.queue();
+    const bullJob = async (id: string) => {
+      const j = await queue.getJob(id);
+      return j ? { j, state: await j.getState() } : undefined;
+    };
+    await until('both published', async () =>
+      (await bullJob(gone)) && (await bullJob(waiting)) ? true : undefined,
+    );
+    await (await queue.getJob(gone))!.remove();
+
+    const w = await c.startWorker();
+    await allCompleted([gone, waiting]);
+    const of = await actionsOf([gone, waiting]);
+    expect(of(gone)).toEqual(['job.queued', 'job.requeued', 'job.active', 'job.completed']);
+    expect(of(waiting)).toEqual(['job.queued', 'job.active', 'job.completed']);
+    const [requeued] = await c.ds.query(
+      `SELECT data FROM audit_events WHERE job_id = $1 AND action = 'job.requeued'`,
+      [gone],
+    );
+    expect(requeued.data).toMatchObject({ bullJobId: gone, nextBullJobId: `${gone}-k1` });
+    expect(requeued.data.reason).toMatch(/is unknown but its end was not recorded/);
+    await w.stop();
+  }, 90_000);
+
   it('SIGKILL with jobs claimed ahead: after a restart every job runs to its end and is completed once', async () => {
     const { w, ids } = await oneRunningTwoWaiting();
     await w.kill();

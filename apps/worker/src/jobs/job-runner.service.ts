@@ -25,7 +25,7 @@ import { HostRuntimeService } from '../runtime/host-runtime.service';
 import type { JobContext, JobHandler, StepOptions } from './job-context';
 import { buildRegistry } from './job-registry';
 import { ContainerObserver } from './container-observer.service';
-import { JobStore, type JobFailure, type StoredJob } from './job-store';
+import { JobStore, PENDING_STATES, type JobFailure, type StoredJob } from './job-store';
 import { markContainerAfterFailure } from './shared/container-sync';
 import { refusedByPostgres, WrittenBehind } from './written-behind';
 
@@ -53,10 +53,12 @@ const release =
   };
 
 const FINAL_STATES = ['completed', 'cancelled', 'failed'];
-const PENDING = ['queued', 'active', 'waiting-retry'];
 
 /** BullMQ's reason for a job it failed because it lost its worker more than `maxStalledCount` times. */
 const STALL_LIMIT = /stalled more than allowable limit/;
+
+/** How many pending jobs the start-up sweep looks up in BullMQ at once. */
+const SWEEP_BATCH = 64;
 
 /** BullMQ states of a job that will not run again by itself ('unknown': the job is gone). */
 const BULL_ENDED = ['completed', 'failed', 'unknown'];
@@ -217,30 +219,45 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
   }
 
   /**
-   * Jobs that Postgres records as `active` on this host while their BullMQ job has ended (completed,
+   * Jobs that Postgres records as pending on this host while their BullMQ job has ended (completed,
    * failed, or gone): a worker died after BullMQ recorded the end and before Postgres did (the completion is
-   * written behind, see WrittenBehind), or Postgres refused the end until the worker gave up. Each goes
-   * back to the queue (JobStore.requeue) and runs again, resuming after its recorded steps; but a job that
-   * BullMQ failed because it lost its worker too often is recorded as failed (lostTooOften). Jobs whose
-   * BullMQ job is still active or waiting are BullMQ's to hand back (stalled jobs).
+   * written behind, see WrittenBehind), Postgres refused the end until the worker gave up, or a crash of
+   * PostgreSQL took back a claim (a relaxed commit: the job reads `queued` or `waiting-retry` again) whose
+   * BullMQ job then ended. Each goes back to the queue (JobStore.requeue) and runs again, resuming after its
+   * recorded steps; but a job that BullMQ failed because it lost its worker too often is recorded as failed
+   * (lostTooOften). Jobs whose BullMQ job is still active, waiting or delayed are BullMQ's to hand out
+   * (stalled jobs, retries).
    */
   private async sweep(): Promise<void> {
-    const active = await this.store.unfinishedActive(this.hostId!);
-    for (const { id, bullJobId } of active) {
-      if (!bullJobId) {
-        this.log.warn({ jobId: id }, 'active job without a recorded BullMQ job: left to BullMQ');
-        continue;
-      }
+    const pending = await this.store.unfinished(this.hostId!);
+    const bullState = async (bullJobId: string) => {
       const bull = await this.queue!.getJob(bullJobId);
-      const state = bull ? await bull.getState() : 'unknown';
-      if (!BULL_ENDED.includes(state)) continue;
-      if (bull && state === 'failed' && STALL_LIMIT.test(bull.failedReason ?? '')) {
-        await this.lostTooOften(id, bull);
-        continue;
+      return { bull, state: bull ? await bull.getState() : 'unknown' };
+    };
+    // A backlog of queued jobs is looked up in BullMQ a batch at a time, not one round trip after another.
+    for (let i = 0; i < pending.length; i += SWEEP_BATCH) {
+      const batch = pending.slice(i, i + SWEEP_BATCH);
+      const states = await Promise.all(batch.map((j) => (j.bullJobId ? bullState(j.bullJobId) : null)));
+      for (const [k, job] of batch.entries()) {
+        const { id, bullJobId } = job;
+        const found = states[k];
+        if (!bullJobId || !found) {
+          this.log.warn({ jobId: id }, 'active job without a recorded BullMQ job: left to BullMQ');
+          continue;
+        }
+        const { bull, state } = found;
+        if (!BULL_ENDED.includes(state)) continue;
+        if (bull && state === 'failed' && STALL_LIMIT.test(bull.failedReason ?? '')) {
+          await this.lostTooOften(id, bull);
+          continue;
+        }
+        const reason = `BullMQ job ${bullJobId} is ${state} but its end was not recorded`;
+        if (await this.store.requeue(id, job, reason, bullJobId))
+          this.log.warn(
+            { jobId: id, bullJobId, state, was: job.state },
+            'requeued a job whose BullMQ job ended while it is pending',
+          );
       }
-      const reason = `BullMQ job ${bullJobId} is ${state} but its end was not recorded`;
-      if (await this.store.requeue(id, reason, bullJobId))
-        this.log.warn({ jobId: id, bullJobId, state }, 'requeued a job whose end was lost');
     }
   }
 
@@ -254,7 +271,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     // Pending (also `queued` or `waiting-retry`: a worker that died before its claim committed, or after
     // recording a retry), through its current carrier only (not an older BullMQ job of a job retried
     // since), and not while this process runs it (a lock that lapsed under a live handler).
-    if (!job || !PENDING.includes(job.state) || this.running.has(job.id)) return;
+    if (!job || !PENDING_STATES.includes(job.state) || this.running.has(job.id)) return;
     if (job.carrier !== null && job.carrier !== undefined && job.carrier !== bull.id) return;
     const handler = this.handlers.get(job.kind)!;
     const failure: JobFailure = {
@@ -272,7 +289,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
         return parseJobPayload(job.kind, job.params);
       },
     } as JobContext;
-    await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure), PENDING);
+    await this.store.fail(job, failure, bull.id!, (m) => this.afterFailure(ctx, handler, m, failure));
     this.metrics.ended(job.kind, 'failed');
     this.log.warn({ jobId, bullJobId: bull.id }, 'recorded as failed a job that lost its worker too often');
   }
@@ -380,16 +397,27 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       slot.release();
     };
     // A job that said it waited for a slot starts only if nobody cancelled it meanwhile.
-    if (
-      slot.noticed &&
-      !(await bookkeeping('its start', this.store.startAfterWait(job.id, bull.id!)).catch(
+    if (slot.noticed) {
+      const start = await bookkeeping('its start', this.store.startAfterWait(job.id, bull.id!)).catch(
         release(releaseSlot),
-      ))
-    ) {
-      releaseSlot();
-      log.info('cancelled while it waited for a worker slot');
-      this.metrics.ended(kind, 'skipped');
-      return { skipped: 'cancelled' };
+      );
+      if (!start.started) {
+        releaseSlot();
+        if (start.state && start.carried && PENDING_STATES.includes(start.state)) {
+          // Pending, not ended: its claim is gone (a crash of PostgreSQL took back its relaxed commit, and
+          // the row says `queued` or `waiting-retry` again). Let go as if cancelled, its BullMQ job would end
+          // with nothing to publish it again, and its container's later jobs would wait behind it for ever:
+          // it is handed back and claimed again instead.
+          throw new BookkeepingError(
+            'its start',
+            new Error(`its claim is no longer recorded (the job is ${start.state})`),
+          );
+        }
+        const why = start.carried ? (start.state ?? 'unknown') : 'superseded';
+        log.info({ state: start.state, carried: start.carried }, 'let go while it waited for a worker slot');
+        this.metrics.ended(kind, 'skipped');
+        return { skipped: why };
+      }
     }
     log.info({ attempt }, 'job started');
     const { ctx, settle } = await bookkeeping(
@@ -426,7 +454,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
             message: `the job ran, but its end could not be recorded: ${err instanceof Error ? err.message : String(err)}`,
             step: null,
           };
-          await this.store.fail(job, failure, (m) => this.afterFailure(ctx, handler, m, failure));
+          await this.store.fail(job, failure, bull.id!, (m) => this.afterFailure(ctx, handler, m, failure));
         },
       );
       // A handler's own changes (`apply`: destroy, resize, template import) commit with the end before
@@ -469,8 +497,8 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
         }
         await this.behind.add(
           job.id,
-          () => this.store.waitingRetry(job, failure, attempt, delayMs),
-          () => this.store.waitingRetry(job, bare(failure), attempt, delayMs),
+          () => this.store.waitingRetry(job, failure, attempt, delayMs, bull.id!),
+          () => this.store.waitingRetry(job, bare(failure), attempt, delayMs, bull.id!),
         );
         this.metrics.ended(kind, 'retry', seconds());
         log.warn({ failure, attempt }, 'job failed, will retry');
@@ -479,13 +507,13 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       await this.behind.add(
         job.id,
         () =>
-          this.store.fail(job, failure, (m) =>
+          this.store.fail(job, failure, bull.id!, (m) =>
             this.afterFailure(ctx, handler, m, failure).catch((err: unknown) => {
               throw new CleanupFailed(err);
             }),
           ),
         // Refused for good (a trigger, a constraint, its clean-up failing): the failure alone, its code.
-        () => this.store.fail(job, bare(failure)),
+        () => this.store.fail(job, bare(failure), bull.id!),
         (err) => refusedByPostgres(err) || err instanceof CleanupFailed,
       );
       this.metrics.ended(kind, 'failed', seconds());

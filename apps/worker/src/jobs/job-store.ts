@@ -67,6 +67,30 @@ interface Completion {
   steps: string[];
 }
 
+/**
+ * The job row (`jobs`) is carried by the BullMQ job whose id is the parameter `p`: its current carrier, or
+ * its first BullMQ job while it has had only one (carrier null; see JobClaim.superseded).
+ */
+const CARRIED = (p: string) => `(jobs.carrier IS NULL OR jobs.carrier = ${p})`;
+
+/** The states of a job that has not ended. */
+export const PENDING_STATES = ['queued', 'active', 'waiting-retry'];
+
+/** A pending job as the start-up sweep sees it (JobStore.unfinished). */
+export interface UnfinishedJob {
+  id: string;
+  state: string;
+  carrier: string | null;
+  /** The BullMQ job to look up; null: an `active` job whose claim did not record it. */
+  bullJobId: string | null;
+}
+
+/** JobStore.startAfterWait's answer. */
+export type StartAfterWait =
+  | { started: true }
+  /** `state`: the job's now (null: gone); `carried`: the BullMQ job asked about still carries it. */
+  | { started: false; state: string | null; carried: boolean };
+
 /** Container states a job leaves behind; between them the kernel is the truth (see `observed`). */
 export const SETTLED_STATES = ['stopped', 'running', 'paused'];
 /** What the worker learns about a job it was handed, in one round trip (`JobStore.claim`). */
@@ -342,18 +366,25 @@ export class JobStore {
 
   /**
    * A job that waited for a worker slot (progress SLOT_WAIT_STAGE) starts: its progress says `running`,
-   * provided it is still `active` (the API may have cancelled it meanwhile: then false, and it must not
-   * run) and still carried by `bullJobId` (cancelled and retried meanwhile: the retry's carrier runs it,
-   * see JobClaim.superseded). The row lock orders this against a cancel; durable, so that a crash of PostgreSQL cannot bring
-   * back a "waiting" job that in fact runs, and let it be cancelled.
+   * provided it is still `active` (the API may have cancelled it meanwhile: then it must not run) and still
+   * carried by `bullJobId` (cancelled and retried meanwhile: the retry's carrier runs it, see
+   * JobClaim.superseded). The row lock orders this against a cancel; durable, so that a crash of PostgreSQL
+   * cannot bring back a "waiting" job that in fact runs, and let it be cancelled. When it does not start,
+   * the answer says why: the job's state and whether `bullJobId` still carries it, read after the update
+   * (a pending job there lost its claim: a crash of PostgreSQL took back the claim's relaxed commit).
    */
-  async startAfterWait(jobId: string, bullJobId: string): Promise<boolean> {
+  async startAfterWait(jobId: string, bullJobId: string): Promise<StartAfterWait> {
     const rows = await this.hot.query(
       `UPDATE jobs SET progress = '{"stage":"running","percent":0}', updated_at = now()
        WHERE id = $1 AND state = 'active' AND (carrier IS NULL OR carrier = $2) RETURNING id`,
       [jobId, bullJobId],
     );
-    return rows.length > 0;
+    if (rows.length > 0) return { started: true };
+    const [row] = await this.hot.query<{ state: string; carried: boolean }>(
+      `SELECT state, (carrier IS NULL OR carrier = $2) AS carried FROM jobs WHERE id = $1`,
+      [jobId, bullJobId],
+    );
+    return { started: false, state: row?.state ?? null, carried: row?.carried ?? false };
   }
 
   /** Progress is a relaxed write too, in one statement. */
@@ -491,36 +522,50 @@ export class JobStore {
   }
 
   /**
-   * The jobs of this host that Postgres records as `active`, with the BullMQ job that carried their latest
-   * claim (null: claimed by a worker that did not record it). Read by the worker at start, before it takes
-   * jobs: a job whose completion was written behind and lost (the worker died between BullMQ's end and
-   * Postgres's) is `active` here while its BullMQ job has ended. A start-up query: it walks the host's jobs
-   * (`state` has no index, so that job transitions stay HOT updates).
+   * The jobs of this host that Postgres records as pending, each with the BullMQ job that carries it: for an
+   * `active` job the one that carried its latest claim (null: claimed by a worker that did not record it),
+   * for a `queued` or `waiting-retry` one its current carrier (its own id while it has had only one). Read
+   * by the worker at start, before it takes jobs: a job whose completion was written behind and lost (the
+   * worker died between BullMQ's end and Postgres's) is `active` here while its BullMQ job has ended; one
+   * whose claim a crash of PostgreSQL took back (a relaxed commit) may be `queued` or `waiting-retry` here
+   * while its BullMQ job has ended. Jobs still in the outbox (not yet published: no BullMQ job yet) are
+   * left out. A start-up query: it walks the host's jobs (`state` has no index, so that job transitions
+   * stay HOT updates).
    */
-  async unfinishedActive(hostId: string): Promise<{ id: string; bullJobId: string | null }[]> {
+  async unfinished(hostId: string): Promise<UnfinishedJob[]> {
     return this.ds.query(
-      `SELECT j.id, (SELECT e.data->>'bullJobId' FROM audit_events e
-                      WHERE e.job_id = j.id AND e.action = 'job.active'
-                      ORDER BY e.id DESC LIMIT 1) AS "bullJobId"
-       FROM jobs j WHERE j.host_id = $1 AND j.state = 'active'`,
-      [hostId],
+      `SELECT j.id, j.state, j.carrier,
+              CASE WHEN j.state = 'active'
+                   THEN (SELECT e.data->>'bullJobId' FROM audit_events e
+                         WHERE e.job_id = j.id AND e.action = 'job.active'
+                         ORDER BY e.id DESC LIMIT 1)
+                   ELSE COALESCE(j.carrier, j.id::text) END AS "bullJobId"
+       FROM jobs j
+       WHERE j.host_id = $1 AND j.state = ANY($2::text[])
+         AND (j.state = 'active' OR j.id NOT IN (SELECT o.job_id FROM outbox o))`,
+      [hostId, PENDING_STATES],
     );
   }
 
   /**
-   * Puts back in the queue an `active` job whose BullMQ job ended without Postgres recording the end (see
-   * unfinishedActive): the job goes back to `queued` with a `job.requeued` event and an outbox row that
+   * Puts back in the queue a pending job whose BullMQ job ended without Postgres recording the end (see
+   * `unfinished`): the job goes back to `queued` with a `job.requeued` event and an outbox row that
    * publishes it under a new BullMQ job id (`<id>-k<n>`); it runs again and resumes after its recorded
-   * steps, like a job whose worker was killed mid-run. One transaction; a no-op when the job is no longer
-   * `active`. Answers whether it requeued.
+   * steps, like a job whose worker was killed mid-run. One transaction; a no-op when the job's state or
+   * carrier is no longer the one `unfinished` read (`seen`). Answers whether it requeued.
    */
-  async requeue(jobId: string, reason: string, bullJobId: string): Promise<boolean> {
+  async requeue(
+    jobId: string,
+    seen: Pick<UnfinishedJob, 'state' | 'carrier'>,
+    reason: string,
+    bullJobId: string,
+  ): Promise<boolean> {
     return this.ds.transaction(async (m) => {
       const [job]: (StoredJob | undefined)[] = await m.query(
-        `WITH u AS (UPDATE jobs SET state = 'queued', updated_at = now() WHERE id = $1 AND state = 'active'
-                    RETURNING *)
+        `WITH u AS (UPDATE jobs SET state = 'queued', updated_at = now()
+                    WHERE id = $1 AND state = $2 AND carrier IS NOT DISTINCT FROM $3 RETURNING *)
          SELECT * FROM u`,
-        [jobId],
+        [jobId, seen.state, seen.carrier],
       );
       if (!job) return false;
       const [{ n }] = await m.query(
@@ -542,42 +587,70 @@ export class JobStore {
   }
 
   /**
-   * The job's attempt failed and another follows after `delayMs`; the failure is recorded. Only from
-   * `active`: a job that ended meanwhile (e.g. completed by another run of the same carrier that BullMQ
-   * handed out again as stalled) keeps its end.
+   * The job's attempt failed and another follows after `delayMs`; the failure is recorded. Only from a
+   * pending state (a job that ended meanwhile, e.g. completed by another run of the same carrier that
+   * BullMQ handed out again as stalled, keeps its end) and through the job's current carrier, `bullJobId`
+   * (see CARRIED). Pending is not only `active`: a crash of PostgreSQL may have taken back the attempt's
+   * claim (a relaxed commit) while it ran, and the row says `queued` or `waiting-retry` again.
    */
-  async waitingRetry(job: StoredJob, failure: JobFailure, attempt: number, delayMs: number): Promise<void> {
+  async waitingRetry(
+    job: StoredJob,
+    failure: JobFailure,
+    attempt: number,
+    delayMs: number,
+    bullJobId: string,
+  ): Promise<void> {
     await this.write(
       `WITH
        u AS (
          UPDATE jobs SET state = 'waiting-retry', error_code = $2, error_message = $3, error_step = $4,
                 updated_at = now()
-         WHERE id = $1 AND state = 'active' RETURNING id, kind, container_id)
+         WHERE id = $1 AND state = ANY($8::text[]) AND ${CARRIED('$9')} RETURNING id, kind, container_id)
        ${auditFromUpdate('job.retry', `jsonb_build_object('attempt', $5::int, 'delayMs', $6::bigint, 'error', $7::jsonb)`)}`,
-      [job.id, failure.code, failure.message, failure.step, attempt, delayMs, JSON.stringify(failure)],
+      [
+        job.id,
+        failure.code,
+        failure.message,
+        failure.step,
+        attempt,
+        delayMs,
+        JSON.stringify(failure),
+        PENDING_STATES,
+        bullJobId,
+      ],
     );
   }
 
   /**
-   * The job failed for good, with the handler's `apply`. Only from the states in `from` (`active`: see
-   * waitingRetry); a job that lost its worker too often may also be recorded from `queued` or
-   * `waiting-retry` (JobRunner.lostTooOften).
+   * The job failed for good, with the handler's `apply`. Like waitingRetry, only from a pending state and
+   * through its current carrier `bullJobId`: a crash of PostgreSQL that took back the claim of a job whose
+   * handler then failed must not leave it `queued` while BullMQ ends its job (nothing would publish it
+   * again, and its container's later jobs would wait behind it for ever). A job that lost its worker too
+   * often is recorded the same way (JobRunner.lostTooOften).
    */
   async fail(
     job: StoredJob,
     failure: JobFailure,
+    bullJobId: string,
     apply?: (m: EntityManager) => Promise<void>,
-    from: readonly string[] = ['active'],
   ): Promise<void> {
     await this.write(
       `WITH
        u AS (
          UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, error_step = $4, finished_at = now(),
                 updated_at = now()
-         WHERE id = $1 AND state = ANY($6::text[]) RETURNING id, kind, container_id)
+         WHERE id = $1 AND state = ANY($6::text[]) AND ${CARRIED('$7')} RETURNING id, kind, container_id)
        ${auditFromUpdate('job.failed', `jsonb_build_object('error', $5::jsonb)`)}
        RETURNING job_id`,
-      [job.id, failure.code, failure.message, failure.step, JSON.stringify(failure), from],
+      [
+        job.id,
+        failure.code,
+        failure.message,
+        failure.step,
+        JSON.stringify(failure),
+        PENDING_STATES,
+        bullJobId,
+      ],
       apply,
     );
   }
