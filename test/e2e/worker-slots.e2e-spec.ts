@@ -2,7 +2,7 @@ import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import type { Principal } from '../../apps/api/src/auth/principal';
 import { describeKernel } from '@test/support/kernel';
 import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
-import { startCluster, until, type Cluster } from '@test/support/worker-process';
+import { sleep, startCluster, until, type Cluster } from '@test/support/worker-process';
 import { Queue } from 'bullmq';
 import Redis from 'ioredis';
 import { bullConnection, hostQueueName } from '@berth/jobs';
@@ -474,5 +474,68 @@ describeKernel('worker: a job handed out again while it still runs', { root: tru
       await queue.close();
     }
     expect(await actions()).toEqual(['job.queued', 'job.active', 'job.completed']);
+  }, 60_000);
+
+  it('runs it once when its end is still being written: the copy waits for that end, not only for the handler', async () => {
+    // A trigger holds the job's completion back (a deadlock's SQLSTATE: retried, not refused) until the
+    // test drops it; a sequence counts the completions it held back.
+    const hold = `berth_hold_end_${process.pid}`;
+    await p.ds.query(`CREATE SEQUENCE ${hold}`);
+    await p.ds.query(`CREATE FUNCTION ${hold}() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN PERFORM nextval('${hold}');
+        RAISE EXCEPTION 'completion held back by the test' USING ERRCODE = '40P01'; END $$`);
+    await p.ds.query(`CREATE TRIGGER ${hold} BEFORE UPDATE ON jobs FOR EACH ROW
+      WHEN (NEW.state = 'completed' AND NEW.params->>'n' = '-4747') EXECUTE FUNCTION ${hold}()`);
+    try {
+      const job = await p.api
+        .get(JobEnqueuer)
+        .submit({ kind: 'system.noop', payload: { n: -4747, holdMs: 1_500 }, hostId, principal });
+      const id = job!.id;
+      const actions = async () =>
+        (
+          (await p.ds.query(`SELECT action FROM audit_events WHERE job_id = $1 ORDER BY id`, [id])) as {
+            action: string;
+          }[]
+        ).map((e) => e.action);
+      await until('the job to be claimed', async () =>
+        (await actions()).includes('job.active') ? true : undefined,
+      );
+      // Its lock lapses while it runs: BullMQ hands out a copy, which waits while the first run goes on.
+      const config = testConfig(p.env);
+      const redis = new Redis(config.redis.url);
+      try {
+        expect(await redis.del(`${config.redis.bullPrefix}:${hostQueueName(hostId)}:${id}:lock`)).toBe(1);
+      } finally {
+        redis.disconnect();
+      }
+      // The handler returned; its end is held back. The copy looks again every second meanwhile.
+      await until(
+        'the completion to be held back',
+        async () => ((await p.ds.query(`SELECT is_called FROM ${hold}`))[0].is_called ? true : undefined),
+        10_000,
+      );
+      await sleep(3_000);
+      expect(await actions()).toEqual(['job.queued', 'job.active']);
+      await p.ds.query(`DROP TRIGGER ${hold} ON jobs`);
+      expect((await waitJob(p, id)).state).toBe('completed');
+      const queue = new Queue(hostQueueName(hostId), {
+        connection: bullConnection(config.redis.url),
+        prefix: config.redis.bullPrefix,
+      });
+      try {
+        const bull = await until('the copy to be let go', async () => {
+          const j = await queue.getJob(id);
+          return j && (await j.getState()) === 'completed' && j.returnvalue ? j : undefined;
+        });
+        expect(bull.returnvalue).toEqual({ skipped: 'completed' });
+      } finally {
+        await queue.close();
+      }
+      expect(await actions()).toEqual(['job.queued', 'job.active', 'job.completed']);
+    } finally {
+      await p.ds.query(`DROP TRIGGER IF EXISTS ${hold} ON jobs`);
+      await p.ds.query(`DROP FUNCTION IF EXISTS ${hold}()`);
+      await p.ds.query(`DROP SEQUENCE IF EXISTS ${hold}`);
+    }
   }, 60_000);
 });

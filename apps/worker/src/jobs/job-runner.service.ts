@@ -165,7 +165,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
   private readonly slots: Semaphore;
   /** Set at shutdown: no job starts any more. */
   private closing = false;
-  /** Jobs this process has claimed and not yet let go of (running, or waiting for a slot). */
+  /** Jobs this process has claimed and not yet let go of (waiting for a slot, running, or writing its end). */
   private readonly running = new Set<string>();
   /** Jobs whose bookkeeping before their handler failed, by BullMQ job id: how many times in a row. */
   private readonly bookkeepingFailures = new Map<string, number>();
@@ -270,7 +270,8 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     const job = await this.store.load(jobId);
     // Pending (also `queued` or `waiting-retry`: a worker that died before its claim committed, or after
     // recording a retry), through its current carrier only (not an older BullMQ job of a job retried
-    // since), and not while this process runs it (a lock that lapsed under a live handler).
+    // since), and not while this process runs it or records its end (a lock that lapsed under a live
+    // handler).
     if (!job || !PENDING_STATES.includes(job.state) || this.running.has(job.id)) return;
     if (job.carrier !== null && job.carrier !== undefined && job.carrier !== bull.id) return;
     const handler = this.handlers.get(job.kind)!;
@@ -361,19 +362,30 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       return { skipped: 'ended' };
     }
     this.running.add(job.id);
+    // Held until its end is recorded, not only until its handler returns: a completion is written behind
+    // (WrittenBehind), and until it commits the job reads `active`. A copy handed out meanwhile (a lapsed
+    // lock) would claim it and run it again, and lostTooOften would record it as lost before the completion
+    // overwrote that.
+    let recorded: Promise<void> | undefined;
     try {
-      return await this.runClaimed(bull, token, job, claim.doneSteps);
+      return await this.runClaimed(bull, token, job, claim.doneSteps, (p) => (recorded = p));
     } finally {
-      this.running.delete(job.id);
+      const letGo = () => void this.running.delete(job.id);
+      if (recorded) void recorded.then(letGo, letGo);
+      else letGo();
     }
   }
 
-  /** `run` for a job its claim activated: a slot, the handler, the end. */
+  /**
+   * `run` for a job its claim activated: a slot, the handler, the end. `endWrittenBehind` is handed the
+   * write of an end that this returns before it settles (a completion).
+   */
   private async runClaimed(
     bull: Job<QueuedJobData>,
     token: string | undefined,
     job: StoredJob,
     doneSteps: Set<string>,
+    endWrittenBehind: (written: Promise<void>) => void,
   ): Promise<unknown> {
     const { jobId, kind } = bull.data;
     const attempt = bull.attemptsMade + 1;
@@ -457,6 +469,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
           await this.store.fail(job, failure, bull.id!, (m) => this.afterFailure(ctx, handler, m, failure));
         },
       );
+      endWrittenBehind(written);
       // A handler's own changes (`apply`: destroy, resize, template import) commit with the end before
       // BullMQ hears of it; the usual end does not hold the BullMQ job.
       if (outcome.apply) await written;
