@@ -178,6 +178,58 @@ describeKernel(
       expect(readFileSync(cg('freezer', 'freezer.state'), 'utf8').trim()).toBe('THAWED');
     }, 60_000);
 
+    it('a resize the kernel refuses leaves the container running at its old limits, and not marked in error', async () => {
+      const rt = await p.worker.get(HostRuntimeService).get();
+      // 24 MiB in the container's tmpfs /dev/shm: charged to its memory cgroup, not reclaimable (no swap).
+      expect(
+        (await rt.containers.exec(id, ['dd', 'if=/dev/zero', 'of=/dev/shm/held', 'bs=1M', 'count=24'])).code,
+      ).toBe(0);
+      try {
+        const res = await p
+          .http()
+          .patch(`/v1/containers/${id}`)
+          .set(p.auth())
+          .send({ memoryBytes: 16 * MiB });
+        expect(res.status).toBe(202);
+        expect(await waitJob(p, res.body.job.id)).toMatchObject({
+          state: 'failed',
+          error: { code: 'CGROUP_LIMIT_REJECTED', step: 'resize' },
+        });
+      } finally {
+        await rt.containers.exec(id, ['rm', '/dev/shm/held']);
+      }
+      expect(readFileSync(cg('memory', 'memory.limit_in_bytes'), 'utf8').trim()).toBe(String(96 * MiB));
+      const c = (await p.http().get(`/v1/containers/${id}`).set(p.auth())).body;
+      expect(c).toMatchObject({
+        state: 'running',
+        targetState: 'running',
+        errorCode: null,
+        resources: { memoryBytes: 96 * MiB, cpus: 0.5 },
+      });
+    }, 60_000);
+
+    it('a start that fails for good marks the container with its code, until a job of it succeeds', async () => {
+      await accepted(await p.http().post(`/v1/containers/${id}/stop`).set(p.auth()).send({}));
+      const rt = await p.worker.get(HostRuntimeService).get();
+      const containers = rt.containers as { start: typeof rt.containers.start };
+      containers.start = () => Promise.reject(new RuntimeError('KERNEL_EPERM', 'start refused by the test'));
+      try {
+        const res = await p.http().post(`/v1/containers/${id}/start`).set(p.auth()).send({});
+        expect(res.status).toBe(202);
+        expect(await waitJob(p, res.body.job.id)).toMatchObject({
+          state: 'failed',
+          error: { code: 'KERNEL_EPERM' },
+        });
+      } finally {
+        delete (containers as Partial<typeof containers>).start; // the prototype's again
+      }
+      const failed = (await p.http().get(`/v1/containers/${id}`).set(p.auth())).body;
+      expect(failed).toMatchObject({ state: 'stopped', targetState: 'stopped', errorCode: 'KERNEL_EPERM' });
+      await accepted(await p.http().post(`/v1/containers/${id}/start`).set(p.auth()).send({}));
+      const started = (await p.http().get(`/v1/containers/${id}`).set(p.auth())).body;
+      expect(started).toMatchObject({ state: 'running', errorCode: null });
+    }, 60_000);
+
     it('snapshots under a name once: the same name again is 409, one taken outside Berth fails the job', async () => {
       const snapshot = (name: string) =>
         p.http().post(`/v1/containers/${id}/snapshots`).set(p.auth()).send({ name });
@@ -259,10 +311,11 @@ describeKernel(
       expect(actions).toEqual(
         expect.arrayContaining(['job.queued', 'job.active', 'job.step.done', 'job.completed']),
       );
-      // create, stop, start, restart, restart, resize, pause, resume, snapshot, start, destroy; the second
-      // snapshot failed, the third restart was cancelled
-      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(11);
-      expect(actions.filter((a) => a === 'job.failed')).toHaveLength(1);
+      // create, stop, start, restart, restart, resize, pause, resume, stop, start, snapshot, start, destroy;
+      // the refused resize, the start refused by the test and the second snapshot failed, the third restart
+      // was cancelled
+      expect(actions.filter((a) => a === 'job.completed')).toHaveLength(13);
+      expect(actions.filter((a) => a === 'job.failed')).toHaveLength(3);
     });
   },
 );

@@ -32,6 +32,7 @@ export interface ContainerView {
   resources: { cpus: number; memoryBytes: number; diskBytes: number; pidsMax: number };
   network: { mode: 'none' | 'bridge'; ipAddress: string | null };
   lastJobId: string | null;
+  /** The failure that left the container other than its request asked (see ContainerDto.errorCode). */
   errorCode: string | null;
   createdAt: string;
   updatedAt: string;

@@ -33,7 +33,14 @@ export class ContainerDto {
   resources: ContainerResourcesDto;
   @ApiProperty({ type: ContainerNetworkDto }) network: ContainerNetworkDto;
   @ApiProperty({ type: String, format: 'uuid', nullable: true }) lastJobId: string | null;
-  @ApiProperty({ type: String, nullable: true }) errorCode: string | null;
+  @ApiProperty({
+    type: String,
+    nullable: true,
+    example: 'TEMPLATE_NOT_FOUND',
+    description:
+      'the code of the failed job that left the container other than its request asked (a create that never made it: state `error`; a start, stop, restart, pause or resume that failed); null once a later create, start, stop, restart, pause or resume of it completes. A failed resize or snapshot that left the container as it was (the kernel refused new limits and the old ones stand) does not set it: see that job’s `error`',
+  })
+  errorCode: string | null;
   @ApiProperty({ format: 'date-time' }) createdAt: string;
   @ApiProperty({ format: 'date-time' }) updatedAt: string;
   @ApiProperty({ type: String, format: 'date-time', nullable: true }) destroyedAt: string | null;

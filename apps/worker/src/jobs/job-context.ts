@@ -44,4 +44,11 @@ export interface JobHandler<K extends JobKind = JobKind> {
   run(ctx: JobContext<K>): Promise<JobOutcome>;
   /** Database changes when the job fails for good (e.g. the container goes to `error`). */
   onFailed?(ctx: JobContext<K>, m: EntityManager, error: { code: string }): Promise<void>;
+  /**
+   * For a job that is not to change its container's state (resize, snapshot): whether its operation's
+   * failure `error` (as a step threw it) left the container as the job found it. Then, when the container
+   * is still in the state its row records, it is not marked in error (its `error_code` stays as it was; see
+   * markContainerAfterFailure). Absent: a failure marks it. Not asked when the handler has onFailed.
+   */
+  leftAsItWas?(error: unknown): boolean;
 }

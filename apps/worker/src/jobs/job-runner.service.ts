@@ -521,7 +521,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
         job.id,
         () =>
           this.store.fail(job, failure, bull.id!, (m) =>
-            this.afterFailure(ctx, handler, m, failure).catch((err: unknown) => {
+            this.afterFailure(ctx, handler, m, failure, e).catch((err: unknown) => {
               throw new CleanupFailed(err);
             }),
           ),
@@ -564,11 +564,18 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     }
   }
 
+  /**
+   * The clean-up of a job that failed for good: its handler's own (onFailed), else its container's row as
+   * the runtime has it (markContainerAfterFailure). `thrown`: what the handler threw, when the failure is
+   * its operation's own (not a record PostgreSQL refused nor a worker lost, after which what the operation
+   * did is not known).
+   */
   private async afterFailure(
     ctx: JobContext,
     handler: JobHandler,
     m: Parameters<NonNullable<JobHandler['onFailed']>>[1],
     failure: JobFailure,
+    thrown?: unknown,
   ) {
     // A handler's own clean-up reads the payload: not when the payload does not parse (what failed the
     // job, or a payload from before a stricter schema): the generic clean-up then.
@@ -579,7 +586,11 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       (i) => i.status,
       () => 'error',
     );
-    await markContainerAfterFailure(m, id, status, failure.code);
+    await markContainerAfterFailure(m, id, status, failure.code, {
+      keptState:
+        thrown !== undefined &&
+        (handler.leftAsItWas?.(thrown instanceof StepError ? thrown.original : thrown) ?? false),
+    });
   }
 
   /**

@@ -1,8 +1,11 @@
+import { RuntimeError } from '@berth/runtime';
 import type { JobHandler } from '../job-context';
 
 /** New CPU, memory and pids limits, live; the row's resources change only once the kernel took them. */
 export const containerResizeJob: JobHandler<'container.resize'> = {
   kind: 'container.resize',
+  // A refused resize leaves every limit as it was (the runtime undoes what it wrote), unless that undo failed.
+  leftAsItWas: (e) => !(e instanceof RuntimeError && e.context.restoreFailed !== undefined),
   async run({ payload, runtime, step }) {
     await step('resize', () => runtime.containers.resize(payload.containerId, payload.resources));
     const info = await runtime.containers.get(payload.containerId);

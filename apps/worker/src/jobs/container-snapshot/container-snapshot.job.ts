@@ -10,6 +10,8 @@ import type { JobHandler } from '../job-context';
  */
 export const containerSnapshotJob: JobHandler<'container.snapshot'> = {
   kind: 'container.snapshot',
+  // A snapshot that fails (its name taken, say) leaves the container as it was.
+  leftAsItWas: () => true,
   async run({ payload, runtime, step }) {
     await step(
       'name-free',
