@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { request as httpRequest, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -859,6 +860,46 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       for (const after of ['1e30', '99999999999999999999', '-1', '1.5'])
         await refused(() => a.http().get(`/v1/audit?after=${after}`).set(a.auth()), 400, 'VALIDATION_FAILED');
       expect((await a.http().get('/v1/audit?after=0&limit=1').set(a.auth())).status).toBe(200);
+    });
+
+    it('audit: an event waits for the transactions older than its own, so paging with `after` misses none', async () => {
+      const subject = randomUUID();
+      const event = (m: { query: (q: string, a: unknown[]) => Promise<{ id: string }[]> }, action: string) =>
+        m
+          .query(
+            `INSERT INTO audit_events (actor, action, subject_type, subject_id) VALUES ('test', $1, 'container', $2)
+             RETURNING id`,
+            [action, subject],
+          )
+          .then(([r]) => r.id);
+      const read = async (after?: string) =>
+        (
+          (
+            await a
+              .http()
+              .get(`/v1/audit?subject=${subject}${after ? `&after=${after}` : ''}`)
+              .set(a.auth())
+          ).body as { id: string; action: string }[]
+        ).map((e) => e.action);
+      // A's event takes the smaller id, B's commits first: by id alone a reader would get B's, page past
+      // A's with `after`, and never see it.
+      const txA = a.ds.createQueryRunner();
+      await txA.connect();
+      let first: string[];
+      try {
+        await txA.startTransaction();
+        await event(txA, 'test.a');
+        await event(a.ds, 'test.b');
+        first = await read();
+        await txA.commitTransaction();
+      } finally {
+        await txA.release();
+      }
+      expect(first).toEqual([]);
+      const all = (await a.http().get(`/v1/audit?subject=${subject}`).set(a.auth())).body as { id: string }[];
+      expect(all.map((e) => (e as unknown as { action: string }).action)).toEqual(['test.a', 'test.b']);
+      expect(await read(all[0].id)).toEqual(['test.b']);
+      expect(await read(all[1].id)).toEqual([]);
     });
 
     it('sets Location only on an accepted retry, not on its problem', async () => {

@@ -25,7 +25,9 @@ export class AuditQuery {
   @ApiPropertyOptional({
     type: 'string',
     pattern: '^\\d{1,18}$',
-    description: 'events after this id (for paging forward)',
+    description:
+      'the last event read: the events after it (for paging forward; events come in the order their ' +
+      'transactions began writing, each page final: none can appear before its end later)',
   })
   @IsOptional()
   // Digits, kept as a string: a bigint id; a number such as 1e30 would overflow it in PostgreSQL.
@@ -39,6 +41,10 @@ export class AuditQuery {
   @Max(1000)
   limit?: number;
 }
+
+/** How long a read waits for the transactions older than its newest events to end, and how often it looks. */
+const HELD_WAIT_MS = 200;
+const HELD_POLL_MS = 5;
 
 /** An event's data without the name of a host (what a key without the admin scope sees). */
 function withoutHost(data: unknown): unknown {
@@ -54,7 +60,11 @@ export class AuditController {
   constructor(@InjectDataSource() private readonly ds: DataSource) {}
 
   @Get()
-  @ApiOperation({ summary: 'The append-only audit trail, oldest first: the full story of a subject' })
+  @ApiOperation({
+    summary:
+      'The append-only audit trail, oldest first: the full story of a subject. An event shows once every ' +
+      'transaction older than its own has ended, so that paging with `after` misses none',
+  })
   @ApiOkResponse({ type: [AuditEventDto] })
   @ApiProblems('VALIDATION_FAILED')
   async list(@Query() q: AuditQuery, @CurrentPrincipal() p: Principal) {
@@ -83,13 +93,39 @@ export class AuditController {
       args.push(q.job);
       where.push(`job_id = $${args.length}`);
     }
+    // In the order of the transactions that wrote them, up to the oldest one still running: an event of a
+    // transaction not yet committed can have a smaller id than one already visible, and a reader paging by
+    // id alone would step past it for good (migration AuditCommitOrder). `after` is the last event read:
+    // its transaction and id are the cursor (an unknown id: the events after it, by id).
     args.push(q.after ?? '0');
-    where.push(`id > $${args.length}`);
-    args.push(q.limit ?? 200);
-    const rows = await this.ds.query(
-      `SELECT * FROM audit_events WHERE ${where.join(' AND ')} ORDER BY id LIMIT $${args.length}`,
-      args,
+    const after = `$${args.length}::bigint`;
+    where.push(
+      `xact >= (SELECT cx FROM cursor)`,
+      `(xact, id) > ((SELECT cx FROM cursor), ${after})`,
+      `((SELECT known FROM cursor) OR id > ${after})`,
     );
+    const limit = q.limit ?? 200;
+    args.push(limit);
+    const cursor = `WITH cursor AS (SELECT COALESCE(max(xact), 0) AS cx, count(*) > 0 AS known
+                                      FROM audit_events WHERE id = ${after}),
+                         snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin)`;
+    const page = `${cursor}
+      SELECT * FROM audit_events WHERE ${where.join(' AND ')} AND xact < (SELECT xmin FROM snap)
+       ORDER BY xact, id LIMIT $${args.length}`;
+    // Whether events of this read wait behind a transaction still running (the page stops before them).
+    const held = `${cursor}
+      SELECT EXISTS (SELECT 1 FROM audit_events WHERE ${where.join(' AND ')}
+                        AND xact >= (SELECT xmin FROM snap)) AS held`;
+    let rows: Record<string, unknown>[] = await this.ds.query(page, args);
+    // A short page that stops before events already written: the transactions in the way are
+    // (nearly always) a few milliseconds from their end. Waited for briefly, so that a read made after a
+    // job's end shows it; past that, the page ends there, and the next read with `after` goes on from it.
+    for (let waited = 0; rows.length < limit && waited < HELD_WAIT_MS; waited += HELD_POLL_MS) {
+      const [{ held: isHeld }] = await this.ds.query(held, args.slice(0, -1));
+      if (!isHeld) break;
+      await new Promise((r) => setTimeout(r, HELD_POLL_MS));
+      rows = await this.ds.query(page, args);
+    }
     return rows.map((r: Record<string, unknown>) => ({
       id: r.id,
       at: (r.occurred_at as Date).toISOString(),

@@ -14,4 +14,12 @@ export class AuditEvent {
   @Column('uuid', { name: 'job_id', nullable: true }) jobId: string | null;
   @Column('text', { name: 'request_id', nullable: true }) requestId: string | null;
   @Column('jsonb', { default: () => "'{}'" }) data: Record<string, unknown>;
+  /** The writing transaction's id (its default): the order `GET /v1/audit?after=` pages in. */
+  @Column({
+    type: 'bigint',
+    default: () => 'pg_current_xact_id()::text::bigint',
+    insert: false,
+    update: false,
+  })
+  xact: string;
 }

@@ -11,6 +11,7 @@ import { HostReservations1764900000000 } from './1764900000000-host-reservations
 import { JobCarrier1765000000000 } from './1765000000000-job-carrier';
 import { HostInstance1765100000000 } from './1765100000000-host-instance';
 import { ResizeHolds1765200000000 } from './1765200000000-resize-holds';
+import { AuditCommitOrder1765300000000 } from './1765300000000-audit-commit-order';
 
 /** Every migration, in order. Listed explicitly (no globs) so compiled and ts-node runs see the same set. */
 export const migrations = [
@@ -27,4 +28,5 @@ export const migrations = [
   JobCarrier1765000000000,
   HostInstance1765100000000,
   ResizeHolds1765200000000,
+  AuditCommitOrder1765300000000,
 ];
