@@ -32,5 +32,16 @@ describe('container state machine', () => {
     expect(projectTargetState('running', [{ kind: 'container.resume' }, { kind: 'container.stop' }])).toBe(
       'stopped',
     );
+    expect(projectTargetState('stopped', [{ kind: 'container.pause' }])).toBe('stopped');
+  });
+
+  it('but a restart left behind a cancelled start still starts the container (its stop finds it stopped)', () => {
+    // start + restart accepted on a stopped container, then the start cancelled: the restart runs from
+    // `stopped` and leaves the container running (the state the API must check the next requests against).
+    expect(projectTargetState('stopped', [{ kind: 'container.restart' }])).toBe('running');
+    expect(projectTargetState('paused', [{ kind: 'container.restart' }])).toBe('running');
+    expect(projectTargetState('stopped', [{ kind: 'container.restart' }, { kind: 'container.pause' }])).toBe(
+      'paused',
+    );
   });
 });

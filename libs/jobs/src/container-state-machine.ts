@@ -25,6 +25,17 @@ const TRANSITIONS: Partial<
   },
 };
 
+/**
+ * What a job accepted earlier does when, after a cancelled or failed job before it, it runs from a state
+ * the state machine would not have accepted it in, where that is not "nothing": a restart is a stop (of a
+ * stopped container: nothing; of a paused one: it stops) and a start, so it leaves the container running.
+ * The others find nothing to do (a start of a running container, a stop of a stopped one, a resume of a
+ * running one) or fail (a pause of a stopped one), and the container stays as it was.
+ */
+const RUN_TIME_EFFECTS: Partial<Record<JobKind, Partial<Record<ContainerState, ContainerState>>>> = {
+  'container.restart': { stopped: 'running', paused: 'running' },
+};
+
 export interface TransitionCheck {
   allowed: boolean;
   next: ContainerState;
@@ -73,8 +84,9 @@ export function projectTargetState(
       continue;
     }
     const t = checkTransition(job.kind, s);
-    // A job the state machine would refuse from here will fail at run time and change nothing.
-    if (t.allowed) s = t.next;
+    // A job the state machine would refuse from here changes nothing at run time (its operation finds
+    // nothing to do, or fails), except where the runtime's operation does act (RUN_TIME_EFFECTS).
+    s = t.allowed ? t.next : (RUN_TIME_EFFECTS[job.kind]?.[s] ?? s);
   }
   return s;
 }
