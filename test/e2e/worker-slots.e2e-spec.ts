@@ -435,21 +435,25 @@ describeKernel('worker: a job handed out again while it still runs', { root: tru
   }, 120_000);
   afterAll(() => p?.close(), 60_000);
 
-  it('runs it once: the copy waits for the run in progress instead of running beside it', async () => {
-    const job = await p.api
-      .get(JobEnqueuer)
-      .submit({ kind: 'system.noop', payload: { n: 7, holdMs: 3_000 }, hostId, principal });
-    const id = job!.id;
-    const actions = async () =>
-      (
-        (await p.ds.query(`SELECT action FROM audit_events WHERE job_id = $1 ORDER BY id`, [id])) as {
-          action: string;
-        }[]
-      ).map((e) => e.action);
-    await until('the job to be claimed', async () =>
-      (await actions()).includes('job.active') ? true : undefined,
-    );
-    // The lock lapses (as after an event-loop or Redis stall): BullMQ's stalled check hands the job out again.
+  /** The job's audit actions, in order. */
+  const jobActions = async (id: string) =>
+    (
+      (await p.ds.query(`SELECT action FROM audit_events WHERE job_id = $1 ORDER BY id`, [id])) as {
+        action: string;
+      }[]
+    ).map((e) => e.action);
+
+  /** The host's BullMQ queue (the caller closes it). */
+  const hostQueue = () => {
+    const config = testConfig(p.env);
+    return new Queue(hostQueueName(hostId), {
+      connection: bullConnection(config.redis.url),
+      prefix: config.redis.bullPrefix,
+    });
+  };
+
+  /** Its BullMQ lock lapses (as after an event-loop or Redis stall): BullMQ's stalled check hands it out again. */
+  async function lapseLock(id: string) {
     const config = testConfig(p.env);
     const redis = new Redis(config.redis.url);
     try {
@@ -457,13 +461,23 @@ describeKernel('worker: a job handed out again while it still runs', { root: tru
     } finally {
       redis.disconnect();
     }
+  }
+
+  it('runs it once: the copy waits for the run in progress instead of running beside it', async () => {
+    const job = await p.api
+      .get(JobEnqueuer)
+      .submit({ kind: 'system.noop', payload: { n: 7, holdMs: 3_000 }, hostId, principal });
+    const id = job!.id;
+    const actions = () => jobActions(id);
+    await until('the job to be claimed', async () =>
+      (await actions()).includes('job.active') ? true : undefined,
+    );
+    // The lock lapses (as after an event-loop or Redis stall): BullMQ's stalled check hands the job out again.
+    await lapseLock(id);
     expect((await waitJob(p, id)).state).toBe('completed');
     expect(await actions()).toEqual(['job.queued', 'job.active', 'job.completed']);
     // The copy, looking again once the run ended, finds the job completed and lets it go unrun.
-    const queue = new Queue(hostQueueName(hostId), {
-      connection: bullConnection(config.redis.url),
-      prefix: config.redis.bullPrefix,
-    });
+    const queue = hostQueue();
     try {
       const bull = await until('the copy to be let go', async () => {
         const j = await queue.getJob(id);
@@ -491,23 +505,12 @@ describeKernel('worker: a job handed out again while it still runs', { root: tru
         .get(JobEnqueuer)
         .submit({ kind: 'system.noop', payload: { n: -4747, holdMs: 1_500 }, hostId, principal });
       const id = job!.id;
-      const actions = async () =>
-        (
-          (await p.ds.query(`SELECT action FROM audit_events WHERE job_id = $1 ORDER BY id`, [id])) as {
-            action: string;
-          }[]
-        ).map((e) => e.action);
+      const actions = () => jobActions(id);
       await until('the job to be claimed', async () =>
         (await actions()).includes('job.active') ? true : undefined,
       );
       // Its lock lapses while it runs: BullMQ hands out a copy, which waits while the first run goes on.
-      const config = testConfig(p.env);
-      const redis = new Redis(config.redis.url);
-      try {
-        expect(await redis.del(`${config.redis.bullPrefix}:${hostQueueName(hostId)}:${id}:lock`)).toBe(1);
-      } finally {
-        redis.disconnect();
-      }
+      await lapseLock(id);
       // The handler returned; its end is held back. The copy looks again every second meanwhile.
       await until(
         'the completion to be held back',
@@ -518,10 +521,7 @@ describeKernel('worker: a job handed out again while it still runs', { root: tru
       expect(await actions()).toEqual(['job.queued', 'job.active']);
       await p.ds.query(`DROP TRIGGER ${hold} ON jobs`);
       expect((await waitJob(p, id)).state).toBe('completed');
-      const queue = new Queue(hostQueueName(hostId), {
-        connection: bullConnection(config.redis.url),
-        prefix: config.redis.bullPrefix,
-      });
+      const queue = hostQueue();
       try {
         const bull = await until('the copy to be let go', async () => {
           const j = await queue.getJob(id);

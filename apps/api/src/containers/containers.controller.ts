@@ -35,6 +35,13 @@ function accepted(res: Response, a: Accepted): Accepted {
 }
 
 const ACCEPTED = 'the job and the container as it will be; Location: /v1/jobs/<id>';
+/** What any operation on one container may answer besides its own problems. */
+const ON_A_CONTAINER = [
+  'INVALID_ID',
+  'CONTAINER_NOT_FOUND',
+  'INVALID_TRANSITION',
+  'CONCURRENT_CHANGE',
+] as const;
 
 @ApiTags('containers')
 @ApiBearerAuth()
@@ -88,14 +95,7 @@ export class ContainersController {
   @Post(':id/start')
   @HttpCode(202)
   @ApiOperation({ summary: 'Start a stopped container' })
-  @ApiAcceptedJob(
-    ContainerAcceptedDto,
-    ACCEPTED,
-    'INVALID_ID',
-    'CONTAINER_NOT_FOUND',
-    'INVALID_TRANSITION',
-    'CONCURRENT_CHANGE',
-  )
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
   start(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -108,14 +108,7 @@ export class ContainersController {
   @Post(':id/stop')
   @HttpCode(202)
   @ApiOperation({ summary: 'Stop: SIGTERM to init, SIGKILL after timeoutMs' })
-  @ApiAcceptedJob(
-    ContainerAcceptedDto,
-    ACCEPTED,
-    'INVALID_ID',
-    'CONTAINER_NOT_FOUND',
-    'INVALID_TRANSITION',
-    'CONCURRENT_CHANGE',
-  )
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
   stop(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -128,14 +121,7 @@ export class ContainersController {
   @Post(':id/restart')
   @HttpCode(202)
   @ApiOperation({ summary: 'Restart a running container' })
-  @ApiAcceptedJob(
-    ContainerAcceptedDto,
-    ACCEPTED,
-    'INVALID_ID',
-    'CONTAINER_NOT_FOUND',
-    'INVALID_TRANSITION',
-    'CONCURRENT_CHANGE',
-  )
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
   restart(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -148,14 +134,7 @@ export class ContainersController {
   @Post(':id/pause')
   @HttpCode(202)
   @ApiOperation({ summary: 'Freeze every process of a running container' })
-  @ApiAcceptedJob(
-    ContainerAcceptedDto,
-    ACCEPTED,
-    'INVALID_ID',
-    'CONTAINER_NOT_FOUND',
-    'INVALID_TRANSITION',
-    'CONCURRENT_CHANGE',
-  )
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
   pause(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -168,14 +147,7 @@ export class ContainersController {
   @Post(':id/resume')
   @HttpCode(202)
   @ApiOperation({ summary: 'Thaw a paused container' })
-  @ApiAcceptedJob(
-    ContainerAcceptedDto,
-    ACCEPTED,
-    'INVALID_ID',
-    'CONTAINER_NOT_FOUND',
-    'INVALID_TRANSITION',
-    'CONCURRENT_CHANGE',
-  )
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
   resume(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
@@ -202,16 +174,7 @@ export class ContainersController {
   @Patch(':id')
   @HttpCode(202)
   @ApiOperation({ summary: 'Resize live: CPU, memory and pids limits take effect without a restart' })
-  @ApiAcceptedJob(
-    ContainerAcceptedDto,
-    ACCEPTED,
-    'INVALID_ID',
-    'CONTAINER_NOT_FOUND',
-    'INVALID_TRANSITION',
-    'CONCURRENT_CHANGE',
-    'EXCEEDS_HOST_CAPACITY',
-    'NO_CAPACITY',
-  )
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER, 'EXCEEDS_HOST_CAPACITY', 'NO_CAPACITY')
   async resize(
     @Param('id', UuidPipe) id: string,
     @Body() dto: ResizeContainerDto,
@@ -234,15 +197,7 @@ export class ContainersController {
     summary: 'Snapshot the root filesystem under a name',
     description: 'A name is taken once per container: 409 SNAPSHOT_EXISTS for a name already used.',
   })
-  @ApiAcceptedJob(
-    ContainerAcceptedDto,
-    ACCEPTED,
-    'INVALID_ID',
-    'CONTAINER_NOT_FOUND',
-    'INVALID_TRANSITION',
-    'CONCURRENT_CHANGE',
-    'SNAPSHOT_EXISTS',
-  )
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER, 'SNAPSHOT_EXISTS')
   async snapshot(
     @Param('id', UuidPipe) id: string,
     @Body() dto: SnapshotDto,
@@ -255,14 +210,7 @@ export class ContainersController {
   @Delete(':id')
   @HttpCode(202)
   @ApiOperation({ summary: 'Destroy: nothing of it is left on the host' })
-  @ApiAcceptedJob(
-    ContainerAcceptedDto,
-    ACCEPTED,
-    'INVALID_ID',
-    'CONTAINER_NOT_FOUND',
-    'INVALID_TRANSITION',
-    'CONCURRENT_CHANGE',
-  )
+  @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
   async destroy(
     @Param('id', UuidPipe) id: string,
     @Body(NoBodyPipe) _body: unknown,
