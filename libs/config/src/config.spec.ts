@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, loadConfig } from './config';
+import { runtimeEnv } from './runtime-env';
 
 /** A state dir without the local cluster's password file (the checkout's own .berth may have one). */
 const NO_STATE = { BERTH_STATE_DIR: '/nonexistent/berth-state' };
@@ -89,5 +90,30 @@ describe('loadConfig', () => {
 
   it('refuses a cgroup parent that Berth would not recognise as its own', () => {
     expect(() => loadConfig({ BERTH_CGROUP_PARENT: 'system.slice' })).toThrow(/BERTH_CGROUP_PARENT/);
+  });
+});
+
+describe('runtimeEnv (the runtime CLI flags’ defaults)', () => {
+  it('gives the runtime settings that are set, checked as the worker checks them, and nothing else', () => {
+    expect(runtimeEnv({})).toEqual({});
+    expect(
+      runtimeEnv({
+        BERTH_DATA_ROOT: '/srv/berth',
+        BERTH_STORAGE_DRIVER: 'overlay',
+        BERTH_HOST_NETNS: 'berth-h1',
+        BERTH_BRIDGE: '',
+        DATABASE_URL: 'not read here',
+      }),
+    ).toEqual({
+      BERTH_DATA_ROOT: '/srv/berth',
+      BERTH_STORAGE_DRIVER: 'overlay',
+      BERTH_HOST_NETNS: 'berth-h1',
+    });
+    // Unset, the bridge's address pool stays unset (given, it turns the CLI's bridge networking on).
+    expect(runtimeEnv({ BERTH_BRIDGE: 'berth1' })).toEqual({ BERTH_BRIDGE: 'berth1' });
+    expect(() => runtimeEnv({ BERTH_DATA_ROOT: 'relative', BERTH_CGROUP_PARENT: 'system.slice' })).toThrow(
+      ConfigError,
+    );
+    expect(() => runtimeEnv({ BERTH_STORAGE_DRIVER: 'zfs' })).toThrow(/BERTH_STORAGE_DRIVER/);
   });
 });
