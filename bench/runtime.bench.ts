@@ -286,6 +286,11 @@ interface IdleResult {
   /** memory.usage_in_bytes of the bench's cgroup parent: all containers' processes, page cache, kernel. */
   containersMemoryBytes: number;
   supervisorRssTotalBytes: number;
+  /**
+   * The runtime's `list()` of them all, median of 5: what the worker reads on every pass of its look at
+   * its containers (WORKER_OBSERVE_INTERVAL_MS, ContainerObserver).
+   */
+  listMs: number;
   destroySeconds: number;
 }
 
@@ -303,6 +308,9 @@ async function idleFleet(host: BenchHost, count: number): Promise<IdleResult> {
   });
   await sleep(2_000);
   const running = (await host.containers.list()).filter((c) => c.status === 'running').map((c) => c.id);
+  const lists: number[] = [];
+  for (let i = 0; i < 5; i++) lists.push((await timed(() => host.containers.list())).ms);
+  lists.sort((a, b) => a - b);
   const memAfter = await memAvailableBytes();
   const parentUsage = await readFile(join(MEMORY_CGROUP, host.cgroupParent, 'memory.usage_in_bytes'), 'utf8');
   let supervisorRss = 0;
@@ -320,6 +328,7 @@ async function idleFleet(host: BenchHost, count: number): Promise<IdleResult> {
     memUsedBytes: memBefore - memAfter,
     containersMemoryBytes: Number(parentUsage.trim()),
     supervisorRssTotalBytes: supervisorRss,
+    listMs: lists[2],
     destroySeconds: d.ms / 1000,
   };
 }
@@ -537,6 +546,7 @@ function buildReport(
             ),
           ],
           ['host MemAvailable drop (noisy: shared machine)', fmtBytes(idle.memUsedBytes)],
+          ["the runtime's list() of them all, p50 of 5 (a worker's observation pass)", fmtMs(idle.listMs)],
           ['time to destroy them all', `${idle.destroySeconds.toFixed(1)} s`],
         ],
       );

@@ -1,7 +1,7 @@
 import type { PinoLogger } from 'nestjs-pino';
 import type { BerthConfig } from '@berth/config';
 import type { HostRuntimeService } from '../runtime/host-runtime.service';
-import { ContainerObserver } from './container-observer.service';
+import { ContainerObserver, nextPassInMs, PASS_SPACING } from './container-observer.service';
 import type { JobStore } from './job-store';
 
 const INTERVAL_MS = 20;
@@ -34,6 +34,22 @@ describe('ContainerObserver', () => {
     await sleep(INTERVAL_MS * 6);
     expect((store.settledContainers as jest.Mock).mock.calls.length).toBeGreaterThanOrEqual(3);
     await o.beforeApplicationShutdown();
+  });
+
+  it('spaces its passes by PASS_SPACING times their duration when that is longer than the interval', async () => {
+    expect(nextPassInMs(5_000, 191)).toBe(5_000);
+    expect(nextPassInMs(5_000, 1_000)).toBe(1_000 * PASS_SPACING);
+    // In time: passes of 10 ms with a 20 ms interval come every ≈ 200 ms, not every 30.
+    const { o, store } = observer(async () => {
+      await sleep(10);
+      return ROWS;
+    });
+    await o.start('h1');
+    await sleep(450);
+    await o.beforeApplicationShutdown();
+    const passes = (store.settledContainers as jest.Mock).mock.calls.length;
+    expect(passes).toBeGreaterThanOrEqual(2);
+    expect(passes).toBeLessThanOrEqual(4);
   });
 
   it('a failed pass is logged and the next one runs', async () => {
