@@ -443,14 +443,23 @@ describeKernel('worker: a job handed out again while it still runs', { root: tru
       }[]
     ).map((e) => e.action);
 
-  /** The host's BullMQ queue (the caller closes it). */
-  const hostQueue = () => {
+  /** The copy BullMQ handed out, looking again once the run ended, found the job completed: let go unrun. */
+  async function expectCopyLetGo(id: string) {
     const config = testConfig(p.env);
-    return new Queue(hostQueueName(hostId), {
+    const queue = new Queue(hostQueueName(hostId), {
       connection: bullConnection(config.redis.url),
       prefix: config.redis.bullPrefix,
     });
-  };
+    try {
+      const bull = await until('the copy to be let go', async () => {
+        const j = await queue.getJob(id);
+        return j && (await j.getState()) === 'completed' && j.returnvalue ? j : undefined;
+      });
+      expect(bull.returnvalue).toEqual({ skipped: 'completed' });
+    } finally {
+      await queue.close();
+    }
+  }
 
   /** Its BullMQ lock lapses (as after an event-loop or Redis stall): BullMQ's stalled check hands it out again. */
   async function lapseLock(id: string) {
@@ -477,16 +486,7 @@ describeKernel('worker: a job handed out again while it still runs', { root: tru
     expect((await waitJob(p, id)).state).toBe('completed');
     expect(await actions()).toEqual(['job.queued', 'job.active', 'job.completed']);
     // The copy, looking again once the run ended, finds the job completed and lets it go unrun.
-    const queue = hostQueue();
-    try {
-      const bull = await until('the copy to be let go', async () => {
-        const j = await queue.getJob(id);
-        return j && (await j.getState()) === 'completed' && j.returnvalue ? j : undefined;
-      });
-      expect(bull.returnvalue).toEqual({ skipped: 'completed' });
-    } finally {
-      await queue.close();
-    }
+    await expectCopyLetGo(id);
     expect(await actions()).toEqual(['job.queued', 'job.active', 'job.completed']);
   }, 60_000);
 
@@ -521,16 +521,7 @@ describeKernel('worker: a job handed out again while it still runs', { root: tru
       expect(await actions()).toEqual(['job.queued', 'job.active']);
       await p.ds.query(`DROP TRIGGER ${hold} ON jobs`);
       expect((await waitJob(p, id)).state).toBe('completed');
-      const queue = hostQueue();
-      try {
-        const bull = await until('the copy to be let go', async () => {
-          const j = await queue.getJob(id);
-          return j && (await j.getState()) === 'completed' && j.returnvalue ? j : undefined;
-        });
-        expect(bull.returnvalue).toEqual({ skipped: 'completed' });
-      } finally {
-        await queue.close();
-      }
+      await expectCopyLetGo(id);
       expect(await actions()).toEqual(['job.queued', 'job.active', 'job.completed']);
     } finally {
       await p.ds.query(`DROP TRIGGER IF EXISTS ${hold} ON jobs`);
