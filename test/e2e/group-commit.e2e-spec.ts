@@ -53,6 +53,16 @@ describeKernel(
       await p?.close();
     }, 120_000);
 
+    /** A running container's row on the idle host (no worker behind it); its id. */
+    const runningContainer = async (name: string): Promise<string> =>
+      (
+        await p.ds.query(
+          `INSERT INTO containers (name, host_id, state, target_state, cpus, memory_bytes, disk_bytes, pids_max)
+           VALUES ($1, $2, 'running', 'running', 0.1, 33554432, 67108864, 64) RETURNING id`,
+          [`${name}-${process.pid}`, idleHost],
+        )
+      )[0].id;
+
     /** `count` no-op jobs for the idle host, submitted at once (one statement); their ids. */
     const noops = async (count: number) =>
       (
@@ -181,11 +191,7 @@ describeKernel(
     });
 
     it("claims a container's next job in the statement that completes the previous one (FIFO holds)", async () => {
-      const [{ id: containerId }] = await p.ds.query(
-        `INSERT INTO containers (name, host_id, state, target_state, cpus, memory_bytes, disk_bytes, pids_max)
-         VALUES ($1, $2, 'running', 'running', 0.1, 33554432, 67108864, 64) RETURNING id`,
-        [`gc-fifo-${process.pid}`, idleHost],
-      );
+      const containerId = await runningContainer('gc-fifo');
       const submit = (n: number) =>
         enqueuer.submit({ kind: 'system.noop', payload: { n }, hostId: idleHost, containerId, principal });
       const first = (await submit(1))!;
@@ -217,11 +223,7 @@ describeKernel(
     });
 
     it('a retry resumes after the steps done, unless jobs of its container were accepted after it; only its newest carrier claims it', async () => {
-      const [{ id: containerId }] = await p.ds.query(
-        `INSERT INTO containers (name, host_id, state, target_state, cpus, memory_bytes, disk_bytes, pids_max)
-         VALUES ($1, $2, 'running', 'running', 0.1, 33554432, 67108864, 64) RETURNING id`,
-        [`gc-retry-${process.pid}`, idleHost],
-      );
+      const containerId = await runningContainer('gc-retry');
       const jobs = p.api.get(JobsService);
       const store = p.worker.get(JobStore);
       const failure = { code: 'TEST', message: 'failed by the test', step: 'second' };
@@ -309,11 +311,7 @@ describeKernel(
     });
 
     it("applies a completion's own changes once: the completion written again does not write them again", async () => {
-      const [{ id: containerId }] = await p.ds.query(
-        `INSERT INTO containers (name, host_id, state, target_state, cpus, memory_bytes, disk_bytes, pids_max)
-         VALUES ($1, $2, 'running', 'running', 0.1, 33554432, 67108864, 64) RETURNING id`,
-        [`gc-apply-${process.pid}`, idleHost],
-      );
+      const containerId = await runningContainer('gc-apply');
       const store = p.worker.get(JobStore);
       const job = (await enqueuer.submit({
         kind: 'system.noop',
