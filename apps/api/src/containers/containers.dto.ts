@@ -51,7 +51,15 @@ export class CreateContainerDto {
   @Max(TiB)
   memoryBytes: number;
 
-  @ApiPropertyOptional({ example: 1073741824, minimum: 64 * MiB, maximum: 64 * TiB, default: 1073741824 })
+  @ApiPropertyOptional({
+    example: 1073741824,
+    minimum: 64 * MiB,
+    maximum: 64 * TiB,
+    default: 1073741824,
+    description:
+      "disk reserved for the container in its host's storage pool (placement counts it); not yet a quota: " +
+      'the runtime does not stop a container from writing more',
+  })
   @OmittedOrValid()
   @IsInt()
   @Min(64 * MiB)
