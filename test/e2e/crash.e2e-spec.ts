@@ -43,6 +43,11 @@ describeKernel(
       rt = await c.runtime();
     }, 180_000);
     afterAll(() => c?.close(), 120_000);
+    // A case that failed between its kill and the new worker's start leaves no worker: the next starts one
+    // (instead of failing too, for want of a worker).
+    beforeEach(async () => {
+      if (w && (w.proc.exitCode !== null || w.proc.signalCode !== null)) w = await c.startWorker();
+    }, 60_000);
 
     async function create(name: string): Promise<{ id: string; jobId: string }> {
       const res = await c
@@ -86,6 +91,30 @@ describeKernel(
       const atKill = await steps();
       await w.kill();
       return atKill;
+    }
+
+    /**
+     * Runs `fn` (which kills the worker) while the container's row is locked, so that no job of it can end in
+     * PostgreSQL meanwhile (a job's end updates that row in the same statement). Then the dead worker's
+     * statement waiting for the lock dies with it (PostgreSQL would otherwise run it once the lock goes).
+     */
+    async function whileContainerRowLocked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+      const lock = c.ds.createQueryRunner();
+      await lock.connect();
+      try {
+        await lock.startTransaction();
+        await lock.query(`SELECT 1 FROM containers WHERE id = $1 FOR UPDATE`, [id]);
+        const [{ pid: lockPid }] = await lock.query(`SELECT pg_backend_pid() AS pid`);
+        const out = await fn();
+        await lock.query(
+          `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`,
+          [lockPid],
+        );
+        await lock.rollbackTransaction();
+        return out;
+      } finally {
+        await lock.release();
+      }
     }
 
     async function waitJob(jobId: string) {
@@ -176,13 +205,15 @@ describeKernel(
     it('killed once init is launched, around the record of its start step: the container keeps running, not started twice', async () => {
       const { id, jobId } = await create(`crash-c-${process.pid}`);
       const initFile = `${rt.containers.store.stateDir(id)}/init.pid`;
-      const atKill = await killWhen(jobId, () => existsSync(initFile), 0);
+      // The job cannot end in PostgreSQL before the kill, however late the test sees init's file (on a loaded
+      // machine the whole job can run in between: it ended in CI once).
+      const atKill = await whileContainerRowLocked(id, () => killWhen(jobId, () => existsSync(initFile), 0));
       // Init runs; usually the step that launched it is not recorded yet (the retry must then find init running
       // and not launch a second one). On a fast run the record can land before the worker is stopped; the
       // invariants below hold either way. The create step's record is written behind it too: usually
       // committed by now, but on a loaded machine still on its way (the retry then runs create again, which
-      // finds the container made and changes nothing). Its end is not in PostgreSQL yet (written after BullMQ's,
-      // round trips later); BullMQ's may be (see expectExactlyOnce).
+      // finds the container made and changes nothing). Its end in BullMQ may be recorded (see
+      // expectExactlyOnce), in PostgreSQL it is not.
       expect(atKill).not.toContain('job.completed');
       const { pid } = JSON.parse(readFileSync(initFile, 'utf8')) as { pid: number };
       const start = startTimeOf(pid);
@@ -236,13 +267,8 @@ describeKernel(
       const res = await c.http().post(`/v1/containers/${id}/stop`).set(c.auth()).send({});
       expect(res.status).toBe(202);
       const jobId: string = res.body.job.id;
-      const lock = c.ds.createQueryRunner();
-      await lock.connect();
-      try {
-        await lock.startTransaction();
-        // The job's end syncs the container row: it waits for this lock, after BullMQ was told the job is done.
-        await lock.query(`SELECT 1 FROM containers WHERE id = $1 FOR UPDATE`, [id]);
-        const [{ pid: lockPid }] = await lock.query(`SELECT pg_backend_pid() AS pid`);
+      // The job's end syncs the container row: it waits for this lock, after BullMQ was told the job is done.
+      await whileContainerRowLocked(id, async () => {
         w.proc.kill('SIGCONT');
         const queue = await c.queue();
         for (const t0 = Date.now(); (await (await queue.getJob(jobId))?.getState()) !== 'completed';) {
@@ -250,15 +276,7 @@ describeKernel(
           await sleep(10);
         }
         await w.kill();
-        // The dead worker's statement dies with it (PostgreSQL would otherwise run it once the lock goes).
-        await lock.query(
-          `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`,
-          [lockPid],
-        );
-        await lock.rollbackTransaction();
-      } finally {
-        await lock.release();
-      }
+      });
       // BullMQ: done. Postgres: still active, the container row as before. The kernel: stopped.
       const [before] = await c.ds.query(`SELECT state FROM jobs WHERE id = $1`, [jobId]);
       expect(before.state).toBe('active');
@@ -452,7 +470,6 @@ describeKernel(
     }, 60_000);
 
     it('a second worker on the same data root is refused at its start, touching nothing; the first goes on', async () => {
-      if (w.proc.exitCode !== null || w.proc.signalCode !== null) w = await c.startWorker();
       const hostId = await c.hostId();
       const hostEvents = async () =>
         (await c.ds.query(`SELECT count(*)::int AS n FROM audit_events WHERE subject_id = $1`, [hostId]))[0]
@@ -471,8 +488,6 @@ describeKernel(
     }, 120_000);
 
     it('destroys everything through the API afterwards: nothing is left on the host', async () => {
-      // A failed case above may have left its worker killed: this one needs a live worker.
-      if (w.proc.exitCode !== null || w.proc.signalCode !== null) w = await c.startWorker();
       const ids = survivors.map((s) => s.id);
       for (const id of ids) {
         const res = await c.http().delete(`/v1/containers/${id}`).set(c.auth());

@@ -583,9 +583,16 @@ describe('jobs API: shutting down with followers', () => {
       req.on('error', reject);
       req.end();
     });
-    const stream = readSse(server, `/v1/jobs/${job}/events`, a.token, 30_000);
+    const stream = openSse(server, `/v1/jobs/${job}/events`, a.token);
     const notifications = a.api.get(JobNotifications);
     await until('both to follow the job', async () => notifications.subscribers(job) === 2, 5_000);
+    // The stream follows once it has sent what the job had (a close before that ends it empty: its client
+    // reconnects and gets it all).
+    await until(
+      'the stream to send the job so far',
+      async () => stream.got.text.includes('event: job.queued'),
+      5_000,
+    );
     const t0 = Date.now();
     await a.closeApi();
     // Not after the long-poll's 60 s: both let go when the shutdown began.
@@ -594,8 +601,8 @@ describe('jobs API: shutting down with followers', () => {
     expect(answered.status).toBe(200);
     expect(answered.body.state).toBe('queued');
     // The stream ended without `end` (the job has not ended): its client reconnects after its last event.
-    const sse = await stream;
-    expect(sse.messages.map((m) => m.event)).toEqual(['job.queued']);
+    const sse = await stream.ended;
+    expect(sseMessages(sse.text).map((m) => m.event)).toEqual(['job.queued']);
   }, 30_000);
 
   it('ends at once an event stream asked for once the shutdown began', async () => {
