@@ -339,6 +339,63 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
       expectProblem(await a.http().get('/v1/jobs').set(a.auth(real.token)), 401, 'UNAUTHORIZED');
     }, 60_000);
 
+    it('answers 401 first to a request without a valid key that its query or body would refuse', async () => {
+      const post = (headers: Record<string, string>, type: string, body: string, url = '/v1/containers') =>
+        a.http().post(url).set(headers).set('Content-Type', type).send(body);
+      const refusedBeforeGuard: [string, (h: Record<string, string>) => Promise<Response>, number, string][] =
+        [
+          ['malformed JSON', (h) => post(h, 'application/json', '{"name": '), 400, 'MALFORMED_JSON'],
+          [
+            'a body over the limit',
+            (h) =>
+              post(h, 'application/json', JSON.stringify({ pad: 'x'.repeat(a.config.api.bodyLimitBytes) })),
+            413,
+            'PAYLOAD_TOO_LARGE',
+          ],
+          ['a body that is not JSON', (h) => post(h, 'text/plain', 'name=x'), 415, 'UNSUPPORTED_MEDIA_TYPE'],
+          [
+            'a query on a write',
+            (h) => post(h, 'application/json', '{}', '/v1/containers?dryRun=true'),
+            400,
+            'VALIDATION_FAILED',
+          ],
+          [
+            'a body on a read',
+            (h) =>
+              a
+                .http()
+                .get('/v1/jobs')
+                .set(h)
+                .set('Content-Type', 'application/json')
+                .send('{"state":"failed"}'),
+            400,
+            'VALIDATION_FAILED',
+          ],
+        ];
+      const before = await a.counts();
+      for (const [what, send, status, code] of refusedBeforeGuard) {
+        for (const headers of [{}, { Authorization: `Bearer ${generateApiKey().token}` }]) {
+          const res = await send(headers);
+          expect({ what, status: res.status, code: res.body.code }).toEqual({
+            what,
+            status: 401,
+            code: 'UNAUTHORIZED',
+          });
+          expect(res.headers['www-authenticate']).toBe('Bearer realm="Berth"');
+        }
+        // With a valid key, the refusal itself.
+        const res = await send(a.auth());
+        expect({ what, status: res.status, code: res.body.code }).toEqual({ what, status, code });
+      }
+      expect(await a.counts()).toEqual(before);
+      // Outside /v1 (public: health, readiness) the refusal stands.
+      expectProblem(
+        await a.http().get('/healthz').set('Content-Type', 'application/json').send('{"a":1}'),
+        400,
+        'VALIDATION_FAILED',
+      );
+    });
+
     it('looks the key up once per request, as it arrives; a request refused before its guard leaves nothing behind', async () => {
       const keys = a.api.get(ApiKeyService) as unknown as { lookup: (token: string) => Promise<unknown> };
       const lookup = jest.spyOn(keys, 'lookup');

@@ -7,6 +7,7 @@ import { Logger } from 'nestjs-pino';
 import type { BerthConfig } from '@berth/config';
 import { AppModule } from './app.module';
 import { ApiKeyService } from './auth/api-key.service';
+import { unauthorized } from './auth/auth.guard';
 import { ApiError } from './common/api-error';
 import { answerClientError } from './common/client-error';
 import { validationMessages } from './common/validation-messages';
@@ -145,6 +146,17 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
         : undefined,
     ),
   );
+  // A request refused before its guard (its query, its body) is judged for a caller with a valid key
+  // only: without one, a /v1 request (none is public) is answered 401 first, as its guard would answer it.
+  // The key's early lookup is awaited only on this path; a lookup that fails leaves the refusal as it was.
+  const keys = app.get(ApiKeyService);
+  app.use((err: unknown, req: Request, _res: Response, next: NextFunction) => {
+    if (!(err instanceof ApiError) || !req.path.startsWith('/v1/')) return next(err);
+    keys.authenticates(req).then(
+      (ok) => next(ok ? err : unauthorized()),
+      () => next(err),
+    );
+  });
   app.useGlobalPipes(
     new ValidationPipe({
       whitelist: true,

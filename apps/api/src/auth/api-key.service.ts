@@ -62,6 +62,12 @@ export class ApiKeyService implements OnApplicationBootstrap {
     return grant && { ...grant, requestId };
   }
 
+  /** Whether `req` carries a valid API key (its early lookup's answer when there is one). */
+  async authenticates(req: Request): Promise<boolean> {
+    const token = bearerToken(req.headers.authorization);
+    return token !== null && (await this.principalFor(req, token, '')) !== null;
+  }
+
   /** What a bearer token grants, or null when it is unknown, malformed or revoked. */
   private async lookup(token: string): Promise<KeyGrant | null> {
     const parsed = parseApiKey(token);

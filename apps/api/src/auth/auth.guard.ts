@@ -4,6 +4,15 @@ import { ApiError } from '../common/api-error';
 import { ApiKeyService, bearerToken } from './api-key.service';
 import { ADMIN_ONLY, type AuthedRequest, IS_PUBLIC, isAdmin } from './principal';
 
+/** The answer to a request without a valid API key (missing, malformed, unknown or revoked). */
+export function unauthorized(): ApiError {
+  return new ApiError(
+    HttpStatus.UNAUTHORIZED,
+    'UNAUTHORIZED',
+    'a valid API key is required (Authorization: Bearer …)',
+  );
+}
+
 /**
  * Every endpoint needs `Authorization: Bearer <api key>`, except those marked @Public (health); those
  * marked @AdminOnly (metrics) need an admin key.
@@ -21,13 +30,7 @@ export class AuthGuard implements CanActivate {
     const token = bearerToken(req.headers.authorization);
     // Usually looked up already while the body was read (ApiKeyService.lookupEarly).
     const principal = token ? await this.keys.principalFor(req, token, String(req.id ?? '')) : null;
-    if (!principal) {
-      throw new ApiError(
-        HttpStatus.UNAUTHORIZED,
-        'UNAUTHORIZED',
-        'a valid API key is required (Authorization: Bearer …)',
-      );
-    }
+    if (!principal) throw unauthorized();
     if (
       !isAdmin(principal) &&
       this.reflector.getAllAndOverride<boolean>(ADMIN_ONLY, [ctx.getHandler(), ctx.getClass()])
