@@ -374,7 +374,10 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         ];
       const before = await a.counts();
       for (const [what, send, status, code] of refusedBeforeGuard) {
-        for (const headers of [{}, { Authorization: `Bearer ${generateApiKey().token}` }]) {
+        for (const headers of [{}, { Authorization: `Bearer ${generateApiKey().token}` }] as Record<
+          string,
+          string
+        >[]) {
           const res = await send(headers);
           expect({ what, status: res.status, code: res.body.code }).toEqual({
             what,

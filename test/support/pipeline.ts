@@ -1,5 +1,5 @@
 import type { INestApplication, INestApplicationContext } from '@nestjs/common';
-import { mkdtempSync, chmodSync, rmSync, existsSync, rmdirSync } from 'node:fs';
+import { mkdtempSync, chmodSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import request from 'supertest';
@@ -11,6 +11,7 @@ import { generateApiKey } from '../../apps/api/src/auth/api-keys';
 import { createWorker } from '../../apps/worker/src/bootstrap';
 import { HostRuntimeService } from '../../apps/worker/src/runtime/host-runtime.service';
 import { testConfig } from './config';
+import { removeTestCgroupParent } from '@berth/runtime/cgroups/testing/kernel-processes';
 
 /**
  * The whole system in one test process: the API (with its outbox relay), one worker for a simulated host
@@ -86,10 +87,7 @@ export async function startPipeline(tag: string, extraEnv: Record<string, string
       await worker.close();
       await wipeHostRuntime(rt);
       await ds.destroy();
-      for (const c of ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio']) {
-        const p = `/sys/fs/cgroup/${c}/${cgroupParent}`;
-        if (existsSync(p)) rmdirSync(p);
-      }
+      removeTestCgroupParent(cgroupParent);
       rmSync(dataRoot, { recursive: true, force: true });
     },
   };

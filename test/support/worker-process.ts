@@ -1,6 +1,6 @@
 import type { INestApplication } from '@nestjs/common';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Queue } from 'bullmq';
@@ -12,9 +12,9 @@ import { openHostRuntime, type HostRuntime, wipeHostRuntime } from '@berth/runti
 import { createApiApp } from '../../apps/api/src/bootstrap';
 import { testConfig } from './config';
 import { createTestKey } from './pipeline';
+import { removeTestCgroupParent } from '@berth/runtime/cgroups/testing/kernel-processes';
 
 const ROOT = resolve(__dirname, '..', '..');
-const V1_CONTROLLERS = ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio'];
 
 /** A worker running as its own process (so a test can SIGKILL it like a crash would). */
 export interface WorkerProcess {
@@ -135,10 +135,7 @@ export async function startCluster(tag: string, extraEnv: Record<string, string>
       // A crashed worker leaves its host `online` with a stale heartbeat: later suites must not pick it.
       await ds.query(`UPDATE hosts SET state = 'offline' WHERE name = $1`, [hostName]);
       await ds.destroy();
-      for (const c of V1_CONTROLLERS) {
-        const p = `/sys/fs/cgroup/${c}/${cgroupParent}`;
-        if (existsSync(p)) rmdirSync(p);
-      }
+      removeTestCgroupParent(cgroupParent);
       rmSync(dataRoot, { recursive: true, force: true });
     },
   };

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import { execInContainer, helperPath } from '../src/namespaces';
@@ -330,6 +330,26 @@ describeKernel('isolation of unprivileged containers (btrfs)', needs, () => {
         code: 1,
       });
     expect((await host.containers.exec(id, ['test', '-r', '/proc/sys/vm/swappiness'])).code).toBe(0);
+    // Its root can make device nodes in its /dev (a tmpfs of its own), but opens only the devices a container
+    // may use (its devices cgroup): a host disk and the loop devices' control are refused, even read-only.
+    const made = await host.containers.exec(id, [
+      'sh',
+      '-c',
+      'mknod /dev/hostdisk b 7 0 && mknod /dev/loopctl c 10 237 && mknod /dev/null2 c 1 3',
+    ]);
+    expect(made).toMatchObject({ code: 0 });
+    for (const node of ['/dev/hostdisk', '/dev/loopctl']) {
+      const opened = await host.containers.exec(id, ['sh', '-c', ': < "$0"', node]);
+      expect({ node, code: opened.code, err: opened.stderr }).toEqual({
+        node,
+        code: expect.any(Number),
+        err: expect.stringMatching(/Operation not permitted/),
+      });
+      expect(opened.code).not.toBe(0);
+    }
+    // (the host's root opens the same device: the refusal is the container's)
+    expect(() => closeSync(openSync('/dev/loop-control', 'r'))).not.toThrow();
+    expect((await host.containers.exec(id, ['sh', '-c', 'echo x > /dev/null2'])).code).toBe(0);
     const stopped = await host.containers.stop(id);
     expect(stopped.info.status).toBe('stopped');
     expect(await host.cgroups.pids(`${host.cgroupParent}/${id}`)).toEqual([]);

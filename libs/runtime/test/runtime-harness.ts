@@ -1,9 +1,10 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openHostRuntime, type HostRuntime, type HostRuntimeOptions, wipeHostRuntime } from '@berth/runtime';
 import type { ContainerSpec } from '@berth/runtime';
+import { removeTestCgroupParent } from '../src/cgroups/testing/kernel-processes';
 
 /** A throwaway host runtime: its own data root and cgroup parent, removed again by `close()`. */
 export interface TestHost extends HostRuntime {
@@ -32,10 +33,7 @@ export async function openTestHost(
     cgroupParent,
     async close() {
       await wipeHostRuntime(rt);
-      for (const c of ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio']) {
-        if (existsSync(`/sys/fs/cgroup/${c}/${cgroupParent}`))
-          rmdirSync(`/sys/fs/cgroup/${c}/${cgroupParent}`);
-      }
+      removeTestCgroupParent(cgroupParent);
       rmSync(dataRoot, { recursive: true, force: true });
     },
   };

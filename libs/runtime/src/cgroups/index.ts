@@ -14,3 +14,4 @@ export { CgroupV1Driver } from './v1/cgroup-v1.driver';
 export type { CgroupV1Options } from './v1/cgroup-v1.driver';
 export { CgroupV2Driver } from './v2/cgroup-v2.driver';
 export type { CgroupV2Options } from './v2/cgroup-v2.driver';
+export { ALL_DEVICES, CONTAINER_DEVICE_RULES } from './device-rules';

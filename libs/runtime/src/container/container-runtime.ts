@@ -332,11 +332,12 @@ export class ContainerRuntime {
     const { spec } = config;
     const [, , mount] = await Promise.all([
       // create() made the group with its limits and resize() keeps them: only a group lost since (a host
-      // reboot, reconcile) is made again here.
+      // reboot, reconcile) gets them again here. An existing one is completed (idempotent): a hierarchy the
+      // runtime uses since it was made, the devices it may use.
       this.cgroups
         .exists(this.cg(id))
         .then((exists) =>
-          exists ? undefined : this.cgroups.create(this.cg(id), this.limitsOf(spec.resources)),
+          this.cgroups.create(this.cg(id), exists ? undefined : this.limitsOf(spec.resources)),
         ),
       // A previous init may have left processes behind only if it was killed abnormally: clear them.
       this.killRemaining(id).then(() => this.store.clearInit(id)),

@@ -1,5 +1,6 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { CgroupDriver } from '../cgroup.driver';
 
 /**
@@ -103,4 +104,15 @@ export async function killAndDestroy(driver: CgroupDriver, path: string): Promis
   await driver.killAll(path, 'SIGKILL');
   await eventually(async () => (await driver.pids(path)).length === 0, 5000, `${path} to empty`);
   await driver.destroy(path);
+}
+
+/**
+ * Removes an (empty) test cgroup parent from every hierarchy mounted under `root`, whichever the drivers
+ * use (a hierarchy the runtime takes into use later is covered without a change here).
+ */
+export function removeTestCgroupParent(parent: string, root = '/sys/fs/cgroup'): void {
+  // v1: one hierarchy per directory (co-mounts behind symlinks: gone at the first); v2: the root itself.
+  for (const dir of [root, ...readdirSync(root).map((h) => join(root, h))]) {
+    if (existsSync(join(dir, parent))) rmdirSync(join(dir, parent));
+  }
 }

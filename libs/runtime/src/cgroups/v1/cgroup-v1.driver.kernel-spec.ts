@@ -1,8 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import { CgroupDriver } from '../cgroup.driver';
 import { detectCgroups } from '../cgroup.detect';
+import { ALL_DEVICES, CONTAINER_DEVICE_RULES } from '../device-rules';
 import {
   GroupProcess,
   eventually,
@@ -91,6 +92,28 @@ describeKernel(
       } finally {
         await killAndDestroy(driver, g2);
       }
+    });
+
+    it("lets the group's processes open only the devices of CONTAINER_DEVICE_RULES, even as root", async () => {
+      expect(file('devices', 'devices.list').split('\n').sort()).toEqual([...CONTAINER_DEVICE_RULES].sort());
+      // Root (this test's processes) opens the loop devices' control on the host; in the group it may not.
+      const opens = async (node: string) => {
+        const p = start(['sh', '-c', ': < "$0"', node]);
+        const { code } = await p.exited;
+        return { node, code, err: p.stderr().trim() };
+      };
+      expect(await opens('/dev/null')).toEqual({ node: '/dev/null', code: 0, err: '' });
+      expect(await opens('/dev/loop-control')).toEqual({
+        node: '/dev/loop-control',
+        code: expect.any(Number),
+        err: expect.stringMatching(/Operation not permitted/),
+      });
+      expect(() => closeSync(openSync('/dev/loop-control', 'r'))).not.toThrow();
+      // Made again (a start completes its group), it keeps the rules; the parent lets its other children
+      // use all devices still (the rules are the container's, not the host's).
+      await driver.create(group);
+      expect(file('devices', 'devices.list').split('\n').sort()).toEqual([...CONTAINER_DEVICE_RULES].sort());
+      expect(readFileSync(join(ROOT, 'devices', parent, 'devices.list'), 'utf8').trim()).toBe(ALL_DEVICES);
     });
 
     it('puts the cpu quota in cpu.cfs_quota_us and throttles a busy loop, and a live change takes effect', async () => {

@@ -1,9 +1,10 @@
 import { existsSync, mkdirSync, symlinkSync } from 'node:fs';
 import * as io from '../cgroupfs.io';
 import { FakeCgroupfs } from '../testing/fake-cgroupfs';
+import { ALL_DEVICES, CONTAINER_DEVICE_RULES } from '../device-rules';
 import { CgroupV1Driver } from './cgroup-v1.driver';
 
-const HIERARCHIES = ['blkio', 'cpu', 'cpuacct', 'cpuset', 'freezer', 'memory', 'pids'];
+const HIERARCHIES = ['blkio', 'cpu', 'cpuacct', 'cpuset', 'devices', 'freezer', 'memory', 'pids'];
 
 describe('CgroupV1Driver on a fake v1 tree', () => {
   let fake: FakeCgroupfs;
@@ -20,10 +21,73 @@ describe('CgroupV1Driver on a fake v1 tree', () => {
   });
 
   describe('create', () => {
-    it('creates the group in every managed hierarchy, not in others (devices)', async () => {
+    it('creates the group in every managed hierarchy, not in others (net_cls)', async () => {
+      fake.files({ 'net_cls/cgroup.procs': '1\n' });
       await driver.create(group);
       for (const h of HIERARCHIES) expect(existsSync(fake.path(`${h}/${group}`))).toBe(true);
-      expect(existsSync(fake.path(`devices/${group}`))).toBe(false);
+      expect(existsSync(fake.path(`net_cls/${group}`))).toBe(false);
+    });
+
+    describe('the devices the group may use', () => {
+      const writes = () => {
+        const spy = jest.spyOn(io, 'writeControl');
+        return () =>
+          spy.mock.calls
+            .filter(([file]) => String(file).startsWith(fake.path('devices/')))
+            .map(([file, value]) => `${String(file).split('/').pop()} ${value}`);
+      };
+
+      it('empties a new group (its parent lets it use all) and allows each of CONTAINER_DEVICE_RULES', async () => {
+        fake.files({
+          [`devices/${group}/devices.list`]: `${ALL_DEVICES}\n`,
+          [`devices/${group}/cgroup.procs`]: '',
+        });
+        const written = writes();
+        await driver.create(group);
+        expect(written()).toEqual([
+          'devices.deny a',
+          ...CONTAINER_DEVICE_RULES.map((r) => `devices.allow ${r}`),
+        ]);
+        expect(CONTAINER_DEVICE_RULES).toEqual(expect.arrayContaining(['c 1:3 rwm', 'c 136:* rwm']));
+        expect(CONTAINER_DEVICE_RULES.join()).not.toMatch(/^b [^*]|a /m);
+      });
+
+      it('adds only the rules a restricted group lacks (a create interrupted half-way), none when it has them all', async () => {
+        fake.files({
+          [`devices/${group}/devices.list`]: CONTAINER_DEVICE_RULES.slice(0, 3).join('\n') + '\n',
+        });
+        let written = writes();
+        await driver.create(group);
+        expect(written()).toEqual(CONTAINER_DEVICE_RULES.slice(3).map((r) => `devices.allow ${r}`));
+        jest.restoreAllMocks();
+        fake.files({ [`devices/${group}/devices.list`]: CONTAINER_DEVICE_RULES.join('\n') + '\n' });
+        written = writes();
+        await driver.create(group);
+        expect(written()).toEqual([]);
+      });
+
+      it('leaves a group that restricts nothing alone while processes run in it (made before the devices hierarchy was used)', async () => {
+        fake.files({
+          [`devices/${group}/devices.list`]: `${ALL_DEVICES}\n`,
+          [`devices/${group}/cgroup.procs`]: '42\n',
+        });
+        const written = writes();
+        await driver.create(group);
+        expect(written()).toEqual([]);
+      });
+
+      it('restricts nothing on a host without the devices hierarchy', async () => {
+        const bare = FakeCgroupfs.v1({ controllers: ['cpu', 'cpuacct', 'memory', 'pids', 'freezer'] });
+        try {
+          const written = jest.spyOn(io, 'writeControl');
+          await new CgroupV1Driver({ root: bare.root }).create(group);
+          expect(written.mock.calls.map(([f]) => String(f))).not.toContainEqual(
+            expect.stringContaining('devices'),
+          );
+        } finally {
+          bare.dispose();
+        }
+      });
     });
 
     it('copies cpuset.cpus and cpuset.mems from the parent at every new level, keeping set values', async () => {

@@ -17,6 +17,7 @@ import {
   validateLimits,
 } from '../cgroup.limits';
 import { validateCgroupPath, validatePid } from '../cgroup.paths';
+import { ALL_DEVICES, CONTAINER_DEVICE_RULES } from '../device-rules';
 import { signalGroupFrozen } from '../cgroup.signal';
 import {
   childGroups,
@@ -35,8 +36,8 @@ import {
 
 /** Hierarchies a container group must be in; without them the v1 driver cannot work. */
 export const V1_REQUIRED_CONTROLLERS = ['cpu', 'cpuacct', 'memory', 'pids', 'freezer'] as const;
-/** Hierarchies used when mounted. */
-export const V1_OPTIONAL_CONTROLLERS = ['blkio', 'cpuset'] as const;
+/** Hierarchies used when mounted (`devices`: the devices a container may use, CONTAINER_DEVICE_RULES). */
+export const V1_OPTIONAL_CONTROLLERS = ['blkio', 'cpuset', 'devices'] as const;
 
 type V1Controller = (typeof V1_REQUIRED_CONTROLLERS)[number] | (typeof V1_OPTIONAL_CONTROLLERS)[number];
 
@@ -87,20 +88,46 @@ export class CgroupV1Driver implements CgroupDriver {
     const p = validateCgroupPath(path);
     if (limits) validateLimits(limits);
     const cpuset = this.mounts.get('cpuset');
-    for (const hierarchy of this.hierarchies) {
-      let dir = hierarchy;
-      for (const segment of p.split('/')) {
-        const parent = dir;
-        dir = join(dir, segment);
-        await mkdirIdempotent(dir);
-        // A new cpuset group starts with empty cpus/mems, and the kernel refuses tasks until both are set.
-        if (hierarchy === cpuset) {
-          for (const file of ['cpuset.cpus', 'cpuset.mems'])
-            await copyIfEmpty(join(parent, file), join(dir, file));
+    // The hierarchies side by side (each a few thread-pool round trips; a start completes its group here).
+    await Promise.all(
+      this.hierarchies.map(async (hierarchy) => {
+        let dir = hierarchy;
+        for (const segment of p.split('/')) {
+          const parent = dir;
+          dir = join(dir, segment);
+          await mkdirIdempotent(dir);
+          // A new cpuset group starts with empty cpus/mems, and the kernel refuses tasks until both are set.
+          if (hierarchy === cpuset) {
+            for (const file of ['cpuset.cpus', 'cpuset.mems'])
+              await copyIfEmpty(join(parent, file), join(dir, file));
+          }
         }
-      }
-    }
+      }),
+    );
+    await this.restrictDevices(p);
     if (limits) await this.setLimits(p, limits);
+  }
+
+  /**
+   * The group may use only the devices of CONTAINER_DEVICE_RULES. A group that restricts nothing yet (new:
+   * it starts with its parent's `a *:* rwm`) is emptied first (`a` to devices.deny), then given each rule;
+   * one restricted already is given the rules it lacks (adding one is idempotent: a create interrupted
+   * half-way through them completes here). A group made before the devices hierarchy was used, holding a
+   * running container, is left as it is: emptying it would refuse its processes /dev/null for a moment;
+   * its next start (no process in it) restricts it.
+   */
+  private async restrictDevices(p: string): Promise<void> {
+    const mount = this.mounts.get('devices');
+    if (!mount) return;
+    const dir = join(mount, p);
+    const list = ((await readOptional(join(dir, 'devices.list'))) ?? '').split('\n').map((l) => l.trim());
+    if (list.includes(ALL_DEVICES)) {
+      if ((await readOptional(join(dir, 'cgroup.procs')))?.trim()) return;
+      await writeControl(join(dir, 'devices.deny'), 'a');
+    } else if (CONTAINER_DEVICE_RULES.every((r) => list.includes(r))) return;
+    for (const rule of CONTAINER_DEVICE_RULES) {
+      if (!list.includes(rule)) await writeControl(join(dir, 'devices.allow'), rule);
+    }
   }
 
   procsFiles(path: string): string[] {
