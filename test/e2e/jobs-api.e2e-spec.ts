@@ -433,9 +433,15 @@ describe('jobs API: filters, pagination, long-poll', () => {
 
   /**
    * Starts a long-poll on `job` and resolves once it listens, counting its reads of the job (JobsService.get):
-   * `reads()` so far, `waiting` its answer, `restore()` undoes the counting.
+   * `reads()` so far, `waiting` its answer, `restore()` undoes the counting. The safety net's looks
+   * (JobNotifications.sweep) are held meanwhile: their first look at the job, and one after a step record,
+   * wake the long-poll without an action and make it read the job, whenever their tick falls (the tests
+   * below count the reads that notifications make).
    */
   const longPoll = async (job: string) => {
+    const notifications = a.api.get(JobNotifications);
+    const sweep = notifications.sweep;
+    notifications.sweep = async () => undefined;
     const jobs = a.api.get(JobsService);
     const get = jobs.get.bind(jobs);
     let reads = 0;
@@ -451,7 +457,11 @@ describe('jobs API: filters, pagination, long-poll', () => {
     // Its first look, then the look it takes once it listens.
     while (reads < 2) await new Promise((r) => setTimeout(r, 10));
     await new Promise((r) => setTimeout(r, 50));
-    return { reads: () => reads, waiting, restore: () => (jobs.get = get) };
+    const restore = () => {
+      jobs.get = get;
+      notifications.sweep = sweep;
+    };
+    return { reads: () => reads, waiting, restore };
   };
 
   it("a long-poll never reads the job again on a running job's notifications, and answers its end from the notification", async () => {
