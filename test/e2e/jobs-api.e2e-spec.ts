@@ -282,7 +282,9 @@ describe('jobs API: filters, pagination, long-poll', () => {
       .get(`/v1/jobs/${job}/wait?timeout=30`)
       .set(a.auth())
       .then((r) => r);
-    await new Promise((r) => setTimeout(r, 300));
+    // Once it follows the job: an end before that would answer its first look instead.
+    const notifications = a.api.get(JobNotifications);
+    await until('the long-poll to follow the job', async () => notifications.subscribers(job) === 1, 5_000);
     // What a worker does when the job ends: from another connection, so only the notification wakes it.
     const other = new Client({ connectionString: a.databaseUrl });
     await other.connect();
