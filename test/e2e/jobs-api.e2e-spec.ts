@@ -324,6 +324,25 @@ describe('jobs API: filters, pagination, long-poll', () => {
       if (queued.includes(id)) reads++;
       return get(id, ...rest);
     };
+    // The safety net's looks, counted by the tick that started them (one that starts while another is in
+    // flight does nothing).
+    const sweep = notifications.sweep;
+    let ticks = 0;
+    let inFlight = 0;
+    const looked: number[] = [];
+    notifications.sweep = async function (this: JobNotifications) {
+      const tick = ++ticks;
+      const alone = inFlight++ === 0;
+      try {
+        await sweep.call(this);
+      } finally {
+        inFlight--;
+        if (alone) looked.push(tick);
+      }
+    };
+    /** Waits for `n` looks that started after tick `from`. */
+    const looks = (what: string, from: number, n: number) =>
+      until(what, async () => looked.filter((t) => t > from).length >= n, (n + 2) * 1_000 + 5_000);
     await listen(a.api.getHttpServer());
     try {
       // Two long-polls and an event stream.
@@ -341,10 +360,11 @@ describe('jobs API: filters, pagination, long-poll', () => {
         5_000,
       );
       // While nothing happens, the followers do not read their jobs (the safety net is one query per tick;
-      // its first look at a job has each follower look once more, then nothing).
-      await sleep(1_500);
+      // its first look at a job has each follower look once more, then nothing). Counted from the end of a
+      // look that started once all three followed, and the one after it, over two more looks.
+      await looks('two looks at the three jobs', ticks, 2);
       const idle = reads;
-      await sleep(2_500);
+      await looks('two more looks', ticks, 2);
       expect(reads).toBe(idle);
       // Changes without a notification (as while the LISTEN connection was down): a step record, which
       // touches only the audit trail, reaches the event stream …
@@ -379,8 +399,9 @@ describe('jobs API: filters, pagination, long-poll', () => {
       expect(Date.now() - t0).toBeLessThan(2_500);
     } finally {
       jobs.get = get;
+      notifications.sweep = sweep;
     }
-  }, 20_000);
+  }, 30_000);
 
   it('a long-poll outlives a failed look at its job and still answers the end', async () => {
     // A job of the offline host that stays queued until the test ends it.
