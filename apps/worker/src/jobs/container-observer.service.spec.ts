@@ -6,6 +6,11 @@ import type { JobStore } from './job-store';
 
 const INTERVAL_MS = 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Until `ok()` holds (the passes run on timers: a loaded machine runs them late, never sooner). */
+async function until(ok: () => boolean): Promise<void> {
+  for (const t0 = Date.now(); !ok(); await sleep(5))
+    if (Date.now() - t0 > 5_000) throw new Error('timed out waiting for the passes');
+}
 
 /**
  * The observer's passes in time (what a pass writes is JobStore.observed's, tested against PostgreSQL):
@@ -31,25 +36,35 @@ describe('ContainerObserver', () => {
     await o.start('h1');
     expect(store.settledContainers).toHaveBeenCalledTimes(1);
     expect(observed).toHaveBeenCalledWith('c1', 'running', 'stopped', {}, { version: 3 });
-    await sleep(INTERVAL_MS * 6);
-    expect((store.settledContainers as jest.Mock).mock.calls.length).toBeGreaterThanOrEqual(3);
+    await until(() => (store.settledContainers as jest.Mock).mock.calls.length >= 3);
     await o.beforeApplicationShutdown();
   });
 
   it('spaces its passes by PASS_SPACING times their duration when that is longer than the interval', async () => {
     expect(nextPassInMs(5_000, 191)).toBe(5_000);
     expect(nextPassInMs(5_000, 1_000)).toBe(1_000 * PASS_SPACING);
-    // In time: passes of 10 ms with a 20 ms interval come every ≈ 200 ms, not every 30.
-    const { o, store } = observer(async () => {
-      await sleep(10);
-      return ROWS;
-    });
-    await o.start('h1');
-    await sleep(450);
-    await o.beforeApplicationShutdown();
-    const passes = (store.settledContainers as jest.Mock).mock.calls.length;
-    expect(passes).toBeGreaterThanOrEqual(2);
-    expect(passes).toBeLessThanOrEqual(4);
+    // In time: passes of 10 ms with a 20 ms interval come every ≈ 200 ms, not every 30. On jest's clock
+    // (performance.now too), so that a pass which a loaded machine runs late does not space the next more.
+    jest.useFakeTimers();
+    try {
+      const { o, store } = observer(async () => {
+        await sleep(10);
+        return ROWS;
+      });
+      const passes = () => (store.settledContainers as jest.Mock).mock.calls.length;
+      const started = o.start('h1');
+      await jest.advanceTimersByTimeAsync(10);
+      await started;
+      // Passes at 0, 210 and 420 ms (each takes 10 ms, the next comes 200 ms after its end), then 630.
+      await jest.advanceTimersByTimeAsync(615);
+      expect(passes()).toBe(3);
+      await jest.advanceTimersByTimeAsync(10);
+      expect(passes()).toBe(4);
+      await jest.advanceTimersByTimeAsync(10);
+      await o.beforeApplicationShutdown();
+    } finally {
+      jest.useRealTimers();
+    }
   });
 
   it('a failed pass is logged and the next one runs', async () => {
@@ -59,7 +74,7 @@ describe('ContainerObserver', () => {
       return ROWS;
     });
     await o.start('h1');
-    await sleep(INTERVAL_MS * 6);
+    await until(() => (store.settledContainers as jest.Mock).mock.calls.length >= 3);
     expect(warn).toHaveBeenCalledWith(
       expect.objectContaining({ err: expect.any(Error) }),
       expect.any(String),
