@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
 import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
 import { sample } from '@test/support/prometheus';
+import { until } from '@test/support/worker-process';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 
 /** A loopback port nobody listens on right now. */
@@ -54,7 +55,14 @@ describe('Worker metrics (WORKER_METRICS_PORT)', () => {
     for (const job of noops) expect((await waitJob(c, job!.id)).state).toBe('completed');
     expect((await waitJob(c, ghost!.id)).state).toBe('failed');
 
-    const after = await scrape();
+    // A failure is counted once its record is written (JobRunner awaits it), so the API can answer the job
+    // failed a moment before the worker counts it: the scrape that has it.
+    const failedStarts = (text: string) =>
+      sample(text, 'berth_worker_jobs_total', { host, kind: 'container.start', outcome: 'failed' }) ?? 0;
+    const after = await until('the failed start to be counted', async () => {
+      const text = await scrape();
+      return failedStarts(text) > 0 ? text : undefined;
+    });
     const runs = (kind: string, outcome: string) =>
       sample(after, 'berth_worker_jobs_total', { host, kind, outcome }) ?? 0;
     expect(runs('system.noop', 'completed')).toBe(
