@@ -131,11 +131,23 @@ describeKernel('isolation of unprivileged containers (btrfs)', needs, () => {
         expect(line?.split(':')[2]).toBe(`/${host.cgroupParent}/iso-a`);
       }
       // while it runs, the host sees the command in A's group
-      const run = host.containers.exec('iso-a', ['sleep', '1']);
-      await new Promise((r) => setTimeout(r, 300));
-      const inGroup = (await host.cgroups.pids(`${host.cgroupParent}/iso-a`)).map((p) =>
-        readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ').trim(),
-      );
+      // Looked at until the command shows (its exec's helper and setns take a while on a loaded machine);
+      // it lives a second from then, so it is seen before the exec ends.
+      let ended = false;
+      const run = host.containers.exec('iso-a', ['sleep', '1']).finally(() => (ended = true));
+      const commands = async () =>
+        (await host.cgroups.pids(`${host.cgroupParent}/iso-a`)).map((p) => {
+          try {
+            return readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
+          } catch {
+            return ''; // gone between the list and the read
+          }
+        });
+      let inGroup = await commands();
+      while (!inGroup.includes('sleep 1') && !ended) {
+        await new Promise((r) => setTimeout(r, 10));
+        inGroup = await commands();
+      }
       expect(inGroup).toContain('sleep 1');
       expect((await run).code).toBe(0);
     });
