@@ -160,6 +160,11 @@ describe('CgroupV2Driver on a fake cgroup2 tree', () => {
   });
 
   describe('freeze / thaw / state', () => {
+    /** Until the driver's write of `value` to `file` shows (its writes are asynchronous). */
+    const written = async (file: string, value: string) => {
+      for (const t0 = Date.now(); fake.read(file) !== value; await new Promise((r) => setTimeout(r, 5)))
+        if (Date.now() - t0 > 5_000) throw new Error(`${file} never became ${value}`);
+    };
     beforeEach(async () => {
       await driver.create(group);
       kernelFiles();
@@ -168,8 +173,9 @@ describe('CgroupV2Driver on a fake cgroup2 tree', () => {
     it('writes cgroup.freeze=1 and resolves only once cgroup.events says frozen 1', async () => {
       let resolved = false;
       const freezing = driver.freeze(group).then(() => (resolved = true));
+      await written(`${group}/cgroup.freeze`, '1');
+      // A while for a driver that would not wait for cgroup.events to resolve anyway.
       await new Promise((r) => setTimeout(r, 60));
-      expect(fake.read(`${group}/cgroup.freeze`)).toBe('1');
       expect(resolved).toBe(false);
       fake.files({ [`${group}/cgroup.events`]: 'populated 1\nfrozen 1\n' });
       await freezing;
@@ -183,10 +189,12 @@ describe('CgroupV2Driver on a fake cgroup2 tree', () => {
     });
 
     it('thaw writes 0 and waits for frozen 0', async () => {
-      fake.files({ [`${group}/cgroup.events`]: 'populated 1\nfrozen 1\n' });
+      fake.files({
+        [`${group}/cgroup.freeze`]: '1\n',
+        [`${group}/cgroup.events`]: 'populated 1\nfrozen 1\n',
+      });
       const thawing = driver.thaw(group);
-      await new Promise((r) => setTimeout(r, 30));
-      expect(fake.read(`${group}/cgroup.freeze`)).toBe('0');
+      await written(`${group}/cgroup.freeze`, '0');
       fake.files({ [`${group}/cgroup.events`]: 'populated 1\nfrozen 0\n' });
       await thawing;
       expect(await driver.state(group)).toBe('running');
