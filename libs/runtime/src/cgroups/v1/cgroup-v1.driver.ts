@@ -88,9 +88,12 @@ export class CgroupV1Driver implements CgroupDriver {
     const p = validateCgroupPath(path);
     if (limits) validateLimits(limits);
     const cpuset = this.mounts.get('cpuset');
-    // The hierarchies side by side (each a few thread-pool round trips; a start completes its group here).
+    // The hierarchies side by side; in each, the group itself first: a start completes its group here, and
+    // an existing one costs one round trip per hierarchy (the levels above are walked only when missing).
     await Promise.all(
       this.hierarchies.map(async (hierarchy) => {
+        // (cpuset: every level, whose cpus and mems a crash may have left empty, is looked at each time)
+        if (hierarchy !== cpuset && (await mkdirUnlessParentMissing(join(hierarchy, p)))) return;
         let dir = hierarchy;
         for (const segment of p.split('/')) {
           const parent = dir;
@@ -357,6 +360,18 @@ async function mkdirIdempotent(dir: string): Promise<void> {
   } catch (e) {
     if (errnoOf(e) !== 'EEXIST') throw cgroupFsError('mkdir', dir, e);
   }
+}
+
+/** Makes `dir` (or finds it made); false, making nothing, when its parent is missing. */
+async function mkdirUnlessParentMissing(dir: string): Promise<boolean> {
+  try {
+    await fs.mkdir(dir);
+  } catch (e) {
+    const code = errnoOf(e);
+    if (code === 'ENOENT') return false;
+    if (code !== 'EEXIST') throw cgroupFsError('mkdir', dir, e);
+  }
+  return true;
 }
 
 async function copyIfEmpty(from: string, to: string): Promise<void> {
