@@ -17,7 +17,17 @@ export interface BenchHost extends HostRuntime {
   close(): Promise<void>;
 }
 
-const V1_CONTROLLERS = ['cpu', 'cpuacct', 'memory', 'pids', 'freezer', 'cpuset', 'blkio', 'devices', 'unified'];
+const V1_CONTROLLERS = [
+  'cpu',
+  'cpuacct',
+  'memory',
+  'pids',
+  'freezer',
+  'cpuset',
+  'blkio',
+  'devices',
+  'unified',
+];
 
 /**
  * Opens a Berth runtime on `driver` with its data root at `dataRoot` (created, mode 0711 so unprivileged
