@@ -153,10 +153,11 @@ describeKernel(
       const held = await running('held');
       const free = await running('free');
       const enqueuer = c.api.get(JobEnqueuer);
-      // The one slot held by a no-op; the stop of `held` is claimed ahead (`active`) and waits behind it.
+      // The one slot held by a no-op (until its gate opens); the stop of `held` is claimed ahead (`active`)
+      // and waits behind it.
       const noop = await enqueuer.submit({
         kind: 'system.noop',
-        payload: { n: 1, holdMs: 8_000 },
+        payload: { n: 1, holdMs: 60_000, gate: 'observe-held' },
         hostId,
         principal: { keyId: 'test:observe', tenantId: null, scopes: ['admin'], requestId: '' },
       });
@@ -183,6 +184,7 @@ describeKernel(
       expect(await observedEvents(held)).toEqual([]);
 
       // The stop's end writes the container as it left it: stopped, by its job, not observed.
+      c.openNoopGate('observe-held');
       expect(await waitJob(stop.body.job.id)).toMatchObject({
         state: 'completed',
         result: { status: 'stopped' },

@@ -141,22 +141,29 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
       ids,
     ])) as { id: string; state: string; stage: string | null }[];
 
-  /** A worker with one slot, three slot-holding jobs: one running, two claimed ahead and waiting. */
+  let gates = 0;
+  /**
+   * A worker with one slot, three slot-holding jobs: one running, two claimed ahead and waiting. Each job
+   * holds its slot until the test opens its gate (`open(id)`; `openAll()`), however slow the machine.
+   */
   async function oneRunningTwoWaiting() {
     const w = await c.startWorker();
     const hostId = await c.hostId();
     const enqueuer = c.api.get(JobEnqueuer);
     const ids: string[] = [];
+    const gateOf = new Map<string, string>();
     // One after the other, so that the first one is the one running.
-    for (let n = 0; n < 3; n++)
-      ids.push(
-        (await enqueuer.submit({
-          kind: 'system.noop',
-          payload: { n, holdMs: 1_500 },
-          hostId,
-          principal,
-        }))!.id,
-      );
+    for (let n = 0; n < 3; n++) {
+      const gate = `slots-${++gates}`;
+      const id = (await enqueuer.submit({
+        kind: 'system.noop',
+        payload: { n, holdMs: 60_000, gate },
+        hostId,
+        principal,
+      }))!.id;
+      ids.push(id);
+      gateOf.set(id, gate);
+    }
     // All three claimed, two of them waiting for the one slot.
     await until(
       'three jobs claimed, two waiting for the slot',
@@ -170,7 +177,15 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
       20_000,
     );
     const waiting = (await rows(ids)).filter((x) => x.stage === 'waiting for a worker slot').map((x) => x.id);
-    return { w, ids, waiting, running: ids.find((id) => !waiting.includes(id))! };
+    const open = (id: string) => c.openNoopGate(gateOf.get(id)!);
+    return {
+      w,
+      ids,
+      waiting,
+      running: ids.find((id) => !waiting.includes(id))!,
+      open,
+      openAll: () => ids.forEach(open),
+    };
   }
 
   /** Waits for each job's end through the API; each must be completed. */
@@ -191,8 +206,15 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
   }
 
   it('SIGTERM: the running job finishes and is recorded; the waiting ones are not started, are cancellable, and run on the next worker', async () => {
-    const { w, ids, waiting, running } = await oneRunningTwoWaiting();
-    await w.stop();
+    const { w, ids, waiting, running, open } = await oneRunningTwoWaiting();
+    // The running job lets go of its slot only once the shutdown has handed back the two waiting ones.
+    w.proc.kill('SIGTERM');
+    await until(
+      'both waiting jobs handed back',
+      async () => (w.output().match(/handed back at shutdown before it started/g) ?? []).length === 2,
+    );
+    open(running);
+    await w.exited;
 
     const after = await rows(ids);
     expect(after.find((x) => x.id === running)!.state).toBe('completed');
@@ -223,6 +245,8 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
       status: 409,
       code: 'JOB_NOT_CANCELLABLE',
     });
+    expect((await rows([kept]))[0].state).toBe('active'); // refused while it runs, not for having ended
+    open(kept);
     await allCompleted([running, kept]);
     const of = await actionsOf(ids);
     expect(of(running)).toEqual(['job.queued', 'job.active', 'job.completed']);
@@ -296,7 +320,7 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
   }, 90_000);
 
   it('a job waiting for a slot can be cancelled and never runs; a running one cannot', async () => {
-    const { w, ids, waiting, running } = await oneRunningTwoWaiting();
+    const { w, ids, waiting, running, openAll } = await oneRunningTwoWaiting();
     const cancel = (id: string) => c.http().post(`/v1/jobs/${id}/cancel`).set(c.auth()).send({});
     const refused = await cancel(running);
     expect(refused.status).toBe(409);
@@ -306,6 +330,7 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     expect(cancelled.status).toBe(200);
     expect(cancelled.body).toMatchObject({ id: gone, state: 'cancelled' });
 
+    openAll();
     await allCompleted([running, kept]);
     const queue = await c.queue();
     const bull = await until('the worker to let go of the cancelled job', async () => {
@@ -358,7 +383,7 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
   }, 90_000);
 
   it('a job claimed ahead whose claim a crash of PostgreSQL took back runs once its slot frees (not let go as cancelled)', async () => {
-    const { w, ids, waiting, running } = await oneRunningTwoWaiting();
+    const { w, ids, waiting, running, openAll } = await oneRunningTwoWaiting();
     const [lost, kept] = waiting;
     // The claim and the waiting notice are relaxed commits: what crash recovery restores when both are lost
     // (the shared PostgreSQL cannot be crashed here; its `job.active` event stays in the trail).
@@ -367,6 +392,7 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
       [lost],
     );
     // Let go as cancelled, its BullMQ job would end while PostgreSQL says `queued`: nothing would run it.
+    openAll();
     await allCompleted(ids);
     const of = await actionsOf(ids);
     expect(of(lost)).toEqual(['job.queued', 'job.active', 'job.active', 'job.completed']);
@@ -408,11 +434,12 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
   }, 90_000);
 
   it('SIGKILL with jobs claimed ahead: after a restart every job runs to its end and is completed once', async () => {
-    const { w, ids } = await oneRunningTwoWaiting();
+    const { w, ids, openAll } = await oneRunningTwoWaiting();
     await w.kill();
     expect((await rows(ids)).every((x) => x.state === 'active')).toBe(true);
     // The dead worker's BullMQ jobs are stalled (their locks expire): the next worker takes all three again.
     const w2 = await c.startWorker();
+    openAll();
     await allCompleted(ids);
     const of = await actionsOf(ids);
     for (const id of ids) {

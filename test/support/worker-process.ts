@@ -1,8 +1,8 @@
 import type { INestApplication } from '@nestjs/common';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { Queue } from 'bullmq';
 import request from 'supertest';
 import type { DataSource } from 'typeorm';
@@ -10,6 +10,7 @@ import { createDataSource } from '@berth/db';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { openHostRuntime, type HostRuntime, wipeHostRuntime } from '@berth/runtime';
 import { createApiApp } from '../../apps/api/src/bootstrap';
+import { noopGatePath } from '../../apps/worker/src/jobs/system-noop/system-noop.job';
 import { testConfig } from './config';
 import { createTestKey } from './pipeline';
 import { removeTestCgroupParent } from '@berth/runtime/cgroups/testing/kernel-processes';
@@ -58,6 +59,8 @@ export interface Cluster {
   runtime(): Promise<HostRuntime>;
   /** A BullMQ queue handle for this host's queue (same prefix as the worker's). */
   queue(): Promise<Queue>;
+  /** Opens a gated `system.noop`'s gate (payload `gate`): its hold ends within a poll (≈ 20 ms). */
+  openNoopGate(gate: string): void;
   close(): Promise<void>;
 }
 
@@ -123,6 +126,11 @@ export async function startCluster(tag: string, extraEnv: Record<string, string>
         prefix,
       });
       return q;
+    },
+    openNoopGate(gate) {
+      const path = noopGatePath(dataRoot, gate);
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path, '');
     },
     async close() {
       await api.close();

@@ -59,6 +59,14 @@ export const jobPayloadSchemas = {
     n: z.number().int().optional(),
     /** Holds its worker slot this long (tests and the bench see a host's slots at work). */
     holdMs: z.number().int().min(0).max(60_000).optional(),
+    /**
+     * With `holdMs`: the hold ends early once the file `<data root>/noop-gates/<gate>` exists (a test opens
+     * the gate when it is ready, instead of racing a fixed hold).
+     */
+    gate: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9-]{0,62}$/)
+      .optional(),
   }),
 } satisfies Record<JobKind, z.ZodType>;
 

@@ -18,6 +18,8 @@ export interface JobContext<K extends JobKind = JobKind> {
   payload: JobPayload<K>;
   runtime: HostRuntime;
   hostId: string;
+  /** This host's data root (BERTH_DATA_ROOT): a handler's own files live under it. */
+  dataRoot: string;
   /**
    * Runs `fn` as a named step unless an earlier attempt finished it (recorded in the job's events), so a
    * retry resumes after the last finished step. Each step must itself be idempotent: a crash between the

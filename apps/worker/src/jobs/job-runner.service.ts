@@ -670,6 +670,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       },
       runtime,
       hostId: this.hostId!,
+      dataRoot: this.config.runtime.dataRoot,
       step: async <T>(name: string, fn: () => Promise<T>, options?: StepOptions) => {
         if (done.has(name)) return undefined;
         let value: T;
