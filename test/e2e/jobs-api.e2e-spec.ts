@@ -6,7 +6,7 @@ import { JobNotifications } from '../../apps/api/src/jobs/job-notifications';
 import { JobsService } from '../../apps/api/src/jobs/jobs.service';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
 import { describeKernel } from '@test/support/kernel';
-import { startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
+import { openNoopGate, startPipeline, waitJob, type Pipeline } from '@test/support/pipeline';
 import { sleep, until } from '@test/support/worker-process';
 
 const UNKNOWN = '00000000-0000-4000-8000-000000000000';
@@ -740,6 +740,74 @@ describeKernel('jobs API: events as Server-Sent Events from a real worker', { ro
     // Ready somewhere: another source is refused.
     const again = await post({ source: 'tarball', path: '/srv/other.tar' });
     expect({ status: again.status, code: again.body.code }).toEqual({ status: 409, code: 'TEMPLATE_EXISTS' });
+  }, 90_000);
+
+  it('a cancelled import leaves no replica behind; a retried one is importing again until it ends', async () => {
+    const name = `tpl-cancel-${process.pid}`;
+    const post = (body: object) =>
+      p
+        .http()
+        .post('/v1/templates')
+        .set(p.auth())
+        .send({ name, ...body });
+    const replicas = async (templateId: string) =>
+      (await p.ds.query(`SELECT state FROM template_replicas WHERE template_id = $1`, [templateId])) as {
+        state: string;
+      }[];
+    // The worker's 4 slots and 4 claims ahead held by gated no-ops: the import stays queued meanwhile.
+    const gate = `tpl-cancel-${process.pid}`;
+    const holders = await Promise.all(
+      Array.from({ length: 8 }, (_, n) =>
+        p.ds.transaction((m) =>
+          p.api.get(JobEnqueuer).enqueue(m, {
+            kind: 'system.noop',
+            hostId,
+            payload: { n, holdMs: 60_000, gate },
+            principal: { keyId: 'test', tenantId: null, scopes: ['admin'], requestId: `hold-${n}` },
+          }),
+        ),
+      ),
+    );
+    try {
+      await until('the worker to hold all eight', async () => {
+        const [{ n }] = await p.ds.query(
+          `SELECT count(*)::int AS n FROM jobs WHERE id = ANY($1) AND state = 'active'`,
+          [holders.map((h) => h.id)],
+        );
+        return n === 8;
+      });
+      const wrong = await post({ source: 'tarball', path: `/nonexistent/cancelled-${process.pid}.tar` });
+      expect(wrong.status).toBe(202);
+      const templateId: string = wrong.body.template.id;
+      const jobId: string = wrong.body.jobs[0].id;
+      expect(await replicas(templateId)).toEqual([{ state: 'importing' }]);
+
+      const cancelled = await p.http().post(`/v1/jobs/${jobId}/cancel`).set(p.auth()).send({});
+      expect(cancelled.body).toMatchObject({ state: 'cancelled' });
+      // Never ran: the host is as if it had not been asked (not "importing" for ever).
+      expect(await replicas(templateId)).toEqual([]);
+
+      // Retried, it is pending again: importing, and another source is refused meanwhile.
+      const retried = await p.http().post(`/v1/jobs/${jobId}/retry`).set(p.auth()).send({});
+      expect(retried.status).toBe(202);
+      expect(await replicas(templateId)).toEqual([{ state: 'importing' }]);
+      const other = await post({ source: 'builtin:busybox' });
+      expect({ status: other.status, code: other.body.code }).toEqual({
+        status: 409,
+        code: 'TEMPLATE_EXISTS',
+      });
+
+      openNoopGate(p.dataRoot, gate);
+      expect((await waitJob(p, jobId)).state).toBe('failed');
+      expect(await replicas(templateId)).toEqual([{ state: 'failed' }]);
+      // Now that no import of the old source is pending, the corrected request is taken.
+      const fixed = await post({ source: 'builtin:busybox' });
+      expect(fixed.status).toBe(202);
+      expect((await waitJob(p, fixed.body.jobs[0].id)).state).toBe('completed');
+    } finally {
+      openNoopGate(p.dataRoot, gate);
+      for (const h of holders) await waitJob(p, h.id);
+    }
   }, 90_000);
 
   it('replays the events of an ended job and closes at once', async () => {

@@ -1,7 +1,7 @@
 import type { INestApplication, INestApplicationContext } from '@nestjs/common';
-import { mkdtempSync, chmodSync, rmSync } from 'node:fs';
+import { mkdtempSync, chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import request from 'supertest';
 import type { DataSource } from 'typeorm';
 import { createDataSource } from '@berth/db';
@@ -10,6 +10,7 @@ import { createApiApp } from '../../apps/api/src/bootstrap';
 import { generateApiKey } from '../../apps/api/src/auth/api-keys';
 import { createWorker } from '../../apps/worker/src/bootstrap';
 import { HostRuntimeService } from '../../apps/worker/src/runtime/host-runtime.service';
+import { noopGatePath } from '../../apps/worker/src/jobs/system-noop/system-noop.job';
 import { testConfig } from './config';
 import { removeTestCgroupParent } from '@berth/runtime/cgroups/testing/kernel-processes';
 
@@ -29,6 +30,13 @@ export interface Pipeline {
   http(): ReturnType<typeof request>;
   auth(): { Authorization: string };
   close(): Promise<void>;
+}
+
+/** Opens a gated `system.noop`'s gate (payload `gate`) on the host of `dataRoot`: its hold ends within a poll. */
+export function openNoopGate(dataRoot: string, gate: string): void {
+  const path = noopGatePath(dataRoot, gate);
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, '');
 }
 
 export async function createTestKey(

@@ -1,8 +1,8 @@
 import type { INestApplication } from '@nestjs/common';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Queue } from 'bullmq';
 import request from 'supertest';
 import type { DataSource } from 'typeorm';
@@ -10,9 +10,8 @@ import { createDataSource } from '@berth/db';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { openHostRuntime, type HostRuntime, wipeHostRuntime } from '@berth/runtime';
 import { createApiApp } from '../../apps/api/src/bootstrap';
-import { noopGatePath } from '../../apps/worker/src/jobs/system-noop/system-noop.job';
 import { testConfig } from './config';
-import { createTestKey } from './pipeline';
+import { createTestKey, openNoopGate } from './pipeline';
 import { removeTestCgroupParent } from '@berth/runtime/cgroups/testing/kernel-processes';
 
 const ROOT = resolve(__dirname, '..', '..');
@@ -127,11 +126,7 @@ export async function startCluster(tag: string, extraEnv: Record<string, string>
       });
       return q;
     },
-    openNoopGate(gate) {
-      const path = noopGatePath(dataRoot, gate);
-      mkdirSync(dirname(path), { recursive: true });
-      writeFileSync(path, '');
-    },
+    openNoopGate: (gate) => openNoopGate(dataRoot, gate),
     async close() {
       await api.close();
       for (const w of [...workers]) await w.stop();

@@ -65,6 +65,39 @@ async function refuseStaleImport(m: EntityManager, job: JobRow): Promise<void> {
     );
 }
 
+/** The template a `template.import` job imports (its payload's `templateId`). */
+const importedTemplate = (job: JobRow) => (job.params as { templateId?: string }).templateId ?? null;
+
+/**
+ * A template's replica on a host says `importing` while an import of it is pending there. A retried import
+ * is pending again: its replica goes back to `importing` (a ready one stays ready), so that an import of
+ * another source is refused meanwhile, as for the first attempt.
+ */
+async function replicaImportingAgain(m: EntityManager, job: JobRow): Promise<void> {
+  await m.query(
+    `INSERT INTO template_replicas (template_id, host_id, state) VALUES ($1, $2, 'importing')
+     ON CONFLICT (template_id, host_id) DO UPDATE SET state = CASE WHEN template_replicas.state = 'ready'
+       THEN 'ready' ELSE 'importing' END, updated_at = now()`,
+    [importedTemplate(job), job.host_id],
+  );
+}
+
+/**
+ * A cancelled import never ran: unless another import of the template is pending on that host, its
+ * replica there goes as if it had not been asked for (a ready one stays).
+ */
+async function replicaAfterCancelledImport(m: EntityManager, job: JobRow): Promise<void> {
+  await m.query(
+    `DELETE FROM template_replicas r
+      WHERE r.template_id = $1 AND r.host_id = $2 AND r.state = 'importing'
+        AND NOT EXISTS (SELECT 1 FROM jobs j
+                         WHERE j.kind = 'template.import' AND j.host_id = $2 AND j.id <> $3
+                           AND j.state IN ('queued', 'active', 'waiting-retry')
+                           AND j.params->>'templateId' = $1::text)`,
+    [importedTemplate(job), job.host_id, job.id],
+  );
+}
+
 export interface JobFilters {
   state?: string;
   kind?: string;
@@ -277,7 +310,10 @@ export class JobsService {
           `job ${id} is ${job.state}; only failed or cancelled jobs can be retried`,
         );
       }
-      if (job.kind === 'template.import') await refuseStaleImport(m, job);
+      if (job.kind === 'template.import') {
+        await refuseStaleImport(m, job);
+        await replicaImportingAgain(m, job);
+      }
       let seq: number | null = null;
       // Whether other jobs of its container were accepted after it: then what it did before may have been
       // undone (a restart's stop, followed by a start), and it runs again from its first step.
@@ -353,6 +389,7 @@ export class JobsService {
         `UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now() WHERE id = $1`,
         [id],
       );
+      if (job.kind === 'template.import') await replicaAfterCancelledImport(m, job);
       // What this job would have done no longer happens: project the present state through what is left.
       await this.afterRequeueOrCancel(m, job, 'job.cancelled', principal);
       return this.answer(m, id, principal);
