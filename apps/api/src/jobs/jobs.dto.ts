@@ -5,6 +5,15 @@ import { JOB_KINDS } from '@berth/jobs';
 
 const SINCE = /^[1-9]\d{3}-\d\d-\d\d(T\d\d:\d\d(:\d\d(\.\d{1,6})?)?(Z|[+-](0\d|1[0-4]):?[0-5]\d)?)?$/;
 
+/**
+ * `since` as an instant PostgreSQL reads the same in any time zone: a date or a date-time without an offset
+ * is UTC (as every time Berth answers), not the database server's zone.
+ */
+export function sinceInstant(since: string): string {
+  if (!since.includes('T')) return `${since}T00:00:00Z`;
+  return /(Z|[+-]\d\d:?\d\d)$/.test(since) ? since : `${since}Z`;
+}
+
 export const JOB_STATE_VALUES = ['queued', 'active', 'waiting-retry', 'completed', 'failed', 'cancelled'];
 
 export class ListJobsQuery {
@@ -14,7 +23,8 @@ export class ListJobsQuery {
   @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() host?: string;
   @ApiPropertyOptional({ format: 'uuid' }) @IsOptional() @IsUUID() campaign?: string;
   @ApiPropertyOptional({
-    description: 'ISO 8601 date or date-time (e.g. 2026-12-01T10:00:00Z): jobs created at or after it',
+    description:
+      'ISO 8601 date or date-time (e.g. 2026-12-01T10:00:00Z): jobs created at or after it; without an offset, UTC',
   })
   @IsOptional()
   // A calendar date and time PostgreSQL reads as a timestamp: ISO 8601 also has week dates, ordinal dates

@@ -4,6 +4,7 @@ import type { DataSource, EntityManager } from 'typeorm';
 import { BERTH_CONFIG, type BerthConfig } from '@berth/config';
 import { appendAudit, preparedQuery, publishAgain, recomputeTargetState } from '@berth/db';
 import { checkTransition, SLOT_WAIT_STAGE, type ContainerState, type JobKind } from '@berth/jobs';
+import { sinceInstant } from './jobs.dto';
 import { isAdmin, type Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { PlacementService, type ResizeLimits } from '../hosts/placement.service';
@@ -215,7 +216,7 @@ export class JobsService {
     if (f.container) add('container_id = ?', f.container);
     if (f.host) add('host_id = ?', f.host);
     if (f.campaign) add('campaign_id = ?', f.campaign);
-    if (f.since) add('created_at >= ?', f.since);
+    if (f.since) add('created_at >= ?', sinceInstant(f.since));
     if (f.tenant) add('tenant_id = ?', f.tenant);
     if (f.containersOnly) where.push('container_id IS NOT NULL');
     if (f.cursor) {
