@@ -54,16 +54,30 @@ function bodyParserProblem(err: unknown): unknown {
  */
 export const BODY_MAX_DEPTH = 32;
 
-/** Whether `value` nests deeper than `max` objects/arrays (walked without recursion). */
-function nestsDeeper(value: unknown, max: number): boolean {
+/**
+ * What makes a parsed JSON body unfit to go further, or null: nesting deeper than `max` objects/arrays, or a
+ * string (key or value) that is not well-formed Unicode (a lone surrogate, which JSON's `\ud800` escapes
+ * can spell and PostgreSQL's `jsonb` and `text` refuse: a 500 deep in a handler instead of a 400 here).
+ * Walked without recursion.
+ */
+const LONE_SURROGATE = /\p{Surrogate}/u; // in `u` mode a pair is one code point: only a lone half matches
+
+function bodyProblem(value: unknown, max: number): string | null {
   const stack: [unknown, number][] = [[value, 1]];
   while (stack.length > 0) {
     const [v, depth] = stack.pop()!;
+    if (typeof v === 'string') {
+      if (LONE_SURROGATE.test(v)) return 'a string in the body is not valid Unicode (a lone surrogate)';
+      continue;
+    }
     if (v === null || typeof v !== 'object') continue;
-    if (depth > max) return true;
-    for (const child of Object.values(v)) stack.push([child, depth + 1]);
+    if (depth > max) return `the body nests deeper than ${max} levels`;
+    for (const [key, child] of Object.entries(v)) {
+      if (LONE_SURROGATE.test(key)) return 'a key in the body is not valid Unicode (a lone surrogate)';
+      stack.push([child, depth + 1]);
+    }
   }
-  return false;
+  return null;
 }
 
 /** Builds the API application (used by main.ts and by tests, which pass their own config). */
@@ -135,17 +149,10 @@ export async function createApiApp(config: BerthConfig): Promise<NestExpressAppl
     type: ['application/json', 'application/*+json'],
   });
   app.use((err: unknown, _req: Request, _res: Response, next: NextFunction) => next(bodyParserProblem(err)));
-  app.use((req: Request, _res: Response, next: NextFunction) =>
-    next(
-      nestsDeeper(req.body, BODY_MAX_DEPTH)
-        ? new ApiError(
-            HttpStatus.BAD_REQUEST,
-            'MALFORMED_JSON',
-            `the body nests deeper than ${BODY_MAX_DEPTH} levels`,
-          )
-        : undefined,
-    ),
-  );
+  app.use((req: Request, _res: Response, next: NextFunction) => {
+    const problem = bodyProblem(req.body, BODY_MAX_DEPTH);
+    next(problem ? new ApiError(HttpStatus.BAD_REQUEST, 'MALFORMED_JSON', problem) : undefined);
+  });
   // A request refused before its guard (its query, its body) is judged for a caller with a valid key
   // only: without one, a /v1 request (none is public) is answered 401 first, as its guard would answer it.
   // The key's early lookup is awaited only on this path; a lookup that fails leaves the refusal as it was.
