@@ -118,6 +118,38 @@ describe('Idempotency-Key on writes', () => {
     expect((await create('k-reuse', body('idem-2'))).headers['idempotent-replayed']).toBe('true');
   });
 
+  it('takes a body-less request and the same with {} (or its id in upper case, or a trailing slash) as one request', async () => {
+    const made = await create('k-shape-create', body('idem-shape'));
+    expect(made.status).toBe(202);
+    const id: string = made.body.container.id;
+    const start = (path: string, b?: object) => {
+      const r = a.http().post(path).set(a.auth()).set('Idempotency-Key', 'k-shape');
+      return b === undefined ? r : r.send(b);
+    };
+    const first = await start(`/v1/containers/${id}/start`);
+    expect(first.status).toBe(202);
+    for (const [path, b] of [
+      [`/v1/containers/${id}/start`, {}],
+      [`/v1/containers/${id.toUpperCase()}/start`, undefined],
+      [`/v1/containers/${id}/start/`, {}],
+    ] as [string, object | undefined][]) {
+      const again = await start(path, b);
+      expect({ path, status: again.status, replayed: again.headers['idempotent-replayed'] }).toEqual({
+        path,
+        status: 202,
+        replayed: 'true',
+      });
+      expect(again.body).toEqual(first.body);
+    }
+    expect(await startJobs(id)).toBe(1);
+    // Another container, or another action, is another request.
+    const other = await create('k-shape-other', body('idem-shape-2'));
+    expect((await start(`/v1/containers/${other.body.container.id}/start`)).body.code).toBe(
+      'IDEMPOTENCY_KEY_REUSED',
+    );
+    expect((await start(`/v1/containers/${id}/stop`)).body.code).toBe('IDEMPOTENCY_KEY_REUSED');
+  });
+
   it('refuses a key still in flight with 409, then replays its answer once it is done', async () => {
     const made = await create('k-setup', body('idem-3'));
     expect(made.status).toBe(202);

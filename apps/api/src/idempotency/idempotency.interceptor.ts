@@ -33,6 +33,31 @@ function canonical(v: unknown): string {
   return JSON.stringify(v ?? null);
 }
 
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * What makes two requests the same request, as the handler sees them: the method, the route and its
+ * parameters (an id in upper case names the same container; a trailing slash the same route), and the
+ * body, where none is the same as `{}` (a client may send either for a body-less action such as a stop).
+ */
+export function requestIdentity(req: {
+  method: string;
+  originalUrl: string;
+  route?: { path?: unknown };
+  params?: Record<string, unknown>;
+  body?: unknown;
+}): string {
+  const route = typeof req.route?.path === 'string' ? req.route.path : null;
+  const params = Object.fromEntries(
+    Object.entries(req.params ?? {}).map(([k, v]) => [
+      k,
+      typeof v === 'string' && UUID_RE.test(v) ? v.toLowerCase() : v,
+    ]),
+  );
+  const target = route ? `${route} ${canonical(params)}` : req.originalUrl.split('?')[0];
+  return `${req.method} ${target}\n${canonical(req.body ?? {})}`;
+}
+
 /**
  * `Idempotency-Key` on POST/PATCH/DELETE: the first request with a key runs and its answer is stored;
  * the same key with the same request gets the stored answer again (Idempotent-Replayed: true); with a
@@ -76,9 +101,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const res = ctx.switchToHttp().getResponse<Response>();
     const scope = req.principal!.keyId;
     const path = req.originalUrl.split('?')[0];
-    const hash = createHash('sha256')
-      .update(`${req.method} ${req.originalUrl}\n${canonical(req.body)}`)
-      .digest('hex');
+    const hash = createHash('sha256').update(requestIdentity(req)).digest('hex');
     const token = await this.claim(scope, key, hash, req.method, path);
     if (token === null) {
       const [row] = await this.ds.query(`SELECT * FROM idempotency_keys WHERE scope = $1 AND key = $2`, [
