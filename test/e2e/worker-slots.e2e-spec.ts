@@ -146,8 +146,8 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
    * A worker with one slot, three slot-holding jobs: one running, two claimed ahead and waiting. Each job
    * holds its slot until the test opens its gate (`open(id)`; `openAll()`), however slow the machine.
    */
-  async function oneRunningTwoWaiting() {
-    const w = await c.startWorker();
+  async function oneRunningTwoWaiting(env: Record<string, string> = {}) {
+    const w = await c.startWorker(env);
     const hostId = await c.hostId();
     const enqueuer = c.api.get(JobEnqueuer);
     const ids: string[] = [];
@@ -431,6 +431,28 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     expect(requeued.data).toMatchObject({ bullJobId: gone, nextBullJobId: `${gone}-k1` });
     expect(requeued.data.reason).toMatch(/is unknown but its end was not recorded/);
     await w.stop();
+  }, 90_000);
+
+  it('a job lost while it waited for a slot does not count as lost mid-run: past WORKER_MAX_STALLED it is requeued, not failed', async () => {
+    // No loss allowed: the first one fails the job that was running, not those that only waited behind it
+    // (BullMQ counts theirs too: behind a job that keeps killing its worker they would fail unrun).
+    const env = { WORKER_MAX_STALLED: '0' };
+    const { w, ids, waiting, running, openAll } = await oneRunningTwoWaiting(env);
+    await w.kill();
+    const w2 = await c.startWorker(env);
+    openAll();
+    const ended = async (id: string) =>
+      (await c.http().get(`/v1/jobs/${id}/wait?timeout=30`).set(c.auth())).body as {
+        state: string;
+        error?: { code: string };
+      };
+    expect(await ended(running)).toMatchObject({ state: 'failed', error: { code: 'WORKER_LOST' } });
+    for (const id of waiting) expect(await ended(id)).toMatchObject({ state: 'completed' });
+    const of = await actionsOf(ids);
+    expect(of(running)).toEqual(['job.queued', 'job.active', 'job.failed']);
+    for (const id of waiting)
+      expect(of(id)).toEqual(['job.queued', 'job.active', 'job.requeued', 'job.active', 'job.completed']);
+    await w2.stop();
   }, 90_000);
 
   it('SIGKILL with jobs claimed ahead: after a restart every job runs to its end and is completed once', async () => {

@@ -274,6 +274,17 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     // handler).
     if (!job || !PENDING_STATES.includes(job.state) || this.running.has(job.id)) return;
     if (job.carrier !== null && job.carrier !== undefined && job.carrier !== bull.id) return;
+    if (job.state === 'active' && job.progress?.stage === SLOT_WAIT_STAGE) {
+      // Lost while it waited for a slot (claimed ahead): it never started in that run. BullMQ counts such a
+      // job's losses as well, so behind a job that keeps killing its worker it would reach the limit
+      // without having run: it goes back to the queue under a new carrier instead (a fresh count).
+      const reason = `BullMQ job ${bull.id} failed (${bull.failedReason}) while the job waited for a worker slot: it did not start then`;
+      if (
+        await this.store.requeue(job.id, { state: job.state, carrier: job.carrier ?? null }, reason, bull.id!)
+      )
+        this.log.warn({ jobId, bullJobId: bull.id }, 'requeued a job lost while it waited for a slot');
+      return;
+    }
     const handler = this.handlers.get(job.kind)!;
     const failure: JobFailure = {
       code: 'WORKER_LOST',

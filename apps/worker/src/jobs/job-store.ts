@@ -24,6 +24,8 @@ export interface StoredJob {
   params: Record<string, unknown>;
   attempts: number;
   max_attempts: number;
+  /** `{stage, percent}` as last recorded (SLOT_WAIT_STAGE: claimed ahead, waiting for a slot). */
+  progress?: { stage?: string; percent?: number } | null;
 }
 
 export interface JobFailure {
