@@ -455,6 +455,37 @@ describeKernel('worker slots: shutdown hands back the jobs claimed ahead', { roo
     await w2.stop();
   }, 90_000);
 
+  it('a running worker also puts back in the queue a pending job whose BullMQ job is gone (a write Redis lost)', async () => {
+    const w = await c.startWorker({
+      WORKER_CONCURRENCY: '1',
+      WORKER_PREFETCH: '0',
+      WORKER_SWEEP_INTERVAL_MS: '1000',
+    });
+    const hostId = await c.hostId();
+    const enqueuer = c.api.get(JobEnqueuer);
+    const submit = async (payload: { n: number; holdMs?: number; gate?: string }) =>
+      (await enqueuer.submit({ kind: 'system.noop', payload, hostId, principal }))!.id;
+    // The one slot held: the next job waits in BullMQ's queue, published.
+    const holder = await submit({ n: 41, holdMs: 60_000, gate: 'sweep-hold' });
+    await until('the holder running', async () => (await rows([holder]))[0].state === 'active');
+    const lost = await submit({ n: 42 });
+    const queue = await c.queue();
+    const bull = await until('the job published', async () => queue.getJob(lost));
+    await bull.remove();
+    await until(
+      'the lost job requeued by the running worker',
+      async () => (await actionsOf([lost]))(lost).includes('job.requeued'),
+      15_000,
+    );
+    c.openNoopGate('sweep-hold');
+    await allCompleted([holder, lost]);
+    const of = await actionsOf([holder, lost]);
+    expect(of(lost)).toEqual(['job.queued', 'job.requeued', 'job.active', 'job.completed']);
+    // The job it ran meanwhile (its BullMQ job active, then its end written behind) was left alone.
+    expect(of(holder)).toEqual(['job.queued', 'job.active', 'job.completed']);
+    await w.stop();
+  }, 90_000);
+
   it('SIGKILL with jobs claimed ahead: after a restart every job runs to its end and is completed once', async () => {
     const { w, ids, openAll } = await oneRunningTwoWaiting();
     await w.kill();

@@ -109,6 +109,11 @@ export const envShape = z.object({
    */
   WORKER_MAX_STALLED: int(0, 100).default(5),
   /**
+   * How often a running worker looks again for its host's pending jobs whose BullMQ job has ended or is
+   * gone (what it does at start: a write Redis lost, a job's end its PostgreSQL refused until it gave up).
+   */
+  WORKER_SWEEP_INTERVAL_MS: int(1_000, 3_600_000).default(60_000),
+  /**
    * How often a worker compares its host's stopped, running and paused containers with the kernel (a
    * container powered off from inside, an init killed by the OOM killer); default: HEARTBEAT_INTERVAL_MS.
    */

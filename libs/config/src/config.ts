@@ -31,6 +31,8 @@ export interface BerthConfig {
     lockMs: number;
     /** Runs a job may lose to a dead worker before it fails (WORKER_LOST). */
     maxStalled: number;
+    /** Period of the look for pending jobs whose BullMQ job ended or is gone (JobRunner.sweep). */
+    sweepIntervalMs: number;
     /** Period of the comparison of the host's settled containers with the kernel (ContainerObserver). */
     observeIntervalMs: number;
     /** Prometheus metrics of the worker; port 0: off. */
@@ -113,6 +115,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): BerthConfig
       shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
       lockMs: e.WORKER_LOCK_MS,
       maxStalled: e.WORKER_MAX_STALLED,
+      sweepIntervalMs: e.WORKER_SWEEP_INTERVAL_MS,
       observeIntervalMs: e.WORKER_OBSERVE_INTERVAL_MS ?? e.HEARTBEAT_INTERVAL_MS,
       metrics: { host: e.WORKER_METRICS_HOST, port: e.WORKER_METRICS_PORT },
     },

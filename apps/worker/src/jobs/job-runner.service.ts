@@ -165,6 +165,9 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
   private readonly slots: Semaphore;
   /** Set at shutdown: no job starts any more. */
   private closing = false;
+  /** The periodic sweep's timer, and the sweep in flight. */
+  private sweeper?: NodeJS.Timeout;
+  private sweeping?: Promise<void>;
   /** Jobs this process has claimed and not yet let go of (waiting for a slot, running, or writing its end). */
   private readonly running = new Set<string>();
   /** Jobs whose bookkeeping before their handler failed, by BullMQ job id: how many times in a row. */
@@ -216,6 +219,14 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     });
     const { concurrency, prefetch } = this.config.worker;
     this.log.info({ queue, concurrency, prefetch }, 'consuming host queue');
+    // While it runs too: a job published and then lost by Redis (a failover, a crash before its write
+    // reached the disk) would otherwise wait for the next start of this worker, and its container's later
+    // jobs behind it.
+    this.sweeper = setInterval(() => {
+      this.sweeping ??= this.sweep()
+        .catch((err: unknown) => this.log.warn({ err }, 'sweep failed: tried again at the next interval'))
+        .finally(() => (this.sweeping = undefined));
+    }, this.config.worker.sweepIntervalMs);
   }
 
   /**
@@ -229,7 +240,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
    * (stalled jobs, retries).
    */
   private async sweep(): Promise<void> {
-    const pending = await this.store.unfinished(this.hostId!);
+    const pending = (await this.store.unfinished(this.hostId!)).filter((j) => !this.running.has(j.id));
     const bullState = async (bullJobId: string) => {
       const bull = await this.queue!.getJob(bullJobId);
       return { bull, state: bull ? await bull.getState() : 'unknown' };
@@ -240,6 +251,8 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
       const states = await Promise.all(batch.map((j) => (j.bullJobId ? bullState(j.bullJobId) : null)));
       for (const [k, job] of batch.entries()) {
         const { id, bullJobId } = job;
+        // Claimed by this process meanwhile (its end may be written behind while BullMQ says completed).
+        if (this.running.has(id)) continue;
         const found = states[k];
         if (!bullJobId || !found) {
           this.log.warn({ jobId: id }, 'active job without a recorded BullMQ job: left to BullMQ');
@@ -725,6 +738,8 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     // Jobs claimed ahead do not start now: they go back to the queue (see `process`).
     this.closing = true;
     this.slots.cancel();
+    clearInterval(this.sweeper);
+    await this.sweeping;
     const deadline = Date.now() + this.config.worker.shutdownGraceMs;
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<'grace'>(
