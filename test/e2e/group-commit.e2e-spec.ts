@@ -1,6 +1,7 @@
 import { Queue } from 'bullmq';
 import { Client } from 'pg';
 import type { EntityManager } from 'typeorm';
+import type { ContainerInfo } from '@berth/runtime';
 import { bullConnection, hostQueueName } from '@berth/jobs';
 import { JobEnqueuer } from '../../apps/api/src/jobs/job-enqueuer';
 import { JobsService } from '../../apps/api/src/jobs/jobs.service';
@@ -308,6 +309,62 @@ describeKernel(
       await store.waitingRetry((await store.load(done))!, failure, 1, 1_000, done);
       expect(await row(done)).toEqual({ state: 'completed', error_code: null });
       expect(await actions(done)).toEqual(['job.active', 'job.completed']);
+    });
+
+    it('a step record, a retry or a completion written again (its first answer lost) is recorded once, and the completion still projects the target state', async () => {
+      const containerId = await runningContainer('gc-again');
+      const store = p.worker.get(JobStore);
+      const failure = { code: 'TEST', message: 'failed by the test', step: 'one' };
+      const job = (await enqueuer.submit({
+        kind: 'system.noop',
+        payload: { n: 1 },
+        hostId: idleHost,
+        containerId,
+        principal,
+      }))!;
+      const count = async (action: string) =>
+        (
+          await p.ds.query(`SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = $2`, [
+            job.id,
+            action,
+          ])
+        )[0].n as number;
+      const first = await store.claim(job.id, 1, job.id);
+      expect(first.activated).toBe(true);
+      // Each write twice, as WrittenBehind retries one whose commit landed but whose answer was lost.
+      for (const durable of [false, true]) await store.stepDone(first.job!, 'one', {}, durable);
+      await store.stepDone(first.job!, 'two');
+      await store.waitingRetry(first.job!, failure, 1, 1_000, job.id);
+      await store.waitingRetry((await store.load(job.id))!, failure, 1, 1_000, job.id);
+      expect(await count('job.step.done')).toBe(2);
+      expect(await count('job.retry')).toBe(1);
+
+      // The next attempt's claim: its own records are its own (the same step again after a fresh retry
+      // counts, as the next attempt's retry does).
+      const second = await store.claim(job.id, 2, job.id);
+      expect(second.activated).toBe(true);
+      await store.stepDone(second.job!, 'one');
+      await store.waitingRetry(second.job!, failure, 2, 1_000, job.id);
+      expect(await count('job.step.done')).toBe(3);
+      expect(await count('job.retry')).toBe(2);
+
+      const third = await store.claim(job.id, 3, job.id);
+      const outcome = {
+        result: {},
+        container: { id: containerId, status: 'stopped', ipAddress: null } as unknown as ContainerInfo,
+      };
+      await store.complete(third.job!, outcome);
+      expect(
+        await p.ds.query(`SELECT state, target_state FROM containers WHERE id = $1`, [containerId]),
+      ).toEqual([{ state: 'stopped', target_state: 'stopped' }]);
+      // Its recompute failed after the completion committed (left as the enqueue projected it); the
+      // completion's retry finds the job completed, and projects the target state all the same.
+      await p.ds.query(`UPDATE containers SET target_state = 'running' WHERE id = $1`, [containerId]);
+      await store.complete(third.job!, outcome);
+      expect(await p.ds.query(`SELECT target_state FROM containers WHERE id = $1`, [containerId])).toEqual([
+        { target_state: 'stopped' },
+      ]);
+      expect(await count('job.completed')).toBe(1);
     });
 
     it("applies a completion's own changes once: the completion written again does not write them again", async () => {

@@ -36,6 +36,16 @@ export interface JobFailure {
 
 const ACTOR = 'system:worker';
 
+/**
+ * `SELECT 1 FROM audit_events e` of job `job`'s `action` events recorded since its latest claim (its latest
+ * `job.active`): what a run has recorded so far; a condition on `e` may follow (`AND …`).
+ */
+const SINCE_LATEST_CLAIM = (job: string, action: string) =>
+  `SELECT 1 FROM audit_events e
+    WHERE e.job_id = ${job} AND e.action = '${action}'
+      AND e.id > COALESCE((SELECT max(a.id) FROM audit_events a
+                           WHERE a.job_id = ${job} AND a.action = 'job.active'), 0)`;
+
 /** The audit subject of the job in row `r`: its container when it has one, else the job itself. */
 const subject = (r: string) =>
   `CASE WHEN ${r}.container_id IS NULL THEN 'job' ELSE 'container' END, COALESCE(${r}.container_id, ${r}.id)`;
@@ -350,18 +360,19 @@ export class JobStore {
     data: Record<string, unknown> = {},
     durable = false,
   ): Promise<void> {
+    // Once per run (since the job's latest claim): a record written again because its first commit's
+    // answer was lost (PostgreSQL killed after the commit, a query timeout) adds nothing.
     await this.hot.query(
-      durable
-        ? `INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
-           VALUES ('${ACTOR}', 'job.step.done', $1, $2, $3, $4)`
-        : `WITH ${RELAXED}
+      `${durable ? '' : `WITH ${RELAXED}`}
        INSERT INTO audit_events (actor, action, subject_type, subject_id, job_id, data)
-       SELECT '${ACTOR}', 'job.step.done', $1, $2, $3, $4 FROM relaxed`,
+       SELECT '${ACTOR}', 'job.step.done', $1, $2, $3, $4 ${durable ? '' : 'FROM relaxed'}
+       WHERE NOT EXISTS (${SINCE_LATEST_CLAIM('$3', 'job.step.done')} AND e.data->>'step' = $5)`,
       [
         job.container_id ? 'container' : 'job',
         job.container_id ?? job.id,
         job.id,
         JSON.stringify({ kind: job.kind, step, ...data }),
+        step,
       ],
     );
   }
@@ -454,8 +465,10 @@ export class JobStore {
           return row?.latest ?? null;
         })
       : ((await this.writes({ complete: input })) as boolean | null);
-    if (container && latest === false)
-      await this.ds.transaction((m) => recomputeTargetState(m, container.id));
+    // Also when this write found the job completed already (null): an earlier write of this completion
+    // committed and then its recompute failed, and this is its retry (WrittenBehind): the recompute is
+    // idempotent, and skipped it would leave the target state projected until a later job ends.
+    if (container && latest !== true) await this.ds.transaction((m) => recomputeTargetState(m, container.id));
   }
 
   /**
@@ -607,7 +620,10 @@ export class JobStore {
        u AS (
          UPDATE jobs SET state = 'waiting-retry', error_code = $2, error_message = $3, error_step = $4,
                 updated_at = now()
-         WHERE id = $1 AND state = ANY($8::text[]) AND ${CARRIED('$9')} RETURNING id, kind, container_id)
+         WHERE id = $1 AND state = ANY($8::text[]) AND ${CARRIED('$9')}
+           -- Once per attempt (written again after a lost answer, it changes nothing).
+           AND NOT EXISTS (${SINCE_LATEST_CLAIM('$1', 'job.retry')} AND (e.data->>'attempt')::int = $5::int)
+         RETURNING id, kind, container_id)
        ${auditFromUpdate('job.retry', `jsonb_build_object('attempt', $5::int, 'delayMs', $6::bigint, 'error', $7::jsonb)`)}`,
       [
         job.id,
