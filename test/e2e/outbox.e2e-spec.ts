@@ -121,6 +121,43 @@ describeKernel(
       expect(await executions(target)).toEqual({ active: 1, completed: 1 });
     }, 60_000);
 
+    it('a drain waiting on Redis holds no transaction open (the audit trail and vacuum would wait for it)', async () => {
+      const target = await enqueueNoop(4);
+      expect(await waitJob(p, target)).toMatchObject({ state: 'completed' });
+      await until('the outbox row to be deleted after its publish', () => outboxDone(target));
+      // A row only the drain sees (as one another API process committed): the job's row again.
+      await p.ds.query(
+        `INSERT INTO outbox (queue, job_name, job_id, payload) VALUES ($1, 'system.noop', $2, $3)`,
+        [
+          hostQueueName(hostId),
+          target,
+          JSON.stringify({ jobId: target, kind: 'system.noop', payload: { n: 4 } }),
+        ],
+      );
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      let held = false;
+      relay.afterPublish = async (row) => {
+        if (row.job_id !== target) return;
+        held = true;
+        await released; // as a publish that waits for Redis
+      };
+      relay.kick();
+      try {
+        await until('the drain to be held after its publish', async () => held);
+        const open = await p.ds.query(
+          `SELECT pid, state, backend_xid::text AS xid FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid()
+              AND (backend_xid IS NOT NULL OR state LIKE 'idle in transaction%')`,
+        );
+        expect(open).toEqual([]);
+      } finally {
+        release();
+      }
+      await until('the outbox row to be deleted after its publish', () => outboxDone(target));
+      expect(await executions(target)).toEqual({ active: 1, completed: 1 });
+    }, 60_000);
+
     it('a republish after Redis dropped the finished job is skipped by the worker: Postgres is the record', async () => {
       const target = await enqueueNoop(3);
       expect(await waitJob(p, target)).toMatchObject({ state: 'completed' });

@@ -13,15 +13,18 @@ import { PgListener, preparedQuery } from '@berth/db';
 import { bullConnection, isJobKind, jobOptionsFor, type JobKind, type QueuedJobData } from '@berth/jobs';
 import { JobEnqueuer, type OutboxRow } from '../jobs/job-enqueuer';
 
+/** The session advisory lock one draining relay holds, and the rows a drain publishes at a time. */
+const DRAIN_LOCK = 'berth.outbox-drain';
+const DRAIN_BATCH = 100;
+
 /**
  * Publishes outbox rows to BullMQ, then deletes them (the jobs and their audit events are the record).
  *
  * - Fast path: the rows this process's own enqueues committed are handed over in-process at their commit
  *   and published at once, without reading them back; concurrent commits coalesce into one `addBulk`.
- * - Drain: every row still in the table, in batches claimed with FOR UPDATE SKIP LOCKED (any number of
- *   relays may run), woken by LISTEN/NOTIFY on `berth_outbox` (other processes' enqueues, retries), by a
- *   fast-path failure, and by a slow poll as the safety net (a process killed between its commit and its
- *   publish).
+ * - Drain: every row still in the table, in batches, by one relay at a time (any number may run), woken
+ *   by LISTEN/NOTIFY on `berth_outbox` (other processes' enqueues, retries), by a fast-path failure, and
+ *   by a slow poll as the safety net (a process killed between its commit and its publish).
  *
  * A row is published with BullMQ jobId = our job id, then deleted: a crash between the two publishes it
  * again, which BullMQ ignores for an existing jobId (and the worker skips a job that Postgres already
@@ -117,7 +120,7 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
     })();
   }
 
-  /** Deletes published rows (skipping any a drain holds: it deletes them itself), coalesced like publishes. */
+  /** Deletes published rows (skipping any another delete holds), coalesced like publishes. */
   private forget(ids: string[]): void {
     this.published.push(...ids);
     if (this.forgetting) return;
@@ -145,31 +148,45 @@ export class OutboxRelay implements OnApplicationBootstrap, OnApplicationShutdow
     })();
   }
 
-  /** Publishes every row still in the table, in batches. Returns the number published. */
+  /**
+   * Publishes every row still in the table, in batches. Returns the number published. One relay at a
+   * time drains (a session advisory lock; another one's pass takes what is there); none holds a transaction
+   * while it waits for Redis: a transaction with an id left open through a Redis outage would hold back
+   * the audit trail's readers (they wait for the oldest open transaction) and vacuum for as long.
+   */
   async drain(): Promise<number> {
-    let total = 0;
-    for (;;) {
-      const n = await this.ds.transaction(async (m) => {
-        const rows = await preparedQuery<OutboxRow>(
-          m,
-          `SELECT id, queue, job_name, job_id, payload FROM outbox ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED`,
-        );
-        await this.publish(rows);
-        if (this.afterPublish) for (const row of rows) await this.afterPublish(row);
-        if (rows.length > 0) {
-          // The delete need not wait for the WAL flush: losing it in a Postgres crash only publishes the
-          // rows again, which is harmless (see above).
-          await preparedQuery(
-            m,
-            `WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
-             DELETE FROM outbox USING relaxed WHERE id = ANY($1::bigint[])`,
-            [rows.map((r) => r.id)],
+    const runner = this.ds.createQueryRunner();
+    await runner.connect();
+    try {
+      const [{ locked }] = await runner.query(`SELECT pg_try_advisory_lock(hashtext($1)) AS locked`, [
+        DRAIN_LOCK,
+      ]);
+      if (!locked) return 0;
+      try {
+        let total = 0;
+        for (;;) {
+          const rows: OutboxRow[] = await runner.query(
+            `SELECT id, queue, job_name, job_id, payload FROM outbox ORDER BY id LIMIT ${DRAIN_BATCH}`,
           );
+          await this.publish(rows);
+          if (this.afterPublish) for (const row of rows) await this.afterPublish(row);
+          if (rows.length > 0) {
+            // The delete need not wait for the WAL flush: losing it in a Postgres crash only publishes the
+            // rows again, which is harmless (see above).
+            await runner.query(
+              `WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
+               DELETE FROM outbox USING relaxed WHERE id = ANY($1::bigint[])`,
+              [rows.map((r) => r.id)],
+            );
+          }
+          total += rows.length;
+          if (rows.length < DRAIN_BATCH) return total;
         }
-        return rows.length;
-      });
-      total += n;
-      if (n < 100) return total;
+      } finally {
+        await runner.query(`SELECT pg_advisory_unlock(hashtext($1))`, [DRAIN_LOCK]);
+      }
+    } finally {
+      await runner.release();
     }
   }
 
