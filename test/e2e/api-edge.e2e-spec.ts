@@ -25,6 +25,7 @@ interface OpenApi {
 }
 interface Operation {
   parameters?: { name: string; in: string }[];
+  requestBody?: { required?: boolean; content: Record<string, { schema: { $ref?: string } }> };
   responses: Record<
     string,
     {
@@ -119,6 +120,15 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         );
       expect(served.length).toBeGreaterThanOrEqual(expected.length);
       for (const r of served) expect(documented).toContain(r);
+    });
+
+    it("documents each container action's body as it is taken: optional, and timeoutMs for a stop only", () => {
+      const body = (action: string) => doc.paths[`/v1/containers/{id}/${action}`].post.requestBody;
+      for (const action of ['start', 'restart', 'pause', 'resume']) expect(body(action)).toBeUndefined();
+      const stop = body('stop')!;
+      expect(stop.required).toBe(false);
+      const ref = stop.content['application/json'].schema.$ref!.split('/').pop()!;
+      expect(Object.keys(doc.components.schemas[ref].properties)).toEqual(['timeoutMs']);
     });
 
     it('defines the Problem schema', () => {
@@ -506,6 +516,9 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
         ['patch', `/v1/containers/${containerId}`, { cpus: 2, memoryBytes: null }],
         // Validation comes before the state machine: edge-ok's stop would be a 409 with a valid body.
         ['post', `/v1/containers/${containerId}/stop`, { timeoutMs: null }],
+        // A grace is a stop's only: the other actions take no body.
+        ['post', `/v1/containers/${containerId}/start`, { timeoutMs: 1000 }],
+        ['post', `/v1/containers/${containerId}/restart`, { timeoutMs: 1000 }],
         ['post', '/v1/templates', { name: 'edge-null', source: 'tarball', path: null }],
       ] as [Method, string, object][]) {
         const res = await refused(

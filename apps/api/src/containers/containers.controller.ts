@@ -11,9 +11,8 @@ import {
   Query,
   Res,
 } from '@nestjs/common';
-import { ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { ApiBearerAuth, ApiBody, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import type { Response } from 'express';
-import type { JobKind } from '@berth/jobs';
 import { CurrentPrincipal, isAdmin, type Principal } from '../auth/principal';
 import { fleetPrivate } from '../common/fleet-private';
 import { ApiError } from '../common/api-error';
@@ -96,79 +95,68 @@ export class ContainersController {
   @HttpCode(202)
   @ApiOperation({ summary: 'Start a stopped container' })
   @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
-  start(
+  async start(
     @Param('id', UuidPipe) id: string,
-    @Body() body: StopContainerDto,
+    @Body(NoBodyPipe) _body: unknown,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    return this.action(id, 'container.start', body, p, res);
+    return accepted(res, await this.containers.operate(id, 'container.start', p));
   }
 
   @Post(':id/stop')
   @HttpCode(202)
   @ApiOperation({ summary: 'Stop: SIGTERM to init, SIGKILL after timeoutMs' })
+  // The body is optional (absent: the default grace).
+  @ApiBody({ type: StopContainerDto, required: false })
   @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
-  stop(
+  async stop(
     @Param('id', UuidPipe) id: string,
     @Body() body: StopContainerDto,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    return this.action(id, 'container.stop', body, p, res);
+    const extra = body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {};
+    return accepted(res, await this.containers.operate(id, 'container.stop', p, extra));
   }
 
   @Post(':id/restart')
   @HttpCode(202)
   @ApiOperation({ summary: 'Restart a running container' })
   @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
-  restart(
+  async restart(
     @Param('id', UuidPipe) id: string,
-    @Body() body: StopContainerDto,
+    @Body(NoBodyPipe) _body: unknown,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    return this.action(id, 'container.restart', body, p, res);
+    return accepted(res, await this.containers.operate(id, 'container.restart', p));
   }
 
   @Post(':id/pause')
   @HttpCode(202)
   @ApiOperation({ summary: 'Freeze every process of a running container' })
   @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
-  pause(
+  async pause(
     @Param('id', UuidPipe) id: string,
-    @Body() body: StopContainerDto,
+    @Body(NoBodyPipe) _body: unknown,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    return this.action(id, 'container.pause', body, p, res);
+    return accepted(res, await this.containers.operate(id, 'container.pause', p));
   }
 
   @Post(':id/resume')
   @HttpCode(202)
   @ApiOperation({ summary: 'Thaw a paused container' })
   @ApiAcceptedJob(ContainerAcceptedDto, ACCEPTED, ...ON_A_CONTAINER)
-  resume(
+  async resume(
     @Param('id', UuidPipe) id: string,
-    @Body() body: StopContainerDto,
+    @Body(NoBodyPipe) _body: unknown,
     @CurrentPrincipal() p: Principal,
     @Res({ passthrough: true }) res: Response,
   ) {
-    return this.action(id, 'container.resume', body, p, res);
-  }
-
-  private async action(
-    id: string,
-    kind: JobKind,
-    body: StopContainerDto,
-    p: Principal,
-    res: Response,
-  ): Promise<Accepted> {
-    if (kind !== 'container.stop' && body.timeoutMs !== undefined) {
-      throw new ApiError(400, 'VALIDATION_FAILED', 'timeoutMs applies to stop only');
-    }
-    const extra = body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {};
-    return accepted(res, await this.containers.operate(id, kind, p, extra));
+    return accepted(res, await this.containers.operate(id, 'container.resume', p));
   }
 
   @Patch(':id')
