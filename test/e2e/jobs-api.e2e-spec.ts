@@ -193,6 +193,24 @@ describe('jobs API: filters, pagination, long-poll', () => {
     const third = await list(`host=${offlineHost}&limit=10&cursor=${encodeURIComponent(second.nextCursor!)}`);
     expect(third.nextCursor).toBeNull();
     expect(new Set([...first.items, ...second.items, ...third.items].map((j) => j.id)).size).toBe(25);
+    // Another page size is the same list; other filters or another list are not (rows would be skipped).
+    const next = encodeURIComponent(first.nextCursor!);
+    expect((await list(`host=${offlineHost}&limit=3&cursor=${next}`)).items).toEqual(
+      second.items.slice(0, 3),
+    );
+    for (const url of [
+      `/v1/jobs?host=${a.hostId}&limit=10&cursor=${next}`,
+      `/v1/jobs?host=${offlineHost}&state=failed&cursor=${next}`,
+      `/v1/containers?cursor=${next}`,
+    ]) {
+      const res = await a.http().get(url).set(a.auth());
+      expect({ url, status: res.status, code: res.body.code }).toEqual({
+        url,
+        status: 400,
+        code: 'INVALID_CURSOR',
+      });
+      expect(res.body.detail).toMatch(/another list or of other filters/);
+    }
   });
 
   it('refuses a bad cursor with 400 INVALID_CURSOR', async () => {

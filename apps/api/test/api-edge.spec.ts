@@ -1,14 +1,32 @@
 import { BadRequestException, HttpStatus, type ArgumentsHost } from '@nestjs/common';
 import { generateApiKey, parseApiKey, secretMatches } from '../src/auth/api-keys';
 import { ApiError } from '../src/common/api-error';
-import { decodeCursor, encodeCursor } from '../src/common/cursor';
+import { cursorScope, decodeCursor, encodeCursor } from '../src/common/cursor';
 import { ProblemFilter } from '../src/common/problem.filter';
 
 describe('cursors', () => {
+  const at = '2025-01-02T03:04:05.123456Z';
+  const id = '6f1c2a34-5b6d-4e7f-8a9b-0c1d2e3f4a5b';
+  const scope = cursorScope('jobs', ['state = $1'], ['failed']);
+
   it('round-trip the exact microsecond timestamp and id', () => {
-    const at = '2025-01-02T03:04:05.123456Z';
-    const id = '6f1c2a34-5b6d-4e7f-8a9b-0c1d2e3f4a5b';
-    expect(decodeCursor(encodeCursor(at, id))).toEqual({ at, id });
+    expect(decodeCursor(encodeCursor(at, id, scope), scope)).toEqual({ at, id });
+  });
+
+  it('are refused on another list or with other filters; the page size is not part of the scope', () => {
+    const refused = expect.objectContaining({ status: 400, code: 'INVALID_CURSOR' });
+    const cursor = encodeCursor(at, id, scope);
+    expect(() => decodeCursor(cursor, cursorScope('containers', ['state = $1'], ['failed']))).toThrow(
+      refused,
+    );
+    expect(() => decodeCursor(cursor, cursorScope('jobs', ['state = $1'], ['completed']))).toThrow(refused);
+    expect(() => decodeCursor(cursor, cursorScope('jobs', [], []))).toThrow(refused);
+    expect(cursorScope('jobs', ['state = $1'], ['failed'])).toBe(scope);
+    // Written before cursors had a scope: taken as it is.
+    expect(decodeCursor(Buffer.from(JSON.stringify([at, id])).toString('base64url'), scope)).toEqual({
+      at,
+      id,
+    });
   });
 
   it.each([
@@ -16,8 +34,12 @@ describe('cursors', () => {
     'x',
     Buffer.from('[1,2]').toString('base64url'),
     Buffer.from('["2025-01-01","a"]').toString('base64url'),
+    Buffer.from(JSON.stringify([at, id, 'short'])).toString('base64url'),
+    Buffer.from(JSON.stringify([at, id, 'a'.repeat(16), 'more'])).toString('base64url'),
   ])('refuse %p with 400 INVALID_CURSOR', (c) => {
-    expect(() => decodeCursor(c)).toThrow(expect.objectContaining({ status: 400, code: 'INVALID_CURSOR' }));
+    expect(() => decodeCursor(c, scope)).toThrow(
+      expect.objectContaining({ status: 400, code: 'INVALID_CURSOR' }),
+    );
   });
 });
 

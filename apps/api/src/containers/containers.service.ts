@@ -6,7 +6,7 @@ import { PipelinedPool, preparedQuery } from '@berth/db';
 import { checkTransition, type ContainerState, type JobKind } from '@berth/jobs';
 import type { Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
-import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
+import { cursorAt, cursorScope, decodeCursor, encodeCursor } from '../common/cursor';
 import { PlacementService, type ResizeLimits } from '../hosts/placement.service';
 import type { IdempotencyClaim } from '../idempotency/idempotency-claim';
 import { JobEnqueuer, type EnqueuedJob, type EnqueueInput } from '../jobs/job-enqueuer';
@@ -301,8 +301,9 @@ export class ContainersService {
     else where.push(`c.state <> 'destroyed'`);
     if (q.host) add('c.host_id = ?', q.host);
     if (q.name) add('c.name = ?', q.name);
+    const scope = cursorScope('containers', where, args);
     if (q.cursor) {
-      const c = decodeCursor(q.cursor);
+      const c = decodeCursor(q.cursor, scope);
       args.push(c.at, c.id);
       where.push(`(c.created_at, c.id) < ($${args.length - 1}::timestamptz, $${args.length}::uuid)`);
     }
@@ -317,7 +318,7 @@ export class ContainersService {
     const last = page[page.length - 1];
     return {
       items: page.map(toContainerView),
-      nextCursor: rows.length > limit && last ? encodeCursor(last.cursor_at, last.id) : null,
+      nextCursor: rows.length > limit && last ? encodeCursor(last.cursor_at, last.id, scope) : null,
     };
   }
 }

@@ -8,7 +8,7 @@ import { sinceInstant } from './jobs.dto';
 import { isAdmin, type Principal } from '../auth/principal';
 import { ApiError, notFound } from '../common/api-error';
 import { PlacementService, type ResizeLimits } from '../hosts/placement.service';
-import { cursorAt, decodeCursor, encodeCursor } from '../common/cursor';
+import { cursorAt, cursorScope, decodeCursor, encodeCursor } from '../common/cursor';
 import { FINAL_JOB_STATES, jobLocation, toJobView, type JobRow, type JobView } from './job-view';
 import { JobNotifications } from './job-notifications';
 
@@ -219,8 +219,9 @@ export class JobsService {
     if (f.since) add('created_at >= ?', sinceInstant(f.since));
     if (f.tenant) add('tenant_id = ?', f.tenant);
     if (f.containersOnly) where.push('container_id IS NOT NULL');
+    const scope = cursorScope('jobs', where, args);
     if (f.cursor) {
-      const c = decodeCursor(f.cursor);
+      const c = decodeCursor(f.cursor, scope);
       args.push(c.at, c.id);
       where.push(`(created_at, id) < ($${args.length - 1}::timestamptz, $${args.length}::uuid)`);
     }
@@ -234,7 +235,7 @@ export class JobsService {
     const last = page[page.length - 1];
     return {
       items: page.map(toJobView),
-      nextCursor: rows.length > f.limit && last ? encodeCursor(last.cursor_at, last.id) : null,
+      nextCursor: rows.length > f.limit && last ? encodeCursor(last.cursor_at, last.id, scope) : null,
     };
   }
 
