@@ -41,6 +41,12 @@ const RUNNING_RECHECK_MS = 1_000;
 const BOOKKEEPING_FIRST_MS = 500;
 const BOOKKEEPING_MAX_MS = 30_000;
 
+/**
+ * The periodic sweep looks at jobs created this recently (an index range of the host's jobs, not its whole
+ * history); an older one whose BullMQ job is gone waits for the worker's next start.
+ */
+const SWEEP_RECENT_MS = 7 * 24 * 3_600_000;
+
 /** A job claimed ahead that has waited this long for a slot says so in its progress (SLOT_WAIT_STAGE). */
 const SLOT_WAIT_NOTICE_MS = 50;
 
@@ -223,7 +229,7 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
     // reached the disk) would otherwise wait for the next start of this worker, and its container's later
     // jobs behind it.
     this.sweeper = setInterval(() => {
-      this.sweeping ??= this.sweep()
+      this.sweeping ??= this.sweep(true)
         .catch((err: unknown) => this.log.warn({ err }, 'sweep failed: tried again at the next interval'))
         .finally(() => (this.sweeping = undefined));
     }, this.config.worker.sweepIntervalMs);
@@ -239,8 +245,13 @@ export class JobRunner implements OnApplicationBootstrap, BeforeApplicationShutd
    * (lostTooOften). Jobs whose BullMQ job is still active, waiting or delayed are BullMQ's to hand out
    * (stalled jobs, retries).
    */
-  private async sweep(): Promise<void> {
-    const pending = (await this.store.unfinished(this.hostId!)).filter((j) => !this.running.has(j.id));
+  private async sweep(periodic = false): Promise<void> {
+    const recent = periodic
+      ? { createdWithinMs: SWEEP_RECENT_MS, idleMs: this.config.worker.sweepIntervalMs }
+      : undefined;
+    const pending = (await this.store.unfinished(this.hostId!, recent)).filter(
+      (j) => !this.running.has(j.id),
+    );
     const bullState = async (bullJobId: string) => {
       const bull = await this.queue!.getJob(bullJobId);
       return { bull, state: bull ? await bull.getState() : 'unknown' };

@@ -545,9 +545,14 @@ export class JobStore {
    * whose claim a crash of PostgreSQL took back (a relaxed commit) may be `queued` or `waiting-retry` here
    * while its BullMQ job has ended. Jobs still in the outbox (not yet published: no BullMQ job yet) are
    * left out. A start-up query: it walks the host's jobs (`state` has no index, so that job transitions
-   * stay HOT updates).
+   * stay HOT updates). `recent` (the periodic look while the worker runs): only jobs created in the last
+   * `createdWithinMs` (an index range, not the host's whole history) and unchanged for `idleMs` (a job
+   * just published or just claimed is not lost).
    */
-  async unfinished(hostId: string): Promise<UnfinishedJob[]> {
+  async unfinished(
+    hostId: string,
+    recent?: { createdWithinMs: number; idleMs: number },
+  ): Promise<UnfinishedJob[]> {
     return this.ds.query(
       `SELECT j.id, j.state, j.carrier,
               CASE WHEN j.state = 'active'
@@ -557,8 +562,13 @@ export class JobStore {
                    ELSE COALESCE(j.carrier, j.id::text) END AS "bullJobId"
        FROM jobs j
        WHERE j.host_id = $1 AND j.state = ANY($2::text[])
-         AND (j.state = 'active' OR j.id NOT IN (SELECT o.job_id FROM outbox o))`,
-      [hostId, PENDING_STATES],
+         AND (j.state = 'active' OR j.id NOT IN (SELECT o.job_id FROM outbox o))${
+           recent
+             ? ` AND j.created_at > now() - make_interval(secs => $3::float8 / 1000)
+                 AND j.updated_at < now() - make_interval(secs => $4::float8 / 1000)`
+             : ''
+         }`,
+      recent ? [hostId, PENDING_STATES, recent.createdWithinMs, recent.idleMs] : [hostId, PENDING_STATES],
     );
   }
 
