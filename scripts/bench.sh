@@ -79,8 +79,17 @@ bash scripts/services.sh ensure
 if ! command -v lxc-start >/dev/null; then
   say "installing lxc (the peer runtime)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends lxc >/dev/null
+  # Debian's lxc ships lxc-net on (USE_LXC_BRIDGE="true"): on a systemd host its service would turn on IP
+  # forwarding and NAT (MASQUERADE) towards the machine's interfaces, now and at every boot. The bench's
+  # containers have no network (lxc.net.0.type = empty): the bridge stays off, our file kept by dpkg.
+  if [ ! -e /etc/default/lxc-net ]; then
+    mkdir -p /etc/default
+    printf '# Berth bench: no lxcbr0, no IP forwarding, no NAT (scripts/bench.sh)\nUSE_LXC_BRIDGE="false"\n' \
+      >/etc/default/lxc-net
+  fi
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y -qq \
+    --no-install-recommends lxc >/dev/null
 fi
 ensure_node_modules
 

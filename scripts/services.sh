@@ -13,6 +13,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/scripts/lib.sh"
 STATE=${BERTH_STATE_DIR:-$ROOT/.berth}
 REDIS_PORT=${BERTH_REDIS_PORT:-6380}
 PG_PORT=${BERTH_PG_PORT:-5433}
@@ -56,9 +57,10 @@ install_packages() {
   [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}): run this script as root to install them"
   say "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  # A fresh VM's unattended-upgrades may hold dpkg's lock for minutes: wait for it rather than fail.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
   # The packages' own start scripts cannot start services here (no systemd): we start our own instances.
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 redis_ping() { redis-cli -p "$REDIS_PORT" -h 127.0.0.1 ping 2>/dev/null | grep -q PONG; }
@@ -68,7 +70,7 @@ ensure_redis() {
     say "REDIS_URL is set: using it, not starting a local Redis"
     return 0
   fi
-  if [ -f "$REDIS_DIR/redis.pid" ] && kill -0 "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null && redis_ping; then
+  if pid_alive_as "$REDIS_DIR/redis.pid" redis-server && redis_ping; then
     return 0
   fi
   port_busy "$REDIS_PORT" && die "port $REDIS_PORT is taken by another program: set BERTH_REDIS_PORT or REDIS_URL"
@@ -127,23 +129,27 @@ ensure_postgres() {
   fi
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
     say "creating PostgreSQL cluster in $PG_DATA"
-    mkdir -p "$PG_DATA/" "$PG_RUN"
-    chown postgres:postgres "$PG_DATA" "$PG_RUN"
-    chmod 700 "$PG_DATA"
-    as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    # Made aside and renamed into place once configured: initdb writes PG_VERSION early, and a cluster
+    # killed half-made (no port, no pg_hba.conf: it would start on 5432 with `trust`) must never look made.
+    local fresh=$PG_DATA.init
+    rm -rf "$fresh"
+    mkdir -p "$fresh" "$PG_RUN"
+    chown postgres:postgres "$fresh" "$PG_RUN"
+    chmod 700 "$fresh"
+    as_postgres "$bin/initdb" -D "$fresh" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
     {
       echo "listen_addresses = '127.0.0.1'"
       echo "port = $PG_PORT"
       echo "unix_socket_directories = '$PG_RUN'"
       echo "max_connections = 200"
       echo "fsync = on"
-    } >>"$PG_DATA/postgresql.conf"
+    } >>"$fresh/postgresql.conf"
     # Loopback only, password auth for the app role; the postgres superuser only as the postgres OS user
     # over the socket (peer: `trust` let any local user in as superuser).
-    cat >"$PG_DATA/pg_hba.conf" <<EOF
-local all postgres peer
-host  all all 127.0.0.1/32 scram-sha-256
-EOF
+    printf '%s\n' 'local all postgres peer' 'host  all all 127.0.0.1/32 scram-sha-256' >"$fresh/pg_hba.conf"
+    chown postgres:postgres "$fresh/pg_hba.conf"
+    rm -rf "$PG_DATA"
+    mv "$fresh" "$PG_DATA"
   fi
   # Clusters made before: trust → peer (read when the server starts or reloads, below).
   if grep -q '^local all postgres trust$' "$PG_DATA/pg_hba.conf"; then
@@ -188,7 +194,8 @@ build_native() {
 }
 
 stop_all() {
-  if [ -f "$REDIS_DIR/redis.pid" ] && kill -0 "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null; then
+  # (A pid file left by a reboot may name another program now: only redis-server is stopped.)
+  if pid_alive_as "$REDIS_DIR/redis.pid" redis-server; then
     redis-cli -p "$REDIS_PORT" -h 127.0.0.1 shutdown >/dev/null 2>&1 || kill "$(cat "$REDIS_DIR/redis.pid")"
     say "redis stopped"
   fi
@@ -209,6 +216,10 @@ status() {
 
 case "${1:-}" in
   ensure)
+    # One ensure at a time (a test run and a bench started together): apt, initdb and the starts would race.
+    mkdir -p "$STATE"
+    exec 9>"$STATE/.ensure.lock"
+    flock 9
     install_packages
     # overlayfs is a module on stock Debian kernels: loaded now, so the runtime and its kernel tests find it
     # (built in on some kernels; nothing to do there, and no error where modules cannot be loaded).
@@ -225,6 +236,13 @@ case "${1:-}" in
       /*/*) ;;
       *) die "refusing to purge the state dir $STATE (an absolute path at least two levels deep)" ;;
     esac
+    # The API and the worker of `npm run up` keep their pid files here: deleted under them, nothing could
+    # stop them any more (`npm run up -- purge` stops them first).
+    for name in api worker; do
+      if pid_alive_as "$STATE/run/$name.pid" "apps/$name/src/main.js"; then
+        die "the $name of \`npm run up\` is running: \`npm run up -- purge\` stops it and purges"
+      fi
+    done
     stop_all
     # The cluster of a checkout under e.g. /root lives in /var/lib/postgresql/berth-<hash> (linked from
     # .berth/): deleted with the links, or the next `ensure` would keep it aside as an earlier checkout's.

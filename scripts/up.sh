@@ -21,7 +21,8 @@ mkdir -p "$RUN" "$LOGS"
 # Local mode: the admin key the API creates on its first start lands here (0600).
 export ADMIN_KEY_FILE=${ADMIN_KEY_FILE:-$STATE/admin.key}
 
-running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+# The API's or the worker's pid file, if its process is still that program (not a reused pid).
+running() { pid_alive_as "$RUN/$1.pid" "apps/$1/src/main.js"; }
 
 # SIGTERM, then as long as the worker's shutdown grace (its running jobs finish or go back to the queue)
 # and a margin; only then SIGKILL (its jobs run again once their locks lapse). The pid file goes only with

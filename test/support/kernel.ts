@@ -44,3 +44,29 @@ export function describeKernel(name: string, needs: KernelNeeds, fn: () => void)
     describe.skip(name, fn);
   }
 }
+
+/**
+ * `it` when the needs are met; otherwise a loud skip (or, in CI, a failing test), as describeKernel: for one
+ * test of a suite that needs more than the others (e.g. a cgroup v1 hierarchy).
+ */
+export function itKernel(
+  name: string,
+  needs: KernelNeeds,
+  fn: () => Promise<void>,
+  timeoutMs?: number,
+): void {
+  const unmet = unmetNeeds(needs);
+  if (unmet.length === 0) {
+    it(name, fn, timeoutMs);
+    return;
+  }
+  const reason = `${name}: cannot run: ${unmet.join('; ')}`;
+  if (process.env.CI === 'true') {
+    it(name, () => {
+      throw new Error(reason);
+    });
+  } else {
+    console.warn(`SKIPPED (kernel) ${reason}`);
+    it.skip(name, fn);
+  }
+}

@@ -19,6 +19,7 @@ describeKernel(
   () => {
     let dataRoot: string;
     let rootLinksBefore: string[];
+    let ipForwardBefore: string;
     const procs: ChildProcess[] = [];
     const ids = [`c1-${process.pid}`, `c2-${process.pid}`];
 
@@ -56,6 +57,7 @@ describeKernel(
       // Leftover of a crashed run with our pid: remove it first.
       await run('ip', ['netns', 'del', HOST_NS], { okCodes: [0, 1, 255] });
       rootLinksBefore = await rootLinks();
+      ipForwardBefore = (await run('cat', ['/proc/sys/net/ipv4/ip_forward'])).stdout.trim();
       await run('ip', ['netns', 'add', HOST_NS]);
       await run('ip', ['-n', HOST_NS, 'link', 'set', 'dev', 'lo', 'up']);
     });
@@ -198,8 +200,8 @@ describeKernel(
       const ours = (n: string): boolean => /^(bv|bp)[0-9a-f]{13}$/.test(n) || n === 'berth0';
       expect(after.filter(ours)).toEqual(rootLinksBefore.filter(ours));
       expect(after.filter((n) => !rootLinksBefore.includes(n)).filter(ours)).toEqual([]);
-      // And the machine still does not forward.
-      expect((await run('cat', ['/proc/sys/net/ipv4/ip_forward'])).stdout.trim()).toBe('0');
+      // And the machine's forwarding is as it was (off, unless its owner turned it on).
+      expect((await run('cat', ['/proc/sys/net/ipv4/ip_forward'])).stdout.trim()).toBe(ipForwardBefore);
     });
   },
 );
