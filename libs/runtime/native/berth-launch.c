@@ -52,7 +52,6 @@
 
 #define MAX_CGROUPS 16
 #define MAX_WARNINGS 4
-#define OLDROOT ".berth-oldroot"
 /* How long init waits for the host's byte on the sync FIFO by default (--sync-timeout-ms; see run_init). */
 #define SYNC_FIFO_WAIT_MS 30000
 
@@ -299,6 +298,18 @@ static void mount_or_fail(int fd, const char *step, const char *src, const char 
     if (mount(src, dst, type, flags, data) < 0) fail(fd, step, errno, dst);
 }
 
+/* A mount point in the rootfs (proc, sys, dev), made when missing. The rootfs is the container's: a link
+ * there would take the mount elsewhere (before the pivot, an absolute one resolves on the host), and
+ * anything but a directory is refused. */
+static void mount_point(int fd, const char *step, const char *name, mode_t mode) {
+    struct stat st;
+    if (lstat(name, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) fail(fd, step, ENOTDIR, name);
+        return;
+    }
+    if (errno != ENOENT || mkdir(name, mode) < 0) fail(fd, step, errno, name);
+}
+
 /* The per-mount flags a bind remount of `path` must repeat (see run_init). */
 static unsigned long mount_flags_of(const char *path) {
     struct statvfs sv;
@@ -372,7 +383,7 @@ static void run_init(int fd) {
                   MS_REMOUNT | MS_BIND | MS_NODEV | mount_flags_of(cfg.rootfs), NULL);
     if (chdir(cfg.rootfs) < 0) fail(fd, "chdir-rootfs", errno, cfg.rootfs);
 
-    if (stat("proc", &st) < 0 && mkdir("proc", 0555) < 0) fail(fd, "mount-proc", errno, "proc");
+    mount_point(fd, "mount-proc", "proc", 0555);
     mount_or_fail(fd, "mount-proc", "proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     if (!cfg.userns) {
         /* A privileged container's root is the host's: the host's sysctls (most of /proc/sys is not
@@ -386,7 +397,7 @@ static void run_init(int fd) {
         }
     }
 
-    if (stat("sys", &st) < 0 && mkdir("sys", 0555) < 0) fail(fd, "mount-sys", errno, "sys");
+    mount_point(fd, "mount-sys", "sys", 0555);
     if (mount("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
         /* Under a user namespace sysfs needs a network namespace of its own: go on without /sys. */
         if (cfg.userns && (errno == EPERM || errno == EACCES)) {
@@ -397,18 +408,24 @@ static void run_init(int fd) {
         }
     }
 
-    if (stat("dev", &st) < 0 && mkdir("dev", 0755) < 0) fail(fd, "mount-dev", errno, "dev");
+    mount_point(fd, "mount-dev", "dev", 0755);
     setup_dev(fd);
 
     if (cfg.netns) bring_up_loopback(fd);
     if (cfg.hostname && sethostname(cfg.hostname, strlen(cfg.hostname)) < 0)
         fail(fd, "sethostname", errno, cfg.hostname);
 
-    if (mkdir(OLDROOT, 0700) < 0 && errno != EEXIST) fail(fd, "pivot_root", errno, "mkdir " OLDROOT);
-    if (syscall(SYS_pivot_root, ".", OLDROOT) < 0) fail(fd, "pivot_root", errno, cfg.rootfs);
+    /* The old root goes without a path of its own (as runc does): pivot_root(".", ".") stacks it on the new
+     * root, and it is detached from there, through a descriptor. A mount point in the rootfs (which the
+     * container's root controls) could be a link it planted, resolved on the host before the pivot and in
+     * the container after it: the unmount then missed, and the host's root stayed mounted inside. */
+    int oldroot = open("/", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    if (oldroot < 0) fail(fd, "pivot_root", errno, "open /");
+    if (syscall(SYS_pivot_root, ".", ".") < 0) fail(fd, "pivot_root", errno, cfg.rootfs);
+    if (fchdir(oldroot) < 0) fail(fd, "umount-oldroot", errno, "fchdir");
+    if (umount2(".", MNT_DETACH) < 0) fail(fd, "umount-oldroot", errno, "old root");
+    close(oldroot);
     if (chdir("/") < 0) fail(fd, "pivot_root", errno, "chdir /");
-    if (umount2("/" OLDROOT, MNT_DETACH) < 0) fail(fd, "umount-oldroot", errno, OLDROOT);
-    if (rmdir("/" OLDROOT) < 0) send_msg(fd, M_WARN, "rmdir-oldroot", errno, OLDROOT);
     int cap_err = drop_caps();
     if (cap_err) fail(fd, "capabilities", cap_err, "dropping host capabilities from the bounding set");
 

@@ -367,4 +367,47 @@ describeKernel('isolation of unprivileged containers (btrfs)', needs, () => {
     expect(await host.cgroups.pids(`${host.cgroupParent}/${id}`)).toEqual([]);
     expect((await host.containers.destroy(id)).changed).toBe(true);
   }, 60_000);
+
+  it.each([false, true])(
+    "keeps the host's root out of a container that planted links for its next start (privileged: %p)",
+    async (privileged) => {
+      const id = privileged ? 'iso-links-p' : 'iso-links';
+      await host.containers.create(spec(id, { privileged }));
+      await host.containers.start(id);
+      const root = host.storage.rootfsPath(id);
+      // Its root plants, for the launcher's next start: the old root's mount point as a link that reads
+      // as /tmp/old of its rootfs on the host, and as /proc once inside (a link under that host path in its
+      // own tree); /proc, /sys and /dev as links out of the rootfs.
+      const plant = await host.containers.exec(id, [
+        'sh',
+        '-c',
+        [
+          'mkdir -p /tmp/old /tmp/p',
+          `ln -sfn ${root}/tmp/old /.berth-oldroot`,
+          `mkdir -p ${root}/tmp && ln -sfn /proc ${root}/tmp/old`,
+        ].join(' && '),
+      ]);
+      expect(plant.code).toBe(0);
+      await host.containers.stop(id);
+      const started = await host.containers.start(id).then(
+        (r) => r.info.status,
+        (e: Error) => e.message,
+      );
+      if (started === 'running') {
+        // Started: nothing of the host under /tmp/old, and /proc is the container's own.
+        expect((await host.containers.exec(id, ['ls', '-A', '/tmp/old'])).stdout.trim()).toBe('');
+        expect((await host.containers.exec(id, ['cat', '/proc/1/comm'])).code).toBe(0);
+        const mounts = (await host.containers.exec(id, ['cat', '/proc/self/mountinfo'])).stdout;
+        for (const p of mounts
+          .trim()
+          .split('\n')
+          .map((l) => l.split(' ')[4]))
+          expect(p).toMatch(/^\/(proc|sys|dev)?(\/|$)/);
+        await host.containers.stop(id);
+      }
+      expect((await host.containers.destroy(id)).changed).toBe(true);
+      expect(existsSync(root)).toBe(false);
+    },
+    60_000,
+  );
 });

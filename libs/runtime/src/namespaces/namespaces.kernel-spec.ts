@@ -165,8 +165,11 @@ describeKernel(
         expect(hostView).toMatch(new RegExp(`:${c}:/${cgParent}/c1$`, 'm'));
       for (const file of cgroupProcs())
         expect(readFileSync(file, 'utf8').split('\n')).toContain(String(ref.pid));
-      for (let i = 0; i < 100 && !existsSync(join(rootfs, 'init-cgroup')); i++)
-        await new Promise((r) => setTimeout(r, 5));
+      // (The shell creates the file before `cat` writes into it: wait for its content, not for the file.)
+      const written = () =>
+        existsSync(join(rootfs, 'init-cgroup')) &&
+        /\n$/.test(readFileSync(join(rootfs, 'init-cgroup'), 'utf8'));
+      for (let i = 0; i < 400 && !written(); i++) await new Promise((r) => setTimeout(r, 5));
       expect(readFileSync(join(rootfs, 'init-cgroup'), 'utf8')).toMatch(
         new RegExp(`:memory:/${cgParent}/c1$`, 'm'),
       );
