@@ -1,8 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import { execInContainer, helperPath } from '../src/namespaces';
+import { ContainerRuntime } from '../src/container/container-runtime';
 import { openTestHost, spec, type TestHost } from './runtime-harness';
 
 const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'gcc'] };
@@ -410,4 +412,22 @@ describeKernel('isolation of unprivileged containers (btrfs)', needs, () => {
     },
     60_000,
   );
+
+  it('refuses an unprivileged container on a host without user namespaces, rather than running it as root', async () => {
+    const noUserns = new ContainerRuntime({
+      dataRoot: host.dataRoot,
+      cgroups: host.cgroups,
+      storage: host.storage,
+      cgroupParent: host.cgroupParent,
+      usernsSupported: false,
+      hostCpus: availableParallelism(),
+      hostMemoryBytes: totalmem(),
+    });
+    await expect(noUserns.create(spec('iso-nouserns'))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    expect(await host.containers.store.readConfig('iso-nouserns')).toBeNull();
+    expect(await host.storage.list()).not.toContain('iso-nouserns');
+    // A privileged one (an admin's) is what it says.
+    expect((await noUserns.create(spec('iso-nouserns-p', { privileged: true }))).changed).toBe(true);
+    expect((await noUserns.destroy('iso-nouserns-p')).changed).toBe(true);
+  });
 });

@@ -168,7 +168,16 @@ export class ContainerRuntime {
         template: spec.template,
       });
     }
-    const usernsHostUid = !spec.privileged && (await this.userns()) ? this.usernsHostUid : null;
+    // An unprivileged container never runs as the host's root: without user namespaces (off in the kernel,
+    // or in this runtime's options) it is refused, not silently made privileged (which only admins may ask).
+    if (!spec.privileged && !(await this.userns())) {
+      throw new RuntimeError(
+        'UNSUPPORTED',
+        'this host cannot run unprivileged containers: user namespaces are not available (kernel: user.max_user_namespaces, unprivileged_userns_clone)',
+        { id: spec.id },
+      );
+    }
+    const usernsHostUid = spec.privileged ? null : this.usernsHostUid;
     const config: ContainerConfig = {
       spec,
       storageDriver: this.storage.info().name,

@@ -24,7 +24,7 @@ export interface ContainerSpec {
   network: { mode: NetworkMode; address?: string };
   /**
    * Privileged containers run with real root inside (no user namespace). The default (false) maps
-   * container root to an unprivileged host uid range, where the kernel supports it.
+   * container root to an unprivileged host uid range; a host without user namespaces refuses it.
    */
   privileged: boolean;
 }
