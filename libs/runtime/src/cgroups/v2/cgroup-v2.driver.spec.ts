@@ -112,6 +112,18 @@ describe('CgroupV2Driver on a fake cgroup2 tree', () => {
       expect(fake.read(`${group}/memory.max`)).toBe('max\n'); // old limit untouched
     });
 
+    it('refuses to lower memory below usage on a kernel without memory.reclaim (memory.max would OOM-kill)', async () => {
+      fake.files({ [`${group}/memory.current`]: '500000000\n' });
+      await expect(driver.setLimits(group, { memoryBytes: 100 * 1024 * 1024 })).rejects.toMatchObject({
+        code: 'CGROUP_LIMIT_REJECTED',
+        context: { current: 500000000 },
+      });
+      expect(fake.read(`${group}/memory.max`)).toBe('max\n'); // old limit untouched
+      // Above the usage it is written as usual.
+      await driver.setLimits(group, { memoryBytes: 600 * 1000 * 1000 });
+      expect(fake.read(`${group}/memory.max`)).toBe('600000000');
+    });
+
     it('rejects out-of-range values before writing anything', async () => {
       await expect(driver.setLimits(group, { cpus: 0 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
       await expect(driver.setLimits(group, { cpuWeight: 10001 })).rejects.toMatchObject({

@@ -225,13 +225,16 @@ export class CgroupV2Driver implements CgroupDriver {
   /**
    * memory.max alone would make the kernel OOM-kill the group's processes when it cannot reclaim down to
    * a lower limit. To give v1's "reclaim or refuse" behaviour instead, ask for reclaim first
-   * (memory.reclaim, ≥ 5.19) and refuse when usage stays above the new limit.
+   * (memory.reclaim, ≥ 5.19) and refuse when usage stays above the new limit; a kernel without
+   * memory.reclaim cannot be asked, and a limit below the usage is refused there (the old one stays).
    */
   private async setMemory(p: string, dir: string, bytes: number | null): Promise<void> {
     if (bytes !== null) {
       const current = await readNumber(join(dir, 'memory.current'));
       const reclaim = join(dir, 'memory.reclaim');
-      if (current !== undefined && current > bytes && (await pathExists(reclaim))) {
+      if (current !== undefined && current > bytes) {
+        if (!(await pathExists(reclaim)))
+          throw new CgroupLimitRejectedError(p, 'memoryBytes', bytes, current);
         // EAGAIN means "could not reclaim all of it": the check below decides.
         await writeRaw(reclaim, String(current - bytes)).catch(() => undefined);
         const after = (await readNumber(join(dir, 'memory.current'))) ?? 0;
