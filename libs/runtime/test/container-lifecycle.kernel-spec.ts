@@ -17,6 +17,28 @@ describeKernel('container lifecycle on the real kernel (btrfs pool)', needs, () 
   }, 120_000);
   afterAll(() => host?.close(), 60_000);
 
+  it('imports one template name once when asked twice at the same moment (two import jobs on one host)', async () => {
+    const made: string[] = [];
+    const storage = host.storage;
+    const create = storage.createTemplateVolume.bind(storage);
+    storage.createTemplateVolume = async (name: string) => {
+      made.push(name);
+      return create(name);
+    };
+    try {
+      const answers = await Promise.all([
+        host.templates.ensureBusybox('twice'),
+        host.templates.ensureBusybox('twice'),
+      ]);
+      expect(answers.map((a) => a.changed).sort()).toEqual([false, true]);
+      expect(made).toEqual(['twice']);
+      expect(await host.templates.has('twice')).toBe(true);
+    } finally {
+      storage.createTemplateVolume = create;
+      await host.templates.delete('twice');
+    }
+  }, 120_000);
+
   it('creates a stopped container, idempotently', async () => {
     const a = await host.containers.create(spec(id));
     expect(a.changed).toBe(true);

@@ -48,7 +48,30 @@ const ownStartTime = () =>
  * leaves no half template that clones could use.
  */
 export class TemplateLibrary {
+  /** Per template name, the end of the last install (or look) queued: one at a time per name. */
+  private readonly busy = new Map<string, Promise<void>>();
+
   constructor(private readonly opts: TemplateLibraryOptions) {}
+
+  /**
+   * Runs `fn` after every earlier call for `name` of this library has ended. Two imports of one name at
+   * once (two import jobs of it on one host) shared its unsealed volume: the first sealed it, and the
+   * second's failure, undone, deleted the template the first had made. Now the second waits, and then
+   * finds the template there.
+   */
+  private async oneAtATime<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.busy.get(name) ?? Promise.resolve();
+    let done!: () => void;
+    const mine = before.then(() => new Promise<void>((r) => (done = r)));
+    this.busy.set(name, mine);
+    await before;
+    try {
+      return await fn();
+    } finally {
+      done();
+      if (this.busy.get(name) === mine) this.busy.delete(name);
+    }
+  }
 
   /**
    * A staging directory is named after its process: pid and start time (`<pid>.<start>`), so that a pid
@@ -63,8 +86,10 @@ export class TemplateLibrary {
   /** Builds the built-in busybox template offline from Debian's busybox-static. Idempotent. */
   async ensureBusybox(name = 'busybox'): Promise<TemplateResult> {
     assertTemplateName(name);
-    if (await this.opts.storage.hasTemplate(name)) return { name, changed: false };
-    return this.install(name, (dir) => buildBusyboxTemplate(dir, { name }).then(() => undefined));
+    return this.oneAtATime(name, async () => {
+      if (await this.opts.storage.hasTemplate(name)) return { name, changed: false };
+      return this.install(name, (dir) => buildBusyboxTemplate(dir, { name }).then(() => undefined));
+    });
   }
 
   /**
@@ -73,10 +98,14 @@ export class TemplateLibrary {
    */
   async importTarball(name: string, archivePath: string): Promise<TemplateResult> {
     assertTemplateName(name);
-    if (await this.opts.storage.hasTemplate(name)) {
-      throw new RuntimeError('TEMPLATE_EXISTS', `template ${name} already exists`, { name });
-    }
-    return this.install(name, (dir) => importRootfsTarball(archivePath, dir, { name }).then(() => undefined));
+    return this.oneAtATime(name, async () => {
+      if (await this.opts.storage.hasTemplate(name)) {
+        throw new RuntimeError('TEMPLATE_EXISTS', `template ${name} already exists`, { name });
+      }
+      return this.install(name, (dir) =>
+        importRootfsTarball(archivePath, dir, { name }).then(() => undefined),
+      );
+    });
   }
 
   /**
