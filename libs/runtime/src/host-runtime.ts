@@ -1,4 +1,6 @@
+import { realpath } from 'node:fs/promises';
 import { availableParallelism, totalmem } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
 import { RuntimeError } from './common/errors';
 import { detectCgroups } from './cgroups/cgroup.detect';
 import type { CgroupDriver } from './cgroups/cgroup.driver';
@@ -37,11 +39,31 @@ export interface HostRuntime {
   cgroups: CgroupDriver;
 }
 
+/** `path` with its links resolved, as far as it exists (the rest, not made yet, appended as it is). */
+export async function resolvedPath(path: string): Promise<string> {
+  const absolute = resolve(path);
+  let existing = absolute;
+  for (;;) {
+    try {
+      const real = await realpath(existing);
+      return join(real, relative(existing, absolute));
+    } catch {
+      const parent = dirname(existing);
+      if (parent === existing) return absolute;
+      existing = parent;
+    }
+  }
+}
+
 /**
  * Wires a host's runtime from detection: cgroup driver, storage driver (prepared: the btrfs loop pool is
  * created or re-attached), containers and templates. Used by the worker, the CLI and the benchmarks.
  */
-export async function openHostRuntime(options: HostRuntimeOptions): Promise<HostRuntime> {
+export async function openHostRuntime(given: HostRuntimeOptions): Promise<HostRuntime> {
+  // The kernel reports mounts and loop devices' backing files by their real paths: a data root reached
+  // through a link, compared as written, looked unmounted at each open (its pool attached and mounted
+  // once more every time).
+  const options = { ...given, dataRoot: await resolvedPath(given.dataRoot) };
   const cgroups = detectCgroups(options.cgroupRoot);
   let name = options.storageDriver ?? 'auto';
   const detections = await detectStorageDrivers(options.dataRoot);
