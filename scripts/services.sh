@@ -26,8 +26,8 @@ PG_RUN=$STATE/postgres-run
 REDIS_DIR=$STATE/redis
 
 # Host packages Berth needs: services, the kernel tools the runtime drives, and a C compiler for the helper.
-PACKAGES=(redis-server postgresql btrfs-progs busybox-static iproute2 util-linux kmod e2fsprogs tar zstd
-  xz-utils gcc libc6-dev musl-tools procps iputils-ping curl)
+PACKAGES=(redis-server postgresql btrfs-progs busybox-static iproute2 nftables util-linux kmod e2fsprogs tar
+  zstd xz-utils gcc libc6-dev musl-tools procps iputils-ping curl)
 
 say() { printf 'services: %s\n' "$*" >&2; }
 die() {

@@ -2,10 +2,10 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeKernel } from '@test/support/kernel';
 import { run } from '@berth/runtime/common/exec';
-import { isAlive, vethNameFor } from '@berth/runtime';
+import { containerMacFor, isAlive, vethNameFor } from '@berth/runtime';
 import { openTestHost, spawnRuntimeScript, spec, type TestHost } from './runtime-harness';
 
-const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'gcc', 'ip', 'nsenter'] };
+const needs = { root: true, programs: ['btrfs', 'mkfs.btrfs', 'busybox', 'gcc', 'ip', 'nsenter', 'nft'] };
 
 // The "host" side of the bridge lives in a network namespace of this test only: nothing is added to the
 // machine's own network namespace, and no packet leaves the namespaces created here.
@@ -127,6 +127,35 @@ describeKernel('container networking: bridge mode inside a simulated host netns,
     expect(master).toContain(vethNameFor('net-b'));
   }, 60_000);
 
+  it('does not let a container send as another (its address or MAC) or answer ARP for it', async () => {
+    const a = (await host.containers.get('net-a')).ipAddress!;
+    const b = (await host.containers.get('net-b')).ipAddress!;
+    const inA = async (cmd: string) => (await host.containers.exec('net-a', ['sh', '-c', cmd])).code;
+    const neighOfB = async () => (await run('ip', ['-n', HOST_NS, 'neigh', 'show', b])).stdout.toLowerCase();
+    // The host knows B (its MAC) from talking to it.
+    await run('ip', ['netns', 'exec', HOST_NS, 'ping', '-c', '1', '-W', '1', b]);
+    expect(await neighOfB()).toContain(containerMacFor('net-b'));
+
+    // B's address on A's eth0: what A sends from it reaches neither the host nor B.
+    expect(await inA(`ip addr add ${b}/24 dev eth0`)).toBe(0);
+    expect(await inA(`ping -c 1 -W 1 -I ${b} ${GATEWAY}`)).not.toBe(0);
+    // A gratuitous ARP that says B's address is at A's MAC: the host's entry for B does not move.
+    await inA(`arping -U -c 2 -w 2 -I eth0 -s ${b} ${b}`);
+    expect(await neighOfB()).toContain(containerMacFor('net-b'));
+    expect(await neighOfB()).not.toContain(containerMacFor('net-a'));
+    expect(await inA(`ip addr del ${b}/24 dev eth0`)).toBe(0);
+
+    // B's MAC on A's eth0: nothing goes through either.
+    expect(await inA(`ip link set dev eth0 address ${containerMacFor('net-b')}`)).toBe(0);
+    expect(await inA(`ping -c 1 -W 1 ${GATEWAY}`)).not.toBe(0);
+    expect(await inA(`ip link set dev eth0 address ${containerMacFor('net-a')}`)).toBe(0);
+
+    // As itself, A reaches both again.
+    expect(await ping('net-a', GATEWAY)).toBe(0);
+    expect(await ping('net-a', b)).toBe(0);
+    expect(a).not.toBe(b);
+  }, 60_000);
+
   it('leaves a none-mode container with only loopback: it reaches no one', async () => {
     await host.containers.create(spec('net-n'));
     const started = await host.containers.start('net-n');
@@ -205,8 +234,13 @@ describeKernel('container networking: bridge mode inside a simulated host netns,
 
   it('destroy removes the veth and releases the address for the next container', async () => {
     const address = (await host.containers.get('net-a')).ipAddress!;
+    const guards = async () =>
+      (await run('ip', ['netns', 'exec', HOST_NS, 'nft', 'list', 'table', 'bridge', 'berth'])).stdout;
+    expect(await guards()).toContain(`port_${vethNameFor('net-a')}`);
     expect((await host.containers.destroy('net-a')).changed).toBe(true);
     expect(await hostNsLinks()).not.toContain(vethNameFor('net-a'));
+    // Its port's guard went with its veth.
+    expect(await guards()).not.toContain(vethNameFor('net-a'));
     expect(existsSync(ipamFile(address))).toBe(false);
     expect(await ping('net-b', address)).not.toBe(0);
     // the lowest free address is handed out again
@@ -215,6 +249,7 @@ describeKernel('container networking: bridge mode inside a simulated host netns,
 
     for (const id of ['net-b', 'net-c', 'net-n']) await host.containers.destroy(id);
     expect((await hostNsLinks()).filter((l) => l.startsWith('bv'))).toEqual([]);
+    expect(await guards()).not.toMatch(/port_bv/);
     expect(readdirSync(join(host.dataRoot, 'network', 'ipam')).filter((f) => !f.startsWith('.'))).toEqual([]);
     expect(await rootLinks()).toEqual(rootBefore);
   }, 60_000);

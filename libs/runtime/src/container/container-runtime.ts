@@ -13,7 +13,8 @@ import { helperPath, launchContainer, type LaunchOptions } from '../namespaces/l
 import { execInContainer, type ExecResult } from '../namespaces/container-exec';
 import { ensureBridge } from '../network/bridge';
 import { Ipam } from '../network/ipam';
-import { attachContainer, detachContainer, listVeths, vethNameFor } from '../network/veth';
+import { attachContainer, detachContainer, listVeths, VETH_HOST_PREFIX, vethNameFor } from '../network/veth';
+import { unguardPort } from '../network/port-guard';
 import { parseCidr, formatIpv4 } from '../network/ipv4';
 import { assertContainerId, ContainerStore } from './container-store';
 import type {
@@ -689,6 +690,8 @@ export class ContainerRuntime {
               okCodes: [0, 1],
             },
           );
+          // A host end's guard goes with it (a peer end, bp…, never had one).
+          if (veth.startsWith(VETH_HOST_PREFIX)) await unguardPort(veth, this.opts.network.hostNetns);
         }
         for (const id of orphanAddresses) await this.ipam!.release(id);
       }

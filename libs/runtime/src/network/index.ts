@@ -3,3 +3,4 @@ export * from './ipam';
 export * from './ipv4';
 export { assertIfname, assertNetnsName } from './ip-command';
 export * from './veth';
+export * from './port-guard';

@@ -15,7 +15,7 @@ jest.setTimeout(30_000);
 
 describeKernel(
   'network: bridge + veth + ipam inside a simulated host netns',
-  { root: true, programs: ['ip', 'unshare', 'nsenter'], paths: ['/bin/busybox'] },
+  { root: true, programs: ['ip', 'unshare', 'nsenter', 'nft'], paths: ['/bin/busybox'] },
   () => {
     let dataRoot: string;
     let rootLinksBefore: string[];

@@ -3,6 +3,7 @@ import { access } from 'node:fs/promises';
 import { RuntimeError } from '../common/errors';
 import { assertIfname, ip, ipInPid, isNoDevice, linkInfo } from './ip-command';
 import { parseIpv4 } from './ipv4';
+import { guardPort, unguardPort } from './port-guard';
 
 /**
  * Naming, so that reconcile can find every device Berth made: the host end of a container's veth pair is
@@ -119,7 +120,9 @@ export async function attachContainer(options: AttachOptions): Promise<AttachRes
     (eth0.addr_info ?? []).some(
       (a) => a.family === 'inet' && a.local === address && a.prefixlen === prefixLen,
     );
+  const guard = { port: hostVeth, mac: containerMacFor(containerId), address };
   if (configured) {
+    await guardPort(guard, hostNetns);
     await configureInside(pid, cidr, gateway);
     return { hostVeth, changed: false };
   }
@@ -144,6 +147,8 @@ export async function attachContainer(options: AttachOptions): Promise<AttachRes
       hostNetns,
     );
     await ip(['link', 'set', 'dev', hostVeth, 'master', bridge], hostNetns);
+    // Its port only ever passes the container's own addresses (see port-guard): set before it is up.
+    await guardPort(guard, hostNetns);
     await ip(['link', 'set', 'dev', hostVeth, 'up'], hostNetns);
     await ip(['link', 'set', 'dev', peer, 'netns', String(pid)], hostNetns);
     if (eth0) await ipInPid(pid, ['link', 'del', 'dev', 'eth0']).catch(ignoreNoDevice);
@@ -180,13 +185,20 @@ export async function setupLoopbackOnly(pid: number): Promise<void> {
  */
 export async function detachContainer(containerId: string, hostNetns?: string): Promise<boolean> {
   const hostVeth = vethNameFor(containerId);
+  let deleted: boolean;
   try {
     await ip(['link', 'del', 'dev', hostVeth], hostNetns);
-    return true;
+    deleted = true;
   } catch (e) {
-    if (isNoDevice(e)) return false;
-    throw e;
+    if (!isNoDevice(e)) throw e;
+    deleted = false;
   }
+  // Its port's guard goes too (also when the veth went before: a detach repeated after a crash). Without
+  // nft no guard was ever made (attach needs it).
+  await unguardPort(hostVeth, hostNetns).catch((e: unknown) => {
+    if ((e as { code?: string }).code !== 'DEPENDENCY_MISSING') throw e;
+  });
+  return deleted;
 }
 
 /** Every Berth veth (`bv*` host ends and `bp*` peers not yet moved) in the host netns, for reconcile. */
