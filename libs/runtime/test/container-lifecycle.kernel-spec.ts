@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { describeKernel } from '@test/support/kernel';
 import { readProcStat } from '@berth/runtime';
 import { openTestHost, spec, type TestHost } from './runtime-harness';
@@ -38,6 +38,27 @@ describeKernel('container lifecycle on the real kernel (btrfs pool)', needs, () 
       await host.templates.delete('twice');
     }
   }, 120_000);
+
+  it('bounds a console log: past the limit it keeps its end, and what init appends goes after it', async () => {
+    const made = await host.containers.create(spec('loud'));
+    expect(made.changed).toBe(true);
+    const log = host.containers.store.logFile('loud');
+    // As init's output arrives (the kernel appends: O_APPEND).
+    const lines = Array.from({ length: 40_000 }, (_, i) => `line ${i}\n`).join('');
+    appendFileSync(log, lines);
+    const size = statSync(log).size;
+    expect(await host.containers.trimConsoleLogs(size + 1)).toEqual([]);
+    expect(await host.containers.trimConsoleLogs(64 * 1024, 4096)).toEqual(['loud']);
+    const kept = readFileSync(log, 'utf8');
+    expect(kept.split('\n')[0]).toBe(
+      `[berth: console log over 65536 bytes: the ${size - 4096} before these dropped]`,
+    );
+    expect(kept.endsWith('line 39999\n')).toBe(true);
+    expect(Buffer.byteLength(kept)).toBeLessThan(4096 + 200);
+    appendFileSync(log, 'after\n');
+    expect(readFileSync(log, 'utf8').endsWith('line 39999\nafter\n')).toBe(true);
+    await host.containers.destroy('loud');
+  });
 
   it('creates a stopped container, idempotently', async () => {
     const a = await host.containers.create(spec(id));

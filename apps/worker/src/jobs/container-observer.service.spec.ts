@@ -1,7 +1,13 @@
 import type { PinoLogger } from 'nestjs-pino';
 import type { BerthConfig } from '@berth/config';
 import type { HostRuntimeService } from '../runtime/host-runtime.service';
-import { ContainerObserver, nextPassInMs, PASS_SPACING } from './container-observer.service';
+import {
+  CONSOLE_LOG_KEEP_BYTES,
+  CONSOLE_LOG_MAX_BYTES,
+  ContainerObserver,
+  nextPassInMs,
+  PASS_SPACING,
+} from './container-observer.service';
 import type { JobStore } from './job-store';
 
 const INTERVAL_MS = 20;
@@ -22,20 +28,34 @@ describe('ContainerObserver', () => {
     const observed = jest.fn(async () => true);
     const warn = jest.fn();
     const store = { settledContainers: jest.fn(settled), observed } as unknown as JobStore;
+    const trimConsoleLogs = jest.fn(async () => ['c1']);
     const runtime = {
-      get: async () => ({ containers: { list: async () => [{ id: 'c1', status: 'stopped' }] } }),
+      get: async () => ({
+        containers: { list: async () => [{ id: 'c1', status: 'stopped' }], trimConsoleLogs },
+      }),
     } as unknown as HostRuntimeService;
-    const log = { setContext: () => undefined, warn } as unknown as PinoLogger;
+    const info = jest.fn();
+    const log = { setContext: () => undefined, warn, info } as unknown as PinoLogger;
     const config = { worker: { observeIntervalMs: INTERVAL_MS } } as BerthConfig;
-    return { o: new ContainerObserver(config, runtime, store, log), store, observed, warn };
+    return {
+      o: new ContainerObserver(config, runtime, store, log),
+      store,
+      observed,
+      warn,
+      trimConsoleLogs,
+      info,
+    };
   }
   const ROWS = [{ id: 'c1', state: 'running', version: 3 }];
 
   it('observes once at start, then every interval, with the row version as the write guard', async () => {
-    const { o, store, observed } = observer(async () => ROWS);
+    const { o, store, observed, trimConsoleLogs, info } = observer(async () => ROWS);
     await o.start('h1');
     expect(store.settledContainers).toHaveBeenCalledTimes(1);
     expect(observed).toHaveBeenCalledWith('c1', 'running', 'stopped', {}, { version: 3 });
+    // Each pass also bounds the console logs (ContainerRuntime.trimConsoleLogs, tested on the kernel).
+    expect(trimConsoleLogs).toHaveBeenCalledWith(CONSOLE_LOG_MAX_BYTES, CONSOLE_LOG_KEEP_BYTES);
+    expect(info).toHaveBeenCalledWith({ containers: ['c1'] }, expect.stringMatching(/console logs trimmed/));
     await until(() => (store.settledContainers as jest.Mock).mock.calls.length >= 3);
     await o.beforeApplicationShutdown();
   });

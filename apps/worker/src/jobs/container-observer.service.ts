@@ -5,6 +5,23 @@ import { HostRuntimeService } from '../runtime/host-runtime.service';
 import { JobStore, SETTLED_STATES } from './job-store';
 
 /**
+ * How many times its own duration a pass waits at least before the next one: the runtime's list reads a few
+ * files per container (≈ 1 ms each on these VMs: 191 ms for 200 containers), so on a host with many
+ * containers the passes would otherwise take a share of the CPU that grows with them. At 20, they take at
+ * most ≈ 5 % of one core; below ≈ 250 containers the configured interval (5 s by default) is the longer.
+ */
+export const PASS_SPACING = 20;
+
+/** The wait before the next pass: the interval, or PASS_SPACING times the last pass if that is longer. */
+export function nextPassInMs(intervalMs: number, lastPassMs: number): number {
+  return Math.max(intervalMs, Math.round(lastPassMs * PASS_SPACING));
+}
+
+/** A console log past this is cut to its last CONSOLE_LOG_KEEP_BYTES at the next pass. */
+export const CONSOLE_LOG_MAX_BYTES = 16 * 1024 * 1024;
+export const CONSOLE_LOG_KEEP_BYTES = 2 * 1024 * 1024;
+
+/**
  * Keeps Postgres in step with what the kernel has of this host's containers when no job changes them: a
  * container powered off from inside (`poweroff -f` in the customer's VPS), an init killed by the OOM killer,
  * a reboot while no worker ran. Each whose runtime status differs from its row is written as it is, with a
@@ -19,19 +36,6 @@ import { JobStore, SETTLED_STATES } from './job-store';
  * one whose row was written between the pass's read and its write (a job ended meanwhile: the kernel was
  * read before its end), both checked again in the write's statement, so a job claimed meanwhile wins.
  */
-/**
- * How many times its own duration a pass waits at least before the next one: the runtime's list reads a few
- * files per container (≈ 1 ms each on these VMs: 191 ms for 200 containers), so on a host with many
- * containers the passes would otherwise take a share of the CPU that grows with them. At 20, they take at
- * most ≈ 5 % of one core; below ≈ 250 containers the configured interval (5 s by default) is the longer.
- */
-export const PASS_SPACING = 20;
-
-/** The wait before the next pass: the interval, or PASS_SPACING times the last pass if that is longer. */
-export function nextPassInMs(intervalMs: number, lastPassMs: number): number {
-  return Math.max(intervalMs, Math.round(lastPassMs * PASS_SPACING));
-}
-
 @Injectable()
 export class ContainerObserver implements BeforeApplicationShutdown {
   private timer?: NodeJS.Timeout;
@@ -89,6 +93,10 @@ export class ContainerObserver implements BeforeApplicationShutdown {
           'container state observed on the host',
         );
     }
+    // A container's console output lands outside its storage (no quota holds it): bounded here, so that
+    // its init cannot fill the host's disk by writing to stdout.
+    const trimmed = await rt.containers.trimConsoleLogs(CONSOLE_LOG_MAX_BYTES, CONSOLE_LOG_KEEP_BYTES);
+    if (trimmed.length > 0) this.log.info({ containers: trimmed }, 'console logs trimmed to their last part');
   }
 
   /** No pass starts any more; the one in flight ends before the application's shutdown goes on. */

@@ -312,6 +312,39 @@ export class ContainerRuntime {
   }
 
   /** Every container with a record, rebuilt from disk + /proc + cgroupfs (no memory of the caller needed). */
+  /**
+   * Bounds the containers' console logs (init's stdout and stderr, appended by the kernel to
+   * `console.log` beside the config: outside the storage pool, so no quota holds it). A log past
+   * `maxBytes` keeps its last `keepBytes` after a line saying so; init appends (O_APPEND) after that. What
+   * init writes between the read and the truncation is lost: it is a console. Answers the ids trimmed.
+   */
+  async trimConsoleLogs(maxBytes: number, keepBytes = Math.floor(maxBytes / 8)): Promise<string[]> {
+    if (!(maxBytes > 0) || !(keepBytes >= 0) || keepBytes > maxBytes) {
+      throw new RuntimeError('INVALID_ARGUMENT', `invalid console log bounds ${maxBytes}/${keepBytes}`);
+    }
+    const trimmed: string[] = [];
+    for (const id of await this.store.ids()) {
+      const file = this.store.logFile(id);
+      const size = await stat(file).then(
+        (st) => st.size,
+        () => 0,
+      );
+      if (size <= maxBytes) continue;
+      const f = await open(file, constants.O_RDWR | constants.O_NOFOLLOW);
+      try {
+        const tail = Buffer.alloc(keepBytes);
+        const { bytesRead } = await f.read(tail, 0, keepBytes, size - keepBytes);
+        await f.truncate(0);
+        const note = `[berth: console log over ${maxBytes} bytes: the ${size - bytesRead} before these dropped]\n`;
+        await f.write(Buffer.concat([Buffer.from(note), tail.subarray(0, bytesRead)]), 0, undefined, 0);
+      } finally {
+        await f.close();
+      }
+      trimmed.push(id);
+    }
+    return trimmed;
+  }
+
   async list(): Promise<ContainerInfo[]> {
     const out: ContainerInfo[] = [];
     for (const id of await this.store.ids()) {
