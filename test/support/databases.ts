@@ -19,7 +19,7 @@ async function onServer(fn: (admin: Client) => Promise<void>): Promise<void> {
  */
 export async function createEmptyDatabase(name: string): Promise<string> {
   await onServer(async (admin) => {
-    await admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+    await dropOn(admin, name);
     await admin.query(`CREATE DATABASE "${name}"`);
   });
   const url = new URL(process.env.BERTH_TEST_DATABASE_URL!);
@@ -38,7 +38,22 @@ export async function createMigratedDatabase(name: string): Promise<string> {
 }
 
 export async function dropDatabase(name: string): Promise<void> {
-  await onServer((admin) =>
-    admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`).then(() => undefined),
-  );
+  await onServer((admin) => dropOn(admin, name));
+}
+
+/**
+ * DROP DATABASE … WITH (FORCE), tried again for a few seconds when it may not end a backend there: an
+ * autovacuum worker in it (it runs as no role the test role may signal: 42501, "must be a member of the
+ * role whose process is being terminated") ends by itself within moments.
+ */
+async function dropOn(admin: Client, name: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      return;
+    } catch (e) {
+      if ((e as { code?: string }).code !== '42501' || attempt >= 50) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
 }
