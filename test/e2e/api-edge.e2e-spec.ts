@@ -744,28 +744,18 @@ describe('API edge: OpenAPI, authentication, bad input', () => {
     it('refuses a string that is not valid Unicode (a lone surrogate) with 400, not a 500 from PostgreSQL', async () => {
       // JSON's escapes can spell half a surrogate pair; PostgreSQL's jsonb and text refuse it.
       const half = '\\ud800';
-      for (const [url, body] of [
-        ['/v1/templates', `{"name":"lone","source":"tarball","path":"/srv/${half}.tar"}`],
-        ['/v1/containers', `{"name":"x${half}","template":"busybox"}`],
-        ['/v1/containers', `{"name":"lone","template":"busybox","${half}":1}`],
+      for (const [url, body, code] of [
+        ['/v1/templates', `{"name":"lone","source":"tarball","path":"/srv/${half}.tar"}`, 'MALFORMED_JSON'],
+        ['/v1/containers', `{"name":"x${half}","template":"busybox"}`, 'MALFORMED_JSON'],
+        ['/v1/containers', `{"name":"lone","template":"busybox","${half}":1}`, 'MALFORMED_JSON'],
+        // A pair spelled with escapes is a character like any other (refused here by the name's pattern).
+        ['/v1/containers', '{"name":"x\\ud83d\\ude00","template":"busybox"}', 'VALIDATION_FAILED'],
       ])
         await refused(
           () => a.http().post(url).set(a.auth()).set('Content-Type', 'application/json').send(body),
           400,
-          'MALFORMED_JSON',
+          code,
         );
-      // A pair spelled with escapes is a character like any other (refused here by the name's pattern).
-      await refused(
-        () =>
-          a
-            .http()
-            .post('/v1/containers')
-            .set(a.auth())
-            .set('Content-Type', 'application/json')
-            .send('{"name":"x\\ud83d\\ude00","template":"busybox"}'),
-        400,
-        'VALIDATION_FAILED',
-      );
     });
 
     it('refuses a body over the limit with 413 PAYLOAD_TOO_LARGE', async () => {

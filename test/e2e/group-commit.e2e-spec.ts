@@ -64,6 +64,16 @@ describeKernel(
         )
       )[0].id;
 
+    /** A no-op job of container `containerId` on the idle host. */
+    const noopOf = async (containerId: string) =>
+      (await enqueuer.submit({
+        kind: 'system.noop',
+        payload: { n: 1 },
+        hostId: idleHost,
+        containerId,
+        principal,
+      }))!;
+
     /** `count` no-op jobs for the idle host, submitted at once (one statement); their ids. */
     const noops = async (count: number) =>
       (
@@ -315,13 +325,7 @@ describeKernel(
       const containerId = await runningContainer('gc-again');
       const store = p.worker.get(JobStore);
       const failure = { code: 'TEST', message: 'failed by the test', step: 'one' };
-      const job = (await enqueuer.submit({
-        kind: 'system.noop',
-        payload: { n: 1 },
-        hostId: idleHost,
-        containerId,
-        principal,
-      }))!;
+      const job = await noopOf(containerId);
       const count = async (action: string) =>
         (
           await p.ds.query(`SELECT count(*)::int AS n FROM audit_events WHERE job_id = $1 AND action = $2`, [
@@ -370,13 +374,7 @@ describeKernel(
     it("applies a completion's own changes once: the completion written again does not write them again", async () => {
       const containerId = await runningContainer('gc-apply');
       const store = p.worker.get(JobStore);
-      const job = (await enqueuer.submit({
-        kind: 'system.noop',
-        payload: { n: 1 },
-        hostId: idleHost,
-        containerId,
-        principal,
-      }))!;
+      const job = await noopOf(containerId);
       const { job: claimed } = await store.claim(job.id, 1, job.id);
       // Like a resize's: the container's limits as the handler found them once it ran.
       const outcome = {

@@ -724,14 +724,17 @@ describeKernel('jobs API: events as Server-Sent Events from a real worker', { ro
     });
   }, 60_000);
 
+  /** POST /v1/templates for the template `name`, with the rest of the body given. */
+  const importTemplate = (name: string) => (body: object) =>
+    p
+      .http()
+      .post('/v1/templates')
+      .set(p.auth())
+      .send({ name, ...body });
+
   it('a template whose every import failed takes a new source; the failed job is not run again with the old one', async () => {
     const name = `tpl-fix-${process.pid}`;
-    const post = (body: object) =>
-      p
-        .http()
-        .post('/v1/templates')
-        .set(p.auth())
-        .send({ name, ...body });
+    const post = importTemplate(name);
     const wrong = await post({ source: 'tarball', path: `/nonexistent/rootfs-${process.pid}.tar` });
     expect(wrong.status).toBe(202);
     const failed = await waitJob(p, wrong.body.jobs[0].id);
@@ -764,13 +767,7 @@ describeKernel('jobs API: events as Server-Sent Events from a real worker', { ro
   }, 90_000);
 
   it('a cancelled import leaves no replica behind; a retried one is importing again until it ends', async () => {
-    const name = `tpl-cancel-${process.pid}`;
-    const post = (body: object) =>
-      p
-        .http()
-        .post('/v1/templates')
-        .set(p.auth())
-        .send({ name, ...body });
+    const post = importTemplate(`tpl-cancel-${process.pid}`);
     const replicas = async (templateId: string) =>
       (await p.ds.query(`SELECT state FROM template_replicas WHERE template_id = $1`, [templateId])) as {
         state: string;
