@@ -217,9 +217,11 @@ status() {
 case "${1:-}" in
   ensure)
     # One ensure at a time (a test run and a bench started together): apt, initdb and the starts would race.
-    mkdir -p "$STATE"
-    exec 9>"$STATE/.ensure.lock"
-    flock 9
+    # The lock is flock's own (-o): the daemons this starts must not inherit it, or it would never go.
+    if [ -z "${BERTH_ENSURE_LOCKED:-}" ]; then
+      mkdir -p "$STATE"
+      BERTH_ENSURE_LOCKED=1 exec flock -o "$STATE/.ensure.lock" bash "${BASH_SOURCE[0]}" ensure
+    fi
     install_packages
     # overlayfs is a module on stock Debian kernels: loaded now, so the runtime and its kernel tests find it
     # (built in on some kernels; nothing to do there, and no error where modules cannot be loaded).
