@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Client } from 'pg';
 import { createTestKey } from '@test/support/pipeline';
 import { startApiOnly, type ApiOnly } from '@test/support/api-only';
@@ -148,6 +149,35 @@ describe('Idempotency-Key on writes', () => {
       'IDEMPOTENCY_KEY_REUSED',
     );
     expect((await start(`/v1/containers/${id}/stop`)).body.code).toBe('IDEMPOTENCY_KEY_REUSED');
+  });
+
+  it('replays a key stored under the earlier fingerprint (a retry across the upgrade that changed it)', async () => {
+    const id = (await create('k-legacy-create', body('idem-legacy'))).body.container.id as string;
+    const [{ key_id: scope }] = await a.ds.query(
+      `SELECT scope AS key_id FROM idempotency_keys WHERE key = $1`,
+      ['k-legacy-create'],
+    );
+    // As the API wrote it before: method, URL and the body as parsed (none: null).
+    const legacy = createHash('sha256').update(`POST /v1/containers/${id}/stop\nnull`).digest('hex');
+    await a.ds.query(
+      `INSERT INTO idempotency_keys (scope, key, request_hash, method, path, state, response_status, response_headers,
+                                     response_body, expires_at)
+       VALUES ($1, 'k-legacy', $2, 'POST', $3, 'done', 202, '{}', '{"stored": true}', now() + interval '1 day')`,
+      [scope, legacy, `/v1/containers/${id}/stop`],
+    );
+    const again = await a
+      .http()
+      .post(`/v1/containers/${id}/stop`)
+      .set(a.auth())
+      .set('Idempotency-Key', 'k-legacy');
+    expect({ status: again.status, body: again.body }).toEqual({ status: 202, body: { stored: true } });
+    // Another request under that key is still refused.
+    const other = await a
+      .http()
+      .post(`/v1/containers/${id}/start`)
+      .set(a.auth())
+      .set('Idempotency-Key', 'k-legacy');
+    expect(other.body.code).toBe('IDEMPOTENCY_KEY_REUSED');
   });
 
   it('refuses a key still in flight with 409, then replays its answer once it is done', async () => {

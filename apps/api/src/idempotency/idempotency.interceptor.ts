@@ -109,7 +109,12 @@ export class IdempotencyInterceptor implements NestInterceptor {
         key,
       ]);
       if (!row) return this.handle(ctx, next, req, key); // released meanwhile: try again
-      if (row.request_hash !== hash) {
+      // A key stored before the fingerprint became requestIdentity (2026-12-02) holds the earlier one: a
+      // client's retry across that upgrade (keys live ≥ 24 h) is still the same request.
+      const before = createHash('sha256')
+        .update(`${req.method} ${req.originalUrl}\n${canonical(req.body)}`)
+        .digest('hex');
+      if (row.request_hash !== hash && row.request_hash !== before) {
         throw new ApiError(
           HttpStatus.UNPROCESSABLE_ENTITY,
           'IDEMPOTENCY_KEY_REUSED',
