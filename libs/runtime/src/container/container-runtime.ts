@@ -330,7 +330,14 @@ export class ContainerRuntime {
         () => 0,
       );
       if (size <= maxBytes) continue;
-      const f = await open(file, constants.O_RDWR | constants.O_NOFOLLOW);
+      // Gone since (a destroy meanwhile): nothing to bound.
+      const f = await open(file, constants.O_RDWR | constants.O_NOFOLLOW).catch(
+        (e: NodeJS.ErrnoException) => {
+          if (e.code === 'ENOENT') return null;
+          throw e;
+        },
+      );
+      if (!f) continue;
       try {
         const tail = Buffer.alloc(keepBytes);
         const { bytesRead } = await f.read(tail, 0, keepBytes, size - keepBytes);
